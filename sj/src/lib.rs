@@ -1,0 +1,25 @@
+//! Protocol code shared by the sj-proxy programs.
+//!
+//! What is here: the streaming framer that turns XMPP bytes into one-line
+//! records (`framer`), a small read-only view of a record (`xml`), JIDs and
+//! the one function that maps a name to a path component (`jid`, `path`),
+//! XML escaping (`escape`), SASL SCRAM and PLAIN (`sasl`), the local
+//! credential file (`passwd`), FIFOs and non-blocking line I/O (`fifo`,
+//! `io`), child processes on a pipe pair (`child`), and one-line errors with
+//! the skarnet exit codes (`exit`, `log`).
+//!
+//! What is not here: policy. Routing, logging formats and session state
+//! machines live in the programs that own them.
+
+pub mod child;
+pub mod escape;
+pub mod exit;
+pub mod fifo;
+pub mod framer;
+pub mod io;
+pub mod jid;
+pub mod log;
+pub mod passwd;
+pub mod path;
+pub mod sasl;
+pub mod xml;
