@@ -22,7 +22,10 @@ pub struct Fatal {
 
 impl Fatal {
     pub fn new(code: u8, msg: impl Into<String>) -> Self {
-        Fatal { code, msg: msg.into() }
+        Fatal {
+            code,
+            msg: msg.into(),
+        }
     }
     pub fn permanent(msg: impl Into<String>) -> Self {
         Self::new(PERMANENT, msg)
@@ -40,7 +43,10 @@ impl Fatal {
             NotFound | PermissionDenied | InvalidInput | InvalidData | AlreadyExists => PERMANENT,
             _ => TEMPORARY,
         };
-        Self::new(code, format!("unable to {what}: {}", crate::log::strerror(err)))
+        Self::new(
+            code,
+            format!("unable to {what}: {}", crate::log::strerror(err)),
+        )
     }
 }
 

@@ -1,1 +1,261 @@
-//! (being written)
+//! FIFOs and the account directory's client registry.
+//!
+//! A FIFO named `in` is owned by its reader. Readers open it read-write so a
+//! writer closing never causes EOF; writers open it non-blocking write-only
+//! so that no reader is a clear error (ENXIO) instead of a hang.
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::mkfifo;
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Create `path` as a FIFO with mode 0600 unless a FIFO is already there.
+pub fn make(path: &Path) -> io::Result<()> {
+    match mkfifo(path, Mode::from_bits_truncate(0o600)) {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) => {
+            let meta = fs::symlink_metadata(path)?;
+            if meta.file_type().is_fifo() {
+                Ok(())
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a FIFO",
+                ))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Create a directory (and its parents) with mode 0700.
+pub fn make_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Open a FIFO for reading so that it never reports EOF (read-write),
+/// non-blocking, close-on-exec. Refuses anything that is not a FIFO.
+pub fn open_read(path: &Path) -> io::Result<OwnedFd> {
+    let fd = open(
+        path,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )?;
+    let st = nix::sys::stat::fstat(&fd)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
+    }
+    Ok(fd)
+}
+
+/// Open a FIFO for writing without blocking. `Ok(None)` when nobody reads it.
+pub fn open_write(path: &Path) -> io::Result<Option<OwnedFd>> {
+    match open(
+        path,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Set mode 0600 on a file we created.
+pub fn chmod_private(path: &Path) -> io::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
+
+/// Write `data` to `path` atomically: temp file in the same directory with
+/// mode 0600, then rename over the old one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    drop(f);
+    fs::rename(&tmp, path)
+}
+
+/// The clients registered under `DIR/clients`: a subdirectory whose `in`
+/// and `out` are both FIFOs. Names are the directory names as they are.
+pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let Ok(rd) = fs::read_dir(clients_dir) else {
+        return found;
+    };
+    for ent in rd.flatten() {
+        let Ok(name) = ent.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let dir = ent.path();
+        let is_fifo = |p: PathBuf| {
+            fs::symlink_metadata(p)
+                .map(|m| m.file_type().is_fifo())
+                .unwrap_or(false)
+        };
+        if is_fifo(dir.join("in")) && is_fifo(dir.join("out")) {
+            found.insert(name);
+        }
+    }
+    found
+}
+
+/// Notices clients arriving and leaving under `DIR/clients`. Rescans are
+/// cheap (one readdir and two lstat per client) and driven by inotify when
+/// available; `changes` is also safe to call on a timer.
+pub struct ClientWatcher {
+    dir: PathBuf,
+    known: BTreeSet<String>,
+    inotify: Option<nix::sys::inotify::Inotify>,
+}
+
+impl ClientWatcher {
+    pub fn new(clients_dir: &Path) -> io::Result<Self> {
+        use nix::sys::inotify::{InitFlags, Inotify};
+        make_dir(clients_dir)?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
+        let mut w = ClientWatcher {
+            dir: clients_dir.to_path_buf(),
+            known: BTreeSet::new(),
+            inotify,
+        };
+        w.watch(&w.dir.clone());
+        Ok(w)
+    }
+
+    fn watch(&mut self, dir: &Path) {
+        use nix::sys::inotify::AddWatchFlags as F;
+        if let Some(ino) = &self.inotify {
+            let _ = ino.add_watch(
+                dir,
+                F::IN_CREATE
+                    | F::IN_DELETE
+                    | F::IN_MOVED_FROM
+                    | F::IN_MOVED_TO
+                    | F::IN_DELETE_SELF
+                    | F::IN_ATTRIB,
+            );
+        }
+    }
+
+    /// The inotify descriptor to wait on, if any.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.inotify.as_ref().map(|i| i.as_fd())
+    }
+
+    /// Drain pending inotify events (call when `fd` is readable).
+    pub fn drain(&mut self) {
+        if let Some(ino) = &self.inotify {
+            while let Ok(evs) = ino.read_events() {
+                if evs.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Clients that appeared and disappeared since the last call.
+    pub fn changes(&mut self) -> (Vec<String>, Vec<String>) {
+        // Watch every subdirectory so FIFOs made inside it wake us too.
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for ent in rd.flatten() {
+                if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    self.watch(&ent.path());
+                }
+            }
+        }
+        let now = list_clients(&self.dir);
+        let added = now.difference(&self.known).cloned().collect();
+        let removed = self.known.difference(&now).cloned().collect();
+        self.known = now;
+        (added, removed)
+    }
+
+    pub fn known(&self) -> &BTreeSet<String> {
+        &self.known
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sj-fifo-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        make_dir(&d).expect("mkdir");
+        d
+    }
+
+    #[test]
+    fn fifo_mode_and_no_eof() {
+        let d = tmpdir("mode");
+        let p = d.join("in");
+        make(&p).expect("mkfifo");
+        make(&p).expect("mkfifo twice is fine");
+        let m = fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(m, 0o600);
+        // No reader: a clear None, not a hang.
+        assert!(open_write(&p).expect("open").is_none());
+        let r = open_read(&p).expect("open read");
+        let w = open_write(&p).expect("open").expect("reader present");
+        nix::unistd::write(&w, b"x\n").expect("write");
+        drop(w);
+        let mut buf = [0u8; 8];
+        assert_eq!(nix::unistd::read(&r, &mut buf).expect("read"), 2);
+        // Writer gone: EAGAIN, never EOF.
+        assert_eq!(nix::unistd::read(&r, &mut buf), Err(Errno::EAGAIN));
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn refuses_regular_file() {
+        let d = tmpdir("reg");
+        let p = d.join("in");
+        fs::write(&p, b"").expect("write");
+        assert!(make(&p).is_err());
+        assert!(open_read(&p).is_err());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn watcher_sees_clients_come_and_go() {
+        let d = tmpdir("watch");
+        let c = d.join("clients");
+        let mut w = ClientWatcher::new(&c).expect("watcher");
+        assert_eq!(w.changes(), (vec![], vec![]));
+        make_dir(&c.join("a")).expect("mkdir");
+        make(&c.join("a/in")).expect("fifo");
+        assert_eq!(
+            w.changes().0,
+            Vec::<String>::new(),
+            "half-made client is not a client"
+        );
+        make(&c.join("a/out")).expect("fifo");
+        assert_eq!(w.changes(), (vec!["a".to_string()], vec![]));
+        fs::remove_dir_all(c.join("a")).expect("rm");
+        assert_eq!(w.changes(), (vec![], vec!["a".to_string()]));
+        fs::remove_dir_all(&d).ok();
+    }
+}

@@ -28,9 +28,17 @@ pub struct Limits {
 
 impl Limits {
     /// Before authentication (DESIGN §8): 8 KiB.
-    pub const PRE_AUTH: Limits = Limits { max_record: 8 * 1024, max_depth: 16, max_attrs: 32 };
+    pub const PRE_AUTH: Limits = Limits {
+        max_record: 8 * 1024,
+        max_depth: 16,
+        max_attrs: 32,
+    };
     /// After authentication: 256 KiB, like Prosody and ejabberd.
-    pub const DEFAULT: Limits = Limits { max_record: 256 * 1024, max_depth: 64, max_attrs: 64 };
+    pub const DEFAULT: Limits = Limits {
+        max_record: 256 * 1024,
+        max_depth: 64,
+        max_attrs: 64,
+    };
 }
 
 /// Stream-level error conditions (RFC 6120 §4.9.3) the framer can detect.
@@ -89,7 +97,10 @@ pub struct StreamHeader {
 
 impl StreamHeader {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -1,1 +1,258 @@
-//! (being written)
+//! Non-blocking byte and line I/O on raw descriptors, for event loops that
+//! recompute what to wait for from buffer state.
+
+use memchr::memchr;
+use nix::errno::Errno;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// Largest single read.
+const CHUNK: usize = 64 * 1024;
+
+/// Outcome of one read attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    /// This many bytes arrived.
+    Data(usize),
+    /// Nothing now; wait for readiness.
+    WouldBlock,
+    /// The writer closed.
+    Eof,
+}
+
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Read once from `fd`, appending to `buf`.
+pub fn read_into(fd: impl AsFd, buf: &mut Vec<u8>) -> io::Result<Read> {
+    let old = buf.len();
+    buf.resize(old + CHUNK, 0);
+    loop {
+        match nix::unistd::read(fd.as_fd(), &mut buf[old..]) {
+            Ok(0) => {
+                buf.truncate(old);
+                return Ok(Read::Eof);
+            }
+            Ok(n) => {
+                buf.truncate(old + n);
+                return Ok(Read::Data(n));
+            }
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                buf.truncate(old);
+                return Ok(Read::WouldBlock);
+            }
+            Err(e) => {
+                buf.truncate(old);
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// Splits a byte stream into LF-terminated lines. A line longer than `max`
+/// is discarded up to its LF and counted in `overlong`, so one bad writer
+/// cannot make the reader hold unbounded memory.
+pub struct LineReader {
+    buf: Vec<u8>,
+    start: usize,
+    max: usize,
+    skipping: bool,
+    pub overlong: u64,
+}
+
+impl LineReader {
+    pub fn new(max: usize) -> Self {
+        LineReader {
+            buf: Vec::new(),
+            start: 0,
+            max,
+            skipping: false,
+            overlong: 0,
+        }
+    }
+
+    /// Read once from `fd` into the buffer.
+    pub fn fill(&mut self, fd: impl AsFd) -> io::Result<Read> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        read_into(fd, &mut self.buf)
+    }
+
+    /// Append bytes directly (tests, or data from elsewhere).
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The next complete line, without its LF.
+    pub fn next_line(&mut self) -> Option<&[u8]> {
+        loop {
+            let rest = &self.buf[self.start..];
+            match memchr(b'\n', rest) {
+                Some(i) => {
+                    let s = self.start;
+                    self.start += i + 1;
+                    if self.skipping || i > self.max {
+                        self.skipping = false;
+                        self.overlong += 1;
+                        continue;
+                    }
+                    return Some(&self.buf[s..s + i]);
+                }
+                None => {
+                    if rest.len() > self.max {
+                        // Drop the partial over-long line now; skip to its LF.
+                        if !self.skipping {
+                            self.skipping = true;
+                        }
+                        self.buf.truncate(self.start);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Bytes of an incomplete line held.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+}
+
+/// An outgoing byte queue flushed with non-blocking writes.
+#[derive(Default)]
+pub struct WriteQueue {
+    chunks: VecDeque<Vec<u8>>,
+    /// Offset already written in the front chunk.
+    off: usize,
+    len: usize,
+}
+
+impl WriteQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        self.len += data.len();
+        // Coalesce small writes so one writev-free write carries many records.
+        if let Some(back) = self.chunks.back_mut() {
+            if back.len() + data.len() <= CHUNK {
+                back.extend_from_slice(&data);
+                return;
+            }
+        }
+        self.chunks.push_back(data);
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Write as much as the descriptor takes. `Ok(true)` when empty.
+    pub fn flush(&mut self, fd: impl AsFd) -> io::Result<bool> {
+        while let Some(front) = self.chunks.front() {
+            match nix::unistd::write(fd.as_fd(), &front[self.off..]) {
+                Ok(n) => {
+                    self.off += n;
+                    self.len -= n;
+                    if self.off == front.len() {
+                        self.chunks.pop_front();
+                        self.off = 0;
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    pub fn clear(&mut self) {
+        self.chunks.clear();
+        self.off = 0;
+        self.len = 0;
+    }
+}
+
+/// Write all of `data` to a blocking descriptor (small control messages).
+pub fn write_all(fd: impl AsFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd.as_fd(), data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => {
+                let pfd = nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLOUT);
+                let _ = nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(1000u16));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The raw number of a descriptor, for logging.
+pub fn fd_num(fd: impl AsFd) -> i32 {
+    fd.as_fd().as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_across_pushes() {
+        let mut r = LineReader::new(100);
+        r.push(b"ab");
+        assert!(r.next_line().is_none());
+        r.push(b"c\nde\nf");
+        assert_eq!(r.next_line(), Some(&b"abc"[..]));
+        assert_eq!(r.next_line(), Some(&b"de"[..]));
+        assert!(r.next_line().is_none());
+        assert_eq!(r.pending(), 1);
+    }
+
+    #[test]
+    fn overlong_line_skipped_without_holding_it() {
+        let mut r = LineReader::new(4);
+        r.push(b"0123456789");
+        assert!(r.next_line().is_none());
+        assert_eq!(r.pending(), 0);
+        r.push(b"abc\nok\n");
+        assert_eq!(r.next_line(), Some(&b"ok"[..]));
+        assert_eq!(r.overlong, 1);
+    }
+
+    #[test]
+    fn queue_flushes_through_pipe() {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        let mut q = WriteQueue::new();
+        q.push(b"hello ".to_vec());
+        q.push(b"world\n".to_vec());
+        assert_eq!(q.len(), 12);
+        assert!(q.flush(&wr).expect("flush"));
+        let mut buf = [0u8; 32];
+        let n = nix::unistd::read(&rd, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"hello world\n");
+    }
+}

@@ -42,7 +42,11 @@ impl Jid {
     }
     /// The same JID without the resource.
     pub fn bare(&self) -> Jid {
-        Jid { local: self.local.clone(), domain: self.domain.clone(), resource: None }
+        Jid {
+            local: self.local.clone(),
+            domain: self.domain.clone(),
+            resource: None,
+        }
     }
     pub fn is_bare(&self) -> bool {
         self.resource.is_none()

@@ -9,8 +9,19 @@
 //! is reversible and two different names never share a path.
 
 /// Names the account directory reserves for itself.
-pub const RESERVED: &[&str] =
-    &["in", "out", "state", "mypresence", "roster", "passwd", "iq", "iq.d", "clients", "presence", "subscriptions"];
+pub const RESERVED: &[&str] = &[
+    "in",
+    "out",
+    "state",
+    "mypresence",
+    "roster",
+    "passwd",
+    "iq",
+    "iq.d",
+    "clients",
+    "presence",
+    "subscriptions",
+];
 
 /// What kind of name is being mapped (contacts must be valid bare JIDs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

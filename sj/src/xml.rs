@@ -38,7 +38,10 @@ impl Element {
         self.name.rsplit(':').next().unwrap_or(&self.name)
     }
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
     /// Child elements.
     pub fn elements(&self) -> impl Iterator<Item = &Element> {
@@ -49,7 +52,8 @@ impl Element {
     }
     /// First child element with this local name and namespace.
     pub fn child(&self, local: &str, ns: &str) -> Option<&Element> {
-        self.elements().find(|e| e.local_name() == local && e.ns == ns)
+        self.elements()
+            .find(|e| e.local_name() == local && e.ns == ns)
     }
     /// Concatenated text of the direct text children.
     pub fn text(&self) -> String {
