@@ -206,12 +206,9 @@ mod tests {
             "", ".", "..", "../etc", "a@..", "a@b/", "in", "a@b@c", "a\0@b", "/",
         ] {
             // "in" is a valid domain JID: it maps to a safe name instead.
-            match component(Kind::Contact, bad) {
-                Ok(out) => {
-                    assert_eq!(bad, "in");
-                    assert_eq!(out, "%69n");
-                }
-                Err(_) => {}
+            if let Ok(out) = component(Kind::Contact, bad) {
+                assert_eq!(bad, "in");
+                assert_eq!(out, "%69n");
             }
         }
         assert!(component(Kind::Contact, &"a".repeat(300)).is_err());
