@@ -1,17 +1,11 @@
 //! Which clients a record goes to: the pure part of mirrord.
 //!
-//! Records arrive already validated (DESIGN §4), so this module only scans
-//! what it needs: the attributes of the top-level start tag, and, for the
-//! rare record that starts with `<message` and mentions
-//! `urn:xmpp:carbons:2`, the start tags down to the forwarded message of a
-//! XEP-0280 sent copy. It never panics on a malformed record; it answers
-//! "broadcast" instead.
-//!
-//! These are private helpers of mirrord: `sj::xml` was still `todo!()`
-//! when this was written, and the scan here is narrower (and cheaper) than
-//! building a tree.
-
-use std::borrow::Cow;
+//! Records arrive already validated (DESIGN §4), so this module only looks
+//! at what it needs: the top-level `to` and `from` (`sj::xml::attr`), and,
+//! for the rare record that starts with `<message` and mentions
+//! `urn:xmpp:carbons:2`, the tree down to the forwarded message of a
+//! XEP-0280 sent copy (`sj::xml::Element::parse`). It never panics on a
+//! malformed record; it answers "broadcast" instead.
 
 const CARBONS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
@@ -85,15 +79,16 @@ pub enum Target {
 
 /// Decide where `record` goes. `client` maps a resource to the directory
 /// name of the registered client that has it, if any.
+///
+/// Cost: the top-level start tag is scanned for `to`; only a record that
+/// starts with `<message` and mentions `urn:xmpp:carbons:2` is parsed
+/// further.
 pub fn target<'c>(
     record: &[u8],
     account: &Account,
     client: impl Fn(&str) -> Option<&'c str>,
 ) -> Target {
-    let Some(top) = start_tag(record, skip_ws(record, 0)) else {
-        return Target::All;
-    };
-    if let Some(to) = top.attr("to") {
+    if let Some(to) = sj::xml::attr(record, "to") {
         if let Some(res) = account.resource_of(&to) {
             if let Some(dir) = client(res) {
                 return Target::Only(dir.to_string());
@@ -104,8 +99,9 @@ pub fn target<'c>(
             }
         }
     }
-    if top.name == "message" && memchr::memmem::find(record, CARBONS.as_bytes()).is_some() {
-        if let Some(origin) = sent_origin(record, account, &top) {
+    if record.starts_with(b"<message") && memchr::memmem::find(record, CARBONS.as_bytes()).is_some()
+    {
+        if let Some(origin) = sent_origin(record, account) {
             if let Some(dir) = client(&origin) {
                 return Target::AllBut(dir.to_string());
             }
@@ -117,221 +113,19 @@ pub fn target<'c>(
 /// The origin resource of a XEP-0280 sent copy made for this account:
 /// `<message from='BARE'><sent xmlns='urn:xmpp:carbons:2'><forwarded
 /// xmlns='urn:xmpp:forward:0'><message from='BARE/ORIGIN'>`.
-fn sent_origin(record: &[u8], account: &Account, top: &StartTag<'_>) -> Option<String> {
-    if !account.is_bare(&top.attr("from")?) {
+fn sent_origin(record: &[u8], account: &Account) -> Option<String> {
+    if !account.is_bare(&sj::xml::attr(record, "from")?) {
         return None;
     }
-    // Walk the tree keeping a namespace stack; match the path
-    // message/sent/forwarded/message at depths 1..4.
-    let want: [(&str, &str); 3] = [
-        ("sent", CARBONS),
-        ("forwarded", FORWARD),
-        ("message", CLIENT_NS),
-    ];
-    let mut scopes: Vec<Vec<(String, String)>> = vec![top.ns_decls()];
-    // How many levels of `want` the current open path matches.
-    let mut matched = 0usize;
-    let mut pos = top.end;
-    if top.empty {
+    let top = sj::xml::Element::parse(record)?;
+    if top.local_name() != "message" || top.ns != CLIENT_NS {
         return None;
     }
-    loop {
-        let lt = pos + memchr::memchr(b'<', record.get(pos..)?)?;
-        let rest = &record[lt..];
-        if rest.starts_with(b"</") {
-            let gt = lt + memchr::memchr(b'>', rest)?;
-            scopes.pop();
-            if scopes.is_empty() {
-                return None;
-            }
-            // Leaving an element on the matched path ends the match there.
-            matched = matched.min(scopes.len() - 1);
-            pos = gt + 1;
-            continue;
-        }
-        if rest.starts_with(b"<![CDATA[") {
-            pos = lt + memchr::memmem::find(rest, b"]]>")? + 3;
-            continue;
-        }
-        if rest.starts_with(b"<!") || rest.starts_with(b"<?") {
-            pos = lt + memchr::memchr(b'>', rest)? + 1;
-            continue;
-        }
-        let tag = start_tag(record, lt)?;
-        let depth = scopes.len(); // depth of this element, top = 0
-        scopes.push(tag.ns_decls());
-        if matched == depth - 1 && depth <= want.len() {
-            let (local, ns) = want[depth - 1];
-            let (prefix, name) = match tag.name.split_once(':') {
-                Some((p, n)) => (p, n),
-                None => ("", tag.name),
-            };
-            if name == local && resolve(&scopes, prefix) == Some(ns) {
-                matched = depth;
-                if depth == want.len() {
-                    let from = tag.attr("from")?;
-                    return account.resource_of(&from).map(str::to_string);
-                }
-            }
-        }
-        if tag.empty {
-            scopes.pop();
-        }
-        pos = tag.end;
-    }
-}
-
-fn resolve<'s>(scopes: &'s [Vec<(String, String)>], prefix: &str) -> Option<&'s str> {
-    for scope in scopes.iter().rev() {
-        if let Some((_, uri)) = scope.iter().find(|(p, _)| p == prefix) {
-            return Some(uri);
-        }
-    }
-    (prefix.is_empty()).then_some(CLIENT_NS)
-}
-
-/// One start tag: its name, raw attributes, where it ends.
-struct StartTag<'a> {
-    name: &'a str,
-    attrs: Vec<(&'a str, &'a str)>,
-    /// Offset just past the `>`.
-    end: usize,
-    /// `<x/>`.
-    empty: bool,
-}
-
-impl<'a> StartTag<'a> {
-    /// The unescaped value of an attribute.
-    fn attr(&self, name: &str) -> Option<Cow<'a, str>> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| unescape(v))
-    }
-
-    /// Namespace declarations on this tag, as (prefix, uri); "" = default.
-    fn ns_decls(&self) -> Vec<(String, String)> {
-        self.attrs
-            .iter()
-            .filter_map(|(k, v)| {
-                if *k == "xmlns" {
-                    Some((String::new(), unescape(v).into_owned()))
-                } else {
-                    k.strip_prefix("xmlns:")
-                        .map(|p| (p.to_string(), unescape(v).into_owned()))
-                }
-            })
-            .collect()
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && b[i].is_ascii_whitespace() {
-        i += 1;
-    }
-    i
-}
-
-/// Parse the start tag at `at` (which must be `<`).
-fn start_tag(b: &[u8], at: usize) -> Option<StartTag<'_>> {
-    if b.get(at) != Some(&b'<') {
-        return None;
-    }
-    let is_name_end = |c: u8| c.is_ascii_whitespace() || c == b'/' || c == b'>' || c == b'=';
-    let mut i = at + 1;
-    let start = i;
-    while i < b.len() && !is_name_end(b[i]) {
-        i += 1;
-    }
-    let name = std::str::from_utf8(&b[start..i]).ok()?;
-    if name.is_empty() {
-        return None;
-    }
-    let mut attrs = Vec::new();
-    loop {
-        i = skip_ws(b, i);
-        match b.get(i)? {
-            b'>' => {
-                return Some(StartTag {
-                    name,
-                    attrs,
-                    end: i + 1,
-                    empty: false,
-                })
-            }
-            b'/' => {
-                if b.get(i + 1) != Some(&b'>') {
-                    return None;
-                }
-                return Some(StartTag {
-                    name,
-                    attrs,
-                    end: i + 2,
-                    empty: true,
-                });
-            }
-            _ => {}
-        }
-        let ks = i;
-        while i < b.len() && !is_name_end(b[i]) {
-            i += 1;
-        }
-        let key = std::str::from_utf8(&b[ks..i]).ok()?;
-        i = skip_ws(b, i);
-        if b.get(i) != Some(&b'=') || key.is_empty() {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
-        let q = *b.get(i)?;
-        if q != b'\'' && q != b'"' {
-            return None;
-        }
-        let vs = i + 1;
-        let ve = vs + memchr::memchr(q, b.get(vs..)?)?;
-        attrs.push((key, std::str::from_utf8(&b[vs..ve]).ok()?));
-        i = ve + 1;
-    }
-}
-
-/// XML attribute unescaping: the five predefined entities and character
-/// references. Anything malformed is kept as written.
-fn unescape(s: &str) -> Cow<'_, str> {
-    if !s.contains('&') {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        rest = &rest[amp..];
-        let Some(semi) = rest.find(';') else { break };
-        let ent = &rest[1..semi];
-        let c = match ent {
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "amp" => Some('&'),
-            "apos" => Some('\''),
-            "quot" => Some('"'),
-            _ => ent
-                .strip_prefix("#x")
-                .map(|h| u32::from_str_radix(h, 16))
-                .or_else(|| ent.strip_prefix('#').map(str::parse::<u32>))
-                .and_then(Result::ok)
-                .and_then(char::from_u32),
-        };
-        match c {
-            Some(c) => {
-                out.push(c);
-                rest = &rest[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    Cow::Owned(out)
+    let inner = top
+        .child("sent", CARBONS)?
+        .child("forwarded", FORWARD)?
+        .child("message", CLIENT_NS)?;
+    account.resource_of(inner.attr("from")?).map(str::to_string)
 }
 
 /// Percent-decoding of a client directory name back to its resource
@@ -466,8 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn unescape_and_decode() {
-        assert_eq!(unescape("a&amp;b&#x41;&#66;&bogus;&"), "a&bAB&bogus;&");
+    fn decode() {
         assert_eq!(decode_name("a%2Fb%25"), "a/b%");
         assert_eq!(decode_name("plain"), "plain");
         assert_eq!(decode_name("bad%zz%"), "bad%zz%");
