@@ -673,22 +673,40 @@ fn is_name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
-/// End of the XML `Name` starting at `i` (0 length if none). Input must be UTF-8.
+const fn ascii_name_table(start: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphabetic() || c == b':' || c == b'_' || (!start && (c.is_ascii_digit() || c == b'-' || c == b'.'));
+        b += 1;
+    }
+    t
+}
+
+static NAME_START_ASCII: [bool; 256] = ascii_name_table(true);
+static NAME_CHAR_ASCII: [bool; 256] = ascii_name_table(false);
+
+/// End of the XML `Name` starting at `i` (0 length if none).
 fn name_end(s: &[u8], mut i: usize) -> usize {
     let start = i;
     while let Some(&b) = s.get(i) {
-        let (c, len) = if b < 0x80 {
-            (b as char, 1)
-        } else {
-            let len = match b {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                _ => 4,
-            };
-            match s.get(i..i + len).and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.chars().next()) {
-                Some(c) => (c, len),
-                None => break,
+        if b < 0x80 {
+            let ok = if i == start { NAME_START_ASCII[b as usize] } else { NAME_CHAR_ASCII[b as usize] };
+            if !ok {
+                break;
             }
+            i += 1;
+            continue;
+        }
+        let len = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        };
+        let Some(c) = s.get(i..i + len).and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.chars().next())
+        else {
+            break;
         };
         let ok = if i == start { is_name_start(c) } else { is_name_char(c) };
         if !ok {
@@ -752,8 +770,22 @@ const fn table(special: &[u8]) -> [bool; 256] {
     t
 }
 
-static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]");
-static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t");
+/// Besides markup, the bytes that may start a non-`Char`: C0 controls and
+/// 0xEF (U+FFFE, U+FFFF), so no separate pass over the record is needed.
+static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]\xEF\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F");
+static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t\xEF\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F");
+
+/// At a byte from the extra part of the tables above: refuse a non-`Char`,
+/// else copy it.
+fn check_special_char(s: &[u8], i: usize) -> Res<()> {
+    match s[i] {
+        0xEF if s.get(i + 1) == Some(&0xBF) && matches!(s.get(i + 2), Some(0xBE | 0xBF)) => {
+            fail(Condition::NotWellFormed, "U+FFFE or U+FFFF")
+        }
+        0xEF => Ok(()),
+        _ => fail(Condition::NotWellFormed, "control character"),
+    }
+}
 
 struct Attr {
     name: (usize, usize),
@@ -783,13 +815,10 @@ impl<'a> Checker<'a> {
 
     /// Copy a run of bytes not in `special`.
     fn run(&mut self, special: &[bool; 256]) {
-        let start = self.i;
-        let mut i = start;
-        while i < self.s.len() && !special[self.s[i] as usize] {
-            i += 1;
-        }
-        self.out.extend_from_slice(&self.s[start..i]);
-        self.i = i;
+        let rest = &self.s[self.i..];
+        let n = rest.iter().position(|&b| special[b as usize]).unwrap_or(rest.len());
+        self.out.extend_from_slice(&rest[..n]);
+        self.i += n;
     }
 
     /// Whitespace inside a tag: a line break becomes a space.
@@ -893,9 +922,14 @@ impl<'a> Checker<'a> {
                                 self.out.push(b' ');
                                 self.i += 1;
                             }
-                            Some(&b) => {
+                            Some(b'\'' | b'"') => {
                                 // The other quote character.
-                                self.out.push(b);
+                                self.out.push(self.s[self.i]);
+                                self.i += 1;
+                            }
+                            Some(_) => {
+                                check_special_char(self.s, self.i)?;
+                                self.out.push(self.s[self.i]);
                                 self.i += 1;
                             }
                         }
@@ -940,11 +974,16 @@ impl<'a> Checker<'a> {
                     self.out.extend_from_slice(b"&#10;");
                     self.i += 1;
                 }
-                Some(_) => {
+                Some(b']') => {
                     if self.s[self.i..].starts_with(b"]]>") {
                         return fail(Condition::NotWellFormed, "']]>' in character data");
                     }
                     self.out.push(b']');
+                    self.i += 1;
+                }
+                Some(_) => {
+                    check_special_char(self.s, self.i)?;
+                    self.out.push(self.s[self.i]);
                     self.i += 1;
                 }
             }
@@ -960,6 +999,7 @@ impl<'a> Checker<'a> {
             return fail(Condition::NotWellFormed, "unterminated CDATA section");
         };
         let end = self.i + len;
+        check_text_bytes(&self.s[self.i..end])?;
         while let Some(off) = memchr::memchr2(b'\r', b'\n', &self.s[self.i..end]) {
             let p = self.i + off;
             self.out.extend_from_slice(&self.s[self.i..p]);
@@ -976,7 +1016,11 @@ impl<'a> Checker<'a> {
 /// Validate one complete top-level element and write its canonical record.
 /// Returns the record and whether it is a `<stream:error>`.
 fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u8>, bool)> {
-    check_text_bytes(s)?;
+    // Non-Chars are caught where the tokenizer meets them: names, tag
+    // whitespace and the tables for text and attribute values.
+    if std::str::from_utf8(s).is_err() {
+        return fail(Condition::NotWellFormed, "invalid UTF-8");
+    }
     let mut c = Checker::new(s, limits.max_attrs);
     // Open elements (qualified-name ranges) and prefix declarations in
     // scope: (prefix range, value range, depth).
@@ -1326,6 +1370,11 @@ mod tests {
             "<m>\u{FFFE}</m>",
             "<m a='\u{FFFF}'/>",
             "<m>\u{7}</m>",
+            "<m></m\u{1}>",
+            "<m a='1'\u{1}/>",
+            "<m><![CDATA[\u{2}]]></m>",
+            "<m>\u{FFFF}</m>",
+            "<m\u{FFFE}/>",
             "<![CDATA[x]]>",
             "</m>",
             "<m></m></stream:stream>x",
