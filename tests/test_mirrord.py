@@ -215,7 +215,9 @@ def test_stuck_client_does_not_delay_others_and_is_dropped(acct, with_stuck):
     # Opened for reading, never read (baseline: nobody opens it).
     if with_stuck:
         stuck_fd = os.open(d / "clients" / "stuck" / "in", os.O_RDONLY | os.O_NONBLOCK)
-    bound = 64 * 1024
+    # Small enough that the stuck client passes it (pipe + bound < all sent),
+    # roomy enough that a fast reader in Python never does under load.
+    bound = 256 * 1024
     m = Mirrord(d, "-q", str(bound))
     procs.append(m)
     n = 3000
@@ -260,6 +262,49 @@ def test_stuck_client_does_not_delay_others_and_is_dropped(acct, with_stuck):
         data += chunk
     os.close(stuck_fd)
     assert 0 < len(data) < n * 240
+
+
+def test_dropped_client_comes_back_when_it_registers_again(acct):
+    d, procs, readers = acct
+    make_client(d, "a")
+    a = Reader(d, "a")
+    readers.append(a)
+    make_client(d, "s")
+    stuck_fd = os.open(d / "clients" / "s" / "in", os.O_RDWR)
+    m = Mirrord(d, "-q", "8k")
+    procs.append(m)
+    # In steps the fast client keeps up with, so only the stuck one passes
+    # the small bound.
+    for step in range(30):
+        m.send(
+            *[f"<message id='m{i}'><body>{'z' * 500}</body></message>"
+              for i in range(step * 10, step * 10 + 10)]
+        )
+        assert a.wait_for(lambda ls: len(ls) == step * 10 + 10), m.err
+    drop = DROP_LINE.format(name="s", n=8192)
+    deadline = time.monotonic() + 5
+    while drop not in m.err and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert drop in m.err, m.err
+    assert a.wait_for(lambda ls: len(ls) == 300)
+    # Not written to while it is the same FIFO, even once it reads again.
+    m.send("<presence id='still-dropped'/>")
+    assert a.wait_for(lambda ls: "<presence id='still-dropped'/>" in ls)
+    os.close(stuck_fd)
+    # Registers again: a new directory and FIFOs.
+    shutil.rmtree(d / "clients" / "s")
+    make_client(d, "s")
+    s = Reader(d, "s")
+    readers.append(s)
+    deadline = time.monotonic() + 5
+    i = 0
+    while time.monotonic() < deadline and not s.texts():
+        i += 1
+        m.send(f"<presence id='back{i}'/>")
+        s.wait_for(lambda ls: len(ls) > 0, timeout=0.1)
+    assert s.texts() and s.texts()[0].startswith("<presence id='back"), s.texts()[:3]
+    assert m.close() == 0
+    assert m.err.count(drop) == 1, m.err
 
 
 def test_eof_with_stuck_client_exits_within_grace(acct):

@@ -191,10 +191,10 @@ impl Fanout {
                     // No reader: nothing to keep for it.
                     Ok(None) => continue,
                     Err(e) => {
-                        sj::log::trace(
-                            &format!("open {}: {}", c.path.display(), sj::log::strerror(&e)),
-                            b"",
-                        );
+                        if sj::log::verbose() {
+                            let why = sj::log::strerror(&e);
+                            sj::log::info(&format!("client {name}: unable to open in: {why}"));
+                        }
                         continue;
                     }
                 }
