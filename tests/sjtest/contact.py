@@ -47,7 +47,7 @@ class Contact:
         c.enable_starttls = False
         c.enable_direct_tls = False
         c.enable_plaintext = True
-        c["feature_mechanisms"].unencrypted_scram = True
+        c.plugin["feature_mechanisms"].unencrypted_scram = True
         c.auto_authorize = True
         c.auto_subscribe = True
         c.add_filter("in", self._on_stanza)
