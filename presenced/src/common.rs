@@ -274,7 +274,10 @@ mod tests {
         let p = MyPresence::parse("away\npriority -5\n").expect("parse");
         assert_eq!((p.show, p.priority), (Show::Away, -5));
         assert_eq!(p.status, "");
-        assert_eq!(MyPresence::parse("offline").map(|p| p.show), Some(Show::Offline));
+        assert_eq!(
+            MyPresence::parse("offline").map(|p| p.show),
+            Some(Show::Offline)
+        );
         assert_eq!(MyPresence::parse("busy at work"), None);
         assert_eq!(MyPresence::parse("away\npriority 500"), None);
         assert_eq!(MyPresence::parse("away\nbogus"), None);

@@ -201,7 +201,12 @@ fn choose<'a>(
     };
     if mine.show != Show::Offline {
         offer(
-            (mine.show, std::cmp::Reverse(mine.priority), 1, std::cmp::Reverse(0)),
+            (
+                mine.show,
+                std::cmp::Reverse(mine.priority),
+                1,
+                std::cmp::Reverse(0),
+            ),
             (mine.show, mine.status.as_str(), mine.priority, None),
         );
     }
@@ -210,7 +215,12 @@ fn choose<'a>(
             continue;
         }
         offer(
-            (c.show, std::cmp::Reverse(c.priority), 0, std::cmp::Reverse(c.seq)),
+            (
+                c.show,
+                std::cmp::Reverse(c.priority),
+                0,
+                std::cmp::Reverse(c.seq),
+            ),
             (c.show, c.status.as_str(), c.priority, c.caps.as_deref()),
         );
     }
@@ -232,9 +242,7 @@ fn build_presence(
     if show == Show::Offline {
         head.extend_from_slice(b" type='unavailable'");
         if !status.is_empty() {
-            head.extend_from_slice(
-                format!(">{}</presence>\n", status_el(status)).as_bytes(),
-            );
+            head.extend_from_slice(format!(">{}</presence>\n", status_el(status)).as_bytes());
         } else {
             head.extend_from_slice(b"/>\n");
         }
@@ -894,6 +902,119 @@ mod tests {
             choose(&mine, &cl).map(|c| c.3),
             Some(Some(&b"<c new/>"[..]))
         );
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("presenced-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        sj::fifo::make_dir(&d).expect("mkdir");
+        d
+    }
+
+    fn state(dir: &Path, auto: bool) -> State {
+        let jid = Jid::parse("alice@localhost/sj-proxy").expect("jid");
+        State::new(dir.to_path_buf(), jid, auto)
+    }
+
+    fn sent(st: &mut State) -> Vec<String> {
+        st.out
+            .drain(..)
+            .map(|r| String::from_utf8_lossy(&r).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn stanzas_built() {
+        let p = |to, show, status, prio, caps: Option<&str>| {
+            String::from_utf8(build_presence(
+                to,
+                show,
+                status,
+                prio,
+                caps.map(str::as_bytes),
+            ))
+            .expect("utf8")
+        };
+        assert_eq!(p(None, Show::Online, "", 0, None), "<presence/>\n");
+        assert_eq!(
+            p(None, Show::Dnd, "a<b", 5, Some("<c xmlns='http://jabber.org/protocol/caps' node='n' ver='v' hash='sha-1'/>")),
+            "<presence><show>dnd</show><status>a&lt;b</status><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' node='n' ver='v' hash='sha-1'/></presence>\n"
+        );
+        assert_eq!(
+            p(Some("bob@x"), Show::Offline, "", 0, None),
+            "<presence to='bob@x' type='unavailable'/>\n"
+        );
+        assert_eq!(
+            p(Some("o'k@x"), Show::Away, "", 0, None),
+            "<presence to='o&apos;k@x'><show>away</show></presence>\n"
+        );
+    }
+
+    #[test]
+    fn mypresence_files_drive_what_is_sent() {
+        let d = tmpdir("scan");
+        let mut st = state(&d, false);
+        st.rescan();
+        assert_eq!(sent(&mut st), vec!["<presence/>\n"], "initial presence");
+        st.rescan();
+        assert!(sent(&mut st).is_empty(), "nothing changed, nothing sent");
+        fs::write(d.join("mypresence"), "dnd busy\n").expect("write");
+        st.rescan();
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence><show>dnd</show><status>busy</status></presence>\n"]
+        );
+        let bob = d.join(sj::path::component(Kind::Contact, "bob@localhost").expect("c"));
+        sj::fifo::make_dir(&bob).expect("mkdir");
+        fs::write(bob.join("mypresence"), "away not for you\n").expect("write");
+        st.rescan();
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence to='bob@localhost'><show>away</show><status>not for you</status></presence>\n"]
+        );
+        fs::write(d.join("mypresence"), "offline\n").expect("write");
+        st.rescan();
+        assert_eq!(
+            sent(&mut st),
+            vec![
+                "<presence type='unavailable'/>\n",
+                "<presence to='bob@localhost'><show>away</show><status>not for you</status></presence>\n"
+            ]
+        );
+        fs::write(d.join("mypresence"), "bogus words\n").expect("write");
+        st.rescan();
+        assert!(sent(&mut st).is_empty(), "a bad file changes nothing");
+        fs::remove_file(bob.join("mypresence")).expect("rm");
+        st.rescan();
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence to='bob@localhost' type='unavailable'/>\n"]
+        );
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn subscription_writes_event_and_list() {
+        let d = tmpdir("sub");
+        let mut st = state(&d, false);
+        st.subscription("carol@localhost", "subscribe");
+        assert!(sent(&mut st).is_empty(), "not approved without -a");
+        let out = fs::read_to_string(d.join("carol@localhost/out")).expect("out");
+        assert!(
+            out.ends_with(" -!- <carol@localhost> asks to subscribe to your presence\n"),
+            "{out}"
+        );
+        assert_eq!(out.len(), "YYYY-MM-DD HH:MM".len() + out[16..].len());
+        let subs = fs::read_to_string(d.join("subscriptions")).expect("subs");
+        assert!(subs.starts_with("carol@localhost subscribe 20"), "{subs}");
+        assert!(subs.ends_with("Z\n"));
+        let mut st = state(&d, true);
+        st.subscription("carol@localhost", "subscribe");
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence to='carol@localhost' type='subscribed'/>\n"]
+        );
+        fs::remove_dir_all(&d).ok();
     }
 
     #[test]

@@ -147,8 +147,8 @@ fn cmd_priority(dir: &Path, words: &[String]) -> Result<(), Fatal> {
 fn contact_dir(dir: &Path, contact: &str) -> Result<(String, PathBuf), Fatal> {
     let jid = Jid::parse(contact).map_err(|e| usage(format!("{e}: {contact}")))?;
     let bare = jid.bare().to_string();
-    let comp = sj::path::component(Kind::Contact, &bare)
-        .map_err(|e| usage(format!("{contact}: {e}")))?;
+    let comp =
+        sj::path::component(Kind::Contact, &bare).map_err(|e| usage(format!("{contact}: {e}")))?;
     Ok((bare, dir.join(comp)))
 }
 
@@ -182,10 +182,7 @@ fn cmd_to(dir: &Path, words: &[String]) -> Result<(), Fatal> {
 
 /// The stanza a subscription command sends.
 fn subscription_stanza(typ: &str, bare: &str) -> String {
-    format!(
-        "<presence to='{}' type='{typ}'/>\n",
-        sj::escape::attr(bare)
-    )
+    format!("<presence to='{}' type='{typ}'/>\n", sj::escape::attr(bare))
 }
 
 fn cmd_subscription(dir: &Path, typ: &str, words: &[String]) -> Result<(), Fatal> {
@@ -210,7 +207,8 @@ fn cmd_subscription(dir: &Path, typ: &str, words: &[String]) -> Result<(), Fatal
 }
 
 fn cmd_list(dir: &Path) -> Result<(), Fatal> {
-    let rd = fs::read_dir(dir).map_err(|e| Fatal::io(format_args!("read {}", dir.display()), &e))?;
+    let rd =
+        fs::read_dir(dir).map_err(|e| Fatal::io(format_args!("read {}", dir.display()), &e))?;
     let mut rows = Vec::new();
     for ent in rd.flatten() {
         let Ok(name) = ent.file_name().into_string() else {
@@ -223,7 +221,10 @@ fn cmd_list(dir: &Path) -> Result<(), Fatal> {
             continue;
         };
         let jid = sj::path::decode(&name).unwrap_or(name);
-        rows.push(format!("{jid}\t{}", text.lines().next().unwrap_or("offline")));
+        rows.push(format!(
+            "{jid}\t{}",
+            text.lines().next().unwrap_or("offline")
+        ));
     }
     rows.sort();
     let mut out = std::io::stdout().lock();
