@@ -184,6 +184,9 @@ struct ClientPres {
     seq: u64,
 }
 
+/// The chosen presence: show, status, priority, caps element.
+type Chosen<'a> = (Show, &'a str, i8, Option<&'a [u8]>);
+
 /// What the account's broadcast presence is: the most available of
 /// `mypresence` and the clients' presences; on equal show the higher
 /// priority, then a client over `mypresence` (it has caps), then the most
@@ -191,9 +194,9 @@ struct ClientPres {
 fn choose<'a>(
     mine: &'a MyPresence,
     clients: impl IntoIterator<Item = &'a ClientPres>,
-) -> Option<(Show, &'a str, i8, Option<&'a [u8]>)> {
+) -> Option<Chosen<'a>> {
     type Key = (Show, std::cmp::Reverse<i8>, u8, std::cmp::Reverse<u64>);
-    let mut best: Option<(Key, (Show, &'a str, i8, Option<&'a [u8]>))> = None;
+    let mut best: Option<(Key, Chosen<'a>)> = None;
     let mut offer = |key: Key, val| {
         if best.as_ref().is_none_or(|(k, _)| key < *k) {
             best = Some((key, val));
