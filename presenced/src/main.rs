@@ -1021,6 +1021,82 @@ mod tests {
     }
 
     #[test]
+    fn contact_presence_files_cache_and_replay() {
+        let d = tmpdir("contacts");
+        let mut st = state(&d, false);
+        let bob = d.join("bob@localhost/presence");
+        let rd = |p: &Path| fs::read_to_string(p).expect("read");
+        st.handle_record(b"<presence from='bob@localhost/phone' to='alice@localhost/sj-proxy'><show>away</show><status>lunch\nbreak</status><priority>1</priority></presence>");
+        assert_eq!(rd(&bob), "away lunch break\n");
+        st.handle_record(b"<presence from='Bob@LOCALHOST/pc' to='alice@localhost/sj-proxy'><priority>-1</priority></presence>");
+        assert_eq!(rd(&bob), "online\n", "most available wins");
+        st.handle_record(b"<presence from='carol@localhost/x' to='alice@localhost/sj-proxy'><show>dnd</show></presence>");
+        assert!(sent(&mut st).is_empty());
+        // A client's first available presence gets the cache, addressed to it.
+        st.handle_record(b"<presence from='alice@localhost/gajim'><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/></presence>");
+        let out = sent(&mut st);
+        let replays: Vec<&String> = out
+            .iter()
+            .filter(|r| r.contains("to='alice@localhost/gajim'"))
+            .collect();
+        assert_eq!(replays.len(), 3, "{out:?}");
+        assert!(replays
+            .iter()
+            .all(|r| !r.contains("sj-proxy") && r.ends_with("</presence>\n")));
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some("<presence><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/></presence>\n")
+        );
+        // A second available presence from the same client: no replay;
+        // away is less available than mypresence (online), which wins.
+        st.handle_record(b"<presence from='alice@localhost/gajim'><show>away</show></presence>");
+        assert_eq!(sent(&mut st), vec!["<presence/>\n"]);
+        // Unavailable removes from the cache.
+        st.handle_record(
+            b"<presence from='bob@localhost/pc' to='alice@localhost/sj-proxy' type='unavailable'/>",
+        );
+        assert_eq!(rd(&bob), "away lunch break\n");
+        st.handle_record(b"<presence from='bob@localhost/phone' to='alice@localhost/sj-proxy' type='unavailable'/>");
+        assert_eq!(rd(&bob), "offline\n");
+        // The client leaves: mypresence (online) still, nothing new to send.
+        st.handle_record(b"<presence from='alice@localhost/gajim' type='unavailable'/>");
+        assert!(sent(&mut st).is_empty());
+        // Reconnected, it is new again and gets carol only.
+        st.handle_record(b"<presence from='alice@localhost/gajim'/>");
+        let out = sent(&mut st);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].contains("carol@localhost/x") && out[0].contains("to='alice@localhost/gajim'")
+        );
+        // Own echo is ignored.
+        st.handle_record(
+            b"<presence from='alice@localhost/sj-proxy' to='alice@localhost/sj-proxy'/>",
+        );
+        assert!(sent(&mut st).is_empty());
+        assert!(!d.join("alice@localhost").exists());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn subscription_and_error_records() {
+        let d = tmpdir("subrec");
+        let mut st = state(&d, false);
+        st.handle_record(
+            b"<presence from='carol@localhost' to='alice@localhost' type='subscribe'/>",
+        );
+        st.handle_record(b"<presence from='bob@localhost/x' to='alice@localhost/sj-proxy' type='error'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>");
+        assert!(sent(&mut st).is_empty());
+        let out = fs::read_to_string(d.join("carol@localhost/out")).expect("out");
+        assert!(out.ends_with("-!- <carol@localhost> asks to subscribe to your presence\n"));
+        let out = fs::read_to_string(d.join("bob@localhost/out")).expect("out");
+        assert!(
+            out.ends_with("-!- presence error from <bob@localhost/x>: remote-server-not-found\n"),
+            "{out}"
+        );
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
     fn subscription_events() {
         assert_eq!(
             subscription_event("subscribe", "bob@localhost", false).as_deref(),
