@@ -33,8 +33,11 @@ fn main() -> ExitCode {
     sj::exit::finish(run())
 }
 
+const SHORT_USAGE: &str =
+    "usage: presence [-d DIR] show|priority|to|subscribe|subscribed|unsubscribe|unsubscribed|list [ARGS]";
+
 fn usage(why: impl std::fmt::Display) -> Fatal {
-    Fatal::permanent(format!("{why}\n{USAGE}"))
+    Fatal::permanent(format!("{why}; {SHORT_USAGE}"))
 }
 
 fn run() -> Result<(), Fatal> {
@@ -192,14 +195,19 @@ fn cmd_subscription(dir: &Path, typ: &str, words: &[String]) -> Result<(), Fatal
     let jid = Jid::parse(contact).map_err(|e| usage(format!("{e}: {contact}")))?;
     let rec = subscription_stanza(typ, &jid.bare().to_string());
     let path = dir.join("in");
-    let fd = sj::fifo::open_write(&path)
-        .map_err(|e| Fatal::io(format_args!("open {}", path.display()), &e))?
-        .ok_or_else(|| {
-            Fatal::temporary(format!(
-                "unable to open {}: no reader (is sj-proxy running?)",
-                path.display()
-            ))
-        })?;
+    let no_reader = || {
+        Fatal::temporary(format!(
+            "unable to open {}: no reader (is sj-proxy running?)",
+            path.display()
+        ))
+    };
+    let fd = match sj::fifo::open_write(&path) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Err(no_reader()),
+        // No FIFO at all: sj-proxy has not run here (yet).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(no_reader()),
+        Err(e) => return Err(Fatal::io(format_args!("open {}", path.display()), &e)),
+    };
     // One write of at most PIPE_BUF bytes is atomic; the FIFO is
     // non-blocking, so wait for room rather than fail.
     sj::io::write_all(&fd, rec.as_bytes())
