@@ -1,0 +1,244 @@
+"""presenced and the presence tool.
+
+Two layers:
+- daemon tests drive the `presenced` binary directly on a pipe pair, as
+  sj-proxy does (no server needed);
+- end-to-end tests use the harness fixtures (real Prosody, slixmpp contacts,
+  real sj-proxy) and are skipped when the harness is not there.
+"""
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def binary(name):
+    """A built binary: $SJ_BIN_DIR, $CARGO_TARGET_DIR/debug, target/debug, PATH."""
+    dirs = []
+    if os.environ.get("SJ_BIN_DIR"):
+        dirs.append(Path(os.environ["SJ_BIN_DIR"]))
+    if os.environ.get("CARGO_TARGET_DIR"):
+        dirs.append(Path(os.environ["CARGO_TARGET_DIR"]) / "debug")
+    dirs.append(ROOT / "target" / "debug")
+    for d in dirs:
+        p = d / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return str(p)
+    found = shutil.which(name)
+    if found:
+        return found
+    pytest.skip(f"{name} not built")
+
+
+def wait_for(pred, timeout=1.0, step=0.02):
+    """Poll `pred` until true or the deadline; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(step)
+
+
+def read(path):
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return None
+
+
+class Daemon:
+    """presenced on a pipe pair: write records, collect output lines."""
+
+    def __init__(self, d, jid="alice@localhost/sj-proxy", args=()):
+        self.p = subprocess.Popen(
+            [binary("presenced"), *args, "-d", str(d), jid],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.buf = b""
+        self.lines = []
+
+    def send(self, rec):
+        self.p.stdin.write(rec.encode() + b"\n")
+        self.p.stdin.flush()
+
+    def _pump(self, timeout):
+        r, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if r:
+            chunk = os.read(self.p.stdout.fileno(), 65536)
+            if not chunk:
+                return False
+            self.buf += chunk
+            *done, self.buf = self.buf.split(b"\n")
+            self.lines += [x.decode() for x in done]
+        return True
+
+    def expect(self, pred, timeout=1.0):
+        """Wait for an output line matching pred; return it (consumed)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, line in enumerate(self.lines):
+                if pred(line):
+                    del self.lines[i]
+                    return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching line within {timeout}s; got {self.lines}")
+            if not self._pump(left):
+                raise AssertionError(f"presenced closed stdout; got {self.lines}")
+
+    def quiet(self, t=0.3):
+        end = time.monotonic() + t
+        while time.monotonic() < end and self._pump(end - time.monotonic()):
+            pass
+        out, self.lines = self.lines, []
+        return out
+
+    def close(self):
+        rest, err = self.p.communicate(timeout=5)
+        self.lines += [x for x in (self.buf + rest).decode().split("\n") if x]
+        return self.p.returncode, err.decode()
+
+
+@pytest.fixture
+def acct(tmp_path):
+    d = tmp_path / "alice@localhost"
+    d.mkdir(mode=0o700)
+    return d
+
+
+def test_initial_presence_mypresence_and_shutdown(acct):
+    (acct / "mypresence").write_text("away lunch\npriority 3\n")
+    dm = Daemon(acct)
+    dm.expect(lambda x: x == "<presence><show>away</show><status>lunch</status><priority>3</priority></presence>")
+    t0 = time.monotonic()
+    (acct / "mypresence").write_text("dnd busy\n")
+    dm.expect(lambda x: x == "<presence><show>dnd</show><status>busy</status></presence>")
+    assert time.monotonic() - t0 < 1.0
+    # A typo changes nothing.
+    (acct / "mypresence").write_text("bussy\n")
+    assert dm.quiet() == []
+    rc, err = dm.close()
+    assert rc == 0, err
+    assert dm.lines == ["<presence type='unavailable'/>"]
+
+
+def test_contact_presence_file_and_replay(acct):
+    dm = Daemon(acct)
+    dm.expect(lambda x: x == "<presence/>")
+    dm.send("<presence from='bob@localhost/phone' to='alice@localhost/sj-proxy'><show>away</show><status>at lunch</status></presence>")
+    bob = acct / "bob@localhost" / "presence"
+    assert wait_for(lambda: read(bob) == "away at lunch\n")
+    assert (bob.parent.stat().st_mode & 0o777) == 0o700
+    assert (bob.stat().st_mode & 0o777) == 0o600
+    dm.send("<presence from='bob@localhost/pc' to='alice@localhost/sj-proxy'><show>chat</show></presence>")
+    assert wait_for(lambda: read(bob) == "chat\n")
+    # A client's first available presence: replay, then the account presence with its caps.
+    caps = "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='http://x' ver='abc='/>"
+    dm.send(f"<presence from='alice@localhost/gajim'><priority>4</priority>{caps}</presence>")
+    got = {dm.expect(lambda x: "to='alice@localhost/gajim'" in x) for _ in range(2)}
+    assert any("bob@localhost/phone" in g and "<status>at lunch</status>" in g for g in got)
+    assert any("bob@localhost/pc" in g for g in got)
+    dm.expect(lambda x: x == f"<presence><priority>4</priority>{caps}</presence>")
+    # The client leaves: mypresence (online) again.
+    dm.send("<presence from='alice@localhost/gajim' type='unavailable'/>")
+    dm.expect(lambda x: x == "<presence/>")
+    dm.send("<presence from='bob@localhost/pc' to='alice@localhost/sj-proxy' type='unavailable'/>")
+    dm.send("<presence from='bob@localhost/phone' to='alice@localhost/sj-proxy' type='unavailable'/>")
+    assert wait_for(lambda: read(bob) == "offline\n")
+    # Nothing cached any more: a new client gets no replay.
+    dm.send("<presence from='alice@localhost/dino'/>")
+    assert not any("to=" in x for x in dm.quiet())
+    dm.close()
+
+
+def test_subscription_events_not_auto_approved(acct):
+    dm = Daemon(acct)
+    dm.expect(lambda x: x == "<presence/>")
+    dm.send("<presence from='carol@localhost' to='alice@localhost' type='subscribe'/>")
+    out = acct / "carol@localhost" / "out"
+    assert wait_for(lambda: read(out))
+    line = read(out)
+    assert line.endswith(" -!- <carol@localhost> asks to subscribe to your presence\n"), line
+    assert len(line.split(" ", 2)[0]) == 10 and len(line.split(" ", 2)[1]) == 5
+    subs = read(acct / "subscriptions").split()
+    assert subs[:2] == ["carol@localhost", "subscribe"] and subs[2].endswith("Z")
+    assert not any("subscribed" in x for x in dm.quiet())
+    dm.close()
+
+
+def test_auto_approve(acct):
+    dm = Daemon(acct, args=["-a"])
+    dm.send("<presence from='carol@localhost' to='alice@localhost' type='subscribe'/>")
+    dm.expect(lambda x: x == "<presence to='carol@localhost' type='subscribed'/>")
+    dm.close()
+
+
+def test_directed_presence(acct):
+    dm = Daemon(acct)
+    dm.expect(lambda x: x == "<presence/>")
+    tool = binary("presence")
+    subprocess.run([tool, "-d", str(acct), "to", "Bob@LocalHost/x", "xa", "not", "here"], check=True)
+    assert read(acct / "bob@localhost" / "mypresence") == "xa not here\n"
+    dm.expect(lambda x: x == "<presence to='bob@localhost'><show>xa</show><status>not here</status></presence>")
+    subprocess.run([tool, "-d", str(acct), "to", "bob@localhost", "-"], check=True)
+    dm.expect(lambda x: x == "<presence to='bob@localhost'/>")
+    dm.close()
+
+
+def test_presence_tool(acct):
+    tool = binary("presence")
+    env = dict(os.environ, SJ_DIR=str(acct))
+
+    def run(*a):
+        return subprocess.run([tool, *a], env=env, capture_output=True, text=True)
+
+    assert run("show").stdout == "online\n"
+    assert run("show", "away", "gone", "fishing").returncode == 0
+    assert read(acct / "mypresence") == "away gone fishing\n"
+    assert run("priority", "7").returncode == 0
+    assert read(acct / "mypresence") == "away gone fishing\npriority 7\n"
+    assert run("show", "dnd").returncode == 0
+    assert read(acct / "mypresence") == "dnd\npriority 7\n"
+    assert run("show").stdout == "dnd\n"
+    assert run("priority").stdout == "7\n"
+    assert run("show", "bogus").returncode == 100
+    assert run("priority", "300").returncode == 100
+    (acct / "bob@localhost").mkdir()
+    (acct / "bob@localhost" / "presence").write_text("away x\n")
+    assert run("list").stdout == "bob@localhost\taway x\n"
+    # subscribe through DIR/in: no reader is a clear temporary error.
+    r = run("subscribe", "bob@localhost")
+    assert r.returncode == 111
+    assert r.stderr == f"presence: fatal: unable to open {acct}/in: no reader (is sj-proxy running?)\n"
+    os.mkfifo(acct / "in", 0o600)
+    fd = os.open(acct / "in", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        assert run("subscribed", "Bob@localhost/res").returncode == 0
+        assert os.read(fd, 4096) == b"<presence to='bob@localhost' type='subscribed'/>\n"
+        assert run("unsubscribe", "carol@LOCALHOST").returncode == 0
+        assert os.read(fd, 4096) == b"<presence to='carol@localhost' type='unsubscribe'/>\n"
+        assert run("subscribe", "o'neil@localhost").returncode == 100
+    finally:
+        os.close(fd)
+    assert run("frobnicate").returncode == 100
+
+
+# ---------------------------------------------------------------------------
+# End to end: real Prosody, slixmpp contacts, real sj-proxy (harness fixtures).
+
+
+def fixture(request, name):
+    try:
+        return request.getfixturevalue(name)
+    except pytest.FixtureLookupError:
+        pytest.skip(f"harness fixture {name!r} not available")
