@@ -684,22 +684,40 @@ fn is_name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
-/// End of the XML `Name` starting at `i` (0 length if none). Input must be UTF-8.
+const fn ascii_name_table(start: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphabetic() || c == b':' || c == b'_' || (!start && (c.is_ascii_digit() || c == b'-' || c == b'.'));
+        b += 1;
+    }
+    t
+}
+
+static NAME_START_ASCII: [bool; 256] = ascii_name_table(true);
+static NAME_CHAR_ASCII: [bool; 256] = ascii_name_table(false);
+
+/// End of the XML `Name` starting at `i` (0 length if none).
 fn name_end(s: &[u8], mut i: usize) -> usize {
     let start = i;
     while let Some(&b) = s.get(i) {
-        let (c, len) = if b < 0x80 {
-            (b as char, 1)
-        } else {
-            let len = match b {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                _ => 4,
-            };
-            match s.get(i..i + len).and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.chars().next()) {
-                Some(c) => (c, len),
-                None => break,
+        if b < 0x80 {
+            let ok = if i == start { NAME_START_ASCII[b as usize] } else { NAME_CHAR_ASCII[b as usize] };
+            if !ok {
+                break;
             }
+            i += 1;
+            continue;
+        }
+        let len = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
+        };
+        let Some(c) = s.get(i..i + len).and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.chars().next())
+        else {
+            break;
         };
         let ok = if i == start { is_name_start(c) } else { is_name_char(c) };
         if !ok {
@@ -763,8 +781,22 @@ const fn table(special: &[u8]) -> [bool; 256] {
     t
 }
 
-static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]");
-static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t");
+/// Besides markup, the bytes that may start a non-`Char`: C0 controls and
+/// 0xEF (U+FFFE, U+FFFF), so no separate pass over the record is needed.
+static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]\xEF\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F");
+static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t\xEF\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F");
+
+/// At a byte from the extra part of the tables above: refuse a non-`Char`,
+/// else copy it.
+fn check_special_char(s: &[u8], i: usize) -> Res<()> {
+    match s[i] {
+        0xEF if s.get(i + 1) == Some(&0xBF) && matches!(s.get(i + 2), Some(0xBE | 0xBF)) => {
+            fail(Condition::NotWellFormed, "U+FFFE or U+FFFF")
+        }
+        0xEF => Ok(()),
+        _ => fail(Condition::NotWellFormed, "control character"),
+    }
+}
 
 struct Attr {
     name: (usize, usize),
@@ -794,13 +826,10 @@ impl<'a> Checker<'a> {
 
     /// Copy a run of bytes not in `special`.
     fn run(&mut self, special: &[bool; 256]) {
-        let start = self.i;
-        let mut i = start;
-        while i < self.s.len() && !special[self.s[i] as usize] {
-            i += 1;
-        }
-        self.out.extend_from_slice(&self.s[start..i]);
-        self.i = i;
+        let rest = &self.s[self.i..];
+        let n = rest.iter().position(|&b| special[b as usize]).unwrap_or(rest.len());
+        self.out.extend_from_slice(&rest[..n]);
+        self.i += n;
     }
 
     /// Whitespace inside a tag: a line break becomes a space.
@@ -904,9 +933,14 @@ impl<'a> Checker<'a> {
                                 self.out.push(b' ');
                                 self.i += 1;
                             }
-                            Some(&b) => {
+                            Some(b'\'' | b'"') => {
                                 // The other quote character.
-                                self.out.push(b);
+                                self.out.push(self.s[self.i]);
+                                self.i += 1;
+                            }
+                            Some(_) => {
+                                check_special_char(self.s, self.i)?;
+                                self.out.push(self.s[self.i]);
                                 self.i += 1;
                             }
                         }
@@ -951,11 +985,16 @@ impl<'a> Checker<'a> {
                     self.out.extend_from_slice(b"&#10;");
                     self.i += 1;
                 }
-                Some(_) => {
+                Some(b']') => {
                     if self.s[self.i..].starts_with(b"]]>") {
                         return fail(Condition::NotWellFormed, "']]>' in character data");
                     }
                     self.out.push(b']');
+                    self.i += 1;
+                }
+                Some(_) => {
+                    check_special_char(self.s, self.i)?;
+                    self.out.push(self.s[self.i]);
                     self.i += 1;
                 }
             }
@@ -971,6 +1010,7 @@ impl<'a> Checker<'a> {
             return fail(Condition::NotWellFormed, "unterminated CDATA section");
         };
         let end = self.i + len;
+        check_text_bytes(&self.s[self.i..end])?;
         while let Some(off) = memchr::memchr2(b'\r', b'\n', &self.s[self.i..end]) {
             let p = self.i + off;
             self.out.extend_from_slice(&self.s[self.i..p]);
@@ -987,7 +1027,11 @@ impl<'a> Checker<'a> {
 /// Validate one complete top-level element and write its canonical record.
 /// Returns the record and whether it is a `<stream:error>`.
 fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u8>, bool)> {
-    check_text_bytes(s)?;
+    // Non-Chars are caught where the tokenizer meets them: names, tag
+    // whitespace and the tables for text and attribute values.
+    if std::str::from_utf8(s).is_err() {
+        return fail(Condition::NotWellFormed, "invalid UTF-8");
+    }
     let mut c = Checker::new(s, limits.max_attrs);
     // Open elements (qualified-name ranges) and prefix declarations in
     // scope: (prefix range, value range, depth).
@@ -1126,4 +1170,481 @@ fn resolve(
         }
     }
     fail(Condition::InvalidNamespace, format!("undeclared prefix {}", String::from_utf8_lossy(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HDR: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>";
+
+    /// All events (and the final error, if any) for `input` fed in `chunks`.
+    fn run(mode: Mode, limits: Limits, chunks: &[&[u8]]) -> (Vec<Event>, Option<FrameError>) {
+        let mut f = Framer::new(mode, limits);
+        let mut evs = Vec::new();
+        for c in chunks {
+            f.feed(c);
+            loop {
+                match f.next_event() {
+                    Ok(Some(e)) => evs.push(e),
+                    Ok(None) => break,
+                    Err(e) => {
+                        assert_eq!(f.next_event(), Err(e.clone()), "error must stick");
+                        return (evs, Some(e));
+                    }
+                }
+            }
+        }
+        (evs, None)
+    }
+
+    fn stream(body: &str) -> (Vec<Event>, Option<FrameError>) {
+        let input = format!("{HDR}{body}");
+        run(Mode::Stream, Limits::DEFAULT, &[input.as_bytes()])
+    }
+
+    fn records(body: &str) -> Vec<String> {
+        let (evs, err) = stream(body);
+        assert_eq!(err, None, "{body}");
+        evs.into_iter()
+            .filter_map(|e| match e {
+                Event::Record(r) | Event::StreamError(r) => Some(String::from_utf8(r).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cond(body: &str) -> Condition {
+        match stream(body).1 {
+            Some(e) => e.condition,
+            None => panic!("accepted: {body:?}"),
+        }
+    }
+
+    fn frag_cond(line: &str) -> Condition {
+        match canonical_record(line.as_bytes(), Limits::DEFAULT) {
+            Err(e) => e.condition,
+            Ok(r) => panic!("accepted: {line:?} -> {:?}", String::from_utf8_lossy(&r)),
+        }
+    }
+
+    #[test]
+    fn header_and_records() {
+        let (evs, err) = stream("<message to='a@b'><body>hi</body></message> \n <presence/></stream:stream>");
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 4);
+        match &evs[0] {
+            Event::Header(h) => {
+                assert_eq!(h.get("to"), Some("example.org"));
+                assert_eq!(h.get("xmlns:stream"), Some("http://etherx.jabber.org/streams"));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(evs[1], Event::Record(b"<message to='a@b'><body>hi</body></message>\n".to_vec()));
+        assert_eq!(evs[2], Event::Record(b"<presence/>\n".to_vec()));
+        assert_eq!(evs[3], Event::End);
+    }
+
+    #[test]
+    fn header_without_declaration() {
+        let input = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><a/>";
+        let (evs, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 2);
+    }
+
+    #[test]
+    fn canonical_line_breaks() {
+        assert_eq!(records("<m>a\r\nb\rc\nd</m>"), ["<m>a&#10;b&#10;c&#10;d</m>\n"]);
+        assert_eq!(records("<m a='x\r\ny\tz\nw\rv'/>"), ["<m a='x y z w v'/>\n"]);
+        assert_eq!(records("<m>\n  <body>x</body>\r\n</m>"), ["<m>&#10;  <body>x</body>&#10;</m>\n"]);
+        assert_eq!(records("<m><![CDATA[a\r\nb<c]]></m>"), ["<m><![CDATA[a]]>&#10;<![CDATA[b<c]]></m>\n"]);
+        assert_eq!(records("<m\r\n  to=\"x\"\n/>"), ["<m   to=\"x\" />\n"]);
+        // Everything else is kept byte for byte.
+        assert_eq!(
+            records("<m  b=\"1\" a='&amp;&#10;'>&lt;é&#x1F600;></m >"),
+            ["<m  b=\"1\" a='&amp;&#10;'>&lt;é&#x1F600;></m >\n"]
+        );
+    }
+
+    #[test]
+    fn header_prefix_added() {
+        let r = records(
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>\
+             <stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(
+            r[0],
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+             <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>\n"
+        );
+        let (evs, _) = stream("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
+        assert_eq!(
+            evs[1],
+            Event::StreamError(
+                b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>\
+                  <conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>\n"
+                    .to_vec()
+            )
+        );
+        // Used only on a nested element: declared on the top-level one.
+        assert_eq!(
+            records("<a><b stream:x='1'/></a>"),
+            ["<a xmlns:stream='http://etherx.jabber.org/streams'><b stream:x='1'/></a>\n"]
+        );
+        // Declared in the record itself: nothing added.
+        assert_eq!(records("<s:a xmlns:s='u'><s:b/></s:a>"), ["<s:a xmlns:s='u'><s:b/></s:a>\n"]);
+        // Another header prefix.
+        let input = b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>\
+            <db:result from='a'/><s:features/>";
+        let (evs, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err, None);
+        assert_eq!(evs[1], Event::Record(b"<db:result xmlns:db='jabber:server:dialback' from='a'/>\n".to_vec()));
+        assert_eq!(
+            evs[2],
+            Event::Record(b"<s:features xmlns:s='http://etherx.jabber.org/streams'/>\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn stream_namespace_checked() {
+        let bad: [&[u8]; 4] = [
+            b"<stream:stream xmlns:stream='urn:wrong'>",
+            b"<stream xmlns='jabber:client'>",
+            b"<stream:foo xmlns:stream='http://etherx.jabber.org/streams'>",
+            b"<stream:stream>",
+        ];
+        for b in bad {
+            let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[b]);
+            assert_eq!(err.map(|e| e.condition), Some(Condition::InvalidNamespace), "{:?}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn declaration_rules() {
+        let enc = b"<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>";
+        let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[enc]);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::UnsupportedEncoding));
+        let ok = b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[ok]).1, None);
+        let pi = b"<?foo bar?><stream:stream>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[pi]).1.map(|e| e.condition), Some(Condition::RestrictedXml));
+        assert_eq!(cond("<?xml version='1.0'?>"), Condition::RestrictedXml);
+        let bad = b"<?xml encoding='UTF-8'?>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[bad]).1.map(|e| e.condition), Some(Condition::NotWellFormed));
+    }
+
+    #[test]
+    fn restricted_xml() {
+        for body in [
+            "<!-- hi -->",
+            "<m><!-- hi --></m>",
+            "<m><?pi x?></m>",
+            "<?pi x?>",
+            "<!DOCTYPE x>",
+            "<m><!ENTITY x 'y'></m>",
+            "<m>&foo;</m>",
+            "<m a='&foo;'/>",
+            "<m>&#0;</m>",
+            "<m>&#xD800;</m>",
+            "<m>&#xFFFE;</m>",
+            "<m>&#x110000;</m>",
+        ] {
+            assert_eq!(cond(body), Condition::RestrictedXml, "{body}");
+        }
+    }
+
+    #[test]
+    fn not_well_formed() {
+        for body in [
+            "text<m/>",
+            "<m>a</n>",
+            "<m><a></m></a>",
+            "<s:m xmlns:s='u'></t:m>",
+            "<m a=1/>",
+            "<m a='1'b='2'/>",
+            "<m a='1' a='2'/>",
+            "<m a='<'/>",
+            "<m a='x & y'/>",
+            "<m>x & y</m>",
+            "<m>&#;</m>",
+            "<m>&#xZ;</m>",
+            "<m>&amp</m>",
+            "<m>]]></m>",
+            "<1m/>",
+            "<m -a='1'/>",
+            "<:m/>",
+            "<a:b:c xmlns:a='u'/>",
+            "<m\u{1}/>",
+            "<m>\u{1}</m>",
+            "<m>\u{FFFE}</m>",
+            "<m a='\u{FFFF}'/>",
+            "<m>\u{7}</m>",
+            "<m></m\u{1}>",
+            "<m a='1'\u{1}/>",
+            "<m><![CDATA[\u{2}]]></m>",
+            "<m>\u{FFFF}</m>",
+            "<m\u{FFFE}/>",
+            "<![CDATA[x]]>",
+            "</m>",
+            "<m></m></stream:stream>x",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+    }
+
+    #[test]
+    fn strict_utf8() {
+        for bad in [
+            &b"<m>\xC0\xAF</m>"[..],      // overlong '/'
+            b"<m>\xED\xA0\x80</m>",       // surrogate
+            b"<m>\xE2\x82</m>",           // truncated
+            b"<m>\xFF</m>",
+            b"<m a='\x80'/>",
+        ] {
+            let input = [HDR.as_bytes(), bad].concat();
+            let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+            assert_eq!(err.map(|e| e.condition), Some(Condition::NotWellFormed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn undeclared_prefix() {
+        assert_eq!(cond("<x:m/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<m x:a='1'/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<m><x:b xmlns:x='u'/><x:c/></m>"), Condition::InvalidNamespace);
+        assert_eq!(frag_cond("<stream:features/>"), Condition::InvalidNamespace);
+        // The xml prefix is always declared.
+        assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
+    }
+
+    #[test]
+    fn second_header_is_bad_format() {
+        assert_eq!(cond("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>"), Condition::BadFormat);
+        assert_eq!(cond("<m><stream:stream>"), Condition::BadFormat);
+    }
+
+    #[test]
+    fn limits() {
+        let pre = Limits::PRE_AUTH;
+        // Never completes: refused once it passes 8 KiB.
+        let big = format!("{HDR}<message><body>{}", "x".repeat(9000));
+        let (evs, err) = run(Mode::Stream, pre, &[big.as_bytes()]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+        let mut f = Framer::new(Mode::Stream, pre);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        f.feed(b"<message><body>");
+        let mut n = 0;
+        let e = loop {
+            f.feed(&[b'y'; 100]);
+            n += 100;
+            match f.next_event() {
+                Ok(None) => assert!(n < 9000),
+                Ok(Some(e)) => panic!("{e:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.condition, Condition::PolicyViolation);
+        assert!(n <= 8300, "caught at {n}");
+        // Just under the limit is fine.
+        let fits = format!("<m>{}</m>", "z".repeat(8 * 1024 - 7));
+        assert_eq!(fits.len(), 8 * 1024);
+        assert!(canonical_record(fits.as_bytes(), pre).is_ok());
+        let over = format!("<m>{}</m>", "z".repeat(8 * 1024 - 6));
+        assert_eq!(canonical_record(over.as_bytes(), pre).map_err(|e| e.condition), Err(Condition::PolicyViolation));
+        // Depth and attribute count.
+        let deep = "<a>".repeat(17) + &"</a>".repeat(17);
+        assert_eq!(frag_cond_l(&deep, pre), Condition::PolicyViolation);
+        let ok_deep = "<a>".repeat(16) + &"</a>".repeat(16);
+        assert!(canonical_record(ok_deep.as_bytes(), pre).is_ok());
+        let attrs: String = (0..33).map(|i| format!(" a{i}='1'")).collect();
+        assert_eq!(frag_cond_l(&format!("<m{attrs}/>"), pre), Condition::PolicyViolation);
+        let attrs: String = (0..32).map(|i| format!(" a{i}='1'")).collect();
+        assert!(canonical_record(format!("<m{attrs}/>").as_bytes(), pre).is_ok());
+    }
+
+    fn frag_cond_l(line: &str, l: Limits) -> Condition {
+        canonical_record(line.as_bytes(), l).err().map(|e| e.condition).unwrap_or_else(|| panic!("accepted {line}"))
+    }
+
+    #[test]
+    fn set_limits_after_auth() {
+        let mut f = Framer::new(Mode::Fragments, Limits::PRE_AUTH);
+        f.set_limits(Limits::DEFAULT);
+        let big = format!("<m>{}</m>", "z".repeat(20000));
+        f.feed(big.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+    }
+
+    #[test]
+    fn reset_restarts_stream() {
+        let mut f = Framer::new(Mode::Stream, Limits::DEFAULT);
+        f.feed(HDR.as_bytes());
+        f.feed(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/><partial");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+        assert_eq!(f.next_event(), Ok(None));
+        assert!(f.buffered() > 0);
+        f.reset();
+        assert_eq!(f.buffered(), 0);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        // An error sticks until reset.
+        f.feed(b"<!---->");
+        let e = f.next_event().unwrap_err();
+        f.feed(b"<m/>");
+        assert_eq!(f.next_event(), Err(e));
+        f.reset();
+        f.feed(HDR.as_bytes());
+        f.feed(b"<m/>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        assert_eq!(f.next_event(), Ok(Some(Event::Record(b"<m/>\n".to_vec()))));
+    }
+
+    #[test]
+    fn fragments_and_canonical_record() {
+        assert_eq!(
+            canonical_record(b"  <message to='a@b'><body>x\ny</body></message>\r\n", Limits::DEFAULT),
+            Ok(b"<message to='a@b'><body>x&#10;y</body></message>\n".to_vec())
+        );
+        assert_eq!(frag_cond("<a/><b/>"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a/><b"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a>"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<m a='1'"), Condition::NotWellFormed);
+        assert_eq!(frag_cond(""), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a/>x"), Condition::NotWellFormed);
+        let (evs, err) = run(Mode::Fragments, Limits::DEFAULT, &[b"<a/>\n<b>x</b>\n"]);
+        assert_eq!(err, None);
+        assert_eq!(evs, [Event::Record(b"<a/>\n".to_vec()), Event::Record(b"<b>x</b>\n".to_vec())]);
+    }
+
+    /// A realistic stream: chat, caps presences, a roster, features, CDATA,
+    /// quotes with `>` inside, whitespace keepalives, CRLF.
+    fn sample() -> Vec<u8> {
+        let mut s = String::from(HDR);
+        s.push_str("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>\n");
+        for i in 0..20 {
+            s.push_str(&format!(
+                "<message from='a@b/r{i}' to='c@d' type='chat' id='m{i}'>\r\n <body>hi &amp; \"bye\" > {i}\nline2</body>\
+                 <active xmlns='http://jabber.org/protocol/chatstates'/></message> \n\t",
+            ));
+            s.push_str(&format!(
+                "<presence from=\"x@y/{i}\"><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' \
+                 node='https://a.org?x=>' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/><status><![CDATA[<ok>\r\n]]]]></status></presence>",
+            ));
+        }
+        s.push_str("<iq type='result' id='r'><query xmlns='jabber:iq:roster'>");
+        for i in 0..50 {
+            s.push_str(&format!("<item jid='u{i}@ex.org' name='Ü{i}' subscription='both'><group>G</group></item>"));
+        }
+        s.push_str("</query></iq>  ");
+        s.push_str("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>");
+        s.into_bytes()
+    }
+
+    fn split_run(input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<FrameError>) {
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for &c in cuts {
+            chunks.push(&input[last..c]);
+            last = c;
+        }
+        chunks.push(&input[last..]);
+        run(Mode::Stream, Limits::DEFAULT, &chunks)
+    }
+
+    #[test]
+    fn chunking_independent() {
+        let input = sample();
+        let whole = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+        assert_eq!(whole.1, None);
+        assert_eq!(whole.0.len(), 1 + 1 + 40 + 1 + 1 + 1);
+        assert!(matches!(whole.0.last(), Some(Event::End)));
+        for e in &whole.0 {
+            if let Event::Record(r) | Event::StreamError(r) = e {
+                assert_eq!(memchr::memchr(b'\n', r), Some(r.len() - 1));
+                assert!(!r.contains(&b'\r'));
+            }
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole);
+        // Deterministic LCG for pseudo-random cut points.
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for round in 0..20 {
+            let mut cuts = Vec::new();
+            let mut p = 0;
+            loop {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                p += 1 + (x >> 33) as usize % (if round % 2 == 0 { 7 } else { 300 });
+                if p >= input.len() {
+                    break;
+                }
+                cuts.push(p);
+            }
+            assert_eq!(split_run(&input, &cuts), whole, "round {round}");
+        }
+        // Errors are chunking-independent too.
+        let mut bad = input.clone();
+        let at = bad.len() / 2;
+        bad.splice(at..at, b"<!--x-->".iter().copied());
+        let whole_bad = run(Mode::Stream, Limits::DEFAULT, &[&bad]);
+        assert!(whole_bad.1.is_some());
+        let bytes: Vec<&[u8]> = bad.chunks(1).collect();
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole_bad);
+    }
+
+    #[test]
+    fn linear_in_one_byte_feeds() {
+        // One 4 MiB record fed a byte at a time: quadratic rescanning would
+        // take minutes here.
+        let limits = Limits { max_record: 8 << 20, max_depth: 64, max_attrs: 64 };
+        let mut f = Framer::new(Mode::Fragments, limits);
+        let mut input = b"<message a='x'><body>".to_vec();
+        input.resize(4 << 20, b'a');
+        input.extend_from_slice(b"</body></message>");
+        let mut got = 0;
+        for b in input.chunks(1) {
+            f.feed(b);
+            if let Ok(Some(_)) = f.next_event() {
+                got += 1;
+            }
+        }
+        assert_eq!(got, 1);
+        // Many small records, also one byte at a time: the buffer stays small.
+        let mut f = Framer::new(Mode::Fragments, Limits::DEFAULT);
+        let rec = b"<presence from='a@b/c'><show>away</show></presence>\n";
+        let mut max_buf = 0;
+        for _ in 0..20_000 {
+            for b in rec.chunks(1) {
+                f.feed(b);
+                while let Ok(Some(_)) = f.next_event() {}
+                max_buf = max_buf.max(f.buf.len());
+            }
+        }
+        assert!(max_buf < 2 * rec.len(), "{max_buf}");
+    }
+
+    #[test]
+    fn no_panic_on_garbage() {
+        let input = sample();
+        let mut x: u64 = 7;
+        for _ in 0..300 {
+            let mut v = input.clone();
+            for _ in 0..5 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let i = (x >> 33) as usize % v.len();
+                v[i] = (x >> 13) as u8;
+            }
+            let _ = run(Mode::Stream, Limits::DEFAULT, &[&v]);
+            let _ = canonical_record(&v[200..600], Limits::DEFAULT);
+        }
+        for junk in [&b"<"[..], b"<?", b"<?>", b"</", b"<!", b"<a/", b"<![CDATA[]]>", b"\xff\xfe"] {
+            let _ = run(Mode::Stream, Limits::DEFAULT, &[junk]);
+            let _ = run(Mode::Fragments, Limits::DEFAULT, &[junk]);
+            let _ = canonical_record(junk, Limits::DEFAULT);
+        }
+    }
 }

@@ -442,3 +442,134 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
 fn finish(s: &[u8], i: usize, el: Element) -> Option<Element> {
     s[i..].iter().all(|&b| is_ws(b)).then_some(el)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_namespaces_and_text() {
+        let r = b"<message xmlns:s='http://etherx.jabber.org/streams' to='a@b' id=\"x&amp;y\">\
+            <body>a &lt; b&#10;c</body><s:error/>\
+            <x xmlns='jabber:x:data'><field var='v'><value>1</value></field></x></message>\n";
+        let e = Element::parse(r).expect("parses");
+        assert_eq!(e.name, "message");
+        assert_eq!(e.ns, "jabber:client");
+        assert_eq!(e.attr("id"), Some("x&y"));
+        assert_eq!(e.child("body", "jabber:client").map(|b| b.text()), Some("a < b\nc".to_owned()));
+        let err = e.elements().nth(1).expect("s:error");
+        assert_eq!((err.local_name(), err.ns.as_str()), ("error", "http://etherx.jabber.org/streams"));
+        let x = e.child("x", "jabber:x:data").expect("x");
+        let field = x.child("field", "jabber:x:data").expect("inherited default namespace");
+        assert_eq!(field.attr("var"), Some("v"));
+        assert_eq!(e.span, 0..r.len() - 1);
+        assert_eq!(Element::parse(b"<a xml:lang='en'><![CDATA[<x>]]>y</a>").map(|a| a.text()), Some("<x>y".into()));
+    }
+
+    #[test]
+    fn parse_rejects_malformed() {
+        for bad in [
+            &b""[..],
+            b"<a>",
+            b"<a></b>",
+            b"<p:a/>",
+            b"<a p:x='1'/>",
+            b"<a>&foo;</a>",
+            b"<a/><b/>",
+            b"text",
+            b"<a x='1/>",
+            b"<a>\xff</a>",
+            b"</a>",
+            b"<a><!-- c --></a>",
+        ] {
+            assert_eq!(Element::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn span_slices_nested_element() {
+        let inner = "<message from='a@b/c' to='d@e' type='chat'><body>hi</body></message>";
+        let r = format!(
+            "<message from='a@b' to='a@b/r'><sent xmlns='urn:xmpp:carbons:2'>\
+             <forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded></sent></message>\n"
+        );
+        let e = Element::parse(r.as_bytes()).expect("parses");
+        let fwd = e
+            .child("sent", "urn:xmpp:carbons:2")
+            .and_then(|s| s.child("forwarded", "urn:xmpp:forward:0"))
+            .expect("forwarded");
+        let m = fwd.child("message", "urn:xmpp:forward:0").expect("message inherits forward ns");
+        assert_eq!(&r[m.span.clone()], inner);
+        let own = "<x xmlns='jabber:client'/>";
+        let r2 = format!("<a><b>{own}</b></a>");
+        let e2 = Element::parse(r2.as_bytes()).expect("parses");
+        let x = &e2.elements().next().expect("b").elements().next().expect("x");
+        assert_eq!(&r2[x.span.clone()], own);
+    }
+
+    #[test]
+    fn to_xml_escapes() {
+        let e = Element {
+            name: "message".into(),
+            ns: "jabber:client".into(),
+            attrs: vec![("to".into(), "a'b\"<&>".into())],
+            children: vec![Node::Element(Element {
+                name: "body".into(),
+                ns: "jabber:client".into(),
+                attrs: vec![],
+                children: vec![Node::Text("1 < 2 & 3\nx".into())],
+                span: 0..0,
+            })],
+            span: 0..0,
+        };
+        let x = e.to_xml();
+        assert_eq!(x, "<message to='a&apos;b&quot;&lt;&amp;&gt;'><body>1 &lt; 2 &amp; 3&#10;x</body></message>");
+        let back = Element::parse(x.as_bytes()).expect("round trip");
+        assert_eq!(back.attr("to"), Some("a'b\"<&>"));
+        assert_eq!(back.elements().next().map(|b| b.text()), Some("1 < 2 & 3\nx".into()));
+    }
+
+    #[test]
+    fn top_level_name_and_attr() {
+        let r = b"<iq type=\"get\" id='a&apos;b' x='>'><query/></iq>\n";
+        assert_eq!(name(r), Some("iq"));
+        assert_eq!(name(b"<presence/>\n"), Some("presence"));
+        assert_eq!(attr(r, "id"), Some("a'b".into()));
+        assert_eq!(attr(r, "type"), Some("get".into()));
+        assert_eq!(attr(r, "x"), Some(">".into()));
+        assert_eq!(attr(r, "query"), None);
+        assert_eq!(name(b"junk"), None);
+    }
+
+    #[test]
+    fn set_attr_in_place_and_appended() {
+        let s = |r: &str, k: &str, v: &str| String::from_utf8(set_attr(r.as_bytes(), k, v)).expect("utf8");
+        assert_eq!(s("<m to='a' id=\"1\"><b/></m>\n", "id", "2"), "<m to='a' id='2'><b/></m>\n");
+        assert_eq!(s("<m to='a' id=\"1\"><b/></m>\n", "to", "x'y"), "<m to='x&apos;y' id=\"1\"><b/></m>\n");
+        assert_eq!(s("<m to='a'><b id='x'/></m>\n", "id", "2"), "<m to='a' id='2'><b id='x'/></m>\n");
+        assert_eq!(s("<presence/>\n", "from", "a@b/c"), "<presence from='a@b/c'/>\n");
+        assert_eq!(s("<presence type='x' />\n", "from", "a"), "<presence type='x'  from='a'/>\n");
+        assert_eq!(s("<m a=\"x>y\">t</m>\n", "b", "1"), "<m a=\"x>y\" b='1'>t</m>\n");
+        assert_eq!(s("<m a='1'/>", "a", "line\nbreak"), "<m a='line&#10;break'/>");
+    }
+
+    #[test]
+    fn remove_attr_keeps_other_bytes() {
+        let r = |r: &str, k: &str| String::from_utf8(remove_attr(r.as_bytes(), k)).expect("utf8");
+        assert_eq!(r("<m to='a' from=\"b\" id='1'><x from='c'/></m>\n", "from"), "<m to='a' id='1'><x from='c'/></m>\n");
+        assert_eq!(r("<m from=\"b\"/>\n", "from"), "<m/>\n");
+        assert_eq!(r("<m to='a' from='b' />\n", "from"), "<m to='a' />\n");
+        assert_eq!(r("<m to='a'/>\n", "from"), "<m to='a'/>\n");
+        assert_eq!(r("<m\tfrom='b'\tto='a'>x</m>\n", "from"), "<m\tto='a'>x</m>\n");
+    }
+
+    #[test]
+    fn unescape_rules() {
+        assert_eq!(unescape_bytes(b"a&#x41;&#66;&quot;", false), Some("aAB\"".into()));
+        assert_eq!(unescape_bytes(b"a\r\nb\tc", true), Some("a b c".into()));
+        assert_eq!(unescape_bytes(b"a\r\nb\rc", false), Some("a\nb\nc".into()));
+        assert_eq!(unescape_bytes(b"&#0;", false), None);
+        assert_eq!(unescape_bytes(b"&#x+41;", false), None);
+        assert_eq!(unescape_bytes(b"&nbsp;", false), None);
+    }
+}
