@@ -544,8 +544,9 @@ impl State {
     }
 
     /// Re-read `DIR/mypresence` and every `DIR/<contact>/mypresence`; send
-    /// what changed. Returns the contact directories seen (to watch).
-    fn rescan(&mut self) -> Vec<PathBuf> {
+    /// what changed. Each contact directory is watched before its file is
+    /// read, so a file written just after the read still wakes us.
+    fn rescan(&mut self, mut watcher: Option<&mut Watcher>) {
         match read_mypresence(&self.dir.join("mypresence")) {
             Some(m) => {
                 if m != self.mine {
@@ -555,7 +556,6 @@ impl State {
             None => sj::log::warn("ignoring DIR/mypresence: unknown show word or bad priority"),
         }
         self.broadcast();
-        let mut dirs = Vec::new();
         let mut seen = BTreeMap::new();
         if let Ok(rd) = fs::read_dir(&self.dir) {
             for ent in rd.flatten() {
@@ -568,7 +568,9 @@ impl State {
                 if !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     continue;
                 }
-                dirs.push(ent.path());
+                if let Some(w) = watcher.as_deref_mut() {
+                    w.watch(&ent.path());
+                }
                 let f = ent.path().join("mypresence");
                 if !f.exists() {
                     continue;
@@ -612,7 +614,6 @@ impl State {
             self.send(rec);
         }
         self.directed = seen;
-        dirs
     }
 
     /// At start: contacts' presence files from an earlier run are stale.
@@ -726,11 +727,7 @@ fn run() -> Result<(), Fatal> {
     if watcher.is_none() {
         sj::log::warn("inotify unavailable; checking mypresence files every second");
     }
-    for d in st.rescan() {
-        if let Some(w) = watcher.as_mut() {
-            w.watch(&d);
-        }
-    }
+    st.rescan(watcher.as_mut());
 
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
@@ -776,15 +773,13 @@ fn run() -> Result<(), Fatal> {
         if ino_ready {
             if let Some(w) = watcher.as_mut() {
                 if w.drain() {
-                    for d in st.rescan() {
-                        w.watch(&d);
-                    }
+                    st.rescan(Some(w));
                 }
             }
         }
         if watcher.is_none() && last_scan.elapsed() >= Duration::from_secs(1) {
             last_scan = Instant::now();
-            st.rescan();
+            st.rescan(None);
         }
         if in_ready {
             let mut eof = false;
@@ -957,12 +952,12 @@ mod tests {
     fn mypresence_files_drive_what_is_sent() {
         let d = tmpdir("scan");
         let mut st = state(&d, false);
-        st.rescan();
+        st.rescan(None);
         assert_eq!(sent(&mut st), vec!["<presence/>\n"], "initial presence");
-        st.rescan();
+        st.rescan(None);
         assert!(sent(&mut st).is_empty(), "nothing changed, nothing sent");
         fs::write(d.join("mypresence"), "dnd busy\n").expect("write");
-        st.rescan();
+        st.rescan(None);
         assert_eq!(
             sent(&mut st),
             vec!["<presence><show>dnd</show><status>busy</status></presence>\n"]
@@ -970,13 +965,13 @@ mod tests {
         let bob = d.join(sj::path::component(Kind::Contact, "bob@localhost").expect("c"));
         sj::fifo::make_dir(&bob).expect("mkdir");
         fs::write(bob.join("mypresence"), "away not for you\n").expect("write");
-        st.rescan();
+        st.rescan(None);
         assert_eq!(
             sent(&mut st),
             vec!["<presence to='bob@localhost'><show>away</show><status>not for you</status></presence>\n"]
         );
         fs::write(d.join("mypresence"), "offline\n").expect("write");
-        st.rescan();
+        st.rescan(None);
         assert_eq!(
             sent(&mut st),
             vec![
@@ -985,10 +980,10 @@ mod tests {
             ]
         );
         fs::write(d.join("mypresence"), "bogus words\n").expect("write");
-        st.rescan();
+        st.rescan(None);
         assert!(sent(&mut st).is_empty(), "a bad file changes nothing");
         fs::remove_file(bob.join("mypresence")).expect("rm");
-        st.rescan();
+        st.rescan(None);
         assert_eq!(
             sent(&mut st),
             vec!["<presence to='bob@localhost' type='unavailable'/>\n"]
