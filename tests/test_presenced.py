@@ -242,3 +242,132 @@ def fixture(request, name):
         return request.getfixturevalue(name)
     except pytest.FixtureLookupError:
         pytest.skip(f"harness fixture {name!r} not available")
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    """The harness's Prosody (accounts alice, bob, carol; passwords USER-pw),
+    or one started here from tests/sjtest when the fixture is not there."""
+    try:
+        return request.getfixturevalue("prosody")
+    except pytest.FixtureLookupError:
+        pass
+    try:
+        from sjtest.prosody import Prosody
+    except ImportError:
+        pytest.skip("no Prosody harness (tests/sjtest)")
+    if not shutil.which("prosody"):
+        pytest.skip("prosody not installed")
+    p = Prosody()
+    for u in ("alice", "bob", "carol"):
+        p.register(u, f"{u}-pw")
+    p.start()
+    request.addfinalizer(p.stop)
+    return p
+
+
+def contact(srv, user, resource="slix"):
+    from sjtest.contact import Contact
+
+    return Contact(f"{user}@localhost", f"{user}-pw", host=srv.addr, port=srv.port,
+                   resource=resource).connect()
+
+
+def is_presence(s, frm, ptype=None):
+    return s.name == "presence" and str(s["from"].bare) == frm and \
+        (ptype is None or s["type"] == ptype)
+
+
+@pytest.fixture(scope="module")
+def e2e(server, tmp_path_factory):
+    """alice behind sj-proxy, bob subscribed both ways with alice (set up by
+    a direct slixmpp alice before the proxy starts), carol a stranger."""
+    if not shutil.which("tcpclient"):
+        pytest.skip("tcpclient not installed")
+    sjproxy = binary("sj-proxy")
+    binary("presenced")
+    bob = contact(server, "bob")
+    alice = contact(server, "alice", resource="direct")
+    m = bob.mark()
+    alice.subscribe("bob@localhost")  # bob auto-authorizes and subscribes back
+    bob.wait_for(lambda s: is_presence(s, "alice@localhost", "subscribe"), start=m)
+    alice.wait_for(lambda s: is_presence(s, "bob@localhost", "subscribed"))
+    bob.wait_for(lambda s: is_presence(s, "alice@localhost", "subscribed"), start=m)
+    alice.disconnect()
+    d = tmp_path_factory.mktemp("e2e") / "alice@localhost"
+    d.mkdir(mode=0o700)
+    pw = d.parent / "pw"
+    pw.write_text("alice-pw\n")
+    log = open(d.parent / "sj-proxy.log", "wb")
+    proc = subprocess.Popen(
+        ["tcpclient", server.addr, str(server.port), sjproxy, "-d", str(d), "-p", str(pw),
+         "alice@localhost"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    try:
+        ok = wait_for(lambda: (read(d / "state") or "").startswith("online"), timeout=20)
+        if not ok:
+            pytest.fail(f"sj-proxy not online: {read(d / 'state')!r}; "
+                        f"log: {read(d.parent / 'sj-proxy.log')}")
+        # presenced sent the initial presence: bob sees alice.
+        bob.wait_presence(lambda s: str(s["from"].bare) == "alice@localhost"
+                          and s["type"] == "available", timeout=10)
+        carol = contact(server, "carol")
+        yield {"dir": d, "bob": bob, "carol": carol, "server": server}
+        carol.disconnect()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+        bob.disconnect()
+
+
+def test_e2e_contact_presence_file(e2e):
+    d, bob = e2e["dir"], e2e["bob"]
+    bob.send_presence(pshow="away", pstatus="out to lunch")
+    f = d / "bob@localhost" / "presence"
+    assert wait_for(lambda: read(f) == "away out to lunch\n", timeout=3), read(f)
+    bob.send_presence(pstatus="back")
+    assert wait_for(lambda: read(f) == "online back\n", timeout=3), read(f)
+
+
+def test_e2e_mypresence_reaches_contact(e2e):
+    d, bob = e2e["dir"], e2e["bob"]
+    m = bob.mark()
+    (d / "mypresence").write_text("dnd busy\n")
+    p = bob.wait_presence(lambda s: str(s["from"].bare) == "alice@localhost"
+                          and s["show"] == "dnd", timeout=3, start=m)
+    assert p["status"] == "busy"
+    # Directed presence with the tool: only bob sees it.
+    m = bob.mark()
+    subprocess.run([binary("presence"), "-d", str(d), "to", "bob@localhost", "xa", "just", "you"],
+                   check=True)
+    p = bob.wait_presence(lambda s: str(s["from"].bare) == "alice@localhost"
+                          and s["show"] == "xa", timeout=3, start=m)
+    assert p["status"] == "just you"
+    subprocess.run([binary("presence"), "-d", str(d), "to", "bob@localhost", "-"], check=True)
+    (d / "mypresence").write_text("online\n")
+    bob.wait_presence(lambda s: str(s["from"].bare) == "alice@localhost"
+                      and s["show"] == "" and s["type"] == "available", timeout=3, start=m)
+
+
+def test_e2e_subscription_request_surfaces(e2e):
+    d, carol = e2e["dir"], e2e["carol"]
+    m = carol.mark()
+    carol.subscribe("alice@localhost")
+    out = d / "carol@localhost" / "out"
+    assert wait_for(lambda: "asks to subscribe" in (read(out) or ""), timeout=5), read(out)
+    assert read(out).splitlines()[-1].endswith(
+        " -!- <carol@localhost> asks to subscribe to your presence")
+    assert wait_for(lambda: "carol@localhost subscribe " in (read(d / "subscriptions") or ""))
+    # Not auto-approved.
+    time.sleep(1)
+    assert not [s for s in carol.received[m:] if is_presence(s, "alice@localhost", "subscribed")]
+    # The user approves with the tool.
+    r = subprocess.run([binary("presence"), "-d", str(d), "subscribed", "carol@localhost"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    carol.wait_for(lambda s: is_presence(s, "alice@localhost", "subscribed"), timeout=5, start=m)
