@@ -371,3 +371,45 @@ def test_e2e_subscription_request_surfaces(e2e):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     carol.wait_for(lambda s: is_presence(s, "alice@localhost", "subscribed"), timeout=5, start=m)
+
+
+def test_e2e_late_client_gets_replay(e2e):
+    """A raw FIFO client that says it is available gets the contacts'
+    presence, addressed to it, as a server would after initial presence."""
+    src = ROOT / "mirrord" / "src" / "main.rs"
+    if src.exists() and len(src.read_text().splitlines()) < 10:
+        pytest.skip("mirrord not merged yet")
+    d, bob = e2e["dir"], e2e["bob"]
+    bob.send_presence(pshow="chat", pstatus="replay me")
+    assert wait_for(lambda: read(d / "bob@localhost" / "presence") == "chat replay me\n",
+                    timeout=3)
+    c = d / "clients" / "lap"
+    c.mkdir(parents=True, mode=0o700)
+    os.mkfifo(c / "in", 0o600)
+    rfd = os.open(c / "in", os.O_RDWR | os.O_NONBLOCK)
+    os.mkfifo(c / "out", 0o600)
+    try:
+        wfd = None
+        deadline = time.monotonic() + 5
+        while wfd is None and time.monotonic() < deadline:
+            try:
+                wfd = os.open(c / "out", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.05)  # sj-proxy has not noticed the client yet
+        assert wfd is not None, "sj-proxy never opened clients/lap/out"
+        os.write(wfd, b"<presence><show>away</show></presence>\n")
+        buf = b""
+        deadline = time.monotonic() + 5
+        want = b"to='alice@localhost/lap'"
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([rfd], [], [], 0.1)
+            if r:
+                buf += os.read(rfd, 65536)
+            if any(b"bob@localhost/slix" in ln and want in ln and b"replay me" in ln
+                   for ln in buf.split(b"\n")):
+                break
+        else:
+            pytest.fail(f"no replay of bob's presence to the client; got {buf!r}")
+        os.close(wfd)
+    finally:
+        os.close(rfd)
