@@ -231,6 +231,11 @@ def test_presence_tool(acct):
     finally:
         os.close(fd)
     assert run("frobnicate").returncode == 100
+    # A malformed file is reported when read, and can be overwritten.
+    (acct / "mypresence").write_text("bussy\n")
+    assert run("show").returncode == 100
+    assert run("show", "xa").returncode == 0
+    assert read(acct / "mypresence") == "xa\n"
 
 
 # ---------------------------------------------------------------------------

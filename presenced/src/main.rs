@@ -326,6 +326,8 @@ struct State {
     /// Connected clients (first available until unavailable), by name.
     clients: BTreeMap<String, ClientPres>,
     mine: MyPresence,
+    /// DIR/mypresence is malformed (warned once).
+    mine_bad: bool,
     /// Contact directory → (contact JID, directed presence last sent).
     directed: BTreeMap<String, (String, MyPresence)>,
     last_broadcast: Option<Vec<u8>>,
@@ -344,6 +346,7 @@ impl State {
             contacts: BTreeMap::new(),
             clients: BTreeMap::new(),
             mine: MyPresence::default(),
+            mine_bad: false,
             directed: BTreeMap::new(),
             last_broadcast: None,
             seq: 0,
@@ -549,11 +552,14 @@ impl State {
     fn rescan(&mut self, mut watcher: Option<&mut Watcher>) {
         match read_mypresence(&self.dir.join("mypresence")) {
             Some(m) => {
-                if m != self.mine {
-                    self.mine = m;
-                }
+                self.mine = m;
+                self.mine_bad = false;
             }
-            None => sj::log::warn("ignoring DIR/mypresence: unknown show word or bad priority"),
+            None if !self.mine_bad => {
+                self.mine_bad = true;
+                sj::log::warn("ignoring DIR/mypresence: unknown show word or bad priority");
+            }
+            None => {}
         }
         self.broadcast();
         let mut seen = BTreeMap::new();

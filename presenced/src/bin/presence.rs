@@ -124,19 +124,20 @@ fn print(line: &str) -> Result<(), Fatal> {
 
 fn cmd_show(dir: &Path, words: &[String]) -> Result<(), Fatal> {
     let path = dir.join("mypresence");
-    let old = read_file(&path)?;
     if words.is_empty() {
-        return print(&old.line());
+        return print(&read_file(&path)?.line());
     }
+    // A malformed file is replaced, not an obstacle.
+    let old = read_file(&path).unwrap_or_default();
     write_file(&path, &parse_show(words, &old)?)
 }
 
 fn cmd_priority(dir: &Path, words: &[String]) -> Result<(), Fatal> {
     let path = dir.join("mypresence");
-    let mut m = read_file(&path)?;
     match words {
-        [] => print(&m.priority.to_string()),
+        [] => print(&read_file(&path)?.priority.to_string()),
         [n] => {
+            let mut m = read_file(&path).unwrap_or_default();
             m.priority = n
                 .parse::<i8>()
                 .map_err(|_| usage(format!("priority must be -128..127: {n}")))?;
