@@ -329,7 +329,7 @@ impl Framer {
                     self.item = Some(i);
                     self.lex = Lex::Lt;
                 }
-                Lex::Idle => match memchr::memchr(b'<', &self.buf[self.scan..]) {
+                Lex::Idle => match find_byte(b'<', &self.buf[self.scan..]) {
                     None => {
                         self.scan = n;
                         self.limit(n)?;
@@ -417,9 +417,18 @@ impl Framer {
                 } => {
                     let rest = &self.buf[self.scan..];
                     let found = if quote == 0 {
-                        memchr::memchr3(b'>', b'\'', b'"', rest)
+                        let head = rest.len().min(16);
+                        match rest[..head]
+                            .iter()
+                            .position(|&b| matches!(b, b'>' | b'\'' | b'"'))
+                        {
+                            Some(i) => Some(i),
+                            None => {
+                                memchr::memchr3(b'>', b'\'', b'"', &rest[head..]).map(|i| i + head)
+                            }
+                        }
                     } else {
-                        memchr::memchr(quote, rest)
+                        find_byte(quote, rest)
                     };
                     let Some(off) = found else {
                         self.scan = n;
@@ -575,6 +584,16 @@ pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameErr
         },
         Some(_) => fail(Condition::NotWellFormed, "not a record"),
         None => fail(Condition::NotWellFormed, "incomplete element"),
+    }
+}
+
+/// `memchr`, but text between tags is usually a few bytes long, where a
+/// plain loop wins over the vector setup.
+fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    let head = hay.len().min(16);
+    match hay[..head].iter().position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None => memchr::memchr(needle, &hay[head..]).map(|i| i + head),
     }
 }
 
@@ -954,6 +973,16 @@ impl<'a> Checker<'a> {
     /// Whitespace inside a tag: a line break becomes a space.
     fn ws(&mut self) -> bool {
         let start = self.i;
+        // Nearly always none or one space.
+        match self.s.get(self.i) {
+            Some(b' ') if !matches!(self.s.get(self.i + 1), Some(b' ' | b'\t' | b'\r' | b'\n')) => {
+                self.out.push(b' ');
+                self.i += 1;
+                return true;
+            }
+            Some(b' ' | b'\t' | b'\r' | b'\n') => {}
+            _ => return false,
+        }
         while let Some(&b) = self.s.get(self.i) {
             match b {
                 b'\r' => {
