@@ -739,8 +739,13 @@ fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)
     ))
 }
 
+/// Names are short: a plain loop beats `memchr` here.
+fn colon(q: &[u8]) -> Option<usize> {
+    q.iter().position(|&b| b == b':')
+}
+
 fn split_qname(q: &[u8]) -> (Option<&[u8]>, &[u8]) {
-    match memchr::memchr(b':', q) {
+    match colon(q) {
         Some(i) => (Some(&q[..i]), &q[i + 1..]),
         None => (None, q),
     }
@@ -844,13 +849,13 @@ fn name_end(s: &[u8], mut i: usize) -> usize {
 
 /// A namespace-well-formed QName: `local` or `prefix:local`.
 fn is_qname(q: &[u8]) -> bool {
-    match memchr::memchr(b':', q) {
+    match colon(q) {
         None => true,
         // The local part must itself start with a NameStartChar.
         Some(i) => {
             i > 0
                 && i + 1 < q.len()
-                && memchr::memchr(b':', &q[i + 1..]).is_none()
+                && colon(&q[i + 1..]).is_none()
                 && name_end(q, i + 1) == q.len()
         }
     }
