@@ -1911,17 +1911,25 @@ mod tests {
     fn no_panic_on_garbage() {
         let input = sample();
         let mut x: u64 = 7;
-        for _ in 0..300 {
+        for _ in 0..1000 {
             let mut v = input.clone();
             for _ in 0..5 {
                 x = x
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
                 let i = (x >> 33) as usize % v.len();
-                v[i] = (x >> 13) as u8;
+                const MARKUP: &[u8] = b"<>/'\"&!?[]-:= \n\r\x00\xEF";
+                v[i] = if x & (1 << 40) == 0 { MARKUP[(x >> 20) as usize % MARKUP.len()] } else { (x >> 13) as u8 };
             }
-            let _ = run(Mode::Stream, Limits::DEFAULT, &[&v]);
+            // Errors, too, must not depend on chunking.
+            let whole = run(Mode::Stream, Limits::DEFAULT, &[&v]);
+            let cuts: Vec<usize> = (1..v.len()).filter(|c| (c * 7919 + x as usize) % 13 == 0).collect();
+            assert_eq!(split_run(&v, &cuts), whole);
+            let small = Limits { max_record: 700, max_depth: 3, max_attrs: 4 };
+            let chunks: Vec<&[u8]> = v.chunks(5).collect();
+            assert_eq!(run(Mode::Stream, small, &chunks), run(Mode::Stream, small, &[&v]));
             let _ = canonical_record(&v[200..600], Limits::DEFAULT);
+            let _ = crate::xml::Element::parse(&v[200..600]);
         }
         for junk in [
             &b"<"[..],
