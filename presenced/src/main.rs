@@ -759,10 +759,10 @@ fn run() -> Result<(), Fatal> {
         };
         let (in_ready, ino_ready) = {
             let mut fds = vec![PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-            let out_idx = (!queue.is_empty()).then(|| {
+            if !queue.is_empty() {
+                // Writable stdout just wakes the loop, which flushes at its top.
                 fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLOUT));
-                fds.len() - 1
-            });
+            }
             let ino_idx = watcher.as_ref().map(|w| {
                 fds.push(PollFd::new(w.ino.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
@@ -773,7 +773,6 @@ fn run() -> Result<(), Fatal> {
                 Err(e) => return Err(Fatal::io("poll", &e.into())),
             }
             let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-            let _ = out_idx;
             (ready(0), ino_idx.is_some_and(ready))
         };
         if ino_ready {
