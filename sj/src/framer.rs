@@ -1943,7 +1943,7 @@ mod tests {
             // Errors, too, must not depend on chunking.
             let whole = run(Mode::Stream, Limits::DEFAULT, &[&v]);
             let cuts: Vec<usize> = (1..v.len())
-                .filter(|c| (c * 7919 + x as usize) % 13 == 0)
+                .filter(|c| c.wrapping_mul(7919).wrapping_add(x as usize) % 13 == 3)
                 .collect();
             assert_eq!(split_run(&v, &cuts), whole);
             let small = Limits {
