@@ -1926,7 +1926,7 @@ mod tests {
     fn no_panic_on_garbage() {
         let input = sample();
         let mut x: u64 = 7;
-        for _ in 0..1000 {
+        for _ in 0..500 {
             let mut v = input.clone();
             for _ in 0..5 {
                 x = x
