@@ -1856,6 +1856,8 @@ mod tests {
             if let Event::Record(r) | Event::StreamError(r) = e {
                 assert_eq!(memchr::memchr(b'\n', r), Some(r.len() - 1));
                 assert!(!r.contains(&b'\r'));
+                // Records are self-contained and canonical: a fixed point.
+                assert_eq!(canonical_record(r, Limits::DEFAULT).as_ref(), Ok(r));
             }
         }
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
