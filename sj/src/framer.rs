@@ -590,7 +590,8 @@ pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameErr
     let mut f = Framer::new(Mode::Fragments, limits);
     f.feed(line);
     match f.next_event()? {
-        Some(Event::Record(r)) => match f.next_event()? {
+        // A stream error is still one element: a script may log or send it.
+        Some(Event::Record(r) | Event::StreamError(r)) => match f.next_event()? {
             None if f.buffered() == 0 => Ok(r),
             _ => fail(
                 Condition::NotWellFormed,
