@@ -117,17 +117,16 @@ pub fn set_attr(record: &[u8], name: &str, value: &str) -> Vec<u8> {
     let Some((_, mut scan)) = top_tag(record) else {
         return record.to_vec();
     };
-    let value = escape_attr(value);
     let found = scan
         .by_ref()
         .find(|a| &record[a.name.clone()] == name.as_bytes());
-    let mut out = Vec::with_capacity(record.len() + name.len() + value.len() + 4);
+    let mut out = Vec::with_capacity(record.len() + name.len() + value.len() + 16);
     match (found, scan.close) {
         (Some(a), _) => {
             // Replace the quotes too, so the value may contain either quote.
             out.extend_from_slice(&record[..a.value.start - 1]);
             out.push(b'\'');
-            out.extend_from_slice(value.as_bytes());
+            escape_into(&mut out, value, true);
             out.push(b'\'');
             out.extend_from_slice(&record[a.value.end + 1..]);
         }
@@ -136,7 +135,7 @@ pub fn set_attr(record: &[u8], name: &str, value: &str) -> Vec<u8> {
             out.push(b' ');
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"='");
-            out.extend_from_slice(value.as_bytes());
+            escape_into(&mut out, value, true);
             out.push(b'\'');
             out.extend_from_slice(&record[close..]);
         }
@@ -276,21 +275,33 @@ pub(crate) fn escape_text(s: &str) -> String {
 }
 
 fn escape(s: &str, attr: bool) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' if attr => out.push_str("&apos;"),
-            '"' if attr => out.push_str("&quot;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' if attr => out.push_str("&#9;"),
-            c => out.push(c),
-        }
+    let mut out = Vec::with_capacity(s.len() + 8);
+    escape_into(&mut out, s, attr);
+    // Only ASCII bytes were replaced, so this is still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Every byte that needs escaping is ASCII, so working on UTF-8 bytes is exact.
+fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
+    let b = s.as_bytes();
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let rep: &[u8] = match c {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\'' if attr => b"&apos;",
+            b'"' if attr => b"&quot;",
+            b'\n' => b"&#10;",
+            b'\r' => b"&#13;",
+            b'\t' if attr => b"&#9;",
+            _ => continue,
+        };
+        out.extend_from_slice(&b[from..i]);
+        out.extend_from_slice(rep);
+        from = i + 1;
     }
-    out
+    out.extend_from_slice(&b[from..]);
 }
 
 /// Resolve references in raw character data or an attribute value (`attr`:
