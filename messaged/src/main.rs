@@ -139,7 +139,8 @@ struct Contact {
     jid: String,
     dir: PathBuf,
     fifo: OwnedFd,
-    reader: LineReader,
+    /// The incomplete last line read from the FIFO.
+    partial: Partial,
     room: bool,
     /// A write to `out` failed and was reported; cleared on success.
     warned: bool,
@@ -155,10 +156,15 @@ struct Daemon {
     by_name: HashMap<String, usize>,
     ready: VecDeque<usize>,
     stdin: LineReader,
+    /// One read buffer shared by all FIFOs (10,000 private 64 KiB buffers
+    /// would be 640 MiB).
+    scratch: Vec<u8>,
     out: WriteQueue,
     counter: u64,
     pid: u32,
     roster_seen: Option<(SystemTime, u64, u64)>,
+    /// stdin is a pipe or socket (else it is read without waiting).
+    stdin_polled: bool,
 }
 
 /// Belt and braces around sj::path: a component is one plain name.
@@ -180,9 +186,17 @@ impl Daemon {
             sj::io::set_nonblocking(b)
                 .map_err(|e| Fatal::io(format_args!("set {what} non-blocking"), &e))?;
         }
-        poll.registry()
-            .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
-            .map_err(|e| Fatal::io("watch stdin", &e))?;
+        // Regular files and /dev/null cannot be polled (EPERM) but never
+        // block either: read them until EOF without waiting.
+        let stdin_polled =
+            match poll
+                .registry()
+                .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
+            {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => false,
+                Err(e) => return Err(Fatal::io("watch stdin", &e)),
+            };
         // A pipe or FIFO on stdout; regular files cannot be polled and
         // never block, so a failure here is not fatal.
         let _ = poll
@@ -196,10 +210,12 @@ impl Daemon {
             by_name: HashMap::new(),
             ready: VecDeque::new(),
             stdin: LineReader::new(MAX_RECORD),
+            scratch: vec![0; 64 * 1024],
             out: WriteQueue::new(),
             counter: 0,
             pid: std::process::id(),
             roster_seen: None,
+            stdin_polled,
         })
     }
 
@@ -255,7 +271,7 @@ impl Daemon {
             jid,
             dir,
             fifo,
-            reader: LineReader::new(MAX_IN_LINE),
+            partial: Partial::default(),
             room: room || marked,
             warned: false,
             ready: false,
@@ -352,7 +368,7 @@ impl Daemon {
             if stdin_ready {
                 match self.read_stdin()? {
                     Read::Eof => return self.drain_and_exit(),
-                    _ => stdin_ready = false,
+                    _ => stdin_ready = !self.stdin_polled,
                 }
             }
             self.serve_fifos();
@@ -491,17 +507,18 @@ impl Daemon {
             };
             let mut lines = Vec::new();
             let c = &mut self.contacts[i];
-            let before = c.reader.overlong;
+            let before = c.partial.overlong;
             let mut open = true;
             // Bounded per turn so one busy FIFO cannot starve the others.
             for _ in 0..16 {
-                match c.reader.fill(c.fifo.as_fd()) {
-                    Ok(Read::Data(_)) => {
-                        while let Some(l) = c.reader.next_line() {
-                            lines.push(l.to_vec());
-                        }
+                match nix::unistd::read(c.fifo.as_fd(), &mut self.scratch) {
+                    Ok(0) => {
+                        open = false;
+                        break;
                     }
-                    Ok(_) => {
+                    Ok(n) => c.partial.feed(&self.scratch[..n], MAX_IN_LINE, &mut lines),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(nix::errno::Errno::EAGAIN) => {
                         open = false;
                         break;
                     }
@@ -509,17 +526,17 @@ impl Daemon {
                         sj::log::warn(&format!(
                             "unable to read {}/in: {}",
                             c.dir.display(),
-                            sj::log::strerror(&e)
+                            e.desc()
                         ));
                         open = false;
                         break;
                     }
                 }
             }
-            if c.reader.overlong > before {
+            if c.partial.overlong > before {
                 sj::log::warn(&format!(
                     "dropped {} line(s) over {MAX_IN_LINE} bytes from {}/in",
-                    c.reader.overlong - before,
+                    c.partial.overlong - before,
                     c.dir.display()
                 ));
             }
@@ -598,6 +615,42 @@ impl Daemon {
     }
 }
 
+/// Line splitting for many FIFOs read through one shared buffer: only an
+/// incomplete line is kept per FIFO, and no memory once a line is complete.
+/// A line longer than `max` is dropped up to its LF and counted.
+#[derive(Default)]
+struct Partial {
+    buf: Vec<u8>,
+    skipping: bool,
+    overlong: u64,
+}
+
+impl Partial {
+    fn feed(&mut self, mut data: &[u8], max: usize, lines: &mut Vec<Vec<u8>>) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            let piece = &data[..i];
+            data = &data[i + 1..];
+            if self.skipping || self.buf.len() + piece.len() > max {
+                self.skipping = false;
+                self.overlong += 1;
+                self.buf = Vec::new();
+            } else {
+                self.buf.extend_from_slice(piece);
+                lines.push(std::mem::take(&mut self.buf));
+            }
+        }
+        if self.skipping {
+            return;
+        }
+        if self.buf.len() + data.len() > max {
+            self.skipping = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -638,6 +691,28 @@ fn append(path: &Path, text: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_lines() {
+        let mut p = Partial::default();
+        let mut lines = Vec::new();
+        p.feed(b"ab", 8, &mut lines);
+        p.feed(b"c\nde\n\nf", 8, &mut lines);
+        assert_eq!(lines, vec![b"abc".to_vec(), b"de".to_vec(), b"".to_vec()]);
+        lines.clear();
+        // Over-long, split over several reads, then a good line.
+        p.feed(b"012345", 8, &mut lines);
+        p.feed(b"6789", 8, &mut lines);
+        p.feed(b"xyz\nok\n", 8, &mut lines);
+        assert_eq!(lines, vec![b"ok".to_vec()]);
+        assert_eq!(p.overlong, 1);
+        assert!(p.buf.capacity() == 0, "nothing kept between lines");
+        // Over-long within one read.
+        lines.clear();
+        p.feed(b"0123456789\nk\n", 8, &mut lines);
+        assert_eq!(lines, vec![b"k".to_vec()]);
+        assert_eq!(p.overlong, 2);
+    }
 
     #[test]
     fn plain_components_only() {
