@@ -117,6 +117,17 @@ fn raise_nofile() {
     }
 }
 
+/// How many `in` FIFOs may be open: the descriptor limit less a reserve
+/// (an eighth, at least 16) for stdin/stdout, the poller and `out` files.
+fn fifo_cap() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(s, _)| s)
+        .unwrap_or(1024);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    soft.saturating_sub((soft / 8).max(16))
+}
+
 fn run() -> Result<(), Fatal> {
     let args = parse_args()?;
     raise_nofile();
@@ -138,7 +149,9 @@ struct Contact {
     /// Normalised bare JID, as written in messages.
     jid: String,
     dir: PathBuf,
-    fifo: OwnedFd,
+    /// `None` while the FIFO cannot be made or opened (e.g. EMFILE).
+    fifo: Option<OwnedFd>,
+    fifo_warned: bool,
     /// The incomplete last line read from the FIFO.
     partial: Partial,
     room: bool,
@@ -165,6 +178,11 @@ struct Daemon {
     roster_seen: Option<(SystemTime, u64, u64)>,
     /// stdin is a pipe or socket (else it is read without waiting).
     stdin_polled: bool,
+    /// `in` FIFOs held open, and the most that leaves descriptors for
+    /// appending to logs.
+    fifos_open: usize,
+    fifo_cap: usize,
+    cap_warned: bool,
 }
 
 /// Belt and braces around sj::path: a component is one plain name.
@@ -216,6 +234,9 @@ impl Daemon {
             pid: std::process::id(),
             roster_seen: None,
             stdin_polled,
+            fifos_open: 0,
+            fifo_cap: fifo_cap(),
+            cap_warned: false,
         })
     }
 
@@ -242,45 +263,85 @@ impl Daemon {
             return Some(i);
         }
         let dir = self.dir.join(&name);
-        let fifo = match open_contact_dir(&dir) {
-            Ok(f) => f,
-            Err(e) => {
-                sj::log::warn(&format!(
-                    "unable to set up {}: {}",
-                    dir.display(),
-                    sj::log::strerror(&e)
-                ));
-                return None;
-            }
-        };
-        let i = self.contacts.len();
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&fifo.as_raw_fd()),
-            Token(FIRST_CONTACT + i),
-            Interest::READABLE,
-        ) {
+        if let Err(e) = make_contact_dir(&dir) {
             sj::log::warn(&format!(
-                "unable to watch {}/in: {}",
+                "unable to create {}: {}",
                 dir.display(),
                 sj::log::strerror(&e)
             ));
             return None;
         }
+        let i = self.contacts.len();
         let marked = fs::symlink_metadata(dir.join(MARKER)).is_ok();
         self.contacts.push(Contact {
             jid,
             dir,
-            fifo,
+            fifo: None,
+            fifo_warned: false,
             partial: Partial::default(),
             room: room || marked,
             warned: false,
             ready: false,
         });
         self.by_name.insert(name, i);
+        self.attach_fifo(i);
         if room && !marked {
             self.write_marker(i);
         }
         Some(i)
+    }
+
+    /// Make and open a contact's `in` FIFO and watch it. Without it the
+    /// contact is still logged; the FIFO is tried again on its next message.
+    fn attach_fifo(&mut self, i: usize) {
+        let reg = self.poll.registry();
+        let c = &mut self.contacts[i];
+        if let Some(old) = c.fifo.take() {
+            let _ = reg.deregister(&mut SourceFd(&old.as_raw_fd()));
+            self.fifos_open -= 1;
+        }
+        if self.fifos_open >= self.fifo_cap {
+            // Keep descriptors for the logs: they matter more than FIFOs.
+            if !self.cap_warned {
+                sj::log::warn(&format!(
+                    "{} in FIFOs open, the most the descriptor limit allows; \
+                     further contacts are logged but get no in FIFO",
+                    self.fifos_open
+                ));
+                self.cap_warned = true;
+            }
+            return;
+        }
+        let res = open_fifo(&c.dir).and_then(|fd| {
+            reg.register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                Token(FIRST_CONTACT + i),
+                Interest::READABLE,
+            )?;
+            Ok(fd)
+        });
+        match res {
+            Ok(fd) => {
+                c.fifo = Some(fd);
+                c.fifo_warned = false;
+                self.fifos_open += 1;
+                // Lines may already wait in it.
+                if !c.ready {
+                    c.ready = true;
+                    self.ready.push_back(i);
+                }
+            }
+            Err(e) => {
+                if !c.fifo_warned {
+                    sj::log::warn(&format!(
+                        "unable to open {}/in: {}",
+                        c.dir.display(),
+                        sj::log::strerror(&e)
+                    ));
+                    c.fifo_warned = true;
+                }
+            }
+        }
     }
 
     fn write_marker(&self, i: usize) {
@@ -417,8 +478,15 @@ impl Daemon {
                 .fill(fd)
                 .map_err(|e| Fatal::io("read from sj-proxy", &e))?;
             let mut records = Vec::new();
+            let before = self.stdin.overlong;
             while let Some(line) = self.stdin.next_line() {
                 records.push(line.to_vec());
+            }
+            if self.stdin.overlong > before {
+                sj::log::warn(&format!(
+                    "dropped {} record(s) over {MAX_RECORD} bytes from sj-proxy",
+                    self.stdin.overlong - before
+                ));
             }
             for rec in records {
                 self.record(&rec);
@@ -448,6 +516,9 @@ impl Daemon {
         let Some(i) = self.contact(&e.contact, e.room) else {
             return;
         };
+        if self.contacts[i].fifo.is_none() {
+            self.attach_fifo(i);
+        }
         let t = e.when.unwrap_or_else(now);
         let text = format::lines(&format::stamp(t), &e.kind, &e.text);
         if text.is_empty() {
@@ -477,24 +548,12 @@ impl Daemon {
 
     /// Recreate a contact's directory and FIFO after someone removed them.
     fn remake(&mut self, i: usize) {
-        let dir = self.contacts[i].dir.clone();
-        let Ok(fifo) = open_contact_dir(&dir) else {
+        if make_contact_dir(&self.contacts[i].dir).is_err() {
             return;
-        };
-        let reg = self.poll.registry();
-        let _ = reg.deregister(&mut SourceFd(&self.contacts[i].fifo.as_raw_fd()));
-        if reg
-            .register(
-                &mut SourceFd(&fifo.as_raw_fd()),
-                Token(FIRST_CONTACT + i),
-                Interest::READABLE,
-            )
-            .is_ok()
-        {
-            self.contacts[i].fifo = fifo;
-            if self.contacts[i].room {
-                self.write_marker(i);
-            }
+        }
+        self.attach_fifo(i);
+        if self.contacts[i].room {
+            self.write_marker(i);
         }
     }
 
@@ -507,11 +566,15 @@ impl Daemon {
             };
             let mut lines = Vec::new();
             let c = &mut self.contacts[i];
+            let Some(fifo) = &c.fifo else {
+                c.ready = false;
+                continue;
+            };
             let before = c.partial.overlong;
             let mut open = true;
             // Bounded per turn so one busy FIFO cannot starve the others.
             for _ in 0..16 {
-                match nix::unistd::read(c.fifo.as_fd(), &mut self.scratch) {
+                match nix::unistd::read(fifo.as_fd(), &mut self.scratch) {
                     Ok(0) => {
                         open = false;
                         break;
@@ -658,9 +721,8 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Make `dir` (0700, a real directory, not a symlink) with its `in` FIFO,
-/// and open the FIFO for reading.
-fn open_contact_dir(dir: &Path) -> io::Result<OwnedFd> {
+/// Make `dir`: mode 0700, a real directory, not a symlink.
+fn make_contact_dir(dir: &Path) -> io::Result<()> {
     sj::fifo::make_dir(dir)?;
     if !fs::symlink_metadata(dir)?.is_dir() {
         return Err(io::Error::new(
@@ -668,6 +730,11 @@ fn open_contact_dir(dir: &Path) -> io::Result<OwnedFd> {
             "not a directory",
         ));
     }
+    Ok(())
+}
+
+/// Make `dir/in` (a FIFO, 0600) unless it is there, and open it for reading.
+fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
     let fifo = dir.join("in");
     sj::fifo::make(&fifo)?;
     sj::fifo::open_read(&fifo)

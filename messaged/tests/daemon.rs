@@ -27,7 +27,22 @@ impl Daemon {
     }
 
     fn start_in(dir: PathBuf) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_messaged"))
+        Self::start_with(dir, None)
+    }
+
+    /// `nofile`: run under this hard limit of open files.
+    fn start_with(dir: PathBuf, nofile: Option<u32>) -> Daemon {
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_messaged"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_messaged")),
+        };
+        let mut child = cmd
             .arg("-d")
             .arg(&dir)
             .arg("alice@localhost/sj")
@@ -347,4 +362,25 @@ fn usage_errors_are_permanent() {
         .status()
         .expect("run");
     assert_eq!(st.code(), Some(100));
+}
+
+#[test]
+fn out_of_descriptors_still_logs() {
+    let dir = std::env::temp_dir().join(format!("messaged-it-emfile-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let mut d = Daemon::start_with(dir, Some(24));
+    for i in 0..40 {
+        d.feed(&format!(
+            "<message from='c{i}@localhost/x' type='chat'><body>n{i}</body></message>"
+        ));
+    }
+    for i in 0..40 {
+        let lines = wait_lines(&d.dir.join(format!("c{i}@localhost/out")), 1);
+        assert_eq!(strip_stamp(&lines[0]), format!("<c{i}@localhost> n{i}"));
+    }
+    // The first contacts got their FIFO and still work.
+    d.write_in("c0@localhost", b"still here\n");
+    assert!(d.next_record().contains("<body>still here</body>"));
+    assert_eq!(d.stop(), 0);
 }
