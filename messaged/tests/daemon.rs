@@ -384,3 +384,84 @@ fn out_of_descriptors_still_logs() {
     assert!(d.next_record().contains("<body>still here</body>"));
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn roster_changes_make_directories() {
+    let mut d = Daemon::start("roster");
+    d.feed("<message from='bob@localhost/x' type='chat'><body>up</body></message>");
+    wait_lines(&d.dir.join("bob@localhost/out"), 1);
+    fs::write(
+        d.dir.join("roster"),
+        "dave@localhost\tDave\tboth\nEve@LocalHost\t\tnone\n# comment\n\nnot a jid@@\n",
+    )
+    .expect("roster");
+    // The roster is checked every second; the FIFO answers once it is read.
+    d.write_in("dave@localhost", b"hi dave\n");
+    assert!(d
+        .next_record()
+        .starts_with("<message to='dave@localhost' type='chat'"));
+    d.write_in("eve@localhost", b"hi eve\n");
+    assert!(d
+        .next_record()
+        .starts_with("<message to='eve@localhost' type='chat'"));
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+fn rooms_survive_a_restart_and_sigterm_is_clean() {
+    let mut d = Daemon::start("restart");
+    d.feed("<message from='room@muc.localhost/Bobby' type='groupchat'><body>x</body></message>");
+    wait_lines(&d.dir.join("room@muc.localhost/out"), 1);
+    let dir = d.dir.clone();
+    drop(d.stdin.take());
+    let t = Instant::now();
+    while d.child.try_wait().expect("wait").is_none() {
+        assert!(t.elapsed() < DEADLINE);
+        std::thread::yield_now();
+    }
+    // Same directory, new process: the room is still a room, and old
+    // contact directories are served without new traffic.
+    let mut d = Daemon::start_in(dir);
+    d.write_in("room@muc.localhost", b"back\n");
+    assert!(d.next_record().contains("type='groupchat'"));
+    // SIGTERM: queued lines are handed over, exit 0.
+    d.write_in("room@muc.localhost", b"bye\n");
+    assert!(d.next_record().contains("<body>bye</body>"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = d.child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(t.elapsed() < DEADLINE, "no exit after SIGTERM");
+        std::thread::yield_now();
+    };
+    assert_eq!(st.code(), Some(0));
+    let _ = fs::remove_dir_all(&d.dir);
+}
+
+#[test]
+fn environment_fallbacks() {
+    let dir = std::env::temp_dir().join(format!("messaged-it-env-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_messaged"))
+        .env("SJ_DIR", &dir)
+        .env("SJ_JID", "alice@localhost/sj")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    {
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(b"<message from='bob@localhost/x' type='chat'><body>env</body></message>\n")
+            .expect("write");
+    }
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    let lines = wait_lines(&dir.join("bob@localhost/out"), 1);
+    assert_eq!(strip_stamp(&lines[0]), "<bob@localhost> env");
+    let _ = fs::remove_dir_all(&dir);
+}
