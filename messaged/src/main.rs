@@ -524,11 +524,12 @@ impl Daemon {
         if text.is_empty() {
             return;
         }
-        let mut result = append(&self.contacts[i].dir.join("out"), &text);
+        let repair = self.contacts[i].warned;
+        let mut result = append(&self.contacts[i].dir.join("out"), &text, repair);
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            result = append(&self.contacts[i].dir.join("out"), &text);
+            result = append(&self.contacts[i].dir.join("out"), &text, repair);
         }
         let c = &mut self.contacts[i];
         match result {
@@ -741,14 +742,25 @@ fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Append `text` (whole lines) to a log: O_APPEND, one write per line.
-fn append(path: &Path, text: &str) -> io::Result<()> {
+/// `repair`: an earlier write may have stopped mid-line (ENOSPC), so end
+/// that partial line first if the file does not end with LF.
+fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::FileExt;
     let mut f = fs::OpenOptions::new()
+        .read(repair)
         .append(true)
         .create(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
+    if repair {
+        let len = f.metadata()?.len();
+        let mut last = [0u8; 1];
+        if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
+            f.write_all(b"\n")?;
+        }
+    }
     for line in text.split_inclusive('\n') {
         f.write_all(line.as_bytes())?;
     }
@@ -828,9 +840,21 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         sj::fifo::make_dir(&d).expect("mkdir");
         let p = d.join("out");
-        append(&p, "a\nb\n").expect("append");
-        append(&p, "c\n").expect("append");
+        append(&p, "a\nb\n", false).expect("append");
+        append(&p, "c\n", false).expect("append");
         assert_eq!(fs::read_to_string(&p).expect("read"), "a\nb\nc\n");
+        // After a failed write left half a line, the next line starts fresh.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"parti"))
+            .expect("partial");
+        append(&p, "d\n", true).expect("append");
+        append(&p, "e\n", true).expect("append");
+        assert_eq!(
+            fs::read_to_string(&p).expect("read"),
+            "a\nb\nc\nparti\nd\ne\n"
+        );
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             fs::metadata(&p).expect("stat").permissions().mode() & 0o777,
@@ -839,7 +863,7 @@ mod tests {
         // A symlink planted as out is not followed.
         let q = d.join("link");
         std::os::unix::fs::symlink(&p, &q).expect("symlink");
-        assert!(append(&q, "x\n").is_err());
+        assert!(append(&q, "x\n", false).is_err());
         let _ = fs::remove_dir_all(&d);
     }
 }
