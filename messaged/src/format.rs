@@ -119,6 +119,9 @@ fn num(s: &str) -> Option<i64> {
 /// UTC) into Unix seconds.
 pub fn parse_stamp(s: &str) -> Option<i64> {
     let s = s.trim();
+    if !s.is_ascii() {
+        return None;
+    }
     let (date, rest) = s.split_once(['T', 't'])?;
     let (y, mo, d) = if date.len() == 8 && !date.contains('-') {
         (num(&date[..4])?, num(&date[4..6])?, num(&date[6..8])?)
@@ -255,8 +258,31 @@ mod tests {
             "x002-09-10T23:08:25Z",
             "2002-09-10T23:08:25Q",
             "2002-09-10T2é:08:25Z",
+            "200é910T23:08:25",
+            "2002-09-10T23:0é25Z",
+            "2002-09-10T23:08:25+é:00",
         ] {
             assert_eq!(parse_stamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn stamps_never_panic() {
+        let base = "2002-09-10T23:08:25.123+02:00";
+        let alphabet = ['0', '9', '-', ':', 'T', 'Z', '.', '+', 'é', ' ', 'x'];
+        for cut in 0..=base.len() {
+            let _ = parse_stamp(&base[..cut]);
+            for &c in &alphabet {
+                let mut s = base[..cut].to_string();
+                s.push(c);
+                s.push_str(&base[cut..]);
+                let _ = parse_stamp(&s);
+                let mut compact = "20020910T23:08:25".to_string();
+                if cut < compact.len() {
+                    compact.insert(cut, c);
+                }
+                let _ = parse_stamp(&compact);
+            }
         }
     }
 
