@@ -722,7 +722,8 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Make `dir`: mode 0700, a real directory, not a symlink.
+/// Make `dir` (mode 0700, a real directory, not a symlink) and an empty
+/// `out` in it unless there is one, so `tail -f out` works from the start.
 fn make_contact_dir(dir: &Path) -> io::Result<()> {
     sj::fifo::make_dir(dir)?;
     if !fs::symlink_metadata(dir)?.is_dir() {
@@ -731,6 +732,8 @@ fn make_contact_dir(dir: &Path) -> io::Result<()> {
             "not a directory",
         ));
     }
+    // Best effort: a failure shows (and is reported) on the first append.
+    let _ = append(&dir.join("out"), "", false);
     Ok(())
 }
 

@@ -265,8 +265,12 @@ fn rooms_and_roster() {
         r.starts_with("<message to='room@muc.localhost' type='groupchat' id="),
         "{r}"
     );
-    // Roster items get their directory and FIFO.
+    // Roster items get their directory, FIFO and an empty log.
     d.write_in("carol@localhost", b"hi carol\n");
+    assert_eq!(
+        fs::read(d.dir.join("carol@localhost/out")).expect("carol's out"),
+        b""
+    );
     assert!(d
         .next_record()
         .starts_with("<message to='carol@localhost' type='chat'"));
