@@ -126,50 +126,1476 @@ pub enum Mode {
     Fragments,
 }
 
+const STREAMS_NS: &[u8] = b"http://etherx.jabber.org/streams";
+
+type Res<T> = Result<T, FrameError>;
+
+fn fail<T>(condition: Condition, detail: impl Into<String>) -> Res<T> {
+    Err(FrameError { condition, detail: detail.into() })
+}
+
+/// What the stream header declared, needed to make records self-contained.
+#[derive(Debug, Clone)]
+struct Header {
+    /// Qualified name of the stream element as sent, e.g. `stream:stream`.
+    qname: Vec<u8>,
+    /// `xmlns:p` declarations of the header: prefix and unescaped URI.
+    prefixes: Vec<(Vec<u8>, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing seen yet: the XML declaration is still allowed.
+    Start,
+    /// Declaration seen, header not yet.
+    Header,
+    Body,
+    Ended,
+}
+
+/// Where the boundary scanner stopped, so that feeding one byte never
+/// rescans what was already looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// In character data (inside a record) or between top-level items.
+    Idle,
+    /// At a `<` whose kind is not known yet.
+    Lt,
+    /// Inside a start or end tag; `quote` is the open quote or 0.
+    Tag { start: usize, quote: u8, end_tag: bool },
+    /// Inside a CDATA section whose content starts at `content`.
+    Cdata { content: usize },
+    /// Inside `<?xml ... ?>` at stream start.
+    Decl,
+}
+
 pub struct Framer {
-    _private: (),
+    mode: Mode,
+    limits: Limits,
+    buf: Vec<u8>,
+    /// Bytes before `pos` have been returned as events (or skipped).
+    pos: usize,
+    /// Bytes before `scan` have been looked at by the boundary scanner.
+    scan: usize,
+    /// Start of the top-level item being scanned.
+    item: Option<usize>,
+    depth: usize,
+    lex: Lex,
+    phase: Phase,
+    header: Option<Header>,
+    err: Option<FrameError>,
 }
 
 impl Framer {
     pub fn new(mode: Mode, limits: Limits) -> Self {
-        let _ = (mode, limits);
-        todo!("framer")
+        let mut f = Framer {
+            mode,
+            limits,
+            buf: Vec::new(),
+            pos: 0,
+            scan: 0,
+            item: None,
+            depth: 0,
+            lex: Lex::Idle,
+            phase: Phase::Start,
+            header: None,
+            err: None,
+        };
+        f.reset();
+        f
     }
 
     /// Change limits (e.g. to `Limits::DEFAULT` after authentication).
     pub fn set_limits(&mut self, limits: Limits) {
-        let _ = limits;
-        todo!("framer")
+        self.limits = limits;
     }
 
     /// Stream restart (after STARTTLS or SASL success): forget everything
     /// buffered and expect a new stream header.
     pub fn reset(&mut self) {
-        todo!("framer")
+        self.buf.clear();
+        self.pos = 0;
+        self.scan = 0;
+        self.item = None;
+        self.depth = 0;
+        self.lex = Lex::Idle;
+        self.phase = match self.mode {
+            Mode::Stream => Phase::Start,
+            Mode::Fragments => Phase::Body,
+        };
+        self.header = None;
+        self.err = None;
     }
 
     /// Append bytes read from the peer.
     pub fn feed(&mut self, data: &[u8]) {
-        let _ = data;
-        todo!("framer")
+        if self.err.is_some() {
+            // A dead stream only needs its error; buffering more is a waste.
+            return;
+        }
+        // Compact only when at least half the buffer is consumed, so each
+        // byte is moved a bounded number of times (amortised linear).
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            let d = self.pos;
+            self.buf.drain(..d);
+            self.pos = 0;
+            self.scan -= d;
+            self.item = self.item.map(|i| i - d);
+            self.lex = match self.lex {
+                Lex::Tag { start, quote, end_tag } => Lex::Tag { start: start - d, quote, end_tag },
+                Lex::Cdata { content } => Lex::Cdata { content: content - d },
+                other => other,
+            };
+        }
+        self.buf.extend_from_slice(data);
     }
 
     /// The next event, `Ok(None)` when more bytes are needed. Whitespace
     /// between top-level elements is skipped. After an `Err` every call
     /// returns the same error until `reset`.
     pub fn next_event(&mut self) -> Result<Option<Event>, FrameError> {
-        todo!("framer")
+        if let Some(e) = &self.err {
+            return Err(e.clone());
+        }
+        match self.step() {
+            Ok(ev) => Ok(ev),
+            Err(e) => {
+                self.err = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     /// Bytes buffered but not yet returned as an event.
     pub fn buffered(&self) -> usize {
-        todo!("framer")
+        self.buf.len() - self.pos
+    }
+
+    /// Refuse an item that has grown past the record limit. `upto` is the
+    /// end of the bytes known to belong to it. Every scanner error checks
+    /// this first, so the outcome does not depend on how input was chunked.
+    fn limit(&self, upto: usize) -> Res<()> {
+        match self.item {
+            Some(s) if upto - s > self.limits.max_record => fail(
+                Condition::PolicyViolation,
+                format!("element exceeds {} bytes", self.limits.max_record),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn fail_at<T>(&self, upto: usize, c: Condition, detail: &str) -> Res<T> {
+        self.limit(upto)?;
+        fail(c, detail)
+    }
+
+    fn step(&mut self) -> Res<Option<Event>> {
+        loop {
+            let n = self.buf.len();
+            match self.lex {
+                Lex::Idle if self.item.is_none() => {
+                    let mut i = self.scan;
+                    while i < n && is_ws(self.buf[i]) {
+                        i += 1;
+                    }
+                    self.scan = i;
+                    self.pos = i;
+                    if i == n {
+                        return Ok(None);
+                    }
+                    if self.buf[i] != b'<' {
+                        let what = if self.phase == Phase::Ended {
+                            "data after the end of the stream"
+                        } else {
+                            "text outside an element"
+                        };
+                        return fail(Condition::NotWellFormed, what);
+                    }
+                    self.item = Some(i);
+                    self.lex = Lex::Lt;
+                }
+                Lex::Idle => match memchr::memchr(b'<', &self.buf[self.scan..]) {
+                    None => {
+                        self.scan = n;
+                        self.limit(n)?;
+                        return Ok(None);
+                    }
+                    Some(off) => {
+                        self.scan += off;
+                        self.limit(self.scan + 1)?;
+                        self.lex = Lex::Lt;
+                    }
+                },
+                Lex::Lt => {
+                    let p = self.scan;
+                    let Some(&b) = self.buf.get(p + 1) else {
+                        self.limit(n)?;
+                        return Ok(None);
+                    };
+                    let top = self.depth == 0;
+                    match b {
+                        b'/' => {
+                            self.lex = Lex::Tag { start: p, quote: 0, end_tag: true };
+                            self.scan = p + 2;
+                        }
+                        b'?' if self.phase == Phase::Start => {
+                            self.lex = Lex::Decl;
+                            self.scan = p + 2;
+                        }
+                        b'?' => {
+                            return self.fail_at(p + 2, Condition::RestrictedXml, "processing instruction")
+                        }
+                        b'!' => {
+                            const CDATA: &[u8] = b"<![CDATA[";
+                            let avail = &self.buf[p..n.min(p + CDATA.len())];
+                            if CDATA.starts_with(avail) {
+                                if avail.len() < CDATA.len() {
+                                    self.limit(n)?;
+                                    return Ok(None);
+                                }
+                                if top {
+                                    return self.fail_at(
+                                        p + CDATA.len(),
+                                        Condition::NotWellFormed,
+                                        "CDATA outside an element",
+                                    );
+                                }
+                                self.lex = Lex::Cdata { content: p + CDATA.len() };
+                                self.scan = p + CDATA.len();
+                            } else {
+                                let what = if avail.starts_with(b"<!-") { "comment" } else { "DTD or markup declaration" };
+                                return self.fail_at(p + avail.len(), Condition::RestrictedXml, what);
+                            }
+                        }
+                        _ => {
+                            self.lex = Lex::Tag { start: p, quote: 0, end_tag: false };
+                            self.scan = p + 1;
+                        }
+                    }
+                }
+                Lex::Tag { start, quote, end_tag } => {
+                    let rest = &self.buf[self.scan..];
+                    let found = if quote == 0 {
+                        memchr::memchr3(b'>', b'\'', b'"', rest)
+                    } else {
+                        memchr::memchr(quote, rest)
+                    };
+                    let Some(off) = found else {
+                        self.scan = n;
+                        self.limit(n)?;
+                        return Ok(None);
+                    };
+                    let p = self.scan + off;
+                    self.scan = p + 1;
+                    let c = self.buf[p];
+                    if quote != 0 {
+                        self.lex = Lex::Tag { start, quote: 0, end_tag };
+                    } else if c != b'>' {
+                        self.lex = Lex::Tag { start, quote: c, end_tag };
+                    } else {
+                        self.limit(p + 1)?;
+                        self.lex = Lex::Idle;
+                        if let Some(ev) = self.tag_done(start, p + 1, end_tag)? {
+                            return Ok(Some(ev));
+                        }
+                    }
+                }
+                Lex::Cdata { content } => match memchr::memchr(b'>', &self.buf[self.scan..]) {
+                    None => {
+                        self.scan = n;
+                        self.limit(n)?;
+                        return Ok(None);
+                    }
+                    Some(off) => {
+                        let p = self.scan + off;
+                        self.scan = p + 1;
+                        if p >= content + 2 && &self.buf[p - 2..p] == b"]]" {
+                            self.limit(p + 1)?;
+                            self.lex = Lex::Idle;
+                        }
+                    }
+                },
+                Lex::Decl => match memchr::memchr(b'>', &self.buf[self.scan..]) {
+                    None => {
+                        self.scan = n;
+                        self.limit(n)?;
+                        return Ok(None);
+                    }
+                    Some(off) => {
+                        let p = self.scan + off;
+                        self.scan = p + 1;
+                        if self.buf[p - 1] == b'?' {
+                            self.limit(p + 1)?;
+                            let start = self.item.unwrap_or(0);
+                            parse_decl(&self.buf[start..p + 1])?;
+                            self.phase = Phase::Header;
+                            self.item = None;
+                            self.pos = p + 1;
+                            self.lex = Lex::Idle;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// A start or end tag `buf[start..end]` is complete.
+    fn tag_done(&mut self, start: usize, end: usize, end_tag: bool) -> Res<Option<Event>> {
+        match self.phase {
+            Phase::Start | Phase::Header => {
+                if end_tag {
+                    return fail(Condition::NotWellFormed, "end tag before the stream header");
+                }
+                let (header, attrs) = parse_header(&self.buf[start..end], self.limits)?;
+                self.header = Some(header);
+                self.phase = Phase::Body;
+                self.item = None;
+                self.pos = end;
+                Ok(Some(Event::Header(StreamHeader { attrs })))
+            }
+            Phase::Body | Phase::Ended => {
+                let name = tag_name(&self.buf[start..end]);
+                if end_tag {
+                    if self.depth == 0 {
+                        let ok = match &self.header {
+                            Some(h) => name == h.qname.as_slice(),
+                            None => false,
+                        };
+                        let tail = &self.buf[start + 2 + name.len()..end - 1];
+                        if !ok || !tail.iter().all(|&b| is_ws(b)) {
+                            return fail(Condition::NotWellFormed, "end tag without a start tag");
+                        }
+                        self.phase = Phase::Ended;
+                        self.item = None;
+                        self.pos = end;
+                        return Ok(Some(Event::End));
+                    }
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        return self.finish_record(end).map(Some);
+                    }
+                    return Ok(None);
+                }
+                if let Some(h) = &self.header {
+                    if name == h.qname.as_slice() {
+                        return fail(Condition::BadFormat, "stream header inside the stream");
+                    }
+                }
+                if self.depth + 1 > self.limits.max_depth {
+                    return fail(
+                        Condition::PolicyViolation,
+                        format!("nesting deeper than {}", self.limits.max_depth),
+                    );
+                }
+                let self_closing = end - start >= 3 && self.buf[end - 2] == b'/';
+                if !self_closing {
+                    self.depth += 1;
+                } else if self.depth == 0 {
+                    return self.finish_record(end).map(Some);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn finish_record(&mut self, end: usize) -> Res<Event> {
+        let start = self.item.take().unwrap_or(self.pos);
+        let (out, is_error) = canonicalise(&self.buf[start..end], self.limits, self.header.as_ref())?;
+        self.pos = end;
+        Ok(if is_error { Event::StreamError(out) } else { Event::Record(out) })
     }
 }
 
 /// Validate and canonicalise one record given as one line (from a FIFO or a
 /// pipe): exactly one top-level element, optional surrounding whitespace.
 pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameError> {
-    let _ = (line, limits);
-    todo!("framer")
+    let mut f = Framer::new(Mode::Fragments, limits);
+    f.feed(line);
+    match f.next_event()? {
+        Some(Event::Record(r)) => match f.next_event()? {
+            None if f.buffered() == 0 => Ok(r),
+            _ => fail(Condition::NotWellFormed, "more than one element on the line"),
+        },
+        Some(_) => fail(Condition::NotWellFormed, "not a record"),
+        None => fail(Condition::NotWellFormed, "incomplete element"),
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The qualified name at the start of a tag (`<name` or `</name`), as sent.
+fn tag_name(tag: &[u8]) -> &[u8] {
+    let from = if tag.get(1) == Some(&b'/') { 2 } else { 1 };
+    let rest = tag.get(from..).unwrap_or(&[]);
+    let len = rest.iter().position(|&b| is_ws(b) || b == b'/' || b == b'>').unwrap_or(rest.len());
+    &rest[..len]
+}
+
+/// `<?xml version='1.0' encoding='UTF-8' standalone='yes'?>`.
+fn parse_decl(d: &[u8]) -> Res<()> {
+    let bad = || fail(Condition::NotWellFormed, "malformed XML declaration");
+    if d.len() < 4 {
+        return fail(Condition::RestrictedXml, "processing instruction");
+    }
+    let inner = &d[2..d.len() - 2];
+    let tlen = inner.iter().position(|&b| is_ws(b)).unwrap_or(inner.len());
+    if &inner[..tlen] != b"xml" {
+        return fail(Condition::RestrictedXml, "processing instruction");
+    }
+    let mut i = tlen;
+    let mut seen_version = false;
+    loop {
+        let ws_start = i;
+        while i < inner.len() && is_ws(inner[i]) {
+            i += 1;
+        }
+        if i == inner.len() {
+            break;
+        }
+        if i == ws_start {
+            return bad();
+        }
+        let ns = i;
+        while i < inner.len() && inner[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let name = &inner[ns..i];
+        while i < inner.len() && is_ws(inner[i]) {
+            i += 1;
+        }
+        if inner.get(i) != Some(&b'=') {
+            return bad();
+        }
+        i += 1;
+        while i < inner.len() && is_ws(inner[i]) {
+            i += 1;
+        }
+        let q = match inner.get(i) {
+            Some(&q @ (b'\'' | b'"')) => q,
+            _ => return bad(),
+        };
+        i += 1;
+        let vs = i;
+        while i < inner.len() && inner[i] != q {
+            i += 1;
+        }
+        if i == inner.len() {
+            return bad();
+        }
+        let value = &inner[vs..i];
+        i += 1;
+        match name {
+            b"version" if !seen_version && value.starts_with(b"1.") && value.len() > 2 => seen_version = true,
+            b"encoding" if seen_version => {
+                if !value.eq_ignore_ascii_case(b"UTF-8") {
+                    return fail(
+                        Condition::UnsupportedEncoding,
+                        format!("encoding {}", String::from_utf8_lossy(value)),
+                    );
+                }
+            }
+            b"standalone" if seen_version && (value == b"yes" || value == b"no") => {}
+            _ => return bad(),
+        }
+    }
+    if !seen_version {
+        return bad();
+    }
+    Ok(())
+}
+
+fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)>)> {
+    check_text_bytes(tag)?;
+    let mut c = Checker::new(tag, limits.max_attrs);
+    let st = c.start_tag()?;
+    if st.self_closing {
+        return fail(Condition::BadFormat, "empty stream element");
+    }
+    let qname = &tag[st.name.0..st.name.1];
+    let (prefix, local) = split_qname(qname);
+    let decl: Vec<u8> = match prefix {
+        Some(p) => [b"xmlns:".as_slice(), p].concat(),
+        None => b"xmlns".to_vec(),
+    };
+    let mut attrs = Vec::with_capacity(c.attrs.len());
+    let mut prefixes = Vec::new();
+    let mut ns_ok = false;
+    for a in &c.attrs {
+        let name = &tag[a.name.0..a.name.1];
+        let raw = &tag[a.value.0..a.value.1];
+        let value = crate::xml::unescape_bytes(raw, true)
+            .ok_or_else(|| FrameError { condition: Condition::NotWellFormed, detail: "bad attribute value".into() })?;
+        if name == decl.as_slice() && raw == STREAMS_NS {
+            ns_ok = true;
+        }
+        if let Some(p) = name.strip_prefix(b"xmlns:") {
+            prefixes.push((p.to_vec(), value.clone()));
+        }
+        // Names and values were checked as UTF-8 above.
+        attrs.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    if !ns_ok || local != b"stream" {
+        return fail(Condition::InvalidNamespace, "stream element not in the streams namespace");
+    }
+    Ok((Header { qname: qname.to_vec(), prefixes }, attrs))
+}
+
+fn split_qname(q: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match memchr::memchr(b':', q) {
+        Some(i) => (Some(&q[..i]), &q[i + 1..]),
+        None => (None, q),
+    }
+}
+
+/// Strict UTF-8 and XML `Char`s only.
+fn check_text_bytes(s: &[u8]) -> Res<()> {
+    if std::str::from_utf8(s).is_err() {
+        return fail(Condition::NotWellFormed, "invalid UTF-8");
+    }
+    for (i, &b) in s.iter().enumerate() {
+        if b < 0x20 {
+            if !matches!(b, b'\t' | b'\n' | b'\r') {
+                return fail(Condition::NotWellFormed, "control character");
+            }
+        } else if b == 0xEF && s.get(i + 1) == Some(&0xBF) && matches!(s.get(i + 2), Some(0xBE | 0xBF)) {
+            return fail(Condition::NotWellFormed, "U+FFFE or U+FFFF");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn is_xml_char(v: u32) -> bool {
+    matches!(v, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+fn is_name_start(c: char) -> bool {
+    matches!(c,
+        ':' | 'A'..='Z' | '_' | 'a'..='z' | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}'
+        | '\u{F8}'..='\u{2FF}' | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}'
+        | '\u{200C}'..='\u{200D}' | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}'
+        | '\u{3001}'..='\u{D7FF}' | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}'
+        | '\u{10000}'..='\u{EFFFF}')
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start(c)
+        || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
+}
+
+/// End of the XML `Name` starting at `i` (0 length if none). Input must be UTF-8.
+fn name_end(s: &[u8], mut i: usize) -> usize {
+    let start = i;
+    while let Some(&b) = s.get(i) {
+        let (c, len) = if b < 0x80 {
+            (b as char, 1)
+        } else {
+            let len = match b {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            match s.get(i..i + len).and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.chars().next()) {
+                Some(c) => (c, len),
+                None => break,
+            }
+        };
+        let ok = if i == start { is_name_start(c) } else { is_name_char(c) };
+        if !ok {
+            break;
+        }
+        i += len;
+    }
+    i
+}
+
+/// A namespace-well-formed QName: `local` or `prefix:local`.
+fn is_qname(q: &[u8]) -> bool {
+    match memchr::memchr(b':', q) {
+        None => true,
+        Some(i) => i > 0 && i + 1 < q.len() && memchr::memchr(b':', &q[i + 1..]).is_none() && q[i + 1] != b'-' && !q[i + 1].is_ascii_digit() && q[i + 1] != b'.',
+    }
+}
+
+/// End of the entity or character reference at `s[i] == b'&'`.
+fn reference_end(s: &[u8], i: usize) -> Res<usize> {
+    let rest = &s[i + 1..];
+    if rest.first() == Some(&b'#') {
+        let (hex, from) = if rest.get(1) == Some(&b'x') { (true, 2) } else { (false, 1) };
+        let mut v: u32 = 0;
+        let mut k = from;
+        while let Some(&b) = rest.get(k) {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' if hex => b - b'a' + 10,
+                b'A'..=b'F' if hex => b - b'A' + 10,
+                _ => break,
+            };
+            v = v.saturating_mul(if hex { 16 } else { 10 }).saturating_add(d as u32);
+            k += 1;
+        }
+        if k == from || rest.get(k) != Some(&b';') {
+            return fail(Condition::NotWellFormed, "malformed character reference");
+        }
+        if !is_xml_char(v) {
+            return fail(Condition::RestrictedXml, "character reference to a non-Char");
+        }
+        return Ok(i + 1 + k + 1);
+    }
+    let e = name_end(s, i + 1);
+    if e == i + 1 || s.get(e) != Some(&b';') {
+        return fail(Condition::NotWellFormed, "'&' not starting a reference");
+    }
+    match &s[i + 1..e] {
+        b"amp" | b"lt" | b"gt" | b"quot" | b"apos" => Ok(e + 1),
+        _ => fail(Condition::RestrictedXml, "entity reference"),
+    }
+}
+
+const fn table(special: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]");
+static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t");
+
+struct Attr {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+struct StartTag {
+    name: (usize, usize),
+    /// `out.len()` right after the element name.
+    name_end_out: usize,
+    self_closing: bool,
+}
+
+/// One validating, canonicalising pass over a complete element.
+struct Checker<'a> {
+    s: &'a [u8],
+    i: usize,
+    out: Vec<u8>,
+    attrs: Vec<Attr>,
+    max_attrs: usize,
+}
+
+impl<'a> Checker<'a> {
+    fn new(s: &'a [u8], max_attrs: usize) -> Self {
+        Checker { s, i: 0, out: Vec::with_capacity(s.len() + 64), attrs: Vec::new(), max_attrs }
+    }
+
+    /// Copy a run of bytes not in `special`.
+    fn run(&mut self, special: &[bool; 256]) {
+        let start = self.i;
+        let mut i = start;
+        while i < self.s.len() && !special[self.s[i] as usize] {
+            i += 1;
+        }
+        self.out.extend_from_slice(&self.s[start..i]);
+        self.i = i;
+    }
+
+    /// Whitespace inside a tag: a line break becomes a space.
+    fn ws(&mut self) -> bool {
+        let start = self.i;
+        while let Some(&b) = self.s.get(self.i) {
+            match b {
+                b'\r' => {
+                    self.out.push(b' ');
+                    if self.s.get(self.i + 1) == Some(&b'\n') {
+                        self.i += 1;
+                    }
+                }
+                b'\n' => self.out.push(b' '),
+                b' ' | b'\t' => self.out.push(b),
+                _ => break,
+            }
+            self.i += 1;
+        }
+        self.i > start
+    }
+
+    fn name(&mut self) -> Res<(usize, usize)> {
+        let start = self.i;
+        let end = name_end(self.s, start);
+        if end == start {
+            return fail(Condition::NotWellFormed, "invalid name");
+        }
+        if !is_qname(&self.s[start..end]) {
+            return fail(Condition::NotWellFormed, "invalid qualified name");
+        }
+        self.out.extend_from_slice(&self.s[start..end]);
+        self.i = end;
+        Ok((start, end))
+    }
+
+    fn expect(&mut self, b: u8, what: &str) -> Res<()> {
+        if self.s.get(self.i) != Some(&b) {
+            return fail(Condition::NotWellFormed, what);
+        }
+        self.out.push(b);
+        self.i += 1;
+        Ok(())
+    }
+
+    /// At `<name`.
+    fn start_tag(&mut self) -> Res<StartTag> {
+        self.expect(b'<', "expected '<'")?;
+        let name = self.name()?;
+        let name_end_out = self.out.len();
+        self.attrs.clear();
+        loop {
+            let had_ws = self.ws();
+            match self.s.get(self.i) {
+                None => return fail(Condition::NotWellFormed, "unterminated start tag"),
+                Some(b'>') => {
+                    self.out.push(b'>');
+                    self.i += 1;
+                    return Ok(StartTag { name, name_end_out, self_closing: false });
+                }
+                Some(b'/') => {
+                    self.i += 1;
+                    self.out.push(b'/');
+                    self.expect(b'>', "expected '>' after '/'")?;
+                    return Ok(StartTag { name, name_end_out, self_closing: true });
+                }
+                Some(_) => {
+                    if !had_ws {
+                        return fail(Condition::NotWellFormed, "missing whitespace before attribute");
+                    }
+                    let an = self.name()?;
+                    self.ws();
+                    self.expect(b'=', "expected '=' after attribute name")?;
+                    self.ws();
+                    let q = match self.s.get(self.i) {
+                        Some(&q @ (b'\'' | b'"')) => q,
+                        _ => return fail(Condition::NotWellFormed, "unquoted attribute value"),
+                    };
+                    self.out.push(q);
+                    self.i += 1;
+                    let vs = self.i;
+                    loop {
+                        self.run(&ATTR_SPECIAL);
+                        match self.s.get(self.i) {
+                            None => return fail(Condition::NotWellFormed, "unterminated attribute value"),
+                            Some(&b) if b == q => break,
+                            Some(b'<') => return fail(Condition::NotWellFormed, "'<' in attribute value"),
+                            Some(b'&') => {
+                                let e = reference_end(self.s, self.i)?;
+                                self.out.extend_from_slice(&self.s[self.i..e]);
+                                self.i = e;
+                            }
+                            Some(b'\r') => {
+                                self.out.push(b' ');
+                                self.i += 1;
+                                if self.s.get(self.i) == Some(&b'\n') {
+                                    self.i += 1;
+                                }
+                            }
+                            Some(b'\n' | b'\t') => {
+                                self.out.push(b' ');
+                                self.i += 1;
+                            }
+                            Some(&b) => {
+                                // The other quote character.
+                                self.out.push(b);
+                                self.i += 1;
+                            }
+                        }
+                    }
+                    let ve = self.i;
+                    self.out.push(q);
+                    self.i += 1;
+                    if self.attrs.len() >= self.max_attrs {
+                        return fail(
+                            Condition::PolicyViolation,
+                            format!("more than {} attributes", self.max_attrs),
+                        );
+                    }
+                    let this = &self.s[an.0..an.1];
+                    if self.attrs.iter().any(|a| &self.s[a.name.0..a.name.1] == this) {
+                        return fail(Condition::NotWellFormed, "duplicate attribute");
+                    }
+                    self.attrs.push(Attr { name: an, value: (vs, ve) });
+                }
+            }
+        }
+    }
+
+    fn text(&mut self) -> Res<()> {
+        loop {
+            self.run(&TEXT_SPECIAL);
+            match self.s.get(self.i) {
+                None | Some(b'<') => return Ok(()),
+                Some(b'&') => {
+                    let e = reference_end(self.s, self.i)?;
+                    self.out.extend_from_slice(&self.s[self.i..e]);
+                    self.i = e;
+                }
+                Some(b'\r') => {
+                    self.out.extend_from_slice(b"&#10;");
+                    self.i += 1;
+                    if self.s.get(self.i) == Some(&b'\n') {
+                        self.i += 1;
+                    }
+                }
+                Some(b'\n') => {
+                    self.out.extend_from_slice(b"&#10;");
+                    self.i += 1;
+                }
+                Some(_) => {
+                    if self.s[self.i..].starts_with(b"]]>") {
+                        return fail(Condition::NotWellFormed, "']]>' in character data");
+                    }
+                    self.out.push(b']');
+                    self.i += 1;
+                }
+            }
+        }
+    }
+
+    /// At `<![CDATA[`. A line break cannot be escaped inside CDATA, so the
+    /// section is closed around it: `]]>&#10;<![CDATA[` has the same characters.
+    fn cdata(&mut self) -> Res<()> {
+        self.i += 9;
+        self.out.extend_from_slice(b"<![CDATA[");
+        let Some(len) = memchr::memmem::find(&self.s[self.i..], b"]]>") else {
+            return fail(Condition::NotWellFormed, "unterminated CDATA section");
+        };
+        let end = self.i + len;
+        while let Some(off) = memchr::memchr2(b'\r', b'\n', &self.s[self.i..end]) {
+            let p = self.i + off;
+            self.out.extend_from_slice(&self.s[self.i..p]);
+            self.out.extend_from_slice(b"]]>&#10;<![CDATA[");
+            self.i = if self.s[p] == b'\r' && self.s.get(p + 1) == Some(&b'\n') { p + 2 } else { p + 1 };
+        }
+        self.out.extend_from_slice(&self.s[self.i..end]);
+        self.out.extend_from_slice(b"]]>");
+        self.i = end + 3;
+        Ok(())
+    }
+}
+
+/// Validate one complete top-level element and write its canonical record.
+/// Returns the record and whether it is a `<stream:error>`.
+fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u8>, bool)> {
+    check_text_bytes(s)?;
+    let mut c = Checker::new(s, limits.max_attrs);
+    // Open elements (qualified-name ranges) and prefix declarations in
+    // scope: (prefix range, value range, depth).
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    let mut decls: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+    // Indexes into the header's prefixes that the record relies on.
+    let mut needed: Vec<usize> = Vec::new();
+    let mut insert_at = 0;
+    let mut is_error = false;
+    if s.first() != Some(&b'<') {
+        return fail(Condition::NotWellFormed, "record does not start with '<'");
+    }
+    while c.i < s.len() {
+        if stack.is_empty() && c.i > 0 {
+            return fail(Condition::NotWellFormed, "content after the element");
+        }
+        if s[c.i] != b'<' {
+            c.text()?;
+            continue;
+        }
+        match s.get(c.i + 1) {
+            Some(b'/') => {
+                c.out.extend_from_slice(b"</");
+                c.i += 2;
+                let nm = c.name()?;
+                c.ws();
+                c.expect(b'>', "expected '>' in end tag")?;
+                match stack.pop() {
+                    Some(open) if s[open.0..open.1] == s[nm.0..nm.1] => {}
+                    _ => return fail(Condition::NotWellFormed, "mismatched end tag"),
+                }
+                let d = stack.len();
+                while decls.last().is_some_and(|x| x.4 > d) {
+                    decls.pop();
+                }
+            }
+            Some(b'!') if s[c.i..].starts_with(b"<![CDATA[") => c.cdata()?,
+            Some(b'!') => {
+                let what = if s[c.i..].starts_with(b"<!--") { "comment" } else { "DTD or markup declaration" };
+                return fail(Condition::RestrictedXml, what);
+            }
+            Some(b'?') => return fail(Condition::RestrictedXml, "processing instruction"),
+            _ => {
+                let depth = stack.len() + 1;
+                if depth > limits.max_depth {
+                    return fail(Condition::PolicyViolation, format!("nesting deeper than {}", limits.max_depth));
+                }
+                let st = c.start_tag()?;
+                let qname = &s[st.name.0..st.name.1];
+                if let Some(h) = header {
+                    if qname == h.qname.as_slice() {
+                        return fail(Condition::BadFormat, "stream header inside the stream");
+                    }
+                }
+                let mut default_ns = None;
+                for a in &c.attrs {
+                    let an = &s[a.name.0..a.name.1];
+                    if an == b"xmlns" {
+                        default_ns = Some(&s[a.value.0..a.value.1]);
+                    } else if an.starts_with(b"xmlns:") {
+                        decls.push((a.name.0 + 6, a.name.1, a.value.0, a.value.1, depth));
+                    }
+                }
+                let (prefix, local) = split_qname(qname);
+                let mut uri = None;
+                if let Some(p) = prefix {
+                    uri = Some(resolve(s, p, &decls, header, &mut needed)?);
+                }
+                for a in &c.attrs {
+                    let an = &s[a.name.0..a.name.1];
+                    if let (Some(p), _) = split_qname(an) {
+                        if p != b"xmlns" {
+                            resolve(s, p, &decls, header, &mut needed)?;
+                        }
+                    }
+                }
+                if depth == 1 {
+                    insert_at = st.name_end_out;
+                    let ns = match uri {
+                        Some(u) => Some(u),
+                        None => default_ns.map(|v| v.to_vec()),
+                    };
+                    is_error = local == b"error" && ns.as_deref() == Some(STREAMS_NS);
+                }
+                if st.self_closing {
+                    while decls.last().is_some_and(|x| x.4 >= depth) {
+                        decls.pop();
+                    }
+                } else {
+                    stack.push(st.name);
+                }
+            }
+        }
+    }
+    if !stack.is_empty() {
+        return fail(Condition::NotWellFormed, "unclosed element");
+    }
+    let mut out = c.out;
+    if let (Some(h), false) = (header, needed.is_empty()) {
+        let mut ins = Vec::new();
+        for &k in &needed {
+            let (p, uri) = &h.prefixes[k];
+            ins.extend_from_slice(b" xmlns:");
+            ins.extend_from_slice(p);
+            ins.extend_from_slice(b"='");
+            ins.extend_from_slice(crate::xml::escape_attr(uri).as_bytes());
+            ins.push(b'\'');
+        }
+        out.splice(insert_at..insert_at, ins);
+    }
+    out.push(b'\n');
+    Ok((out, is_error))
+}
+
+/// The namespace of prefix `p` in scope; a prefix known only from the
+/// stream header is noted in `needed` so its declaration can be added.
+fn resolve(
+    s: &[u8],
+    p: &[u8],
+    decls: &[(usize, usize, usize, usize, usize)],
+    header: Option<&Header>,
+    needed: &mut Vec<usize>,
+) -> Res<Vec<u8>> {
+    if let Some(d) = decls.iter().rev().find(|d| &s[d.0..d.1] == p) {
+        return Ok(s[d.2..d.3].to_vec());
+    }
+    if p == b"xml" {
+        return Ok(b"http://www.w3.org/XML/1998/namespace".to_vec());
+    }
+    if let Some(h) = header {
+        if let Some(k) = h.prefixes.iter().position(|(hp, _)| hp.as_slice() == p) {
+            if !needed.contains(&k) {
+                needed.push(k);
+            }
+            return Ok(h.prefixes[k].1.as_bytes().to_vec());
+        }
+    }
+    fail(Condition::InvalidNamespace, format!("undeclared prefix {}", String::from_utf8_lossy(p)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HDR: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>";
+
+    /// All events (and the final error, if any) for `input` fed in `chunks`.
+    fn run(mode: Mode, limits: Limits, chunks: &[&[u8]]) -> (Vec<Event>, Option<FrameError>) {
+        let mut f = Framer::new(mode, limits);
+        let mut evs = Vec::new();
+        for c in chunks {
+            f.feed(c);
+            loop {
+                match f.next_event() {
+                    Ok(Some(e)) => evs.push(e),
+                    Ok(None) => break,
+                    Err(e) => {
+                        assert_eq!(f.next_event(), Err(e.clone()), "error must stick");
+                        return (evs, Some(e));
+                    }
+                }
+            }
+        }
+        (evs, None)
+    }
+
+    fn stream(body: &str) -> (Vec<Event>, Option<FrameError>) {
+        let input = format!("{HDR}{body}");
+        run(Mode::Stream, Limits::DEFAULT, &[input.as_bytes()])
+    }
+
+    fn records(body: &str) -> Vec<String> {
+        let (evs, err) = stream(body);
+        assert_eq!(err, None, "{body}");
+        evs.into_iter()
+            .filter_map(|e| match e {
+                Event::Record(r) | Event::StreamError(r) => Some(String::from_utf8(r).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cond(body: &str) -> Condition {
+        match stream(body).1 {
+            Some(e) => e.condition,
+            None => panic!("accepted: {body:?}"),
+        }
+    }
+
+    fn frag_cond(line: &str) -> Condition {
+        match canonical_record(line.as_bytes(), Limits::DEFAULT) {
+            Err(e) => e.condition,
+            Ok(r) => panic!("accepted: {line:?} -> {:?}", String::from_utf8_lossy(&r)),
+        }
+    }
+
+    #[test]
+    fn header_and_records() {
+        let (evs, err) = stream("<message to='a@b'><body>hi</body></message> \n <presence/></stream:stream>");
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 4);
+        match &evs[0] {
+            Event::Header(h) => {
+                assert_eq!(h.get("to"), Some("example.org"));
+                assert_eq!(h.get("xmlns:stream"), Some("http://etherx.jabber.org/streams"));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(evs[1], Event::Record(b"<message to='a@b'><body>hi</body></message>\n".to_vec()));
+        assert_eq!(evs[2], Event::Record(b"<presence/>\n".to_vec()));
+        assert_eq!(evs[3], Event::End);
+    }
+
+    #[test]
+    fn header_without_declaration() {
+        let input = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><a/>";
+        let (evs, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 2);
+    }
+
+    #[test]
+    fn canonical_line_breaks() {
+        assert_eq!(records("<m>a\r\nb\rc\nd</m>"), ["<m>a&#10;b&#10;c&#10;d</m>\n"]);
+        assert_eq!(records("<m a='x\r\ny\tz\nw\rv'/>"), ["<m a='x y z w v'/>\n"]);
+        assert_eq!(records("<m>\n  <body>x</body>\r\n</m>"), ["<m>&#10;  <body>x</body>&#10;</m>\n"]);
+        assert_eq!(records("<m><![CDATA[a\r\nb<c]]></m>"), ["<m><![CDATA[a]]>&#10;<![CDATA[b<c]]></m>\n"]);
+        assert_eq!(records("<m\r\n  to=\"x\"\n/>"), ["<m   to=\"x\" />\n"]);
+        // Everything else is kept byte for byte.
+        assert_eq!(
+            records("<m  b=\"1\" a='&amp;&#10;'>&lt;é&#x1F600;></m >"),
+            ["<m  b=\"1\" a='&amp;&#10;'>&lt;é&#x1F600;></m >\n"]
+        );
+    }
+
+    #[test]
+    fn header_prefix_added() {
+        let r = records(
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>\
+             <stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(
+            r[0],
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+             <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>\n"
+        );
+        let (evs, _) = stream("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
+        assert_eq!(
+            evs[1],
+            Event::StreamError(
+                b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>\
+                  <conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>\n"
+                    .to_vec()
+            )
+        );
+        // Used only on a nested element: declared on the top-level one.
+        assert_eq!(
+            records("<a><b stream:x='1'/></a>"),
+            ["<a xmlns:stream='http://etherx.jabber.org/streams'><b stream:x='1'/></a>\n"]
+        );
+        // Declared in the record itself: nothing added.
+        assert_eq!(records("<s:a xmlns:s='u'><s:b/></s:a>"), ["<s:a xmlns:s='u'><s:b/></s:a>\n"]);
+        // Another header prefix.
+        let input = b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>\
+            <db:result from='a'/><s:features/>";
+        let (evs, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err, None);
+        assert_eq!(evs[1], Event::Record(b"<db:result xmlns:db='jabber:server:dialback' from='a'/>\n".to_vec()));
+        assert_eq!(
+            evs[2],
+            Event::Record(b"<s:features xmlns:s='http://etherx.jabber.org/streams'/>\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn stream_namespace_checked() {
+        let bad: [&[u8]; 4] = [
+            b"<stream:stream xmlns:stream='urn:wrong'>",
+            b"<stream xmlns='jabber:client'>",
+            b"<stream:foo xmlns:stream='http://etherx.jabber.org/streams'>",
+            b"<stream:stream>",
+        ];
+        for b in bad {
+            let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[b]);
+            assert_eq!(err.map(|e| e.condition), Some(Condition::InvalidNamespace), "{:?}", String::from_utf8_lossy(b));
+        }
+    }
+
+    #[test]
+    fn declaration_rules() {
+        let enc = b"<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>";
+        let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[enc]);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::UnsupportedEncoding));
+        let ok = b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[ok]).1, None);
+        let pi = b"<?foo bar?><stream:stream>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[pi]).1.map(|e| e.condition), Some(Condition::RestrictedXml));
+        assert_eq!(cond("<?xml version='1.0'?>"), Condition::RestrictedXml);
+        let bad = b"<?xml encoding='UTF-8'?>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[bad]).1.map(|e| e.condition), Some(Condition::NotWellFormed));
+    }
+
+    #[test]
+    fn restricted_xml() {
+        for body in [
+            "<!-- hi -->",
+            "<m><!-- hi --></m>",
+            "<m><?pi x?></m>",
+            "<?pi x?>",
+            "<!DOCTYPE x>",
+            "<m><!ENTITY x 'y'></m>",
+            "<m>&foo;</m>",
+            "<m a='&foo;'/>",
+            "<m>&#0;</m>",
+            "<m>&#xD800;</m>",
+            "<m>&#xFFFE;</m>",
+            "<m>&#x110000;</m>",
+        ] {
+            assert_eq!(cond(body), Condition::RestrictedXml, "{body}");
+        }
+    }
+
+    #[test]
+    fn not_well_formed() {
+        for body in [
+            "text<m/>",
+            "<m>a</n>",
+            "<m><a></m></a>",
+            "<s:m xmlns:s='u'></t:m>",
+            "<m a=1/>",
+            "<m a='1'b='2'/>",
+            "<m a='1' a='2'/>",
+            "<m a='<'/>",
+            "<m a='x & y'/>",
+            "<m>x & y</m>",
+            "<m>&#;</m>",
+            "<m>&#xZ;</m>",
+            "<m>&amp</m>",
+            "<m>]]></m>",
+            "<1m/>",
+            "<m -a='1'/>",
+            "<:m/>",
+            "<a:b:c xmlns:a='u'/>",
+            "<m\u{1}/>",
+            "<m>\u{1}</m>",
+            "<m>\u{FFFE}</m>",
+            "<m a='\u{FFFF}'/>",
+            "<m>\u{7}</m>",
+            "<![CDATA[x]]>",
+            "</m>",
+            "<m></m></stream:stream>x",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+    }
+
+    #[test]
+    fn strict_utf8() {
+        for bad in [
+            &b"<m>\xC0\xAF</m>"[..],      // overlong '/'
+            b"<m>\xED\xA0\x80</m>",       // surrogate
+            b"<m>\xE2\x82</m>",           // truncated
+            b"<m>\xFF</m>",
+            b"<m a='\x80'/>",
+        ] {
+            let input = [HDR.as_bytes(), bad].concat();
+            let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+            assert_eq!(err.map(|e| e.condition), Some(Condition::NotWellFormed), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn undeclared_prefix() {
+        assert_eq!(cond("<x:m/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<m x:a='1'/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<m><x:b xmlns:x='u'/><x:c/></m>"), Condition::InvalidNamespace);
+        assert_eq!(frag_cond("<stream:features/>"), Condition::InvalidNamespace);
+        // The xml prefix is always declared.
+        assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
+    }
+
+    #[test]
+    fn second_header_is_bad_format() {
+        assert_eq!(cond("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>"), Condition::BadFormat);
+        assert_eq!(cond("<m><stream:stream>"), Condition::BadFormat);
+    }
+
+    #[test]
+    fn limits() {
+        let pre = Limits::PRE_AUTH;
+        // Never completes: refused once it passes 8 KiB.
+        let big = format!("{HDR}<message><body>{}", "x".repeat(9000));
+        let (evs, err) = run(Mode::Stream, pre, &[big.as_bytes()]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+        let mut f = Framer::new(Mode::Stream, pre);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        f.feed(b"<message><body>");
+        let mut n = 0;
+        let e = loop {
+            f.feed(&[b'y'; 100]);
+            n += 100;
+            match f.next_event() {
+                Ok(None) => assert!(n < 9000),
+                Ok(Some(e)) => panic!("{e:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.condition, Condition::PolicyViolation);
+        assert!(n <= 8300, "caught at {n}");
+        // Just under the limit is fine.
+        let fits = format!("<m>{}</m>", "z".repeat(8 * 1024 - 7));
+        assert_eq!(fits.len(), 8 * 1024);
+        assert!(canonical_record(fits.as_bytes(), pre).is_ok());
+        let over = format!("<m>{}</m>", "z".repeat(8 * 1024 - 6));
+        assert_eq!(canonical_record(over.as_bytes(), pre).map_err(|e| e.condition), Err(Condition::PolicyViolation));
+        // Depth and attribute count.
+        let deep = "<a>".repeat(17) + &"</a>".repeat(17);
+        assert_eq!(frag_cond_l(&deep, pre), Condition::PolicyViolation);
+        let ok_deep = "<a>".repeat(16) + &"</a>".repeat(16);
+        assert!(canonical_record(ok_deep.as_bytes(), pre).is_ok());
+        let attrs: String = (0..33).map(|i| format!(" a{i}='1'")).collect();
+        assert_eq!(frag_cond_l(&format!("<m{attrs}/>"), pre), Condition::PolicyViolation);
+        let attrs: String = (0..32).map(|i| format!(" a{i}='1'")).collect();
+        assert!(canonical_record(format!("<m{attrs}/>").as_bytes(), pre).is_ok());
+    }
+
+    fn frag_cond_l(line: &str, l: Limits) -> Condition {
+        canonical_record(line.as_bytes(), l).err().map(|e| e.condition).unwrap_or_else(|| panic!("accepted {line}"))
+    }
+
+    #[test]
+    fn set_limits_after_auth() {
+        let mut f = Framer::new(Mode::Fragments, Limits::PRE_AUTH);
+        f.set_limits(Limits::DEFAULT);
+        let big = format!("<m>{}</m>", "z".repeat(20000));
+        f.feed(big.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+    }
+
+    #[test]
+    fn reset_restarts_stream() {
+        let mut f = Framer::new(Mode::Stream, Limits::DEFAULT);
+        f.feed(HDR.as_bytes());
+        f.feed(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/><partial");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+        assert_eq!(f.next_event(), Ok(None));
+        assert!(f.buffered() > 0);
+        f.reset();
+        assert_eq!(f.buffered(), 0);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        // An error sticks until reset.
+        f.feed(b"<!---->");
+        let e = f.next_event().unwrap_err();
+        f.feed(b"<m/>");
+        assert_eq!(f.next_event(), Err(e));
+        f.reset();
+        f.feed(HDR.as_bytes());
+        f.feed(b"<m/>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        assert_eq!(f.next_event(), Ok(Some(Event::Record(b"<m/>\n".to_vec()))));
+    }
+
+    #[test]
+    fn fragments_and_canonical_record() {
+        assert_eq!(
+            canonical_record(b"  <message to='a@b'><body>x\ny</body></message>\r\n", Limits::DEFAULT),
+            Ok(b"<message to='a@b'><body>x&#10;y</body></message>\n".to_vec())
+        );
+        assert_eq!(frag_cond("<a/><b/>"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a/><b"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a>"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<m a='1'"), Condition::NotWellFormed);
+        assert_eq!(frag_cond(""), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a/>x"), Condition::NotWellFormed);
+        let (evs, err) = run(Mode::Fragments, Limits::DEFAULT, &[b"<a/>\n<b>x</b>\n"]);
+        assert_eq!(err, None);
+        assert_eq!(evs, [Event::Record(b"<a/>\n".to_vec()), Event::Record(b"<b>x</b>\n".to_vec())]);
+    }
+
+    /// A realistic stream: chat, caps presences, a roster, features, CDATA,
+    /// quotes with `>` inside, whitespace keepalives, CRLF.
+    fn sample() -> Vec<u8> {
+        let mut s = String::from(HDR);
+        s.push_str("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>\n");
+        for i in 0..20 {
+            s.push_str(&format!(
+                "<message from='a@b/r{i}' to='c@d' type='chat' id='m{i}'>\r\n <body>hi &amp; \"bye\" > {i}\nline2</body>\
+                 <active xmlns='http://jabber.org/protocol/chatstates'/></message> \n\t",
+            ));
+            s.push_str(&format!(
+                "<presence from=\"x@y/{i}\"><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' \
+                 node='https://a.org?x=>' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/><status><![CDATA[<ok>\r\n]]]]></status></presence>",
+            ));
+        }
+        s.push_str("<iq type='result' id='r'><query xmlns='jabber:iq:roster'>");
+        for i in 0..50 {
+            s.push_str(&format!("<item jid='u{i}@ex.org' name='Ü{i}' subscription='both'><group>G</group></item>"));
+        }
+        s.push_str("</query></iq>  ");
+        s.push_str("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>");
+        s.into_bytes()
+    }
+
+    fn split_run(input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<FrameError>) {
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for &c in cuts {
+            chunks.push(&input[last..c]);
+            last = c;
+        }
+        chunks.push(&input[last..]);
+        run(Mode::Stream, Limits::DEFAULT, &chunks)
+    }
+
+    #[test]
+    fn chunking_independent() {
+        let input = sample();
+        let whole = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+        assert_eq!(whole.1, None);
+        assert_eq!(whole.0.len(), 1 + 1 + 40 + 1 + 1 + 1);
+        assert!(matches!(whole.0.last(), Some(Event::End)));
+        for e in &whole.0 {
+            if let Event::Record(r) | Event::StreamError(r) = e {
+                assert_eq!(memchr::memchr(b'\n', r), Some(r.len() - 1));
+                assert!(!r.contains(&b'\r'));
+            }
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole);
+        // Deterministic LCG for pseudo-random cut points.
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for round in 0..20 {
+            let mut cuts = Vec::new();
+            let mut p = 0;
+            loop {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                p += 1 + (x >> 33) as usize % (if round % 2 == 0 { 7 } else { 300 });
+                if p >= input.len() {
+                    break;
+                }
+                cuts.push(p);
+            }
+            assert_eq!(split_run(&input, &cuts), whole, "round {round}");
+        }
+        // Errors are chunking-independent too.
+        let mut bad = input.clone();
+        let at = bad.len() / 2;
+        bad.splice(at..at, b"<!--x-->".iter().copied());
+        let whole_bad = run(Mode::Stream, Limits::DEFAULT, &[&bad]);
+        assert!(whole_bad.1.is_some());
+        let bytes: Vec<&[u8]> = bad.chunks(1).collect();
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole_bad);
+    }
+
+    #[test]
+    fn linear_in_one_byte_feeds() {
+        // One 4 MiB record fed a byte at a time: quadratic rescanning would
+        // take minutes here.
+        let limits = Limits { max_record: 8 << 20, max_depth: 64, max_attrs: 64 };
+        let mut f = Framer::new(Mode::Fragments, limits);
+        let mut input = b"<message a='x'><body>".to_vec();
+        input.resize(4 << 20, b'a');
+        input.extend_from_slice(b"</body></message>");
+        let mut got = 0;
+        for b in input.chunks(1) {
+            f.feed(b);
+            if let Ok(Some(_)) = f.next_event() {
+                got += 1;
+            }
+        }
+        assert_eq!(got, 1);
+        // Many small records, also one byte at a time: the buffer stays small.
+        let mut f = Framer::new(Mode::Fragments, Limits::DEFAULT);
+        let rec = b"<presence from='a@b/c'><show>away</show></presence>\n";
+        let mut max_buf = 0;
+        for _ in 0..20_000 {
+            for b in rec.chunks(1) {
+                f.feed(b);
+                while let Ok(Some(_)) = f.next_event() {}
+                max_buf = max_buf.max(f.buf.len());
+            }
+        }
+        assert!(max_buf < 2 * rec.len(), "{max_buf}");
+    }
+
+    #[test]
+    fn no_panic_on_garbage() {
+        let input = sample();
+        let mut x: u64 = 7;
+        for _ in 0..300 {
+            let mut v = input.clone();
+            for _ in 0..5 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let i = (x >> 33) as usize % v.len();
+                v[i] = (x >> 13) as u8;
+            }
+            let _ = run(Mode::Stream, Limits::DEFAULT, &[&v]);
+            let _ = canonical_record(&v[200..600], Limits::DEFAULT);
+        }
+        for junk in [&b"<"[..], b"<?", b"<?>", b"</", b"<!", b"<a/", b"<![CDATA[]]>", b"\xff\xfe"] {
+            let _ = run(Mode::Stream, Limits::DEFAULT, &[junk]);
+            let _ = run(Mode::Fragments, Limits::DEFAULT, &[junk]);
+            let _ = canonical_record(junk, Limits::DEFAULT);
+        }
+    }
 }

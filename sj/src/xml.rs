@@ -30,8 +30,7 @@ pub enum Node {
 impl Element {
     /// Parse one record (with or without its trailing LF).
     pub fn parse(record: &[u8]) -> Option<Element> {
-        let _ = record;
-        todo!("xml")
+        parse_tree(record)
     }
     /// Local name (after any prefix).
     pub fn local_name(&self) -> &str {
@@ -67,31 +66,510 @@ impl Element {
     }
     /// Serialise (used to build new stanzas; not for forwarding received ones).
     pub fn to_xml(&self) -> String {
-        todo!("xml")
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        out.push('<');
+        out.push_str(&self.name);
+        for (k, v) in &self.attrs {
+            out.push(' ');
+            out.push_str(k);
+            out.push_str("='");
+            out.push_str(&escape_attr(v));
+            out.push('\'');
+        }
+        if self.children.is_empty() {
+            out.push_str("/>");
+            return;
+        }
+        out.push('>');
+        for n in &self.children {
+            match n {
+                Node::Element(e) => e.write(out),
+                Node::Text(t) => out.push_str(&escape_text(t)),
+            }
+        }
+        out.push_str("</");
+        out.push_str(&self.name);
+        out.push('>');
     }
 }
 
 /// The top-level element's qualified name, e.g. `message`.
 pub fn name(record: &[u8]) -> Option<&str> {
-    let _ = record;
-    todo!("xml")
+    let (name, _) = top_tag(record)?;
+    std::str::from_utf8(&record[name]).ok()
 }
 
 /// The unescaped value of a top-level attribute.
 pub fn attr(record: &[u8], name: &str) -> Option<String> {
-    let _ = (record, name);
-    todo!("xml")
+    let (_, mut scan) = top_tag(record)?;
+    let a = scan.find(|a| &record[a.name.clone()] == name.as_bytes())?;
+    unescape_bytes(&record[a.value], true)
 }
 
 /// Set (replace in place, or append) a top-level attribute; the value is
 /// escaped and single-quoted. Returns the new record.
 pub fn set_attr(record: &[u8], name: &str, value: &str) -> Vec<u8> {
-    let _ = (record, name, value);
-    todo!("xml")
+    let Some((_, mut scan)) = top_tag(record) else {
+        return record.to_vec();
+    };
+    let value = escape_attr(value);
+    let found = scan.by_ref().find(|a| &record[a.name.clone()] == name.as_bytes());
+    let mut out = Vec::with_capacity(record.len() + name.len() + value.len() + 4);
+    match (found, scan.close) {
+        (Some(a), _) => {
+            // Replace the quotes too, so the value may contain either quote.
+            out.extend_from_slice(&record[..a.value.start - 1]);
+            out.push(b'\'');
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'\'');
+            out.extend_from_slice(&record[a.value.end + 1..]);
+        }
+        (None, Some(close)) => {
+            out.extend_from_slice(&record[..close]);
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"='");
+            out.extend_from_slice(value.as_bytes());
+            out.push(b'\'');
+            out.extend_from_slice(&record[close..]);
+        }
+        (None, None) => out.extend_from_slice(record),
+    }
+    out
 }
 
 /// Remove a top-level attribute if present. Returns the new record.
 pub fn remove_attr(record: &[u8], name: &str) -> Vec<u8> {
-    let _ = (record, name);
-    todo!("xml")
+    let Some((_, mut scan)) = top_tag(record) else {
+        return record.to_vec();
+    };
+    match scan.find(|a| &record[a.name.clone()] == name.as_bytes()) {
+        Some(a) => {
+            let mut out = Vec::with_capacity(record.len());
+            out.extend_from_slice(&record[..a.ws_start]);
+            out.extend_from_slice(&record[a.value.end + 1..]);
+            out
+        }
+        None => record.to_vec(),
+    }
+}
+
+const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// One attribute of a start tag: the whitespace before it starts at
+/// `ws_start`; `value` is inside the quotes.
+struct AttrPos {
+    ws_start: usize,
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+}
+
+/// Walks the attributes of a start tag without allocating. After the last
+/// one, `close` is the index of `>` or of `/` in `/>`, or `None` if the tag
+/// is malformed.
+struct TagScan<'a> {
+    s: &'a [u8],
+    i: usize,
+    close: Option<usize>,
+    done: bool,
+}
+
+impl Iterator for TagScan<'_> {
+    type Item = AttrPos;
+    fn next(&mut self) -> Option<AttrPos> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        let s = self.s;
+        let ws_start = self.i;
+        let mut i = self.i;
+        while i < s.len() && is_ws(s[i]) {
+            i += 1;
+        }
+        match s.get(i)? {
+            b'>' => {
+                self.close = Some(i);
+                return None;
+            }
+            b'/' => {
+                if s.get(i + 1) == Some(&b'>') {
+                    self.close = Some(i);
+                }
+                return None;
+            }
+            _ if i == ws_start => return None,
+            _ => {}
+        }
+        let ns = i;
+        while i < s.len() && !is_ws(s[i]) && !matches!(s[i], b'=' | b'>' | b'/' | b'\'' | b'"') {
+            i += 1;
+        }
+        let name = ns..i;
+        while i < s.len() && is_ws(s[i]) {
+            i += 1;
+        }
+        if name.is_empty() || s.get(i) != Some(&b'=') {
+            return None;
+        }
+        i += 1;
+        while i < s.len() && is_ws(s[i]) {
+            i += 1;
+        }
+        let q = *s.get(i).filter(|&&q| q == b'\'' || q == b'"')?;
+        let vs = i + 1;
+        let ve = vs + memchr::memchr(q, s.get(vs..)?)?;
+        self.i = ve + 1;
+        self.done = false;
+        Some(AttrPos { ws_start, name, value: vs..ve })
+    }
+}
+
+/// The top-level start tag: its name range and a walker over its attributes.
+fn top_tag(s: &[u8]) -> Option<(std::ops::Range<usize>, TagScan<'_>)> {
+    let start = s.iter().position(|&b| !is_ws(b))?;
+    if s[start] != b'<' {
+        return None;
+    }
+    let ns = start + 1;
+    let ne = ns + s[ns..].iter().position(|&b| is_ws(b) || b == b'/' || b == b'>')?;
+    if ne == ns {
+        return None;
+    }
+    Some((ns..ne, TagScan { s, i: ne, close: None, done: false }))
+}
+
+/// Escape for a single- or double-quoted attribute value; line breaks and
+/// tabs become references so the result stays one line and round-trips.
+pub(crate) fn escape_attr(s: &str) -> String {
+    escape(s, true)
+}
+
+pub(crate) fn escape_text(s: &str) -> String {
+    escape(s, false)
+}
+
+fn escape(s: &str, attr: bool) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' if attr => out.push_str("&apos;"),
+            '"' if attr => out.push_str("&quot;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' if attr => out.push_str("&#9;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Resolve references in raw character data or an attribute value (`attr`:
+/// apply attribute-value normalisation to literal whitespace). `None` on
+/// invalid UTF-8, an unknown entity or a reference to a non-`Char`.
+pub(crate) fn unescape_bytes(raw: &[u8], attr: bool) -> Option<String> {
+    let s = std::str::from_utf8(raw).ok()?;
+    let plain = if attr {
+        !s.bytes().any(|b| matches!(b, b'&' | b'\r' | b'\n' | b'\t'))
+    } else {
+        !s.bytes().any(|b| matches!(b, b'&' | b'\r'))
+    };
+    if plain {
+        return Some(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        match c {
+            '&' => {
+                let end = rest.find(';')?;
+                let r = &rest[..end];
+                rest = &rest[end + 1..];
+                let ch = match r {
+                    "amp" => '&',
+                    "lt" => '<',
+                    "gt" => '>',
+                    "quot" => '"',
+                    "apos" => '\'',
+                    _ => {
+                        let v = if let Some(h) = r.strip_prefix("#x") {
+                            u32::from_str_radix(h, 16).ok()?
+                        } else {
+                            r.strip_prefix('#')?.parse::<u32>().ok()?
+                        };
+                        if r.starts_with("#x+") || r.starts_with("#+") || !crate::framer::is_xml_char(v) {
+                            return None;
+                        }
+                        char::from_u32(v)?
+                    }
+                };
+                out.push(ch);
+            }
+            '\r' => {
+                rest = rest.strip_prefix('\n').unwrap_or(rest);
+                out.push(if attr { ' ' } else { '\n' });
+            }
+            '\n' | '\t' if attr => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+fn split_qname(q: &str) -> (&str, &str) {
+    match q.split_once(':') {
+        Some((p, l)) => (p, l),
+        None => ("", q),
+    }
+}
+
+fn push_node(parent: &mut Element, node: Node) {
+    if let (Node::Text(t), Some(Node::Text(prev))) = (&node, parent.children.last_mut()) {
+        prev.push_str(t);
+        return;
+    }
+    parent.children.push(node);
+}
+
+fn parse_tree(s: &[u8]) -> Option<Element> {
+    // Namespace bindings in scope: (prefix, URI); "" is the default.
+    let mut bindings: Vec<(String, String)> =
+        vec![(String::new(), "jabber:client".to_owned()), ("xml".to_owned(), XML_NS.to_owned())];
+    // Open elements with the binding count to restore when they close.
+    let mut stack: Vec<(Element, usize)> = Vec::new();
+    let mut i = s.iter().position(|&b| !is_ws(b))?;
+    loop {
+        if i >= s.len() {
+            return None;
+        }
+        if s[i] != b'<' {
+            let (parent, _) = stack.last_mut()?;
+            let end = memchr::memchr(b'<', &s[i..]).map_or(s.len(), |o| i + o);
+            push_node(parent, Node::Text(unescape_bytes(&s[i..end], false)?));
+            i = end;
+            continue;
+        }
+        match s.get(i + 1)? {
+            b'/' => {
+                let ns = i + 2;
+                let ne = ns + s[ns..].iter().position(|&b| is_ws(b) || b == b'>')?;
+                let close = ne + s[ne..].iter().position(|&b| !is_ws(b))?;
+                if s[close] != b'>' {
+                    return None;
+                }
+                let (mut el, nb) = stack.pop()?;
+                if el.name.as_bytes() != &s[ns..ne] {
+                    return None;
+                }
+                el.span.end = close + 1;
+                bindings.truncate(nb);
+                i = close + 1;
+                match stack.last_mut() {
+                    Some((parent, _)) => push_node(parent, Node::Element(el)),
+                    None => return finish(s, i, el),
+                }
+            }
+            b'!' => {
+                if !s[i..].starts_with(b"<![CDATA[") {
+                    return None;
+                }
+                let (parent, _) = stack.last_mut()?;
+                let cs = i + 9;
+                let ce = cs + memchr::memmem::find(&s[cs..], b"]]>")?;
+                let t = std::str::from_utf8(&s[cs..ce]).ok()?;
+                push_node(parent, Node::Text(t.replace("\r\n", "\n").replace('\r', "\n")));
+                i = ce + 3;
+            }
+            b'?' => return None,
+            _ => {
+                let (name, mut scan) = top_tag(&s[i..])?;
+                let mut attrs = Vec::new();
+                let nb = bindings.len();
+                for a in scan.by_ref() {
+                    let k = std::str::from_utf8(&s[i + a.name.start..i + a.name.end]).ok()?;
+                    let v = unescape_bytes(&s[i + a.value.start..i + a.value.end], true)?;
+                    if k == "xmlns" {
+                        bindings.push((String::new(), v.clone()));
+                    } else if let Some(p) = k.strip_prefix("xmlns:") {
+                        bindings.push((p.to_owned(), v.clone()));
+                    }
+                    attrs.push((k.to_owned(), v));
+                }
+                let close = i + scan.close?;
+                let self_closing = s[close] == b'/';
+                let name = std::str::from_utf8(&s[i + name.start..i + name.end]).ok()?.to_owned();
+                let lookup = |p: &str| bindings.iter().rev().find(|(bp, _)| bp == p).map(|(_, u)| u.clone());
+                let (prefix, _) = split_qname(&name);
+                let ns = lookup(prefix)?;
+                for (k, _) in &attrs {
+                    if let Some((p, _)) = k.split_once(':') {
+                        if p != "xmlns" {
+                            lookup(p)?;
+                        }
+                    }
+                }
+                let start = i;
+                i = close + if self_closing { 2 } else { 1 };
+                let el = Element { name, ns, attrs, children: Vec::new(), span: start..i };
+                if self_closing {
+                    bindings.truncate(nb);
+                    match stack.last_mut() {
+                        Some((parent, _)) => push_node(parent, Node::Element(el)),
+                        None => return finish(s, i, el),
+                    }
+                } else {
+                    stack.push((el, nb));
+                }
+            }
+        }
+    }
+}
+
+/// The root closed at `i`: only whitespace (the record's LF) may follow.
+fn finish(s: &[u8], i: usize, el: Element) -> Option<Element> {
+    s[i..].iter().all(|&b| is_ws(b)).then_some(el)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_namespaces_and_text() {
+        let r = b"<message xmlns:s='http://etherx.jabber.org/streams' to='a@b' id=\"x&amp;y\">\
+            <body>a &lt; b&#10;c</body><s:error/>\
+            <x xmlns='jabber:x:data'><field var='v'><value>1</value></field></x></message>\n";
+        let e = Element::parse(r).expect("parses");
+        assert_eq!(e.name, "message");
+        assert_eq!(e.ns, "jabber:client");
+        assert_eq!(e.attr("id"), Some("x&y"));
+        assert_eq!(e.child("body", "jabber:client").map(|b| b.text()), Some("a < b\nc".to_owned()));
+        let err = e.elements().nth(1).expect("s:error");
+        assert_eq!((err.local_name(), err.ns.as_str()), ("error", "http://etherx.jabber.org/streams"));
+        let x = e.child("x", "jabber:x:data").expect("x");
+        let field = x.child("field", "jabber:x:data").expect("inherited default namespace");
+        assert_eq!(field.attr("var"), Some("v"));
+        assert_eq!(e.span, 0..r.len() - 1);
+        assert_eq!(Element::parse(b"<a xml:lang='en'><![CDATA[<x>]]>y</a>").map(|a| a.text()), Some("<x>y".into()));
+    }
+
+    #[test]
+    fn parse_rejects_malformed() {
+        for bad in [
+            &b""[..],
+            b"<a>",
+            b"<a></b>",
+            b"<p:a/>",
+            b"<a p:x='1'/>",
+            b"<a>&foo;</a>",
+            b"<a/><b/>",
+            b"text",
+            b"<a x='1/>",
+            b"<a>\xff</a>",
+            b"</a>",
+            b"<a><!-- c --></a>",
+        ] {
+            assert_eq!(Element::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn span_slices_nested_element() {
+        let inner = "<message from='a@b/c' to='d@e' type='chat'><body>hi</body></message>";
+        let r = format!(
+            "<message from='a@b' to='a@b/r'><sent xmlns='urn:xmpp:carbons:2'>\
+             <forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded></sent></message>\n"
+        );
+        let e = Element::parse(r.as_bytes()).expect("parses");
+        let fwd = e
+            .child("sent", "urn:xmpp:carbons:2")
+            .and_then(|s| s.child("forwarded", "urn:xmpp:forward:0"))
+            .expect("forwarded");
+        let m = fwd.child("message", "urn:xmpp:forward:0").expect("message inherits forward ns");
+        assert_eq!(&r[m.span.clone()], inner);
+        let own = "<x xmlns='jabber:client'/>";
+        let r2 = format!("<a><b>{own}</b></a>");
+        let e2 = Element::parse(r2.as_bytes()).expect("parses");
+        let x = &e2.elements().next().expect("b").elements().next().expect("x");
+        assert_eq!(&r2[x.span.clone()], own);
+    }
+
+    #[test]
+    fn to_xml_escapes() {
+        let e = Element {
+            name: "message".into(),
+            ns: "jabber:client".into(),
+            attrs: vec![("to".into(), "a'b\"<&>".into())],
+            children: vec![Node::Element(Element {
+                name: "body".into(),
+                ns: "jabber:client".into(),
+                attrs: vec![],
+                children: vec![Node::Text("1 < 2 & 3\nx".into())],
+                span: 0..0,
+            })],
+            span: 0..0,
+        };
+        let x = e.to_xml();
+        assert_eq!(x, "<message to='a&apos;b&quot;&lt;&amp;&gt;'><body>1 &lt; 2 &amp; 3&#10;x</body></message>");
+        let back = Element::parse(x.as_bytes()).expect("round trip");
+        assert_eq!(back.attr("to"), Some("a'b\"<&>"));
+        assert_eq!(back.elements().next().map(|b| b.text()), Some("1 < 2 & 3\nx".into()));
+    }
+
+    #[test]
+    fn top_level_name_and_attr() {
+        let r = b"<iq type=\"get\" id='a&apos;b' x='>'><query/></iq>\n";
+        assert_eq!(name(r), Some("iq"));
+        assert_eq!(name(b"<presence/>\n"), Some("presence"));
+        assert_eq!(attr(r, "id"), Some("a'b".into()));
+        assert_eq!(attr(r, "type"), Some("get".into()));
+        assert_eq!(attr(r, "x"), Some(">".into()));
+        assert_eq!(attr(r, "query"), None);
+        assert_eq!(name(b"junk"), None);
+    }
+
+    #[test]
+    fn set_attr_in_place_and_appended() {
+        let s = |r: &str, k: &str, v: &str| String::from_utf8(set_attr(r.as_bytes(), k, v)).expect("utf8");
+        assert_eq!(s("<m to='a' id=\"1\"><b/></m>\n", "id", "2"), "<m to='a' id='2'><b/></m>\n");
+        assert_eq!(s("<m to='a' id=\"1\"><b/></m>\n", "to", "x'y"), "<m to='x&apos;y' id=\"1\"><b/></m>\n");
+        assert_eq!(s("<m to='a'><b id='x'/></m>\n", "id", "2"), "<m to='a' id='2'><b id='x'/></m>\n");
+        assert_eq!(s("<presence/>\n", "from", "a@b/c"), "<presence from='a@b/c'/>\n");
+        assert_eq!(s("<presence type='x' />\n", "from", "a"), "<presence type='x'  from='a'/>\n");
+        assert_eq!(s("<m a=\"x>y\">t</m>\n", "b", "1"), "<m a=\"x>y\" b='1'>t</m>\n");
+        assert_eq!(s("<m a='1'/>", "a", "line\nbreak"), "<m a='line&#10;break'/>");
+    }
+
+    #[test]
+    fn remove_attr_keeps_other_bytes() {
+        let r = |r: &str, k: &str| String::from_utf8(remove_attr(r.as_bytes(), k)).expect("utf8");
+        assert_eq!(r("<m to='a' from=\"b\" id='1'><x from='c'/></m>\n", "from"), "<m to='a' id='1'><x from='c'/></m>\n");
+        assert_eq!(r("<m from=\"b\"/>\n", "from"), "<m/>\n");
+        assert_eq!(r("<m to='a' from='b' />\n", "from"), "<m to='a' />\n");
+        assert_eq!(r("<m to='a'/>\n", "from"), "<m to='a'/>\n");
+        assert_eq!(r("<m\tfrom='b'\tto='a'>x</m>\n", "from"), "<m\tto='a'>x</m>\n");
+    }
+
+    #[test]
+    fn unescape_rules() {
+        assert_eq!(unescape_bytes(b"a&#x41;&#66;&quot;", false), Some("aAB\"".into()));
+        assert_eq!(unescape_bytes(b"a\r\nb\tc", true), Some("a b c".into()));
+        assert_eq!(unescape_bytes(b"a\r\nb\rc", false), Some("a\nb\nc".into()));
+        assert_eq!(unescape_bytes(b"&#0;", false), None);
+        assert_eq!(unescape_bytes(b"&#x+41;", false), None);
+        assert_eq!(unescape_bytes(b"&nbsp;", false), None);
+    }
 }
