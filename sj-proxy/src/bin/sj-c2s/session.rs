@@ -1107,7 +1107,13 @@ impl Session {
                     Ok(Read::WouldBlock) => {}
                     Ok(Read::Eof) => {
                         self.peer_closed = true;
-                        self.finish_with(Err(Fatal::temporary("client closed the connection")));
+                        // A probe that never opened a stream is no failure.
+                        let r = if self.authed.is_some() {
+                            Err(Fatal::temporary("client closed the connection"))
+                        } else {
+                            Ok(())
+                        };
+                        self.finish_with(r);
                     }
                     Err(e) => {
                         self.peer_closed = true;

@@ -1,0 +1,417 @@
+"""sj-c2s end to end: real Prosody upstream, real sj-proxy, sj-c2s under
+tcpserver (plain TCP on loopback) and under socat OPENSSL-LISTEN (direct TLS),
+slixmpp clients on the proxy and slixmpp contacts on Prosody.
+
+Run: python3 -m pytest -s tests/test_c2s.py
+Binaries: $SJ_BIN_DIR, else ${CARGO_TARGET_DIR:-target}/debug (built with
+cargo if missing). Needs prosody, tcpserver, tcpclient, socat, openssl.
+
+Self-contained on purpose (its fixtures are prefixed c2s_), so it runs with
+or without the shared harness in tests/conftest.py.
+"""
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+slixmpp = pytest.importorskip("slixmpp")
+from slixmpp.xmlstream.handler import Callback  # noqa: E402
+from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+BARE = "alice@localhost"
+CONTROL = "sj-proxy@control.invalid"
+WAIT = 20.0
+
+logging.getLogger("slixmpp").setLevel(logging.CRITICAL)
+
+for tool in ("prosody", "tcpserver", "tcpclient", "socat", "openssl"):
+    if not shutil.which(tool):
+        pytest.skip(f"{tool} not installed", allow_module_level=True)
+
+
+def bin_dir():
+    if os.environ.get("SJ_BIN_DIR"):
+        return Path(os.environ["SJ_BIN_DIR"])
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    d = target / "debug"
+    need = ["sj-proxy", "sj-c2s", "sj-passwd", "mirrord", "messaged", "presenced", "iqd"]
+    if not all((d / n).exists() for n in need):
+        subprocess.run(["cargo", "build", "-q", "--workspace"], cwd=REPO, check=True)
+    return d
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout=WAIT, what="condition"):
+    """Poll `pred` until true; a bounded wait, never a fixed sleep."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def port_open(port):
+    def check():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def start_prosody(tmp):
+    port = free_port()
+    data = tmp / "pdata"
+    (data / "localhost" / "accounts").mkdir(parents=True)
+    for user in ("alice", "bob", "carol"):
+        (data / "localhost" / "accounts" / f"{user}.dat").write_text(
+            f'return {{ ["password"] = "{user}-pw"; }};\n'
+        )
+    cfg = tmp / "prosody.cfg.lua"
+    cfg.write_text(
+        f"""
+run_as_root = true
+daemonize = false
+pidfile = "{tmp}/prosody.pid"
+data_path = "{data}"
+log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{tmp}/prosody.log" }} }}
+c2s_ports = {{ {port} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{ }}
+component_ports = {{ }}
+http_ports = {{ }}
+https_ports = {{ }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_plain"
+storage = "internal"
+modules_enabled = {{ "roster", "saslauth", "disco", "carbons", "ping", "presence", "message", "iq" }}
+modules_disabled = {{ "s2s", "offline", "tls" }}
+VirtualHost "localhost"
+"""
+    )
+    proc = subprocess.Popen(
+        ["prosody", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(port_open(port), what="prosody")
+    return proc, port
+
+
+class Loop:
+    """One asyncio loop in a thread for every slixmpp client."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro, timeout=WAIT):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Client:
+    """A slixmpp client; every stanza it receives is kept as XML text."""
+
+    def __init__(self, loop, jid, password, port, tls=False, carbons=False):
+        self.L = loop
+        self.jid = jid
+        self.password = password
+        self.port = port
+        self.tls = tls
+        self.carbons = carbons
+        self.cond = threading.Condition()
+        self.stanzas = []
+        self.started = False
+        self.failed = False
+        self.L.call(self._make())
+
+    async def _make(self):
+        x = slixmpp.ClientXMPP(self.jid, self.password)
+        x.register_plugin("xep_0030")
+        x.register_plugin("xep_0280")
+        x.register_plugin("xep_0199")
+        x["feature_mechanisms"].unencrypted_scram = True
+        x.enable_plaintext = not self.tls
+        x.enable_starttls = False
+        x.enable_direct_tls = self.tls
+        if self.tls:
+            x.ssl_context.check_hostname = False
+            x.ssl_context.verify_mode = ssl.CERT_NONE
+        for xp in ("{jabber:client}message", "{jabber:client}iq", "{jabber:client}presence"):
+            x.register_handler(Callback("keep " + xp, MatchXPath(xp), self._keep))
+        x.add_event_handler("session_start", self._start)
+        x.add_event_handler("failed_auth", self._failed)
+        x.add_event_handler("failed_all_auth", self._failed)
+        self.x = x
+
+    def _keep(self, st):
+        with self.cond:
+            self.stanzas.append(str(st))
+            self.cond.notify_all()
+
+    async def _start(self, _ev):
+        if self.carbons:
+            await self.x["xep_0280"].enable(timeout=WAIT)
+        self.x.send_presence()
+        with self.cond:
+            self.started = True
+            self.cond.notify_all()
+
+    def _failed(self, _ev):
+        with self.cond:
+            self.failed = True
+            self.cond.notify_all()
+
+    def connect(self, expect_fail=False):
+        async def go():
+            self.x.connect("127.0.0.1", self.port)
+
+        self.L.call(go())
+        with self.cond:
+            ok = self.cond.wait_for(lambda: self.started or self.failed, WAIT)
+        assert ok, f"{self.jid}: no session and no failure"
+        if not expect_fail:
+            assert self.started and not self.failed, f"{self.jid}: authentication failed"
+        return self
+
+    def send(self, to, body):
+        self.L.loop.call_soon_threadsafe(
+            lambda: self.x.send_message(mto=to, mbody=body, mtype="chat")
+        )
+
+    def wait(self, pred, what="stanza", timeout=WAIT):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(pred(s) for s in self.stanzas), timeout)
+            assert ok, f"{self.jid}: timed out waiting for {what}; got {self.stanzas[-10:]}"
+            return [s for s in self.stanzas if pred(s)]
+
+    def count(self, pred):
+        with self.cond:
+            return sum(1 for s in self.stanzas if pred(s))
+
+    def full(self):
+        return str(self.x.boundjid)
+
+    def close(self):
+        async def go():
+            self.x.disconnect()
+
+        try:
+            self.L.call(go(), timeout=5)
+        except Exception:
+            pass
+
+
+def body_is(text):
+    return lambda s: f"<body>{text}</body>" in s
+
+
+@pytest.fixture(scope="module")
+def c2s_env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("c2s")
+    bins = bin_dir()
+    procs = []
+    prosody, pport = start_prosody(tmp)
+    procs.append(prosody)
+    d = tmp / BARE
+    d.mkdir(mode=0o700)
+    pw = tmp / "alice.pw"
+    pw.write_text("alice-pw\n")
+    subprocess.run([str(bins / "sj-passwd"), "-d", str(d)], input=b"local-pw\n", check=True)
+    assert (d / "passwd").exists()
+    env = dict(os.environ, PATH=f"{bins}:{os.environ['PATH']}")
+    proxy = subprocess.Popen(
+        ["tcpclient", "-RHl0", "127.0.0.1", str(pport),
+         str(bins / "sj-proxy"), "-d", str(d), "-p", str(pw), "alice@localhost"],
+        env=env,
+        stderr=open(tmp / "sj-proxy.log", "wb"),
+    )
+    procs.append(proxy)
+    wait_until(
+        lambda: (d / "state").exists() and (d / "state").read_text().startswith("online"),
+        what="sj-proxy online",
+    )
+    cport = free_port()
+    c2s_log = open(tmp / "sj-c2s.log", "wb")
+    server = subprocess.Popen(
+        ["tcpserver", "-RHl0", "127.0.0.1", str(cport), str(bins / "sj-c2s"), "-d", str(d)],
+        env=env,
+        stderr=c2s_log,
+    )
+    procs.append(server)
+    wait_until(port_open(cport), what="tcpserver")
+    # Direct TLS through socat.
+    pem = tmp / "c2s.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(pem), "-out", str(tmp / "cert.pem")],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    with open(pem, "a") as f:
+        f.write((tmp / "cert.pem").read_text())
+    tport = free_port()
+    socat = subprocess.Popen(
+        ["socat", f"OPENSSL-LISTEN:{tport},bind=127.0.0.1,fork,reuseaddr,cert={pem},verify=0",
+         f"EXEC:{bins / 'sj-c2s'} -t -d {d}"],
+        env=env,
+        stderr=c2s_log,
+    )
+    procs.append(socat)
+    wait_until(port_open(tport), what="socat")
+    loop = Loop()
+    yield {"dir": d, "port": cport, "tls_port": tport, "prosody_port": pport,
+           "loop": loop, "tmp": tmp}
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    loop.stop()
+
+
+@pytest.fixture(scope="module")
+def c2s_clients(c2s_env):
+    e = c2s_env
+    L = e["loop"]
+    bob = Client(L, "bob@localhost/test", "bob-pw", e["prosody_port"]).connect()
+    c1 = Client(L, f"{BARE}/one", "local-pw", e["port"]).connect()
+    c2 = Client(L, f"{BARE}/two", "local-pw", e["port"], carbons=True).connect()
+    c3 = Client(L, f"{BARE}/three", "local-pw", e["port"], carbons=True).connect()
+    clients = sj = [c1, c2, c3]
+    wait_until(
+        lambda: {"one", "two", "three"} <= set(os.listdir(e["dir"] / "clients")),
+        what="client directories",
+    )
+    # Until presenced announces the account, Prosody delivers messages to the
+    # bare JID nowhere; the upstream full JID always works (and exercises the
+    # `to` rewriting).
+    up = (e["dir"] / "state").read_text().split()[1]
+    yield {"bob": bob, "clients": sj, "up": up}
+    for c in clients + [bob]:
+        c.close()
+
+
+def test_bound_resources_and_directories(c2s_env, c2s_clients):
+    c1, c2, c3 = c2s_clients["clients"]
+    assert c1.full() == f"{BARE}/one"
+    assert c2.full() == f"{BARE}/two"
+    for name in ("one", "two", "three"):
+        cd = c2s_env["dir"] / "clients" / name
+        assert (cd / "pid").read_text().strip().isdigit()
+        assert oct(cd.stat().st_mode & 0o777) == "0o700"
+
+
+def test_incoming_reaches_all_three(c2s_clients):
+    bob = c2s_clients["bob"]
+    bob.send(c2s_clients["up"], "hello all")
+    for c in c2s_clients["clients"]:
+        got = c.wait(body_is("hello all"), "bob's message")
+        # Plain message, `to` rewritten to this client's full JID.
+        assert any(f"to=\"{c.full()}\"" in s or f"to='{c.full()}'" in s for s in got), got
+        assert all("urn:xmpp:carbons:2" not in s for s in got)
+
+
+def test_outgoing_once_upstream_carbons_to_siblings(c2s_clients):
+    bob = c2s_clients["bob"]
+    c1, c2, c3 = c2s_clients["clients"]
+    c1.send("bob@localhost", "from one")
+    c1.send("bob@localhost", "from one end")
+    bob.wait(body_is("from one end"), "client 1's second message")
+    assert bob.count(body_is("from one")) == 1
+    for c in (c2, c3):
+        got = c.wait(lambda s: "from one end" in s, "sent carbon")
+        assert all("<sent xmlns=\"urn:xmpp:carbons:2\"" in s or "carbons:2" in s for s in got)
+        assert c.count(lambda s: "<body>from one</body>" in s) == 1
+    # Barrier: bob's next message passes the same mirrord queue after the copies.
+    bob.send(c2s_clients["up"], "barrier one")
+    c1.wait(body_is("barrier one"), "barrier")
+    assert c1.count(lambda s: "from one" in s) == 0
+
+
+def test_client_without_carbons_gets_plain_messages(c2s_clients):
+    bob = c2s_clients["bob"]
+    c1 = c2s_clients["clients"][0]
+    bob.send(c2s_clients["up"], "plain for one")
+    got = c1.wait(body_is("plain for one"), "plain message")
+    assert all("carbons" not in s for s in got)
+
+
+def test_roster_results_to_requester_only(c2s_env, c2s_clients):
+    c1, c2, _ = c2s_clients["clients"]
+    L = c2s_env["loop"]
+
+    async def roster(c):
+        iq = c.x.make_iq_get(queryxmlns="jabber:iq:roster")
+        iq["id"] = "same-id"
+        return str(await iq.send(timeout=WAIT))
+
+    async def both():
+        return await asyncio.gather(roster(c1), roster(c2))
+
+    r1, r2 = L.call(both())
+    for r, c in ((r1, c1), (r2, c2)):
+        assert CONTROL in r and "sj-proxy" in r
+        assert c.full() in r
+    # Each client saw exactly one answer to its id.
+    for c in (c1, c2):
+        assert c.count(lambda s: "same-id" in s and "result" in s) == 1
+
+
+def test_control_contact_status_and_clients(c2s_clients):
+    c1 = c2s_clients["clients"][0]
+    c1.send(CONTROL, "status")
+    got = c1.wait(lambda s: CONTROL in s and "clients: " in s, "status reply")
+    assert "online alice@localhost/" in got[0]
+    c1.send(CONTROL, "clients")
+    got = c1.wait(lambda s: CONTROL in s and "(this client)" in s, "clients reply")
+    assert "one (this client)" in got[0] and "two" in got[0] and "three" in got[0]
+
+
+def test_wrong_password_refused(c2s_env):
+    bad = Client(c2s_env["loop"], f"{BARE}/bad", "wrong-pw", c2s_env["port"])
+    bad.connect(expect_fail=True)
+    assert bad.failed and not bad.started
+    bad.close()
+
+
+def test_direct_tls_via_socat(c2s_env, c2s_clients):
+    bob = c2s_clients["bob"]
+    t = Client(c2s_env["loop"], f"{BARE}/tls", "local-pw", c2s_env["tls_port"], tls=True)
+    t.connect()
+    try:
+        wait_until(lambda: "tls" in os.listdir(c2s_env["dir"] / "clients"), what="tls client dir")
+        bob.send(c2s_clients["up"], "over tls")
+        t.wait(body_is("over tls"), "message over TLS")
+    finally:
+        t.close()
+    wait_until(
+        lambda: "tls" not in os.listdir(c2s_env["dir"] / "clients"),
+        what="client directory removed",
+    )
