@@ -415,3 +415,77 @@ def test_direct_tls_via_socat(c2s_env, c2s_clients):
         lambda: "tls" not in os.listdir(c2s_env["dir"] / "clients"),
         what="client directory removed",
     )
+
+
+def test_disco_info_advertises_carbons(c2s_env, c2s_clients):
+    c1 = c2s_clients["clients"][0]
+
+    async def disco():
+        iq = c1.x.make_iq_get(queryxmlns="http://jabber.org/protocol/disco#info", ito=BARE)
+        return str(await iq.send(timeout=WAIT))
+
+    r = c2s_env["loop"].call(disco())
+    assert 'var="urn:xmpp:carbons:2"' in r and 'var="urn:xmpp:carbons:rules:0"' in r
+
+
+def test_server_carbons_passed_or_unwrapped(c2s_env, c2s_clients):
+    """A device on the server directly: its traffic comes back as carbons."""
+    bob = c2s_clients["bob"]
+    c1, c2, _ = c2s_clients["clients"]
+    direct = Client(c2s_env["loop"], f"{BARE}/direct", "alice-pw", c2s_env["prosody_port"],
+                    carbons=True).connect()
+    try:
+        bob.send(f"{BARE}/direct", "to direct")
+        direct.wait(body_is("to direct"), "bob's message on the direct device")
+        got = c2.wait(lambda s: "to direct" in s, "received carbon")
+        assert "urn:xmpp:carbons:2" in got[0] and "received" in got[0]
+        got = c1.wait(lambda s: "to direct" in s, "unwrapped carbon")
+        assert "carbons" not in got[0] and 'from="bob@localhost/test"' in got[0]
+    finally:
+        direct.close()
+
+
+def test_kick_via_control_contact(c2s_env, c2s_clients):
+    c1 = c2s_clients["clients"][0]
+    k = Client(c2s_env["loop"], f"{BARE}/victim", "local-pw", c2s_env["port"]).connect()
+    clients = c2s_env["dir"] / "clients"
+    wait_until(lambda: (clients / "victim").exists(), what="victim registered")
+    c1.send(CONTROL, "kick victim")
+    c1.wait(lambda s: CONTROL in s and "kicked victim" in s, "kick reply")
+    wait_until(lambda: not (clients / "victim").exists(), what="victim's directory removed")
+    k.close()
+
+
+def raw_session(port, data, until=b"</stream:stream>"):
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        s.sendall(data)
+        got = b""
+        end = time.monotonic() + WAIT
+        while until not in got and time.monotonic() < end:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got.decode()
+
+
+HDR = ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+       "xmlns:stream='http://etherx.jabber.org/streams' to='{to}' version='1.0'>")
+
+
+def test_stream_errors(c2s_env):
+    port = c2s_env["port"]
+    r = raw_session(port, HDR.format(to="example.com").encode())
+    assert "<host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in r
+    r = raw_session(port, HDR.format(to="localhost").encode() + b"<message><body>x</bo></message>")
+    assert "<not-well-formed" in r or "<bad-format" in r
+    r = raw_session(port, HDR.format(to="localhost").encode() + b"<message to='bob@localhost'/>")
+    assert "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in r
+    r = raw_session(port, HDR.format(to="localhost").replace("jabber:client", "jabber:server").encode())
+    assert "<invalid-namespace" in r
+    big = b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + b"A" * 10000 + b"</auth>"
+    r = raw_session(port, HDR.format(to="localhost").encode() + big)
+    assert "<policy-violation" in r
+    # Features before auth: SCRAM both ways, PLAIN on loopback, no STARTTLS without UCSPI-TLS.
+    r = raw_session(port, HDR.format(to="localhost").encode(), until=b"</stream:features>")
+    assert "SCRAM-SHA-256" in r and "SCRAM-SHA-1" in r and "PLAIN" in r and "starttls" not in r
