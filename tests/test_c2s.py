@@ -17,6 +17,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -137,12 +138,13 @@ class Loop:
 class Client:
     """A slixmpp client; every stanza it receives is kept as XML text."""
 
-    def __init__(self, loop, jid, password, port, tls=False, carbons=False):
+    def __init__(self, loop, jid, password, port, tls=False, carbons=False, starttls=False):
         self.L = loop
         self.jid = jid
         self.password = password
         self.port = port
         self.tls = tls
+        self.starttls = starttls
         self.carbons = carbons
         self.cond = threading.Condition()
         self.stanzas = []
@@ -156,10 +158,10 @@ class Client:
         x.register_plugin("xep_0280")
         x.register_plugin("xep_0199")
         x["feature_mechanisms"].unencrypted_scram = True
-        x.enable_plaintext = not self.tls
-        x.enable_starttls = False
+        x.enable_plaintext = not (self.tls or self.starttls)
+        x.enable_starttls = self.starttls
         x.enable_direct_tls = self.tls
-        if self.tls:
+        if self.tls or self.starttls:
             x.ssl_context.check_hostname = False
             x.ssl_context.verify_mode = ssl.CERT_NONE
         for xp in ("{jabber:client}message", "{jabber:client}iq", "{jabber:client}presence"):
@@ -283,9 +285,20 @@ def c2s_env(tmp_path_factory):
     )
     procs.append(socat)
     wait_until(port_open(tport), what="socat")
+    # STARTTLS through a UCSPI-TLS server wrapper.
+    sport = free_port()
+    tlsd = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "ucspi_tlsd.py"), "127.0.0.1", str(sport), str(pem),
+         str(bins / "sj-c2s"), "-d", str(d)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=c2s_log,
+    )
+    procs.append(tlsd)
+    assert tlsd.stdout.readline().strip() == b"ready"
     loop = Loop()
-    yield {"dir": d, "port": cport, "tls_port": tport, "prosody_port": pport,
-           "loop": loop, "tmp": tmp}
+    yield {"dir": d, "port": cport, "tls_port": tport, "starttls_port": sport,
+           "prosody_port": pport, "loop": loop, "tmp": tmp}
     for p in reversed(procs):
         p.terminate()
     for p in procs:
@@ -489,3 +502,19 @@ def test_stream_errors(c2s_env):
     # Features before auth: SCRAM both ways, PLAIN on loopback, no STARTTLS without UCSPI-TLS.
     r = raw_session(port, HDR.format(to="localhost").encode(), until=b"</stream:features>")
     assert "SCRAM-SHA-256" in r and "SCRAM-SHA-1" in r and "PLAIN" in r and "starttls" not in r
+
+
+def test_starttls_via_ucspi_tls(c2s_env, c2s_clients):
+    r = raw_session(c2s_env["starttls_port"], HDR.format(to="localhost").encode(),
+                    until=b"</stream:features>")
+    assert "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>" in r
+    bob = c2s_clients["bob"]
+    t = Client(c2s_env["loop"], f"{BARE}/starttls", "local-pw", c2s_env["starttls_port"],
+               starttls=True)
+    t.connect()
+    try:
+        assert "starttls" in t.x.features
+        bob.send(c2s_clients["up"], "after starttls")
+        t.wait(body_is("after starttls"), "message after STARTTLS")
+    finally:
+        t.close()
