@@ -518,3 +518,32 @@ def test_starttls_via_ucspi_tls(c2s_env, c2s_clients):
         t.wait(body_is("after starttls"), "message after STARTTLS")
     finally:
         t.close()
+
+
+def test_root_mode_picks_account_from_login(c2s_env, c2s_clients):
+    bins = bin_dir()
+    port = free_port()
+    env = dict(os.environ, PATH=f"{bins}:{os.environ['PATH']}")
+    srv = subprocess.Popen(
+        ["tcpserver", "-RHl0", "127.0.0.1", str(port), str(bins / "sj-c2s"),
+         "-R", str(c2s_env["tmp"])],
+        env=env,
+        stderr=open(c2s_env["tmp"] / "sj-c2s-root.log", "wb"),
+    )
+    try:
+        wait_until(port_open(port), what="tcpserver -R")
+        r = raw_session(port, HDR.format(to="example.com").encode())
+        assert "<host-unknown" in r
+        c = Client(c2s_env["loop"], f"{BARE}/rooted", "local-pw", port).connect()
+        try:
+            assert c.full() == f"{BARE}/rooted"
+            assert (c2s_env["dir"] / "clients" / "rooted").is_dir()
+        finally:
+            c.close()
+        wrong = Client(c2s_env["loop"], "carol@localhost/x", "local-pw", port)
+        wrong.connect(expect_fail=True)
+        assert wrong.failed
+        wrong.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
