@@ -241,6 +241,22 @@ pub fn valid_name(name: &str, upstream: Option<&str>) -> bool {
         && Some(name) != upstream
 }
 
+/// A client directory left by an sj-c2s that was killed: its pid file names
+/// a process that no longer exists. Raw clients (no pid file) are never stale.
+fn is_stale(cdir: &Path) -> bool {
+    let Some(pid) = fs::read_to_string(cdir.join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&p| p > 1)
+    else {
+        return false;
+    };
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// Create `clients/NAME` atomically: the requested name if free and valid,
 /// else a generated one. Returns the name.
 fn claim_name(
@@ -262,13 +278,20 @@ fn claim_name(
         if !valid_name(&name, upstream) {
             continue;
         }
-        match fs::DirBuilder::new()
-            .mode(0o700)
-            .create(clients.join(&name))
-        {
-            Ok(()) => return Ok(name),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+        let path = clients.join(&name);
+        for attempt in 0..2 {
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if attempt == 0 && is_stale(&path) {
+                        sj::log::info(&format!("removing stale client {name}"));
+                        let _ = fs::remove_dir_all(&path);
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Err(io::Error::new(
@@ -1197,6 +1220,13 @@ mod tests {
         assert!(second.starts_with("sj-") && second != "phone");
         let up = claim_name(&c, Some("sj-proxy"), Some("sj-proxy")).expect("claim");
         assert_ne!(up, "sj-proxy");
+        // A dead sj-c2s's directory is reclaimed; a live one's or a raw client's is not.
+        fs::write(c.join("phone/pid"), "999999999\n").expect("w");
+        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        fs::write(c.join("phone/pid"), format!("{}\n", std::process::id())).expect("w");
+        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        fs::remove_file(c.join("phone/pid")).expect("rm");
+        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
         let odd = claim_name(&c, Some("../x"), None).expect("claim");
         assert!(odd.starts_with("sj-"));
         assert!(c.join("phone").is_dir());

@@ -340,6 +340,14 @@ impl Translator {
                 return vec![Action::Client(self.iq_error(el, "cancel", "not-allowed"))];
             }
         }
+        if ty == Some("set") && self.to_account(to) {
+            if let Some(q) = el.child("query", NS_ROSTER) {
+                if q.elements().any(|i| i.attr("jid") == Some(CONTROL)) {
+                    // The control contact lives here, never in the server's roster.
+                    return vec![Action::Client(self.iq_result(el, ""))];
+                }
+            }
+        }
         if ty == Some("get")
             && self.to_account(to)
             && el.child("query", NS_ROSTER).is_some()
@@ -696,6 +704,15 @@ mod tests {
         );
         t.outbound(b"<presence type='unavailable'/>");
         assert!(!t.available);
+    }
+
+    #[test]
+    fn roster_set_of_control_contact_stays_local() {
+        let mut t = tr();
+        let acts = t.outbound(b"<iq type='set' id='rs'><query xmlns='jabber:iq:roster'><item jid='sj-proxy@control.invalid' subscription='remove'/></query></iq>");
+        assert!(matches!(acts.as_slice(), [Action::Client(_)]));
+        let acts = t.outbound(b"<iq type='set' id='rs2'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bob'/></query></iq>");
+        assert!(matches!(acts.as_slice(), [Action::Out(_)]));
     }
 
     #[test]
