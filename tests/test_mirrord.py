@@ -205,15 +205,19 @@ def pct(sorted_vals, p):
     return sorted_vals[min(len(sorted_vals) - 1, int(len(sorted_vals) * p / 100))]
 
 
-def test_stuck_client_does_not_delay_others_and_is_dropped(acct):
+@pytest.mark.parametrize("with_stuck", [True, False], ids=["stuck", "baseline"])
+def test_stuck_client_does_not_delay_others_and_is_dropped(acct, with_stuck):
     d, procs, readers = acct
     for n in ("fast", "stuck", "noreader"):
         make_client(d, n)
     fast = Reader(d, "fast")
     readers.append(fast)
-    # Opened for reading, never read.
-    stuck_fd = os.open(d / "clients" / "stuck" / "in", os.O_RDONLY | os.O_NONBLOCK)
-    bound = 64 * 1024
+    # Opened for reading, never read (baseline: nobody opens it).
+    if with_stuck:
+        stuck_fd = os.open(d / "clients" / "stuck" / "in", os.O_RDONLY | os.O_NONBLOCK)
+    # Small enough that the stuck client passes it (pipe + bound < all sent),
+    # roomy enough that a fast reader in Python never does under load.
+    bound = 256 * 1024
     m = Mirrord(d, "-q", str(bound))
     procs.append(m)
     n = 3000
@@ -236,12 +240,15 @@ def test_stuck_client_does_not_delay_others_and_is_dropped(acct):
         lat.append((t - sent_at[i]) / 1e6)
     lat.sort()
     print(
-        f"\nmirrord fast-client latency with a stuck client, {n} records: "
+        f"\nmirrord fast-client latency, {'with a stuck client' if with_stuck else 'baseline'}, "
+        f"{n} records: "
         f"p50 {pct(lat, 50):.3f} ms, p99 {pct(lat, 99):.3f} ms, max {lat[-1]:.3f} ms"
     )
     assert m.close() == 0
     drops = [e for e in m.err if e == DROP_LINE.format(name="stuck", n=bound)]
-    assert len(drops) == 1, m.err
+    assert len(drops) == (1 if with_stuck else 0), m.err
+    if not with_stuck:
+        return
     assert not [e for e in m.err if "fast" in e or "noreader" in e], m.err
     # The stuck client got at most the pipe's worth plus the bound, then nothing.
     data = b""
@@ -255,6 +262,49 @@ def test_stuck_client_does_not_delay_others_and_is_dropped(acct):
         data += chunk
     os.close(stuck_fd)
     assert 0 < len(data) < n * 240
+
+
+def test_dropped_client_comes_back_when_it_registers_again(acct):
+    d, procs, readers = acct
+    make_client(d, "a")
+    a = Reader(d, "a")
+    readers.append(a)
+    make_client(d, "s")
+    stuck_fd = os.open(d / "clients" / "s" / "in", os.O_RDWR)
+    m = Mirrord(d, "-q", "8k")
+    procs.append(m)
+    # In steps the fast client keeps up with, so only the stuck one passes
+    # the small bound.
+    for step in range(30):
+        m.send(
+            *[f"<message id='m{i}'><body>{'z' * 500}</body></message>"
+              for i in range(step * 10, step * 10 + 10)]
+        )
+        assert a.wait_for(lambda ls: len(ls) == step * 10 + 10), m.err
+    drop = DROP_LINE.format(name="s", n=8192)
+    deadline = time.monotonic() + 5
+    while drop not in m.err and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert drop in m.err, m.err
+    assert a.wait_for(lambda ls: len(ls) == 300)
+    # Not written to while it is the same FIFO, even once it reads again.
+    m.send("<presence id='still-dropped'/>")
+    assert a.wait_for(lambda ls: "<presence id='still-dropped'/>" in ls)
+    os.close(stuck_fd)
+    # Registers again: a new directory and FIFOs.
+    shutil.rmtree(d / "clients" / "s")
+    make_client(d, "s")
+    s = Reader(d, "s")
+    readers.append(s)
+    deadline = time.monotonic() + 5
+    i = 0
+    while time.monotonic() < deadline and not s.texts():
+        i += 1
+        m.send(f"<presence id='back{i}'/>")
+        s.wait_for(lambda ls: len(ls) > 0, timeout=0.1)
+    assert s.texts() and s.texts()[0].startswith("<presence id='back"), s.texts()[:3]
+    assert m.close() == 0
+    assert m.err.count(drop) == 1, m.err
 
 
 def test_eof_with_stuck_client_exits_within_grace(acct):

@@ -32,6 +32,13 @@ fn ino_of_fd(fd: &OwnedFd) -> Option<Ino> {
         .map(|st| (st.st_dev as u64, st.st_ino as u64))
 }
 
+fn is_fifo(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| {
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFIFO
+    })
+}
+
 /// One registered client.
 struct Client {
     /// `DIR/clients/NAME/in`.
@@ -174,17 +181,20 @@ impl Fanout {
             }
             if c.fd.is_none() {
                 match sj::fifo::open_write(&c.path) {
-                    Ok(Some(fd)) => {
+                    Ok(Some(fd)) if is_fifo(&fd) => {
                         c.ino = ino_of_fd(&fd);
                         c.fd = Some(fd);
                     }
+                    // Replaced by something else since the scan: never
+                    // write records into a regular file.
+                    Ok(Some(_)) => continue,
                     // No reader: nothing to keep for it.
                     Ok(None) => continue,
                     Err(e) => {
-                        sj::log::trace(
-                            &format!("open {}: {}", c.path.display(), sj::log::strerror(&e)),
-                            b"",
-                        );
+                        if sj::log::verbose() {
+                            let why = sj::log::strerror(&e);
+                            sj::log::info(&format!("client {name}: unable to open in: {why}"));
+                        }
                         continue;
                     }
                 }
@@ -415,6 +425,17 @@ mod tests {
         f.deliver(b"<four/>");
         f.flush_all();
         assert_eq!(drain(&ra), vec!["<four/>"]);
+    }
+
+    #[test]
+    fn never_writes_into_a_regular_file() {
+        let (_d, c) = setup("regular", &["a"]);
+        let mut f = fanout(&c, 1024);
+        std::fs::remove_file(c.join("a/in")).expect("rm");
+        std::fs::write(c.join("a/in"), b"").expect("write");
+        f.deliver(b"<presence/>");
+        assert_eq!(f.queued("a"), 0);
+        assert_eq!(std::fs::read(c.join("a/in")).expect("read"), b"");
     }
 
     #[test]
