@@ -79,6 +79,3 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
-    if rep.when == "call" and rep.failed:
-        for p in item.funcargs.get("proxy_list", []) if hasattr(item, "funcargs") else []:
-            rep.sections.append(("sj-proxy stderr", p.stderr_text()))

@@ -69,8 +69,6 @@ def main():
         return 0 if code == 0 and n == 1 else 1
     except Exception as e:  # a person reads this, not a test runner
         say(f"demo: failed: {e}")
-        if proxy is not None:
-            say(proxy.stderr_text())
         return 1
     finally:
         if bob is not None:

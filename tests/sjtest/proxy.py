@@ -6,6 +6,7 @@ import fcntl
 import os
 import re
 import select
+import shlex
 import signal
 import subprocess
 import time
@@ -187,10 +188,17 @@ class Proxy:
         if self.mode == "tcp":
             return ["tcpclient", "-RHl0", self.addr, str(self.port)] + args
         if self.mode == "tls":
-            for a in args:
-                assert not re.search(r"[\s',!:]", a), f"argument unsafe for socat EXEC: {a!r}"
-            return ["socat", f"OPENSSL:{self.addr}:{self.port},verify=0",
-                    "EXEC:" + " ".join(args) + ",fdin=6,fdout=7"]
+            # socat closes inherited fds, so a small script run by EXEC opens
+            # the readiness FIFO as fd `ready_fd` and execs sj-proxy.
+            script = os.path.join(self.workdir, "run-tls.sh")
+            with open(script, "w") as f:
+                f.write("#!/bin/sh\n")
+                f.write(f"exec {ready_fd}>{shlex.quote(self.ready_fifo)}\n")
+                f.write("exec " + " ".join(shlex.quote(a) for a in args) + "\n")
+            os.chmod(script, 0o700)
+            assert not re.search(r"[\s',!:]", script), f"path unsafe for socat EXEC: {script!r}"
+            return ["socat", f"OPENSSL:{self.addr}:{self.port},verify=0,snihost={self.bare.split('@')[-1]}",
+                    f"EXEC:{script},fdin=6,fdout=7"]
         raise ValueError(self.mode)
 
     def start(self):
@@ -198,15 +206,25 @@ class Proxy:
             f.write(self.password + "\n")
         os.chmod(self.pwfile, 0o600)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._stderr = open(self.stderr_path, "ab")
+        self._stdout = open(self.stdout_path, "ab")
+        if self.mode == "tls":
+            self.ready_fifo = os.path.join(self.workdir, "ready")
+            os.mkfifo(self.ready_fifo, 0o600)
+            # Non-blocking reader first, so that the script's open for writing
+            # does not block; no writer yet is not EOF on Linux.
+            self.ready_fd = os.open(self.ready_fifo, os.O_RDONLY | os.O_NONBLOCK)
+            self.proc = subprocess.Popen(self.argv(9), stdin=subprocess.DEVNULL,
+                                         stdout=self._stdout, stderr=self._stderr,
+                                         start_new_session=True)
+            return self
         r, w = os.pipe()
         # Keep the readiness fd clear of 0-2 and of the wrapper's 6/7.
         w2 = fcntl.fcntl(w, fcntl.F_DUPFD_CLOEXEC, 10)
         os.close(w)
-        self._stderr = open(self.stderr_path, "ab")
-        self._stdout = open(self.stdout_path, "ab")
-        argv = self.argv(w2)
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                     stderr=self._stderr, pass_fds=(w2,), start_new_session=True)
+        self.proc = subprocess.Popen(self.argv(w2), stdin=subprocess.DEVNULL,
+                                     stdout=self._stdout, stderr=self._stderr,
+                                     pass_fds=(w2,), start_new_session=True)
         os.close(w2)
         self.ready_fd = r
         return self
