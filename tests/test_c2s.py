@@ -6,8 +6,9 @@ Run: python3 -m pytest -s tests/test_c2s.py
 Binaries: $SJ_BIN_DIR, else ${CARGO_TARGET_DIR:-target}/debug (built with
 cargo if missing). Needs prosody, tcpserver, tcpclient, socat, openssl.
 
-Self-contained on purpose (its fixtures are prefixed c2s_), so it runs with
-or without the shared harness in tests/conftest.py.
+Uses the harness (tests/conftest.py: the session Prosody with alice, bob and
+carol; sjtest.proxy.Proxy for sj-proxy); its own fixtures are module-scoped
+and prefixed c2s_ because the clients are set up once for all the tests.
 """
 
 import asyncio
@@ -27,6 +28,7 @@ import pytest
 slixmpp = pytest.importorskip("slixmpp")
 from slixmpp.xmlstream.handler import Callback  # noqa: E402
 from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
+from sjtest.proxy import Proxy  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BARE = "alice@localhost"
@@ -35,7 +37,7 @@ WAIT = 20.0
 
 logging.getLogger("slixmpp").setLevel(logging.CRITICAL)
 
-for tool in ("prosody", "tcpserver", "tcpclient", "socat", "openssl"):
+for tool in ("tcpserver", "tcpclient", "socat", "openssl"):
     if not shutil.which(tool):
         pytest.skip(f"{tool} not installed", allow_module_level=True)
 
@@ -77,46 +79,6 @@ def port_open(port):
             return False
 
     return check
-
-
-def start_prosody(tmp):
-    port = free_port()
-    data = tmp / "pdata"
-    (data / "localhost" / "accounts").mkdir(parents=True)
-    for user in ("alice", "bob", "carol"):
-        (data / "localhost" / "accounts" / f"{user}.dat").write_text(
-            f'return {{ ["password"] = "{user}-pw"; }};\n'
-        )
-    cfg = tmp / "prosody.cfg.lua"
-    cfg.write_text(
-        f"""
-run_as_root = true
-daemonize = false
-pidfile = "{tmp}/prosody.pid"
-data_path = "{data}"
-log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{tmp}/prosody.log" }} }}
-c2s_ports = {{ {port} }}
-c2s_interfaces = {{ "127.0.0.1" }}
-s2s_ports = {{ }}
-component_ports = {{ }}
-http_ports = {{ }}
-https_ports = {{ }}
-c2s_require_encryption = false
-allow_unencrypted_plain_auth = true
-authentication = "internal_plain"
-storage = "internal"
-modules_enabled = {{ "roster", "saslauth", "disco", "carbons", "ping", "presence", "message", "iq" }}
-modules_disabled = {{ "s2s", "offline", "tls" }}
-VirtualHost "localhost"
-"""
-    )
-    proc = subprocess.Popen(
-        ["prosody", "--config", str(cfg)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(port_open(port), what="prosody")
-    return proc, port
 
 
 class Loop:
@@ -234,30 +196,23 @@ def body_is(text):
 
 
 @pytest.fixture(scope="module")
-def c2s_env(tmp_path_factory):
+def c2s_env(prosody, tmp_path_factory):
+    """sj-proxy for alice (the harness's Proxy) and three ways in for clients:
+    tcpserver (plain TCP), socat OPENSSL-LISTEN (direct TLS) and a UCSPI-TLS
+    server wrapper (STARTTLS)."""
     tmp = tmp_path_factory.mktemp("c2s")
     bins = bin_dir()
     procs = []
-    prosody, pport = start_prosody(tmp)
-    procs.append(prosody)
-    d = tmp / BARE
-    d.mkdir(mode=0o700)
-    pw = tmp / "alice.pw"
-    pw.write_text("alice-pw\n")
+    proxy = Proxy(prosody.jid("alice"), "alice-pw", prosody.addr, prosody.port).start()
+    proxy.online()
+    d = Path(proxy.dir)
     subprocess.run([str(bins / "sj-passwd"), "-d", str(d)], input=b"local-pw\n", check=True)
     assert (d / "passwd").exists()
+    # A root holding the account under its JID, for -R.
+    root = tmp / "root"
+    root.mkdir()
+    (root / BARE).symlink_to(d)
     env = dict(os.environ, PATH=f"{bins}:{os.environ['PATH']}")
-    proxy = subprocess.Popen(
-        ["tcpclient", "-RHl0", "127.0.0.1", str(pport),
-         str(bins / "sj-proxy"), "-d", str(d), "-p", str(pw), "alice@localhost"],
-        env=env,
-        stderr=open(tmp / "sj-proxy.log", "wb"),
-    )
-    procs.append(proxy)
-    wait_until(
-        lambda: (d / "state").exists() and (d / "state").read_text().startswith("online"),
-        what="sj-proxy online",
-    )
     cport = free_port()
     c2s_log = open(tmp / "sj-c2s.log", "wb")
     server = subprocess.Popen(
@@ -298,7 +253,9 @@ def c2s_env(tmp_path_factory):
     assert tlsd.stdout.readline().strip() == b"ready"
     loop = Loop()
     yield {"dir": d, "port": cport, "tls_port": tport, "starttls_port": sport,
-           "prosody_port": pport, "loop": loop, "tmp": tmp}
+           "prosody_port": prosody.port, "loop": loop, "tmp": tmp, "root": root}
+    proxy.stop()
+    proxy.kill()
     for p in reversed(procs):
         p.terminate()
     for p in procs:
@@ -306,7 +263,8 @@ def c2s_env(tmp_path_factory):
             p.wait(10)
         except subprocess.TimeoutExpired:
             p.kill()
-    loop.stop()
+    # The loop thread is a daemon; stopping it under live slixmpp objects
+    # only makes their destructors complain.
 
 
 @pytest.fixture(scope="module")
@@ -322,9 +280,8 @@ def c2s_clients(c2s_env):
         lambda: {"one", "two", "three"} <= set(os.listdir(e["dir"] / "clients")),
         what="client directories",
     )
-    # Until presenced announces the account, Prosody delivers messages to the
-    # bare JID nowhere; the upstream full JID always works (and exercises the
-    # `to` rewriting).
+    # Messages to the upstream full JID exercise the `to` rewriting and do not
+    # depend on presenced having announced the account yet.
     up = (e["dir"] / "state").read_text().split()[1]
     yield {"bob": bob, "clients": sj, "up": up}
     for c in clients + [bob]:
@@ -526,7 +483,7 @@ def test_root_mode_picks_account_from_login(c2s_env, c2s_clients):
     env = dict(os.environ, PATH=f"{bins}:{os.environ['PATH']}")
     srv = subprocess.Popen(
         ["tcpserver", "-RHl0", "127.0.0.1", str(port), str(bins / "sj-c2s"),
-         "-R", str(c2s_env["tmp"])],
+         "-R", str(c2s_env["root"])],
         env=env,
         stderr=open(c2s_env["tmp"] / "sj-c2s-root.log", "wb"),
     )
@@ -547,3 +504,11 @@ def test_root_mode_picks_account_from_login(c2s_env, c2s_clients):
     finally:
         srv.terminate()
         srv.wait(10)
+
+
+def test_bare_jid_message_reaches_all_three(c2s_clients):
+    bob = c2s_clients["bob"]
+    bob.send(BARE, "hello bare")
+    for c in c2s_clients["clients"]:
+        got = c.wait(body_is("hello bare"), "bob's message to the bare JID")
+        assert all("urn:xmpp:carbons:2" not in s for s in got)
