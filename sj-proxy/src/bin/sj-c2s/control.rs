@@ -180,6 +180,11 @@ mod tests {
         assert!(run(&d, "phone", "kick laptop").contains("no pid file"));
         assert!(run(&d, "phone", "frobnicate").starts_with("unknown command"));
         assert_eq!(run(&d, "phone", "help"), HELP);
+        assert_eq!(run(&d, "phone", "passwd"), "usage: passwd NEWPASSWORD");
+        assert_eq!(run(&d, "phone", "passwd s3cret"), "password changed");
+        let creds = sj::passwd::read(&d.join("passwd")).expect("read");
+        assert!(creds.iter().all(|c| c.verify_plain("s3cret")));
+        assert!(!creds.is_empty());
         fs::remove_dir_all(&d).ok();
     }
 }

@@ -346,13 +346,17 @@ impl Session {
         let encrypted =
             opts.tls || (starttls.is_none() && std::env::var_os("SSL_PROTOCOL").is_some());
         let dir_account = match &opts.place {
-            Where::Dir(d) => Some(dir_account(d).ok_or_else(|| {
-                Fatal::permanent(format!(
-                    "unable to tell the account of {}: no JID in {}/state and its name is not a JID",
-                    d.display(),
-                    d.display()
-                ))
-            })?),
+            Where::Dir(d) => {
+                if !d.is_dir() {
+                    return Err(Fatal::permanent(format!(
+                        "unable to use {}: not a directory",
+                        d.display()
+                    )));
+                }
+                // May be unknown while sj-proxy is (re)connecting; checked
+                // again when the stream header arrives.
+                dir_account(d)
+            }
             Where::Root(r) => {
                 if !r.is_dir() {
                     return Err(Fatal::permanent(format!(
@@ -450,6 +454,16 @@ impl Session {
             .and_then(|j| {
                 (j.local().is_none() && j.resource().is_none()).then(|| j.domain().to_string())
             });
+        if let (Where::Dir(d), None) = (&self.opts.place, &self.dir_account) {
+            self.dir_account = dir_account(d);
+            if self.dir_account.is_none() {
+                let msg = format!(
+                    "unable to tell the account of {}: no JID in its state file and its name is not a JID",
+                    d.display()
+                );
+                return self.stream_error("remote-connection-failed", TEMPORARY, msg);
+            }
+        }
         let expected: Option<String> = match (&self.authed, &self.dir_account) {
             (Some(a), _) | (None, Some(a)) => Some(a.bare.domain().to_string()),
             _ => None,
@@ -959,7 +973,11 @@ impl Session {
                     self.on_header(h);
                 }
                 Event::Record(rec) => {
-                    sj::log::trace("c>", &rec);
+                    if is_control_passwd(&rec) {
+                        sj::log::trace("c>", b"<message to='sj-proxy@control.invalid'>[passwd command redacted]</message>");
+                    } else {
+                        sj::log::trace("c>", &rec);
+                    }
                     match self.phase {
                         Phase::Header => {
                             return self.stream_error(
@@ -1168,6 +1186,12 @@ impl Session {
         }
         self.done.take().unwrap_or(Ok(()))
     }
+}
+
+/// A message to the control contact that may carry a password.
+fn is_control_passwd(rec: &[u8]) -> bool {
+    let has = |n: &[u8]| rec.windows(n.len()).any(|w| w == n);
+    has(translate::CONTROL.as_bytes()) && has(b"passwd")
 }
 
 enum RegisterError {
