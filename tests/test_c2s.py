@@ -12,6 +12,7 @@ and prefixed c2s_ because the clients are set up once for all the tests.
 """
 
 import asyncio
+import base64
 import logging
 import os
 import shutil
@@ -512,3 +513,40 @@ def test_bare_jid_message_reaches_all_three(c2s_clients):
     for c in c2s_clients["clients"]:
         got = c.wait(body_is("hello bare"), "bob's message to the bare JID")
         assert all("urn:xmpp:carbons:2" not in s for s in got)
+
+
+def run_c2s(args, data=b"", env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([str(bin_dir() / "sj-c2s")] + args, input=data, capture_output=True,
+                          env=env, timeout=WAIT)
+
+
+def test_exit_codes(c2s_env, tmp_path):
+    r = run_c2s(["-x"])
+    assert r.returncode == 100 and b"usage" in r.stderr
+    r = run_c2s(["-d", str(tmp_path / "missing")])
+    assert r.returncode == 100 and r.stderr.startswith(b"sj-c2s: fatal: ")
+    # A directory that names no account while nothing says which: temporary.
+    (tmp_path / "noname").mkdir()
+    r = run_c2s(["-d", str(tmp_path / "noname")], HDR.format(to="localhost").encode())
+    assert r.returncode == 111 and b"<remote-connection-failed" in r.stdout
+    # Three wrong passwords: not-authorized, then the stream ends, exit 100.
+
+    bad = base64.b64encode(b"\0alice\0wrong").decode()
+    auth = f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{bad}</auth>"
+    r = run_c2s(["-d", str(c2s_env["dir"])],
+                (HDR.format(to="localhost") + auth * 3).encode(),
+                {"TCPREMOTEIP": "127.0.0.1"})
+    out = r.stdout.decode()
+    assert out.count("<not-authorized/></failure>") == 3, out
+    assert out.endswith("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                        "</stream:error></stream:stream>"), out
+    assert r.returncode == 100
+    # PLAIN is not offered, nor accepted, from a remote address in clear.
+    r = run_c2s(["-d", str(c2s_env["dir"])], (HDR.format(to="localhost") + auth).encode(),
+                {"TCPREMOTEIP": "192.0.2.1"})
+    out = r.stdout.decode()
+    assert "<mechanism>PLAIN</mechanism>" not in out and "<invalid-mechanism/>" in out
+    # A clean close before authentication: exit 0, our header and close.
+    r = run_c2s(["-d", str(c2s_env["dir"])], (HDR.format(to="localhost") + "</stream:stream>").encode())
+    assert r.returncode == 0 and r.stdout.decode().endswith("</stream:stream>")
