@@ -13,6 +13,8 @@ and prefixed c2s_ because the clients are set up once for all the tests.
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -550,3 +552,48 @@ def test_exit_codes(c2s_env, tmp_path):
     # A clean close before authentication: exit 0, our header and close.
     r = run_c2s(["-d", str(c2s_env["dir"])], (HDR.format(to="localhost") + "</stream:stream>").encode())
     assert r.returncode == 0 and r.stdout.decode().endswith("</stream:stream>")
+
+
+def test_pipelined_bind_scram_without_initial_response(c2s_env, c2s_clients):
+    """A raw client: SCRAM-SHA-1 with an empty initial response, then bind,
+    session and a message pipelined in one write."""
+    def b64(b):
+        return base64.b64encode(b).decode()
+
+    with socket.create_connection(("127.0.0.1", c2s_env["port"]), timeout=WAIT) as s:
+        def read_until(tag):
+            got = b""
+            while tag.encode() not in got:
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+            return got.decode()
+
+        s.sendall(HDR.format(to="localhost").encode())
+        read_until("</stream:features>")
+        s.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>=</auth>")
+        read_until("<challenge")
+        cfirst = "n=alice,r=abcdefgh"
+        s.sendall(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{b64(('n,,' + cfirst).encode())}</response>".encode())
+        ch = read_until("</challenge>")
+        sfirst = base64.b64decode(ch.split(">", 1)[1].split("<", 1)[0]).decode()
+        attrs = dict(kv.split("=", 1) for kv in sfirst.split(","))
+        salted = hashlib.pbkdf2_hmac("sha1", b"local-pw", base64.b64decode(attrs["s"]), int(attrs["i"]))
+        ckey = hmac.new(salted, b"Client Key", hashlib.sha1).digest()
+        stored = hashlib.sha1(ckey).digest()
+        final_wo = f"c=biws,r={attrs['r']}"
+        authmsg = f"{cfirst},{sfirst},{final_wo}".encode()
+        sig = hmac.new(stored, authmsg, hashlib.sha1).digest()
+        proof = bytes(a ^ b for a, b in zip(ckey, sig))
+        s.sendall(f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{b64((final_wo + ',p=' + b64(proof)).encode())}</response>".encode())
+        read_until("</success>")
+        s.sendall(HDR.format(to="localhost").encode())
+        read_until("</stream:features>")
+        s.sendall(b"<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>raw</resource></bind></iq>"
+                  b"<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>"
+                  b"<message to='sj-proxy@control.invalid' type='chat'><body>clients</body></message>")
+        got = read_until("(this client)")
+        assert "<jid>alice@localhost/raw</jid>" in got and "id='s1'" in got
+        s.sendall(b"</stream:stream>")
+        read_until("</stream:stream>")
+    wait_until(lambda: not (c2s_env["dir"] / "clients" / "raw").exists(), what="raw client gone")

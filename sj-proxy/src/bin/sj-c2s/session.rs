@@ -987,10 +987,11 @@ impl Session {
                             )
                         }
                         Phase::Negotiate => {
-                            let restart = self.phase;
                             self.on_negotiate(&rec);
-                            // A stream restart discards what followed.
-                            if restart != self.phase {
+                            // A stream restart (STARTTLS, SASL success) has
+                            // reset the framer; after bind, stanzas the client
+                            // pipelined are still buffered and go on.
+                            if self.phase == Phase::Header {
                                 return;
                             }
                         }
