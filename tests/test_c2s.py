@@ -533,7 +533,6 @@ def test_exit_codes(c2s_env, tmp_path):
     r = run_c2s(["-d", str(tmp_path / "noname")], HDR.format(to="localhost").encode())
     assert r.returncode == 111 and b"<remote-connection-failed" in r.stdout
     # Three wrong passwords: not-authorized, then the stream ends, exit 100.
-
     bad = base64.b64encode(b"\0alice\0wrong").decode()
     auth = f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{bad}</auth>"
     r = run_c2s(["-d", str(c2s_env["dir"])],
