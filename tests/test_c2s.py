@@ -367,6 +367,15 @@ def test_control_contact_status_and_clients(c2s_clients):
     assert "one (this client)" in got[0] and "two" in got[0] and "three" in got[0]
 
 
+def test_control_contact_history(c2s_env, c2s_clients):
+    c1 = c2s_clients["clients"][0]
+    log = c2s_env["dir"] / "bob@localhost" / "out"
+    wait_until(lambda: log.exists() and "from one end" in log.read_text(), what="messaged's log")
+    c1.send(CONTROL, "history bob@localhost 50")
+    got = c1.wait(lambda s: CONTROL in s and "from one end" in s, "history reply")
+    assert "alice@localhost&gt; from one" in got[0]
+
+
 def test_wrong_password_refused(c2s_env):
     bad = Client(c2s_env["loop"], f"{BARE}/bad", "wrong-pw", c2s_env["port"])
     bad.connect(expect_fail=True)
