@@ -4,27 +4,269 @@
 //! `<mechanism> <iterations> <salt-b64> <stored-key-b64> <server-key-b64>`,
 //! e.g. `SCRAM-SHA-256 4096 c2FsdA== ... ...`. Written atomically, mode 0600.
 
-use crate::sasl::{Hash, StoredCredentials};
+use crate::sasl::{b64decode, b64encode, Hash, StoredCredentials, MAX_ITERATIONS};
+use std::io::{Error, ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Iterations for new entries.
 pub const ITERATIONS: u32 = 4096;
 
 /// Read the credentials of every mechanism from a passwd file.
+///
+/// Empty lines and lines starting with `#` are skipped, and so are lines of
+/// mechanisms this version does not know (a newer tool may add some). A
+/// malformed line is an `InvalidData` error naming its line number.
 pub fn read(path: &Path) -> std::io::Result<Vec<StoredCredentials>> {
-    let _ = path;
-    todo!("passwd")
+    let text = std::fs::read_to_string(path)?;
+    parse(&text)
+}
+
+/// Parse the contents of a passwd file (see `read`).
+pub fn parse(text: &str) -> std::io::Result<Vec<StoredCredentials>> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| Error::new(ErrorKind::InvalidData, format!("line {}: {why}", n + 1));
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        let Some(hash) = fields.first().and_then(|m| Hash::from_mechanism(m)) else {
+            continue;
+        };
+        let [_, iterations, salt, stored_key, server_key] = fields[..] else {
+            return Err(bad("expected 5 fields"));
+        };
+        let iterations = match iterations.parse::<u32>() {
+            Ok(i) if i > 0 && i <= MAX_ITERATIONS => i,
+            _ => return Err(bad("bad iteration count")),
+        };
+        let key = |s: &str, what: &str| match b64decode(s) {
+            Ok(k) if k.len() == hash.output_len() => Ok(k),
+            _ => Err(bad(what)),
+        };
+        let salt = b64decode(salt).map_err(|_| bad("bad salt"))?;
+        if salt.is_empty() {
+            return Err(bad("empty salt"));
+        }
+        out.push(StoredCredentials {
+            hash,
+            salt,
+            iterations,
+            stored_key: key(stored_key, "bad stored key")?,
+            server_key: key(server_key, "bad server key")?,
+        });
+    }
+    Ok(out)
+}
+
+/// The text of a passwd file holding these entries.
+pub fn format(creds: &[StoredCredentials]) -> String {
+    creds
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} {} {}\n",
+                c.hash.mechanism(),
+                c.iterations,
+                b64encode(&c.salt),
+                b64encode(&c.stored_key),
+                b64encode(&c.server_key)
+            )
+        })
+        .collect()
+}
+
+/// Write `contents` to `path` atomically: a temporary file in the same
+/// directory created with mode 0600, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).map_err(|e| Error::other(format!("no random numbers: {e}")))?;
+    let tmp_name = format!(
+        ".{}.tmp.{}.{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename itself durable.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Derive SCRAM-SHA-1 and SCRAM-SHA-256 entries for `password` with fresh
 /// salts and write them atomically (tmp file, fsync, rename), mode 0600.
+///
+/// An empty password, or one with control characters (which no SASL
+/// exchange can carry), is refused with `InvalidInput`.
 pub fn write(path: &Path, password: &str) -> std::io::Result<()> {
-    let _ = password;
-    let _ = path;
-    todo!("passwd")
+    if password.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidInput, "empty password"));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "control character in password",
+        ));
+    }
+    let mut creds = Vec::new();
+    for hash in [Hash::Sha256, Hash::Sha1] {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| Error::other(format!("no random numbers: {e}")))?;
+        creds.push(StoredCredentials::derive(hash, password, &salt, ITERATIONS));
+    }
+    write_atomic(path, format(&creds).as_bytes())
 }
 
 /// The entry for one mechanism.
 pub fn find(creds: &[StoredCredentials], hash: Hash) -> Option<&StoredCredentials> {
     creds.iter().find(|c| c.hash == hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let mut r = [0u8; 8];
+            getrandom::fill(&mut r).expect("random");
+            let p = std::env::temp_dir().join(format!(
+                "sj-passwd-test-{tag}-{}-{}",
+                std::process::id(),
+                u64::from_le_bytes(r)
+            ));
+            std::fs::create_dir(&p).expect("mkdir");
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn passwd_write_read() {
+        let dir = TempDir::new("rw");
+        let path = dir.0.join("passwd");
+        write(&path, "pencil").expect("write");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("pencil"));
+        assert_eq!(text.lines().count(), 2);
+        let creds = read(&path).expect("parse");
+        assert_eq!(creds.len(), 2);
+        for hash in [Hash::Sha1, Hash::Sha256] {
+            let c = find(&creds, hash).expect("entry");
+            assert_eq!(c.iterations, ITERATIONS);
+            assert!(c.verify_plain("pencil"));
+            assert!(!c.verify_plain("pencil2"));
+        }
+        // Fresh salts every time; the old file is replaced, no temp file left.
+        write(&path, "other").expect("rewrite");
+        let again = read(&path).expect("parse");
+        assert_ne!(again[0].salt, creds[0].salt);
+        assert!(find(&again, Hash::Sha256).is_some_and(|c| c.verify_plain("other")));
+        let names: Vec<_> = std::fs::read_dir(&dir.0)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("passwd")]);
+    }
+
+    #[test]
+    fn passwd_write_refuses() {
+        let dir = TempDir::new("refuse");
+        let path = dir.0.join("passwd");
+        assert_eq!(
+            write(&path, "").map_err(|e| e.kind()),
+            Err(ErrorKind::InvalidInput)
+        );
+        assert_eq!(
+            write(&path, "a\nb").map_err(|e| e.kind()),
+            Err(ErrorKind::InvalidInput)
+        );
+        assert!(!path.exists());
+        assert!(write(&dir.0.join("missing/passwd"), "pw").is_err());
+    }
+
+    #[test]
+    fn passwd_parse_round_trip_and_errors() {
+        let creds = vec![StoredCredentials::derive(
+            Hash::Sha256,
+            "pencil",
+            b"salt",
+            8,
+        )];
+        let text = format(&creds);
+        assert_eq!(parse(&text).expect("parse"), creds);
+        let with_noise = format!("# comment\n\nSCRAM-SHA-512 1 a b c\n{text}");
+        assert_eq!(parse(&with_noise).expect("parse"), creds);
+        let good: Vec<&str> = text.split_whitespace().collect();
+        let bad_lines = [
+            format!("{} {} {} {}", good[0], good[1], good[2], good[3]),
+            format!("{} 0 {} {} {}", good[0], good[2], good[3], good[4]),
+            format!("{} x {} {} {}", good[0], good[2], good[3], good[4]),
+            format!(
+                "{} 99999999999 {} {} {}",
+                good[0], good[2], good[3], good[4]
+            ),
+            format!("{} {} *** {} {}", good[0], good[1], good[3], good[4]),
+            format!("{} {} {} c2hvcnQ= {}", good[0], good[1], good[2], good[4]),
+            format!(
+                "{} {} {} {} {} extra",
+                good[0], good[1], good[2], good[3], good[4]
+            ),
+            format!(
+                "SCRAM-SHA-1 {} {} {} {}",
+                good[1], good[2], good[3], good[4]
+            ),
+        ];
+        for bad in bad_lines {
+            let err = parse(&format!("# x\n{bad}\n")).expect_err(&bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidData);
+            assert!(err.to_string().starts_with("line 2:"), "{err}");
+        }
+        assert_eq!(parse("").expect("empty"), vec![]);
+    }
+
+    #[test]
+    fn passwd_read_missing() {
+        let dir = TempDir::new("missing");
+        assert_eq!(
+            read(&dir.0.join("passwd")).map_err(|e| e.kind()),
+            Err(ErrorKind::NotFound)
+        );
+    }
 }
