@@ -196,9 +196,12 @@ pub fn from_handler(to: Option<&str>, id: &str, success: bool, out: &[u8]) -> St
         let Some(rec) = one_record(&w) else {
             return fail();
         };
-        // RFC 6120 §8.2.3: a result has zero or one payload child.
+        // RFC 6120 §8.2.3: a result has zero or one payload child, and
+        // character data is no payload.
         match Element::parse(&rec) {
-            Some(e) if e.elements().count() <= 1 => {}
+            Some(e)
+                if e.elements().count() <= 1
+                    && e.text().chars().all(|c| c.is_ascii_whitespace()) => {}
             _ => return fail(),
         }
         rec.strip_suffix(b"\n").unwrap_or(&rec).to_vec()
