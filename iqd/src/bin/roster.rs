@@ -187,14 +187,16 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
         .map_err(|e| Fatal::io(format!("open {}", fifo.display()), &e))?;
 
     let inp = dir.join("in");
-    let w = sj::fifo::open_write(&inp)
-        .map_err(|e| Fatal::io(format!("open {}", inp.display()), &e))?
-        .ok_or_else(|| {
-            Fatal::temporary(format!(
-                "unable to write {}: no reader (is sj-proxy running?)",
-                inp.display()
-            ))
-        })?;
+    let w = match sj::fifo::open_write(&inp) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        r => r.map_err(|e| Fatal::io(format!("open {}", inp.display()), &e))?,
+    };
+    let w = w.ok_or_else(|| {
+        Fatal::temporary(format!(
+            "unable to write {}: no reader (is sj-proxy running?)",
+            inp.display()
+        ))
+    })?;
     match nix::unistd::write(&w, rec.as_bytes()) {
         Ok(k) if k == rec.len() => {}
         Ok(_) => {
