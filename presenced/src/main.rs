@@ -1,2 +1,1112 @@
-//! (being written)
-fn main() {}
+//! presenced: the presence authority of sj-proxy (DESIGN §2, §3, §5).
+//!
+//! What it does: reads presence records from sj-proxy on stdin and writes
+//! records to send on stdout. It keeps `DIR/<contact>/presence` (one line,
+//! the most available of the contact's resources), caches each contact
+//! resource's last available presence and replays the cache to a client
+//! the first time that client says it is available, logs subscription
+//! requests and presence errors as events in `DIR/<contact>/out` and
+//! `DIR/subscriptions`, and computes the account's broadcast presence from
+//! `DIR/mypresence` and the presences of the connected clients. Directed
+//! presence comes from `DIR/<contact>/mypresence`. Both files are watched
+//! with inotify.
+//!
+//! What it does not do: talk to the network, route records, touch the
+//! roster, or approve subscriptions unless `-a` is given.
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use sj::exit::Fatal;
+use sj::jid::Jid;
+use sj::path::Kind;
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[allow(dead_code)]
+mod common;
+use common::{one_line, MyPresence, Show};
+
+const USAGE: &str = "usage: presenced [-v] [-a] -d DIR JID";
+const CAPS_NS: &str = "http://jabber.org/protocol/caps";
+const CLIENT_NS: &str = "jabber:client";
+const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Longest record accepted on stdin (the framer's limit plus slack).
+const MAX_LINE: usize = 512 * 1024;
+
+fn main() -> ExitCode {
+    sj::log::init("presenced");
+    sj::exit::finish(run())
+}
+
+struct Args {
+    dir: PathBuf,
+    jid: Jid,
+    auto_approve: bool,
+}
+
+fn parse_args() -> Result<Args, Fatal> {
+    use lexopt::prelude::*;
+    let usage = |e: &dyn std::fmt::Display| Fatal::permanent(format!("{e}; {USAGE}"));
+    let mut p = lexopt::Parser::from_env();
+    let mut dir: Option<PathBuf> = None;
+    let mut jid: Option<String> = None;
+    let mut auto_approve = false;
+    while let Some(arg) = p.next().map_err(|e| usage(&e))? {
+        match arg {
+            Short('v') => sj::log::set_verbose(true),
+            Short('a') => auto_approve = true,
+            Short('d') => dir = Some(p.value().map_err(|e| usage(&e))?.into()),
+            Short('h') | Long("help") => return Err(Fatal::permanent(USAGE)),
+            Value(v) if jid.is_none() => {
+                jid = Some(v.string().map_err(|e| usage(&e))?);
+            }
+            _ => return Err(usage(&arg.unexpected())),
+        }
+    }
+    let dir = dir
+        .or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from))
+        .ok_or_else(|| Fatal::permanent(format!("no DIR given; {USAGE}")))?;
+    let jid = jid
+        .or_else(|| std::env::var("SJ_JID").ok())
+        .ok_or_else(|| Fatal::permanent(format!("no JID given; {USAGE}")))?;
+    let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{e}: {jid}")))?;
+    Ok(Args {
+        dir,
+        jid,
+        auto_approve,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Pure logic: what a presence stanza says, aggregation, stanzas to send.
+
+/// The parts of a `<presence/>` record presenced looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Pres {
+    from: Option<String>,
+    to: Option<String>,
+    typ: Option<String>,
+    show: Option<String>,
+    status: String,
+    priority: i8,
+    /// The entity-caps `<c/>` element, verbatim.
+    caps: Option<Vec<u8>>,
+    /// Error condition and text for `type='error'`.
+    error: Option<String>,
+}
+
+fn parse_presence(record: &[u8]) -> Option<Pres> {
+    let e = sj::xml::Element::parse(record)?;
+    if e.local_name() != "presence" || e.ns != CLIENT_NS {
+        return None;
+    }
+    let mut p = Pres {
+        from: e.attr("from").map(str::to_string),
+        to: e.attr("to").map(str::to_string),
+        typ: e.attr("type").map(str::to_string),
+        ..Pres::default()
+    };
+    p.show = e.child("show", CLIENT_NS).map(|s| s.text());
+    // Prefer a status without xml:lang, else the first one.
+    let mut statuses = e
+        .elements()
+        .filter(|c| c.local_name() == "status" && c.ns == CLIENT_NS);
+    let first = statuses.next();
+    let plain = e
+        .elements()
+        .find(|c| c.local_name() == "status" && c.ns == CLIENT_NS && c.attr("xml:lang").is_none());
+    if let Some(s) = plain.or(first) {
+        p.status = one_line(&s.text());
+    }
+    p.priority = e
+        .child("priority", CLIENT_NS)
+        .and_then(|c| c.text().trim().parse::<i8>().ok())
+        .unwrap_or(0);
+    p.caps = e
+        .child("c", CAPS_NS)
+        .and_then(|c| record.get(c.span.clone()))
+        .map(<[u8]>::to_vec);
+    if let Some(err) = e.child("error", CLIENT_NS) {
+        let cond = err
+            .elements()
+            .find(|c| c.ns == STANZAS_NS && c.local_name() != "text")
+            .map(|c| c.local_name().to_string())
+            .unwrap_or_else(|| "undefined-condition".to_string());
+        let text = err
+            .child("text", STANZAS_NS)
+            .map(|t| one_line(&t.text()))
+            .filter(|t| !t.is_empty());
+        p.error = Some(match text {
+            Some(t) => format!("{cond}: {t}"),
+            None => cond,
+        });
+    }
+    Some(p)
+}
+
+/// One resource's available presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resource {
+    show: Show,
+    status: String,
+    priority: i8,
+    /// The record as received (for replay), with its LF.
+    record: Vec<u8>,
+}
+
+/// The one-line summary of a contact's resources: the most available
+/// (chat > online > away > xa > dnd), ties broken by higher priority, then
+/// by resource name; `offline` when none is available.
+fn aggregate<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> String {
+    let best = resources
+        .into_iter()
+        .min_by_key(|r| (r.show, std::cmp::Reverse(r.priority)));
+    match best {
+        None => "offline".to_string(),
+        Some(r) if r.status.is_empty() => r.show.as_str().to_string(),
+        Some(r) => format!("{} {}", r.show, r.status),
+    }
+}
+
+/// A connected client's own broadcast presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientPres {
+    show: Show,
+    status: String,
+    priority: i8,
+    caps: Option<Vec<u8>>,
+    /// When it last changed (higher = more recent).
+    seq: u64,
+}
+
+/// The chosen presence: show, status, priority, caps element.
+type Chosen<'a> = (Show, &'a str, i8, Option<&'a [u8]>);
+
+/// What the account's broadcast presence is: the most available of
+/// `mypresence` and the clients' presences; on equal show the higher
+/// priority, then a client over `mypresence` (it has caps), then the most
+/// recently changed client. `None` = unavailable.
+fn choose<'a>(
+    mine: &'a MyPresence,
+    clients: impl IntoIterator<Item = &'a ClientPres>,
+) -> Option<Chosen<'a>> {
+    type Key = (Show, std::cmp::Reverse<i8>, u8, std::cmp::Reverse<u64>);
+    let mut best: Option<(Key, Chosen<'a>)> = None;
+    let mut offer = |key: Key, val| {
+        if best.as_ref().is_none_or(|(k, _)| key < *k) {
+            best = Some((key, val));
+        }
+    };
+    if mine.show != Show::Offline {
+        offer(
+            (
+                mine.show,
+                std::cmp::Reverse(mine.priority),
+                1,
+                std::cmp::Reverse(0),
+            ),
+            (mine.show, mine.status.as_str(), mine.priority, None),
+        );
+    }
+    for c in clients {
+        if c.show == Show::Offline {
+            continue;
+        }
+        offer(
+            (
+                c.show,
+                std::cmp::Reverse(c.priority),
+                0,
+                std::cmp::Reverse(c.seq),
+            ),
+            (c.show, c.status.as_str(), c.priority, c.caps.as_deref()),
+        );
+    }
+    best.map(|(_, v)| v)
+}
+
+/// `<presence>` with show, status, priority and caps as needed, LF-terminated.
+fn build_presence(
+    to: Option<&str>,
+    show: Show,
+    status: &str,
+    priority: i8,
+    caps: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut head = b"<presence".to_vec();
+    if let Some(to) = to {
+        head.extend_from_slice(format!(" to='{}'", sj::escape::attr(to)).as_bytes());
+    }
+    if show == Show::Offline {
+        head.extend_from_slice(b" type='unavailable'");
+        if !status.is_empty() {
+            head.extend_from_slice(format!(">{}</presence>\n", status_el(status)).as_bytes());
+        } else {
+            head.extend_from_slice(b"/>\n");
+        }
+        return head;
+    }
+    let mut body = Vec::new();
+    if let Some(w) = show.stanza_word() {
+        body.extend_from_slice(format!("<show>{w}</show>").as_bytes());
+    }
+    if !status.is_empty() {
+        body.extend_from_slice(status_el(status).as_bytes());
+    }
+    if priority != 0 {
+        body.extend_from_slice(format!("<priority>{priority}</priority>").as_bytes());
+    }
+    if let Some(c) = caps {
+        body.extend_from_slice(c);
+    }
+    if body.is_empty() {
+        head.extend_from_slice(b"/>\n");
+    } else {
+        head.push(b'>');
+        head.extend_from_slice(&body);
+        head.extend_from_slice(b"</presence>\n");
+    }
+    head
+}
+
+fn status_el(status: &str) -> String {
+    format!("<status>{}</status>", sj::escape::text(status))
+}
+
+const UNAVAILABLE: &[u8] = b"<presence type='unavailable'/>\n";
+
+/// The text of the `-!-` event for a subscription-related presence type.
+fn subscription_event(typ: &str, bare: &str, auto: bool) -> Option<String> {
+    Some(match typ {
+        "subscribe" if auto => {
+            format!("<{bare}> asks to subscribe to your presence (approved automatically)")
+        }
+        "subscribe" => format!("<{bare}> asks to subscribe to your presence"),
+        "subscribed" => format!("<{bare}> approved your subscription to their presence"),
+        "unsubscribe" => format!("<{bare}> unsubscribed from your presence"),
+        "unsubscribed" => {
+            format!("<{bare}> denied or cancelled your subscription to their presence")
+        }
+        _ => return None,
+    })
+}
+
+/// Replays of cached contact presences, each addressed to `to`.
+fn replay<'a>(cache: impl IntoIterator<Item = &'a Resource>, to: &str) -> Vec<Vec<u8>> {
+    cache
+        .into_iter()
+        .map(|r| {
+            let rec = r.record.strip_suffix(b"\n").unwrap_or(&r.record);
+            let mut out = sj::xml::set_attr(rec, "to", to);
+            if out.last() != Some(&b'\n') {
+                out.push(b'\n');
+            }
+            out
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The daemon state.
+
+struct State {
+    dir: PathBuf,
+    /// Own bare JID, normalised.
+    bare: Jid,
+    /// Own bound full JID.
+    full: Jid,
+    auto_approve: bool,
+    /// Contact bare JID → full JID → available presence.
+    contacts: BTreeMap<String, BTreeMap<String, Resource>>,
+    /// Connected clients (first available until unavailable), by name.
+    clients: BTreeMap<String, ClientPres>,
+    mine: MyPresence,
+    /// DIR/mypresence is malformed (warned once).
+    mine_bad: bool,
+    /// Contact directory → (contact JID, directed presence last sent).
+    directed: BTreeMap<String, (String, MyPresence)>,
+    last_broadcast: Option<Vec<u8>>,
+    seq: u64,
+    /// Records to write to stdout.
+    out: Vec<Vec<u8>>,
+}
+
+impl State {
+    fn new(dir: PathBuf, full: Jid, auto_approve: bool) -> State {
+        State {
+            dir,
+            bare: full.bare(),
+            full,
+            auto_approve,
+            contacts: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            mine: MyPresence::default(),
+            mine_bad: false,
+            directed: BTreeMap::new(),
+            last_broadcast: None,
+            seq: 0,
+            out: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, rec: Vec<u8>) {
+        sj::log::trace(">", &rec);
+        self.out.push(rec);
+    }
+
+    /// The contact's directory, created 0700 if missing.
+    fn contact_dir(&self, bare: &str) -> Option<PathBuf> {
+        let comp = match sj::path::component(Kind::Contact, bare) {
+            Ok(c) => c,
+            Err(e) => {
+                sj::log::warn(&format!("no directory for {bare}: {e}"));
+                return None;
+            }
+        };
+        let d = self.dir.join(comp);
+        if let Err(e) = sj::fifo::make_dir(&d) {
+            sj::log::warn(&format!(
+                "unable to create {}: {}",
+                d.display(),
+                sj::log::strerror(&e)
+            ));
+            return None;
+        }
+        Some(d)
+    }
+
+    fn handle_record(&mut self, rec: &[u8]) {
+        sj::log::trace("<", rec);
+        let Some(p) = parse_presence(rec) else {
+            return;
+        };
+        let Some(from) = p.from.as_deref() else {
+            return;
+        };
+        let Ok(fj) = Jid::parse(from) else {
+            sj::log::warn(&format!("presence with invalid from: {from}"));
+            return;
+        };
+        if fj == self.full {
+            return; // the server echoing our own presence
+        }
+        if fj.bare() == self.bare && p.to.is_none() {
+            if let Some(name) = fj.resource() {
+                let name = name.to_string();
+                self.client_presence(&name, &p);
+            }
+            return;
+        }
+        let bare = fj.bare().to_string();
+        let mut line = rec.to_vec();
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        match p.typ.as_deref() {
+            None => {
+                let r = Resource {
+                    show: Show::from_stanza(p.show.as_deref()),
+                    status: p.status.clone(),
+                    priority: p.priority,
+                    record: line,
+                };
+                self.contacts
+                    .entry(bare.clone())
+                    .or_default()
+                    .insert(fj.to_string(), r);
+                self.write_contact(&bare);
+            }
+            Some("unavailable") => {
+                if let Some(m) = self.contacts.get_mut(&bare) {
+                    if fj.is_bare() {
+                        m.clear();
+                    } else {
+                        m.remove(&fj.to_string());
+                    }
+                    if m.is_empty() {
+                        self.contacts.remove(&bare);
+                    }
+                }
+                self.write_contact(&bare);
+            }
+            Some(t @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
+                let t = t.to_string();
+                self.subscription(&bare, &t);
+            }
+            Some("error") => {
+                let why = p.error.as_deref().unwrap_or("undefined-condition");
+                self.event(&bare, &format!("presence error from <{from}>: {why}"));
+            }
+            Some(_) => {} // probe, or unknown: the server's business
+        }
+    }
+
+    fn client_presence(&mut self, name: &str, p: &Pres) {
+        match p.typ.as_deref() {
+            None => {
+                self.seq += 1;
+                let c = ClientPres {
+                    show: Show::from_stanza(p.show.as_deref()),
+                    status: p.status.clone(),
+                    priority: p.priority,
+                    caps: p.caps.clone(),
+                    seq: self.seq,
+                };
+                let new = self.clients.insert(name.to_string(), c).is_none();
+                if new {
+                    let to = format!("{}/{}", self.bare, name);
+                    let recs = replay(self.contacts.values().flat_map(|m| m.values()), &to);
+                    for r in recs {
+                        self.send(r);
+                    }
+                }
+                self.broadcast();
+            }
+            Some("unavailable") => {
+                if self.clients.remove(name).is_some() {
+                    self.broadcast();
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Recompute and send the account's presence if it changed.
+    fn broadcast(&mut self) {
+        let rec = match choose(&self.mine, self.clients.values()) {
+            Some((show, status, prio, caps)) => build_presence(None, show, status, prio, caps),
+            None => UNAVAILABLE.to_vec(),
+        };
+        if self.last_broadcast.as_deref() == Some(&rec[..]) {
+            return;
+        }
+        self.last_broadcast = Some(rec.clone());
+        self.send(rec);
+        // A broadcast reaches subscribed contacts too; directed presences
+        // are sent again after it so they stay what the files say.
+        let again: Vec<Vec<u8>> = self
+            .directed
+            .values()
+            .map(|(jid, m)| build_presence(Some(jid), m.show, &m.status, m.priority, None))
+            .collect();
+        for r in again {
+            self.send(r);
+        }
+    }
+
+    fn write_contact(&mut self, bare: &str) {
+        let line = match self.contacts.get(bare) {
+            Some(m) => aggregate(m.values()),
+            None => "offline".to_string(),
+        };
+        let Some(d) = self.contact_dir(bare) else {
+            return;
+        };
+        let path = d.join("presence");
+        if let Err(e) = sj::fifo::write_atomic(&path, format!("{line}\n").as_bytes()) {
+            sj::log::warn(&format!(
+                "unable to write {}: {}",
+                path.display(),
+                sj::log::strerror(&e)
+            ));
+        }
+    }
+
+    fn subscription(&mut self, bare: &str, typ: &str) {
+        let auto = self.auto_approve && typ == "subscribe";
+        if let Some(text) = subscription_event(typ, bare, auto) {
+            self.event(bare, &text);
+        }
+        let line = format!("{bare} {typ} {}\n", common::utc_now().iso_utc());
+        append(&self.dir.join("subscriptions"), line.as_bytes());
+        if auto {
+            let rec = format!(
+                "<presence to='{}' type='subscribed'/>\n",
+                sj::escape::attr(bare)
+            );
+            self.send(rec.into_bytes());
+        }
+    }
+
+    /// Append `YYYY-MM-DD HH:MM -!- text` to the contact's `out` log.
+    fn event(&self, bare: &str, text: &str) {
+        let Some(d) = self.contact_dir(bare) else {
+            return;
+        };
+        let line = format!(
+            "{} -!- {}\n",
+            common::local_now().log_prefix(),
+            one_line(text)
+        );
+        append(&d.join("out"), line.as_bytes());
+    }
+
+    /// Re-read `DIR/mypresence` and every `DIR/<contact>/mypresence`; send
+    /// what changed. Each contact directory is watched before its file is
+    /// read, so a file written just after the read still wakes us.
+    fn rescan(&mut self, mut watcher: Option<&mut Watcher>) {
+        match read_mypresence(&self.dir.join("mypresence")) {
+            Some(m) => {
+                self.mine = m;
+                self.mine_bad = false;
+            }
+            None if !self.mine_bad => {
+                self.mine_bad = true;
+                sj::log::warn("ignoring DIR/mypresence: unknown show word or bad priority");
+            }
+            None => {}
+        }
+        self.broadcast();
+        let mut seen = BTreeMap::new();
+        if let Ok(rd) = fs::read_dir(&self.dir) {
+            for ent in rd.flatten() {
+                let Ok(name) = ent.file_name().into_string() else {
+                    continue;
+                };
+                if name.starts_with('.') || sj::path::RESERVED.contains(&name.as_str()) {
+                    continue;
+                }
+                if !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                if let Some(w) = watcher.as_deref_mut() {
+                    w.watch(&ent.path());
+                }
+                let f = ent.path().join("mypresence");
+                if !f.exists() {
+                    continue;
+                }
+                let Some(jid) = sj::path::decode(&name) else {
+                    continue;
+                };
+                match read_mypresence(&f) {
+                    Some(m) => {
+                        seen.insert(name, (jid, m));
+                    }
+                    None => {
+                        sj::log::warn(&format!("ignoring {}: bad format", f.display()));
+                        if let Some(old) = self.directed.get(&name) {
+                            seen.insert(name, old.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for (name, (jid, m)) in &seen {
+            if self.directed.get(name).map(|(_, o)| o) != Some(m) {
+                let rec = build_presence(Some(jid), m.show, &m.status, m.priority, None);
+                self.send(rec);
+            }
+        }
+        // A removed directed presence: the contact gets the broadcast one.
+        let gone: Vec<String> = self
+            .directed
+            .iter()
+            .filter(|(n, _)| !seen.contains_key(*n))
+            .map(|(_, (jid, _))| jid.clone())
+            .collect();
+        for jid in gone {
+            let rec = match choose(&self.mine, self.clients.values()) {
+                Some((show, status, prio, caps)) => {
+                    build_presence(Some(&jid), show, status, prio, caps)
+                }
+                None => build_presence(Some(&jid), Show::Offline, "", 0, None),
+            };
+            self.send(rec);
+        }
+        self.directed = seen;
+    }
+
+    /// At start: contacts' presence files from an earlier run are stale.
+    fn reset_presence_files(&self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for ent in rd.flatten() {
+            let p = ent.path().join("presence");
+            if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) && p.is_file() {
+                let _ = sj::fifo::write_atomic(&p, b"offline\n");
+            }
+        }
+    }
+}
+
+/// Read a mypresence file; missing means online, unreadable keeps default.
+fn read_mypresence(path: &Path) -> Option<MyPresence> {
+    match fs::read(path) {
+        Ok(b) => MyPresence::parse(&String::from_utf8_lossy(&b)),
+        Err(_) => Some(MyPresence::default()),
+    }
+}
+
+/// Append one line with one write (O_APPEND), creating the file 0600.
+fn append(path: &Path, line: &[u8]) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let r = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(line));
+    if let Err(e) = r {
+        sj::log::warn(&format!(
+            "unable to append to {}: {}",
+            path.display(),
+            sj::log::strerror(&e)
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The event loop.
+
+struct Watcher {
+    ino: Inotify,
+    watched: HashSet<PathBuf>,
+}
+
+impl Watcher {
+    fn new(dir: &Path) -> Option<Watcher> {
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let mut w = Watcher {
+            ino,
+            watched: HashSet::new(),
+        };
+        w.watch(dir);
+        Some(w)
+    }
+
+    fn watch(&mut self, dir: &Path) {
+        if self.watched.contains(dir) {
+            return;
+        }
+        let flags = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_ONLYDIR;
+        if self.ino.add_watch(dir, flags).is_ok() {
+            self.watched.insert(dir.to_path_buf());
+        }
+    }
+
+    /// Drain events; true when a `mypresence` file or a directory changed.
+    fn drain(&mut self) -> bool {
+        let mut relevant = false;
+        while let Ok(evs) = self.ino.read_events() {
+            if evs.is_empty() {
+                break;
+            }
+            for ev in evs {
+                let is_mine = ev.name.as_deref().is_some_and(|n| n == "mypresence");
+                if is_mine
+                    || ev.mask.contains(AddWatchFlags::IN_ISDIR)
+                    || ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                {
+                    relevant = true;
+                }
+                if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    // A watched directory went away; forget it so a new one
+                    // of the same name gets watched again.
+                    self.watched.clear();
+                    relevant = true;
+                }
+            }
+        }
+        relevant
+    }
+}
+
+fn run() -> Result<(), Fatal> {
+    let args = parse_args()?;
+    sj::fifo::make_dir(&args.dir)
+        .map_err(|e| Fatal::io(format_args!("create {}", args.dir.display()), &e))?;
+    let mut st = State::new(args.dir.clone(), args.jid, args.auto_approve);
+    st.reset_presence_files();
+    let mut watcher = Watcher::new(&args.dir);
+    if watcher.is_none() {
+        sj::log::warn("inotify unavailable; checking mypresence files every second");
+    }
+    st.rescan(watcher.as_mut());
+
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+    sj::io::set_nonblocking(&stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
+    let mut reader = sj::io::LineReader::new(MAX_LINE);
+    let mut queue = sj::io::WriteQueue::new();
+    let mut last_scan = Instant::now();
+
+    loop {
+        for r in st.out.drain(..) {
+            queue.push(r);
+        }
+        if !queue.is_empty() {
+            queue
+                .flush(&stdout)
+                .map_err(|e| Fatal::io("write to stdout", &e))?;
+        }
+        let timeout = if watcher.is_some() {
+            PollTimeout::NONE
+        } else {
+            PollTimeout::from(1000u16)
+        };
+        let (in_ready, ino_ready) = {
+            let mut fds = vec![PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+            if !queue.is_empty() {
+                // Writable stdout just wakes the loop, which flushes at its top.
+                fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLOUT));
+            }
+            let ino_idx = watcher.as_ref().map(|w| {
+                fds.push(PollFd::new(w.ino.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Fatal::io("poll", &e.into())),
+            }
+            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
+            (ready(0), ino_idx.is_some_and(ready))
+        };
+        if ino_ready {
+            if let Some(w) = watcher.as_mut() {
+                if w.drain() {
+                    st.rescan(Some(w));
+                }
+            }
+        }
+        if watcher.is_none() && last_scan.elapsed() >= Duration::from_secs(1) {
+            last_scan = Instant::now();
+            st.rescan(None);
+        }
+        if in_ready {
+            let mut eof = false;
+            loop {
+                match reader.fill(&stdin) {
+                    Ok(sj::io::Read::Data(_)) => {
+                        while let Some(line) = reader.next_line() {
+                            let line = line.to_vec();
+                            st.handle_record(&line);
+                        }
+                    }
+                    Ok(sj::io::Read::WouldBlock) => break,
+                    Ok(sj::io::Read::Eof) => {
+                        eof = true;
+                        break;
+                    }
+                    Err(e) => return Err(Fatal::io("read stdin", &e)),
+                }
+            }
+            if eof {
+                for r in st.out.drain(..) {
+                    queue.push(r);
+                }
+                queue.push(UNAVAILABLE.to_vec());
+                return drain_out(&mut queue, &stdout);
+            }
+        }
+    }
+}
+
+/// Flush what is left at shutdown, waiting at most a few seconds.
+fn drain_out(queue: &mut sj::io::WriteQueue, stdout: &std::io::Stdout) -> Result<(), Fatal> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match queue.flush(stdout) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => return Ok(()),
+            Err(e) => return Err(Fatal::io("write to stdout", &e)),
+        }
+        if Instant::now() >= deadline {
+            sj::log::warn("giving up flushing stdout at shutdown");
+            return Ok(());
+        }
+        let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(200u16));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(show: Show, status: &str, priority: i8) -> Resource {
+        Resource {
+            show,
+            status: status.into(),
+            priority,
+            record: Vec::new(),
+        }
+    }
+
+    fn client(show: Show, priority: i8, caps: Option<&str>, seq: u64) -> ClientPres {
+        ClientPres {
+            show,
+            status: format!("{show}"),
+            priority,
+            caps: caps.map(|c| c.as_bytes().to_vec()),
+            seq,
+        }
+    }
+
+    #[test]
+    fn aggregation_most_available_then_priority() {
+        assert_eq!(aggregate([]), "offline");
+        let rs = [
+            res(Show::Dnd, "meeting", 10),
+            res(Show::Away, "lunch", 0),
+            res(Show::Xa, "", 50),
+        ];
+        assert_eq!(aggregate(&rs), "away lunch");
+        let rs = [res(Show::Online, "a", 1), res(Show::Online, "b", 5)];
+        assert_eq!(aggregate(&rs), "online b");
+        let rs = [res(Show::Online, "", -1), res(Show::Chat, "", -5)];
+        assert_eq!(aggregate(&rs), "chat");
+    }
+
+    #[test]
+    fn choose_broadcast() {
+        let mut mine = MyPresence::default();
+        // mypresence alone.
+        let c = choose(&mine, []).expect("online");
+        assert_eq!((c.0, c.3), (Show::Online, None));
+        // offline with no clients: unavailable.
+        mine.show = Show::Offline;
+        assert!(choose(&mine, []).is_none());
+        // A client wins over offline and carries its caps and priority.
+        let cl = [client(Show::Away, 3, Some("<c/>"), 1)];
+        let c = choose(&mine, &cl).expect("client");
+        assert_eq!((c.0, c.2, c.3), (Show::Away, 3, Some(&b"<c/>"[..])));
+        // The most available wins.
+        mine.show = Show::Dnd;
+        let cl = [
+            client(Show::Dnd, 9, Some("<c a/>"), 1),
+            client(Show::Online, 0, Some("<c b/>"), 2),
+        ];
+        assert_eq!(choose(&mine, &cl).map(|c| c.3), Some(Some(&b"<c b/>"[..])));
+        // mypresence more available than every client.
+        mine.show = Show::Chat;
+        assert_eq!(choose(&mine, &cl).map(|c| c.0), Some(Show::Chat));
+        // Equal show: a client over mypresence; then most recent client.
+        mine.show = Show::Online;
+        let cl = [
+            client(Show::Online, 0, Some("<c old/>"), 1),
+            client(Show::Online, 0, Some("<c new/>"), 2),
+        ];
+        assert_eq!(
+            choose(&mine, &cl).map(|c| c.3),
+            Some(Some(&b"<c new/>"[..]))
+        );
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("presenced-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        sj::fifo::make_dir(&d).expect("mkdir");
+        d
+    }
+
+    fn state(dir: &Path, auto: bool) -> State {
+        let jid = Jid::parse("alice@localhost/sj-proxy").expect("jid");
+        State::new(dir.to_path_buf(), jid, auto)
+    }
+
+    fn sent(st: &mut State) -> Vec<String> {
+        st.out
+            .drain(..)
+            .map(|r| String::from_utf8_lossy(&r).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn stanzas_built() {
+        let p = |to, show, status, prio, caps: Option<&str>| {
+            String::from_utf8(build_presence(
+                to,
+                show,
+                status,
+                prio,
+                caps.map(str::as_bytes),
+            ))
+            .expect("utf8")
+        };
+        assert_eq!(p(None, Show::Online, "", 0, None), "<presence/>\n");
+        assert_eq!(
+            p(None, Show::Dnd, "a<b", 5, Some("<c xmlns='http://jabber.org/protocol/caps' node='n' ver='v' hash='sha-1'/>")),
+            "<presence><show>dnd</show><status>a&lt;b</status><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' node='n' ver='v' hash='sha-1'/></presence>\n"
+        );
+        assert_eq!(
+            p(Some("bob@x"), Show::Offline, "", 0, None),
+            "<presence to='bob@x' type='unavailable'/>\n"
+        );
+        assert_eq!(
+            p(Some("o'k@x"), Show::Away, "", 0, None),
+            "<presence to='o&apos;k@x'><show>away</show></presence>\n"
+        );
+    }
+
+    #[test]
+    fn mypresence_files_drive_what_is_sent() {
+        let d = tmpdir("scan");
+        let mut st = state(&d, false);
+        st.rescan(None);
+        assert_eq!(sent(&mut st), vec!["<presence/>\n"], "initial presence");
+        st.rescan(None);
+        assert!(sent(&mut st).is_empty(), "nothing changed, nothing sent");
+        fs::write(d.join("mypresence"), "dnd busy\n").expect("write");
+        st.rescan(None);
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence><show>dnd</show><status>busy</status></presence>\n"]
+        );
+        let bob = d.join(sj::path::component(Kind::Contact, "bob@localhost").expect("c"));
+        sj::fifo::make_dir(&bob).expect("mkdir");
+        fs::write(bob.join("mypresence"), "away not for you\n").expect("write");
+        st.rescan(None);
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence to='bob@localhost'><show>away</show><status>not for you</status></presence>\n"]
+        );
+        fs::write(d.join("mypresence"), "offline\n").expect("write");
+        st.rescan(None);
+        assert_eq!(
+            sent(&mut st),
+            vec![
+                "<presence type='unavailable'/>\n",
+                "<presence to='bob@localhost'><show>away</show><status>not for you</status></presence>\n"
+            ]
+        );
+        fs::write(d.join("mypresence"), "bogus words\n").expect("write");
+        st.rescan(None);
+        assert!(sent(&mut st).is_empty(), "a bad file changes nothing");
+        fs::remove_file(bob.join("mypresence")).expect("rm");
+        st.rescan(None);
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence to='bob@localhost' type='unavailable'/>\n"]
+        );
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn subscription_writes_event_and_list() {
+        let d = tmpdir("sub");
+        let mut st = state(&d, false);
+        st.subscription("carol@localhost", "subscribe");
+        assert!(sent(&mut st).is_empty(), "not approved without -a");
+        let out = fs::read_to_string(d.join("carol@localhost/out")).expect("out");
+        assert!(
+            out.ends_with(" -!- <carol@localhost> asks to subscribe to your presence\n"),
+            "{out}"
+        );
+        assert_eq!(out.len(), "YYYY-MM-DD HH:MM".len() + out[16..].len());
+        let subs = fs::read_to_string(d.join("subscriptions")).expect("subs");
+        assert!(subs.starts_with("carol@localhost subscribe 20"), "{subs}");
+        assert!(subs.ends_with("Z\n"));
+        let mut st = state(&d, true);
+        st.subscription("carol@localhost", "subscribe");
+        assert_eq!(
+            sent(&mut st),
+            vec!["<presence to='carol@localhost' type='subscribed'/>\n"]
+        );
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn contact_presence_files_cache_and_replay() {
+        let d = tmpdir("contacts");
+        let mut st = state(&d, false);
+        let bob = d.join("bob@localhost/presence");
+        let rd = |p: &Path| fs::read_to_string(p).expect("read");
+        st.handle_record(b"<presence from='bob@localhost/phone' to='alice@localhost/sj-proxy'><show>away</show><status>lunch\nbreak</status><priority>1</priority></presence>");
+        assert_eq!(rd(&bob), "away lunch break\n");
+        st.handle_record(b"<presence from='Bob@LOCALHOST/pc' to='alice@localhost/sj-proxy'><priority>-1</priority></presence>");
+        assert_eq!(rd(&bob), "online\n", "most available wins");
+        st.handle_record(b"<presence from='carol@localhost/x' to='alice@localhost/sj-proxy'><show>dnd</show></presence>");
+        assert!(sent(&mut st).is_empty());
+        // A client's first available presence gets the cache, addressed to it.
+        st.handle_record(b"<presence from='alice@localhost/gajim'><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/></presence>");
+        let out = sent(&mut st);
+        let replays: Vec<&String> = out
+            .iter()
+            .filter(|r| r.contains("to='alice@localhost/gajim'"))
+            .collect();
+        assert_eq!(replays.len(), 3, "{out:?}");
+        assert!(replays
+            .iter()
+            .all(|r| !r.contains("sj-proxy") && r.ends_with("</presence>\n")));
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some("<presence><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v='/></presence>\n")
+        );
+        // A second available presence from the same client: no replay;
+        // away is less available than mypresence (online), which wins.
+        st.handle_record(b"<presence from='alice@localhost/gajim'><show>away</show></presence>");
+        assert_eq!(sent(&mut st), vec!["<presence/>\n"]);
+        // Unavailable removes from the cache.
+        st.handle_record(
+            b"<presence from='bob@localhost/pc' to='alice@localhost/sj-proxy' type='unavailable'/>",
+        );
+        assert_eq!(rd(&bob), "away lunch break\n");
+        st.handle_record(b"<presence from='bob@localhost/phone' to='alice@localhost/sj-proxy' type='unavailable'/>");
+        assert_eq!(rd(&bob), "offline\n");
+        // The client leaves: mypresence (online) still, nothing new to send.
+        st.handle_record(b"<presence from='alice@localhost/gajim' type='unavailable'/>");
+        assert!(sent(&mut st).is_empty());
+        // Reconnected, it is new again and gets carol only.
+        st.handle_record(b"<presence from='alice@localhost/gajim'/>");
+        let out = sent(&mut st);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(
+            out[0].contains("carol@localhost/x") && out[0].contains("to='alice@localhost/gajim'")
+        );
+        // Own echo is ignored.
+        st.handle_record(
+            b"<presence from='alice@localhost/sj-proxy' to='alice@localhost/sj-proxy'/>",
+        );
+        assert!(sent(&mut st).is_empty());
+        assert!(!d.join("alice@localhost").exists());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn subscription_and_error_records() {
+        let d = tmpdir("subrec");
+        let mut st = state(&d, false);
+        st.handle_record(
+            b"<presence from='carol@localhost' to='alice@localhost' type='subscribe'/>",
+        );
+        st.handle_record(b"<presence from='bob@localhost/x' to='alice@localhost/sj-proxy' type='error'><error type='cancel'><remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>");
+        assert!(sent(&mut st).is_empty());
+        let out = fs::read_to_string(d.join("carol@localhost/out")).expect("out");
+        assert!(out.ends_with("-!- <carol@localhost> asks to subscribe to your presence\n"));
+        let out = fs::read_to_string(d.join("bob@localhost/out")).expect("out");
+        assert!(
+            out.ends_with("-!- presence error from <bob@localhost/x>: remote-server-not-found\n"),
+            "{out}"
+        );
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn subscription_events() {
+        assert_eq!(
+            subscription_event("subscribe", "bob@localhost", false).as_deref(),
+            Some("<bob@localhost> asks to subscribe to your presence")
+        );
+        assert!(subscription_event("subscribe", "b@x", true)
+            .is_some_and(|s| s.ends_with("(approved automatically)")));
+        assert!(subscription_event("subscribed", "b@x", false).is_some());
+        assert!(subscription_event("unsubscribe", "b@x", false).is_some());
+        assert!(subscription_event("unsubscribed", "b@x", false).is_some());
+        assert_eq!(subscription_event("probe", "b@x", false), None);
+    }
+}

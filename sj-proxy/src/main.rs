@@ -1,2 +1,271 @@
-//! (being written)
-fn main() {}
+//! sj-proxy: the one upstream XMPP session of an account, and the router
+//! between it, the daemons and the clients.
+//!
+//! It reads the server on fd 6 and writes it on fd 7 (a UCSPI client wrapper
+//! owns the socket and any TLS), negotiates the stream, then starts
+//! messaged, presenced, iqd and mirrord and routes records (DESIGN §5).
+//! It does not parse conversations, keep logs or talk to clients directly:
+//! those are the daemons' and sj-c2s's jobs.
+
+mod route;
+mod router;
+mod upstream;
+
+use sj::exit::{Fatal, OK};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set by SIGTERM/SIGINT.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+const USAGE: &str =
+    "usage: sj-proxy [-v] [-t] [-d DIR] [-r RESOURCE] [-p PASSWORD_FILE] [-n FD] [-k SECS] JID";
+
+struct Args {
+    verbose: bool,
+    tls: bool,
+    dir: Option<PathBuf>,
+    resource: Option<String>,
+    password_file: Option<PathBuf>,
+    notify_fd: Option<i32>,
+    keepalive: u64,
+    jid: String,
+}
+
+fn parse_args() -> Result<Args, Fatal> {
+    use lexopt::prelude::*;
+    let usage = |e: lexopt::Error| Fatal::permanent(format!("{e}\n{USAGE}"));
+    let mut p = lexopt::Parser::from_env();
+    let mut a = Args {
+        verbose: false,
+        tls: false,
+        dir: std::env::var_os("SJ_DIR").map(PathBuf::from),
+        resource: std::env::var("SJ_RESOURCE").ok(),
+        password_file: std::env::var_os("SJ_PASSWORD_FILE").map(PathBuf::from),
+        notify_fd: None,
+        keepalive: 90,
+        jid: String::new(),
+    };
+    let mut jid = None;
+    while let Some(arg) = p.next().map_err(usage)? {
+        match arg {
+            Short('v') => a.verbose = true,
+            Short('t') => a.tls = true,
+            Short('d') => a.dir = Some(p.value().map_err(usage)?.into()),
+            Short('r') => a.resource = Some(p.value().map_err(usage)?.string().map_err(usage)?),
+            Short('p') => a.password_file = Some(p.value().map_err(usage)?.into()),
+            Short('n') => a.notify_fd = Some(p.value().map_err(usage)?.parse().map_err(usage)?),
+            Short('k') => a.keepalive = p.value().map_err(usage)?.parse().map_err(usage)?,
+            Short('h') | Long("help") => return Err(Fatal::permanent(USAGE)),
+            Value(v) if jid.is_none() => jid = Some(v.string().map_err(usage)?),
+            _ => return Err(usage(arg.unexpected())),
+        }
+    }
+    a.jid = jid.ok_or_else(|| Fatal::permanent(format!("missing JID\n{USAGE}")))?;
+    if a.keepalive == 0 {
+        return Err(Fatal::permanent(
+            "the keepalive interval must be at least 1 second",
+        ));
+    }
+    Ok(a)
+}
+
+/// The password: first line of the password file, or a prompt on a terminal.
+fn read_password(args: &Args) -> Result<String, Fatal> {
+    if let Some(path) = &args.password_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Fatal::io(format!("read {}", path.display()), &e))?;
+        let line = text.split('\n').next().unwrap_or("");
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            return Err(Fatal::permanent(format!(
+                "unable to use {}: the first line is empty",
+                path.display()
+            )));
+        }
+        return Ok(line.to_string());
+    }
+    if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        return prompt_password();
+    }
+    Err(Fatal::permanent(
+        "no password: give -p PASSWORD_FILE or SJ_PASSWORD_FILE",
+    ))
+}
+
+fn prompt_password() -> Result<String, Fatal> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let old = tcgetattr(&stdin).map_err(|e| Fatal::io("read the terminal settings", &e.into()))?;
+    let mut quiet = old.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    eprint!("password: ");
+    let _ = std::io::stderr().flush();
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet)
+        .map_err(|e| Fatal::io("turn off echo", &e.into()))?;
+    let mut line = String::new();
+    let r = stdin.lock().read_line(&mut line);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &old);
+    eprintln!();
+    r.map_err(|e| Fatal::io("read the password", &e))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn write_state(dir: &std::path::Path, state: &str, jid: &str) {
+    let now = utc_now();
+    let line = format!("{state} {jid} {now}\n");
+    if let Err(e) = sj::fifo::write_atomic(&dir.join("state"), line.as_bytes()) {
+        sj::log::warn(&format!(
+            "unable to write {}/state: {}",
+            dir.display(),
+            sj::log::strerror(&e)
+        ));
+    }
+}
+
+/// ISO 8601 UTC, second resolution, without a date library.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn run() -> Result<(), Fatal> {
+    sj::log::init("sj-proxy");
+    let args = parse_args()?;
+    sj::log::set_verbose(args.verbose);
+    let jid = sj::jid::Jid::parse(&args.jid)
+        .map_err(|e| Fatal::permanent(format!("unable to use {}: {e}", args.jid)))?;
+    let bare = jid.bare();
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            let home = std::env::var_os("HOME")
+                .ok_or_else(|| Fatal::permanent("neither -d, SJ_DIR nor HOME is set"))?;
+            PathBuf::from(home).join("xmpp").join(bare.to_string())
+        }
+    };
+    sj::fifo::make_dir(&dir).map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
+    let password = read_password(&args)?;
+    let resource = args
+        .resource
+        .clone()
+        .or_else(|| jid.resource().map(str::to_string));
+
+    // Signals: a flag for the loops, and a self-pipe to wake the poll.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sig_r, sig_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Fatal::io("create the signal pipe", &e.into()))?;
+    for s in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(s, Arc::clone(&stop))
+            .map_err(|e| Fatal::io("set a signal handler", &e))?;
+        let w = sig_w
+            .try_clone()
+            .map_err(|e| Fatal::io("dup the signal pipe", &e))?;
+        signal_hook::low_level::pipe::register(s, w)
+            .map_err(|e| Fatal::io("set a signal handler", &e))?;
+    }
+    {
+        let stop = Arc::clone(&stop);
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            signal_hook::low_level::register(signal_hook::consts::SIGTERM, move || {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+        }
+        .map_err(|e| Fatal::io("set a signal handler", &e))?;
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+        }
+        .map_err(|e| Fatal::io("set a signal handler", &e))?;
+    }
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
+        .map_err(|e| Fatal::io("set a signal handler", &e))?;
+
+    let rfd = upstream::inherit_fd(6, "reading from the server")?;
+    let wfd = upstream::inherit_fd(7, "writing to the server")?;
+    sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set fd 6 non-blocking", &e))?;
+    let tls = args.tls || upstream::wrapper_did_tls();
+    let mut up = upstream::Upstream::new(rfd, wfd, tls, Arc::clone(&stop));
+
+    write_state(&dir, "connecting", "-");
+    let creds = upstream::Credentials {
+        jid: jid.clone(),
+        password,
+        resource,
+    };
+    let session = match up.negotiate(&creds) {
+        Ok(s) => s,
+        Err(e) => {
+            write_state(&dir, "offline", "-");
+            if e.code == OK {
+                let _ = sj::io::write_all(&up.wfd, b"</stream:stream>");
+                return Ok(());
+            }
+            return Err(e);
+        }
+    };
+    let full = session.full.to_string();
+    sj::log::info(&format!(
+        "online as {full}{}",
+        if session.carbons { " with carbons" } else { "" }
+    ));
+    let acct = route::Account {
+        bare: session.full.bare().to_string(),
+        full: full.clone(),
+        resource: session.full.resource().unwrap_or("").to_string(),
+        domain: session.full.domain().to_string(),
+    };
+    let opts = router::Options {
+        dir: dir.clone(),
+        verbose: args.verbose,
+        keepalive: Duration::from_secs(args.keepalive),
+        keepalive_timeout: Duration::from_secs(30),
+    };
+    let mut router = router::Router::new(up, acct, sig_r, opts)?;
+    router.start_daemons();
+    write_state(&dir, "online", &full);
+    if let Some(fd) = args.notify_fd {
+        let owned = upstream::inherit_fd(fd, "the readiness notification")?;
+        let _ = sj::io::write_all(&owned, b"\n");
+    }
+    router.route_early(session.early);
+    let result = router.run();
+    router.shutdown_children();
+    write_state(router.dir(), "offline", "-");
+    match result {
+        Err(e) if e.code == OK => Ok(()),
+        r => r,
+    }
+}
+
+fn main() -> ExitCode {
+    sj::exit::finish(run())
+}

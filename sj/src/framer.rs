@@ -14,6 +14,21 @@
 //! is dead until `reset`.
 //!
 //! Not here: what a record means. The framer knows nothing of stanzas.
+//!
+//! How: a resumable boundary scanner (memchr for `<`, quote tracking inside
+//! tags, CDATA, depth) remembers where it stopped, so one-byte feeds never
+//! rescan; it also refuses what must be refused before a record completes
+//! (size and depth limits, comments, PIs, a nested stream header). Each
+//! complete record then gets one hand-written pass that validates and
+//! canonicalises together; quick-xml is not used because it would need a
+//! second pass anyway for UTF-8, `Char`, name and reference checks. Scanner
+//! errors come from the bytes up to a fixed position and the validating
+//! pass sees whole records only, so errors, too, do not depend on chunking.
+//!
+//! Lenient on purpose: whitespace before the XML declaration or the header
+//! is skipped. Not checked: namespace-aware duplicate attributes (`a:x` and
+//! `b:x` bound to the same URI) and the value of the header's default
+//! namespace (the session programs look at the header attributes).
 
 /// Limits on what one record may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +146,10 @@ const STREAMS_NS: &[u8] = b"http://etherx.jabber.org/streams";
 type Res<T> = Result<T, FrameError>;
 
 fn fail<T>(condition: Condition, detail: impl Into<String>) -> Res<T> {
-    Err(FrameError { condition, detail: detail.into() })
+    Err(FrameError {
+        condition,
+        detail: detail.into(),
+    })
 }
 
 /// What the stream header declared, needed to make records self-contained.
@@ -162,7 +180,11 @@ enum Lex {
     /// At a `<` whose kind is not known yet.
     Lt,
     /// Inside a start or end tag; `quote` is the open quote or 0.
-    Tag { start: usize, quote: u8, end_tag: bool },
+    Tag {
+        start: usize,
+        quote: u8,
+        end_tag: bool,
+    },
     /// Inside a CDATA section whose content starts at `content`.
     Cdata { content: usize },
     /// Inside `<?xml ... ?>` at stream start.
@@ -242,8 +264,18 @@ impl Framer {
             self.scan -= d;
             self.item = self.item.map(|i| i - d);
             self.lex = match self.lex {
-                Lex::Tag { start, quote, end_tag } => Lex::Tag { start: start - d, quote, end_tag },
-                Lex::Cdata { content } => Lex::Cdata { content: content - d },
+                Lex::Tag {
+                    start,
+                    quote,
+                    end_tag,
+                } => Lex::Tag {
+                    start: start - d,
+                    quote,
+                    end_tag,
+                },
+                Lex::Cdata { content } => Lex::Cdata {
+                    content: content - d,
+                },
                 other => other,
             };
         }
@@ -303,18 +335,16 @@ impl Framer {
                     if i == n {
                         return Ok(None);
                     }
+                    if self.phase == Phase::Ended {
+                        return fail(Condition::NotWellFormed, "data after the end of the stream");
+                    }
                     if self.buf[i] != b'<' {
-                        let what = if self.phase == Phase::Ended {
-                            "data after the end of the stream"
-                        } else {
-                            "text outside an element"
-                        };
-                        return fail(Condition::NotWellFormed, what);
+                        return fail(Condition::NotWellFormed, "text outside an element");
                     }
                     self.item = Some(i);
                     self.lex = Lex::Lt;
                 }
-                Lex::Idle => match memchr::memchr(b'<', &self.buf[self.scan..]) {
+                Lex::Idle => match find_byte(b'<', &self.buf[self.scan..]) {
                     None => {
                         self.scan = n;
                         self.limit(n)?;
@@ -335,7 +365,11 @@ impl Framer {
                     let top = self.depth == 0;
                     match b {
                         b'/' => {
-                            self.lex = Lex::Tag { start: p, quote: 0, end_tag: true };
+                            self.lex = Lex::Tag {
+                                start: p,
+                                quote: 0,
+                                end_tag: true,
+                            };
                             self.scan = p + 2;
                         }
                         b'?' if self.phase == Phase::Start => {
@@ -343,7 +377,11 @@ impl Framer {
                             self.scan = p + 2;
                         }
                         b'?' => {
-                            return self.fail_at(p + 2, Condition::RestrictedXml, "processing instruction")
+                            return self.fail_at(
+                                p + 2,
+                                Condition::RestrictedXml,
+                                "processing instruction",
+                            )
                         }
                         b'!' => {
                             const CDATA: &[u8] = b"<![CDATA[";
@@ -360,25 +398,52 @@ impl Framer {
                                         "CDATA outside an element",
                                     );
                                 }
-                                self.lex = Lex::Cdata { content: p + CDATA.len() };
+                                self.lex = Lex::Cdata {
+                                    content: p + CDATA.len(),
+                                };
                                 self.scan = p + CDATA.len();
                             } else {
-                                let what = if avail.starts_with(b"<!-") { "comment" } else { "DTD or markup declaration" };
-                                return self.fail_at(p + avail.len(), Condition::RestrictedXml, what);
+                                let what = if avail.starts_with(b"<!-") {
+                                    "comment"
+                                } else {
+                                    "DTD or markup declaration"
+                                };
+                                return self.fail_at(
+                                    p + avail.len(),
+                                    Condition::RestrictedXml,
+                                    what,
+                                );
                             }
                         }
                         _ => {
-                            self.lex = Lex::Tag { start: p, quote: 0, end_tag: false };
+                            self.lex = Lex::Tag {
+                                start: p,
+                                quote: 0,
+                                end_tag: false,
+                            };
                             self.scan = p + 1;
                         }
                     }
                 }
-                Lex::Tag { start, quote, end_tag } => {
+                Lex::Tag {
+                    start,
+                    quote,
+                    end_tag,
+                } => {
                     let rest = &self.buf[self.scan..];
                     let found = if quote == 0 {
-                        memchr::memchr3(b'>', b'\'', b'"', rest)
+                        let head = rest.len().min(16);
+                        match rest[..head]
+                            .iter()
+                            .position(|&b| matches!(b, b'>' | b'\'' | b'"'))
+                        {
+                            Some(i) => Some(i),
+                            None => {
+                                memchr::memchr3(b'>', b'\'', b'"', &rest[head..]).map(|i| i + head)
+                            }
+                        }
                     } else {
-                        memchr::memchr(quote, rest)
+                        find_byte(quote, rest)
                     };
                     let Some(off) = found else {
                         self.scan = n;
@@ -389,9 +454,17 @@ impl Framer {
                     self.scan = p + 1;
                     let c = self.buf[p];
                     if quote != 0 {
-                        self.lex = Lex::Tag { start, quote: 0, end_tag };
+                        self.lex = Lex::Tag {
+                            start,
+                            quote: 0,
+                            end_tag,
+                        };
                     } else if c != b'>' {
-                        self.lex = Lex::Tag { start, quote: c, end_tag };
+                        self.lex = Lex::Tag {
+                            start,
+                            quote: c,
+                            end_tag,
+                        };
                     } else {
                         self.limit(p + 1)?;
                         self.lex = Lex::Idle;
@@ -500,9 +573,14 @@ impl Framer {
 
     fn finish_record(&mut self, end: usize) -> Res<Event> {
         let start = self.item.take().unwrap_or(self.pos);
-        let (out, is_error) = canonicalise(&self.buf[start..end], self.limits, self.header.as_ref())?;
+        let (out, is_error) =
+            canonicalise(&self.buf[start..end], self.limits, self.header.as_ref())?;
         self.pos = end;
-        Ok(if is_error { Event::StreamError(out) } else { Event::Record(out) })
+        Ok(if is_error {
+            Event::StreamError(out)
+        } else {
+            Event::Record(out)
+        })
     }
 }
 
@@ -512,12 +590,26 @@ pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameErr
     let mut f = Framer::new(Mode::Fragments, limits);
     f.feed(line);
     match f.next_event()? {
-        Some(Event::Record(r)) => match f.next_event()? {
+        // A stream error is still one element: a script may log or send it.
+        Some(Event::Record(r) | Event::StreamError(r)) => match f.next_event()? {
             None if f.buffered() == 0 => Ok(r),
-            _ => fail(Condition::NotWellFormed, "more than one element on the line"),
+            _ => fail(
+                Condition::NotWellFormed,
+                "more than one element on the line",
+            ),
         },
         Some(_) => fail(Condition::NotWellFormed, "not a record"),
         None => fail(Condition::NotWellFormed, "incomplete element"),
+    }
+}
+
+/// `memchr`, but text between tags is usually a few bytes long, where a
+/// plain loop wins over the vector setup.
+fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    let head = hay.len().min(16);
+    match hay[..head].iter().position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None => memchr::memchr(needle, &hay[head..]).map(|i| i + head),
     }
 }
 
@@ -529,7 +621,10 @@ fn is_ws(b: u8) -> bool {
 fn tag_name(tag: &[u8]) -> &[u8] {
     let from = if tag.get(1) == Some(&b'/') { 2 } else { 1 };
     let rest = tag.get(from..).unwrap_or(&[]);
-    let len = rest.iter().position(|&b| is_ws(b) || b == b'/' || b == b'>').unwrap_or(rest.len());
+    let len = rest
+        .iter()
+        .position(|&b| is_ws(b) || b == b'/' || b == b'>')
+        .unwrap_or(rest.len());
     &rest[..len]
 }
 
@@ -587,7 +682,14 @@ fn parse_decl(d: &[u8]) -> Res<()> {
         let value = &inner[vs..i];
         i += 1;
         match name {
-            b"version" if !seen_version && value.starts_with(b"1.") && value.len() > 2 => seen_version = true,
+            b"version"
+                if !seen_version
+                    && value.len() > 2
+                    && value.starts_with(b"1.")
+                    && value[2..].iter().all(u8::is_ascii_digit) =>
+            {
+                seen_version = true
+            }
             b"encoding" if seen_version => {
                 if !value.eq_ignore_ascii_case(b"UTF-8") {
                     return fail(
@@ -625,8 +727,10 @@ fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)
     for a in &c.attrs {
         let name = &tag[a.name.0..a.name.1];
         let raw = &tag[a.value.0..a.value.1];
-        let value = crate::xml::unescape_bytes(raw, true)
-            .ok_or_else(|| FrameError { condition: Condition::NotWellFormed, detail: "bad attribute value".into() })?;
+        let value = crate::xml::unescape_bytes(raw, true).ok_or_else(|| FrameError {
+            condition: Condition::NotWellFormed,
+            detail: "bad attribute value".into(),
+        })?;
         if name == decl.as_slice() && raw == STREAMS_NS {
             ns_ok = true;
         }
@@ -637,13 +741,27 @@ fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)
         attrs.push((String::from_utf8_lossy(name).into_owned(), value));
     }
     if !ns_ok || local != b"stream" {
-        return fail(Condition::InvalidNamespace, "stream element not in the streams namespace");
+        return fail(
+            Condition::InvalidNamespace,
+            "stream element not in the streams namespace",
+        );
     }
-    Ok((Header { qname: qname.to_vec(), prefixes }, attrs))
+    Ok((
+        Header {
+            qname: qname.to_vec(),
+            prefixes,
+        },
+        attrs,
+    ))
+}
+
+/// Names are short: a plain loop beats `memchr` here.
+fn colon(q: &[u8]) -> Option<usize> {
+    q.iter().position(|&b| b == b':')
 }
 
 fn split_qname(q: &[u8]) -> (Option<&[u8]>, &[u8]) {
-    match memchr::memchr(b':', q) {
+    match colon(q) {
         Some(i) => (Some(&q[..i]), &q[i + 1..]),
         None => (None, q),
     }
@@ -659,7 +777,10 @@ fn check_text_bytes(s: &[u8]) -> Res<()> {
             if !matches!(b, b'\t' | b'\n' | b'\r') {
                 return fail(Condition::NotWellFormed, "control character");
             }
-        } else if b == 0xEF && s.get(i + 1) == Some(&0xBF) && matches!(s.get(i + 2), Some(0xBE | 0xBF)) {
+        } else if b == 0xEF
+            && s.get(i + 1) == Some(&0xBF)
+            && matches!(s.get(i + 2), Some(0xBE | 0xBF))
+        {
             return fail(Condition::NotWellFormed, "U+FFFE or U+FFFF");
         }
     }
@@ -684,24 +805,56 @@ fn is_name_char(c: char) -> bool {
         || matches!(c, '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
-/// End of the XML `Name` starting at `i` (0 length if none). Input must be UTF-8.
+const fn ascii_name_table(start: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphabetic()
+            || c == b':'
+            || c == b'_'
+            || (!start && (c.is_ascii_digit() || c == b'-' || c == b'.'));
+        b += 1;
+    }
+    t
+}
+
+static NAME_START_ASCII: [bool; 256] = ascii_name_table(true);
+static NAME_CHAR_ASCII: [bool; 256] = ascii_name_table(false);
+
+/// End of the XML `Name` starting at `i` (0 length if none).
 fn name_end(s: &[u8], mut i: usize) -> usize {
     let start = i;
     while let Some(&b) = s.get(i) {
-        let (c, len) = if b < 0x80 {
-            (b as char, 1)
-        } else {
-            let len = match b {
-                0xC0..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                _ => 4,
+        if b < 0x80 {
+            let ok = if i == start {
+                NAME_START_ASCII[b as usize]
+            } else {
+                NAME_CHAR_ASCII[b as usize]
             };
-            match s.get(i..i + len).and_then(|t| std::str::from_utf8(t).ok()).and_then(|t| t.chars().next()) {
-                Some(c) => (c, len),
-                None => break,
+            if !ok {
+                break;
             }
+            i += 1;
+            continue;
+        }
+        let len = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            _ => 4,
         };
-        let ok = if i == start { is_name_start(c) } else { is_name_char(c) };
+        let Some(c) = s
+            .get(i..i + len)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.chars().next())
+        else {
+            break;
+        };
+        let ok = if i == start {
+            is_name_start(c)
+        } else {
+            is_name_char(c)
+        };
         if !ok {
             break;
         }
@@ -712,9 +865,15 @@ fn name_end(s: &[u8], mut i: usize) -> usize {
 
 /// A namespace-well-formed QName: `local` or `prefix:local`.
 fn is_qname(q: &[u8]) -> bool {
-    match memchr::memchr(b':', q) {
+    match colon(q) {
         None => true,
-        Some(i) => i > 0 && i + 1 < q.len() && memchr::memchr(b':', &q[i + 1..]).is_none() && q[i + 1] != b'-' && !q[i + 1].is_ascii_digit() && q[i + 1] != b'.',
+        // The local part must itself start with a NameStartChar.
+        Some(i) => {
+            i > 0
+                && i + 1 < q.len()
+                && colon(&q[i + 1..]).is_none()
+                && name_end(q, i + 1) == q.len()
+        }
     }
 }
 
@@ -722,7 +881,11 @@ fn is_qname(q: &[u8]) -> bool {
 fn reference_end(s: &[u8], i: usize) -> Res<usize> {
     let rest = &s[i + 1..];
     if rest.first() == Some(&b'#') {
-        let (hex, from) = if rest.get(1) == Some(&b'x') { (true, 2) } else { (false, 1) };
+        let (hex, from) = if rest.get(1) == Some(&b'x') {
+            (true, 2)
+        } else {
+            (false, 1)
+        };
         let mut v: u32 = 0;
         let mut k = from;
         while let Some(&b) = rest.get(k) {
@@ -732,14 +895,19 @@ fn reference_end(s: &[u8], i: usize) -> Res<usize> {
                 b'A'..=b'F' if hex => b - b'A' + 10,
                 _ => break,
             };
-            v = v.saturating_mul(if hex { 16 } else { 10 }).saturating_add(d as u32);
+            v = v
+                .saturating_mul(if hex { 16 } else { 10 })
+                .saturating_add(d as u32);
             k += 1;
         }
         if k == from || rest.get(k) != Some(&b';') {
             return fail(Condition::NotWellFormed, "malformed character reference");
         }
         if !is_xml_char(v) {
-            return fail(Condition::RestrictedXml, "character reference to a non-Char");
+            return fail(
+                Condition::RestrictedXml,
+                "character reference to a non-Char",
+            );
         }
         return Ok(i + 1 + k + 1);
     }
@@ -763,8 +931,22 @@ const fn table(special: &[u8]) -> [bool; 256] {
     t
 }
 
-static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]");
-static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t");
+/// Besides markup, the bytes that may start a non-`Char`: C0 controls and
+/// 0xEF (U+FFFE, U+FFFF), so no separate pass over the record is needed.
+static TEXT_SPECIAL: [bool; 256] = table(b"<&\r\n]\xEF\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F");
+static ATTR_SPECIAL: [bool; 256] = table(b"'\"<&\r\n\t\xEF\x00\x01\x02\x03\x04\x05\x06\x07\x08\x0B\x0C\x0E\x0F\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1A\x1B\x1C\x1D\x1E\x1F");
+
+/// At a byte from the extra part of the tables above: refuse a non-`Char`,
+/// else copy it.
+fn check_special_char(s: &[u8], i: usize) -> Res<()> {
+    match s[i] {
+        0xEF if s.get(i + 1) == Some(&0xBF) && matches!(s.get(i + 2), Some(0xBE | 0xBF)) => {
+            fail(Condition::NotWellFormed, "U+FFFE or U+FFFF")
+        }
+        0xEF => Ok(()),
+        _ => fail(Condition::NotWellFormed, "control character"),
+    }
+}
 
 struct Attr {
     name: (usize, usize),
@@ -789,23 +971,39 @@ struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     fn new(s: &'a [u8], max_attrs: usize) -> Self {
-        Checker { s, i: 0, out: Vec::with_capacity(s.len() + 64), attrs: Vec::new(), max_attrs }
+        Checker {
+            s,
+            i: 0,
+            out: Vec::with_capacity(s.len() + 64),
+            attrs: Vec::new(),
+            max_attrs,
+        }
     }
 
     /// Copy a run of bytes not in `special`.
     fn run(&mut self, special: &[bool; 256]) {
-        let start = self.i;
-        let mut i = start;
-        while i < self.s.len() && !special[self.s[i] as usize] {
-            i += 1;
-        }
-        self.out.extend_from_slice(&self.s[start..i]);
-        self.i = i;
+        let rest = &self.s[self.i..];
+        let n = rest
+            .iter()
+            .position(|&b| special[b as usize])
+            .unwrap_or(rest.len());
+        self.out.extend_from_slice(&rest[..n]);
+        self.i += n;
     }
 
     /// Whitespace inside a tag: a line break becomes a space.
     fn ws(&mut self) -> bool {
         let start = self.i;
+        // Nearly always none or one space.
+        match self.s.get(self.i) {
+            Some(b' ') if !matches!(self.s.get(self.i + 1), Some(b' ' | b'\t' | b'\r' | b'\n')) => {
+                self.out.push(b' ');
+                self.i += 1;
+                return true;
+            }
+            Some(b' ' | b'\t' | b'\r' | b'\n') => {}
+            _ => return false,
+        }
         while let Some(&b) = self.s.get(self.i) {
             match b {
                 b'\r' => {
@@ -859,17 +1057,28 @@ impl<'a> Checker<'a> {
                 Some(b'>') => {
                     self.out.push(b'>');
                     self.i += 1;
-                    return Ok(StartTag { name, name_end_out, self_closing: false });
+                    return Ok(StartTag {
+                        name,
+                        name_end_out,
+                        self_closing: false,
+                    });
                 }
                 Some(b'/') => {
                     self.i += 1;
                     self.out.push(b'/');
                     self.expect(b'>', "expected '>' after '/'")?;
-                    return Ok(StartTag { name, name_end_out, self_closing: true });
+                    return Ok(StartTag {
+                        name,
+                        name_end_out,
+                        self_closing: true,
+                    });
                 }
                 Some(_) => {
                     if !had_ws {
-                        return fail(Condition::NotWellFormed, "missing whitespace before attribute");
+                        return fail(
+                            Condition::NotWellFormed,
+                            "missing whitespace before attribute",
+                        );
                     }
                     let an = self.name()?;
                     self.ws();
@@ -885,9 +1094,16 @@ impl<'a> Checker<'a> {
                     loop {
                         self.run(&ATTR_SPECIAL);
                         match self.s.get(self.i) {
-                            None => return fail(Condition::NotWellFormed, "unterminated attribute value"),
+                            None => {
+                                return fail(
+                                    Condition::NotWellFormed,
+                                    "unterminated attribute value",
+                                )
+                            }
                             Some(&b) if b == q => break,
-                            Some(b'<') => return fail(Condition::NotWellFormed, "'<' in attribute value"),
+                            Some(b'<') => {
+                                return fail(Condition::NotWellFormed, "'<' in attribute value")
+                            }
                             Some(b'&') => {
                                 let e = reference_end(self.s, self.i)?;
                                 self.out.extend_from_slice(&self.s[self.i..e]);
@@ -904,9 +1120,14 @@ impl<'a> Checker<'a> {
                                 self.out.push(b' ');
                                 self.i += 1;
                             }
-                            Some(&b) => {
+                            Some(b'\'' | b'"') => {
                                 // The other quote character.
-                                self.out.push(b);
+                                self.out.push(self.s[self.i]);
+                                self.i += 1;
+                            }
+                            Some(_) => {
+                                check_special_char(self.s, self.i)?;
+                                self.out.push(self.s[self.i]);
                                 self.i += 1;
                             }
                         }
@@ -921,10 +1142,17 @@ impl<'a> Checker<'a> {
                         );
                     }
                     let this = &self.s[an.0..an.1];
-                    if self.attrs.iter().any(|a| &self.s[a.name.0..a.name.1] == this) {
+                    if self
+                        .attrs
+                        .iter()
+                        .any(|a| &self.s[a.name.0..a.name.1] == this)
+                    {
                         return fail(Condition::NotWellFormed, "duplicate attribute");
                     }
-                    self.attrs.push(Attr { name: an, value: (vs, ve) });
+                    self.attrs.push(Attr {
+                        name: an,
+                        value: (vs, ve),
+                    });
                 }
             }
         }
@@ -951,11 +1179,16 @@ impl<'a> Checker<'a> {
                     self.out.extend_from_slice(b"&#10;");
                     self.i += 1;
                 }
-                Some(_) => {
+                Some(b']') => {
                     if self.s[self.i..].starts_with(b"]]>") {
                         return fail(Condition::NotWellFormed, "']]>' in character data");
                     }
                     self.out.push(b']');
+                    self.i += 1;
+                }
+                Some(_) => {
+                    check_special_char(self.s, self.i)?;
+                    self.out.push(self.s[self.i]);
                     self.i += 1;
                 }
             }
@@ -971,11 +1204,16 @@ impl<'a> Checker<'a> {
             return fail(Condition::NotWellFormed, "unterminated CDATA section");
         };
         let end = self.i + len;
+        check_text_bytes(&self.s[self.i..end])?;
         while let Some(off) = memchr::memchr2(b'\r', b'\n', &self.s[self.i..end]) {
             let p = self.i + off;
             self.out.extend_from_slice(&self.s[self.i..p]);
             self.out.extend_from_slice(b"]]>&#10;<![CDATA[");
-            self.i = if self.s[p] == b'\r' && self.s.get(p + 1) == Some(&b'\n') { p + 2 } else { p + 1 };
+            self.i = if self.s[p] == b'\r' && self.s.get(p + 1) == Some(&b'\n') {
+                p + 2
+            } else {
+                p + 1
+            };
         }
         self.out.extend_from_slice(&self.s[self.i..end]);
         self.out.extend_from_slice(b"]]>");
@@ -987,7 +1225,11 @@ impl<'a> Checker<'a> {
 /// Validate one complete top-level element and write its canonical record.
 /// Returns the record and whether it is a `<stream:error>`.
 fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u8>, bool)> {
-    check_text_bytes(s)?;
+    // Non-Chars are caught where the tokenizer meets them: names, tag
+    // whitespace and the tables for text and attribute values.
+    if std::str::from_utf8(s).is_err() {
+        return fail(Condition::NotWellFormed, "invalid UTF-8");
+    }
     let mut c = Checker::new(s, limits.max_attrs);
     // Open elements (qualified-name ranges) and prefix declarations in
     // scope: (prefix range, value range, depth).
@@ -1026,14 +1268,21 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
             }
             Some(b'!') if s[c.i..].starts_with(b"<![CDATA[") => c.cdata()?,
             Some(b'!') => {
-                let what = if s[c.i..].starts_with(b"<!--") { "comment" } else { "DTD or markup declaration" };
+                let what = if s[c.i..].starts_with(b"<!--") {
+                    "comment"
+                } else {
+                    "DTD or markup declaration"
+                };
                 return fail(Condition::RestrictedXml, what);
             }
             Some(b'?') => return fail(Condition::RestrictedXml, "processing instruction"),
             _ => {
                 let depth = stack.len() + 1;
                 if depth > limits.max_depth {
-                    return fail(Condition::PolicyViolation, format!("nesting deeper than {}", limits.max_depth));
+                    return fail(
+                        Condition::PolicyViolation,
+                        format!("nesting deeper than {}", limits.max_depth),
+                    );
                 }
                 let st = c.start_tag()?;
                 let qname = &s[st.name.0..st.name.1];
@@ -1066,11 +1315,7 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
                 }
                 if depth == 1 {
                     insert_at = st.name_end_out;
-                    let ns = match uri {
-                        Some(u) => Some(u),
-                        None => default_ns.map(|v| v.to_vec()),
-                    };
-                    is_error = local == b"error" && ns.as_deref() == Some(STREAMS_NS);
+                    is_error = local == b"error" && uri.or(default_ns) == Some(STREAMS_NS);
                 }
                 if st.self_closing {
                     while decls.last().is_some_and(|x| x.4 >= depth) {
@@ -1104,26 +1349,632 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
 
 /// The namespace of prefix `p` in scope; a prefix known only from the
 /// stream header is noted in `needed` so its declaration can be added.
-fn resolve(
-    s: &[u8],
+fn resolve<'a>(
+    s: &'a [u8],
     p: &[u8],
     decls: &[(usize, usize, usize, usize, usize)],
-    header: Option<&Header>,
+    header: Option<&'a Header>,
     needed: &mut Vec<usize>,
-) -> Res<Vec<u8>> {
+) -> Res<&'a [u8]> {
     if let Some(d) = decls.iter().rev().find(|d| &s[d.0..d.1] == p) {
-        return Ok(s[d.2..d.3].to_vec());
+        return Ok(&s[d.2..d.3]);
     }
     if p == b"xml" {
-        return Ok(b"http://www.w3.org/XML/1998/namespace".to_vec());
+        return Ok(b"http://www.w3.org/XML/1998/namespace");
     }
     if let Some(h) = header {
         if let Some(k) = h.prefixes.iter().position(|(hp, _)| hp.as_slice() == p) {
             if !needed.contains(&k) {
                 needed.push(k);
             }
-            return Ok(h.prefixes[k].1.as_bytes().to_vec());
+            return Ok(h.prefixes[k].1.as_bytes());
         }
     }
-    fail(Condition::InvalidNamespace, format!("undeclared prefix {}", String::from_utf8_lossy(p)))
+    fail(
+        Condition::InvalidNamespace,
+        format!("undeclared prefix {}", String::from_utf8_lossy(p)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HDR: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>";
+
+    /// All events (and the final error, if any) for `input` fed in `chunks`.
+    fn run(mode: Mode, limits: Limits, chunks: &[&[u8]]) -> (Vec<Event>, Option<FrameError>) {
+        let mut f = Framer::new(mode, limits);
+        let mut evs = Vec::new();
+        for c in chunks {
+            f.feed(c);
+            loop {
+                match f.next_event() {
+                    Ok(Some(e)) => evs.push(e),
+                    Ok(None) => break,
+                    Err(e) => {
+                        assert_eq!(f.next_event(), Err(e.clone()), "error must stick");
+                        return (evs, Some(e));
+                    }
+                }
+            }
+        }
+        (evs, None)
+    }
+
+    fn stream(body: &str) -> (Vec<Event>, Option<FrameError>) {
+        let input = format!("{HDR}{body}");
+        run(Mode::Stream, Limits::DEFAULT, &[input.as_bytes()])
+    }
+
+    fn records(body: &str) -> Vec<String> {
+        let (evs, err) = stream(body);
+        assert_eq!(err, None, "{body}");
+        evs.into_iter()
+            .filter_map(|e| match e {
+                Event::Record(r) | Event::StreamError(r) => Some(String::from_utf8(r).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn cond(body: &str) -> Condition {
+        match stream(body).1 {
+            Some(e) => e.condition,
+            None => panic!("accepted: {body:?}"),
+        }
+    }
+
+    fn frag_cond(line: &str) -> Condition {
+        match canonical_record(line.as_bytes(), Limits::DEFAULT) {
+            Err(e) => e.condition,
+            Ok(r) => panic!("accepted: {line:?} -> {:?}", String::from_utf8_lossy(&r)),
+        }
+    }
+
+    #[test]
+    fn header_and_records() {
+        let (evs, err) =
+            stream("<message to='a@b'><body>hi</body></message> \n <presence/></stream:stream>");
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 4);
+        match &evs[0] {
+            Event::Header(h) => {
+                assert_eq!(h.get("to"), Some("example.org"));
+                assert_eq!(
+                    h.get("xmlns:stream"),
+                    Some("http://etherx.jabber.org/streams")
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+        assert_eq!(
+            evs[1],
+            Event::Record(b"<message to='a@b'><body>hi</body></message>\n".to_vec())
+        );
+        assert_eq!(evs[2], Event::Record(b"<presence/>\n".to_vec()));
+        assert_eq!(evs[3], Event::End);
+    }
+
+    #[test]
+    fn header_without_declaration() {
+        let input = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><a/>";
+        let (evs, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 2);
+    }
+
+    #[test]
+    fn canonical_line_breaks() {
+        assert_eq!(
+            records("<m>a\r\nb\rc\nd</m>"),
+            ["<m>a&#10;b&#10;c&#10;d</m>\n"]
+        );
+        assert_eq!(
+            records("<m a='x\r\ny\tz\nw\rv'/>"),
+            ["<m a='x y z w v'/>\n"]
+        );
+        assert_eq!(
+            records("<m>\n  <body>x</body>\r\n</m>"),
+            ["<m>&#10;  <body>x</body>&#10;</m>\n"]
+        );
+        assert_eq!(
+            records("<m><![CDATA[a\r\nb<c]]></m>"),
+            ["<m><![CDATA[a]]>&#10;<![CDATA[b<c]]></m>\n"]
+        );
+        assert_eq!(records("<m\r\n  to=\"x\"\n/>"), ["<m   to=\"x\" />\n"]);
+        // Everything else is kept byte for byte.
+        assert_eq!(
+            records("<m  b=\"1\" a='&amp;&#10;'>&lt;é&#x1F600;></m >"),
+            ["<m  b=\"1\" a='&amp;&#10;'>&lt;é&#x1F600;></m >\n"]
+        );
+    }
+
+    #[test]
+    fn header_prefix_added() {
+        let r = records(
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>\
+             <stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(
+            r[0],
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+             <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>\n"
+        );
+        let (evs, _) = stream(
+            "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+        );
+        assert_eq!(
+            evs[1],
+            Event::StreamError(
+                b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>\
+                  <conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>\n"
+                    .to_vec()
+            )
+        );
+        // Used only on a nested element: declared on the top-level one.
+        assert_eq!(
+            records("<a><b stream:x='1'/></a>"),
+            ["<a xmlns:stream='http://etherx.jabber.org/streams'><b stream:x='1'/></a>\n"]
+        );
+        // Declared in the record itself: nothing added.
+        assert_eq!(
+            records("<s:a xmlns:s='u'><s:b/></s:a>"),
+            ["<s:a xmlns:s='u'><s:b/></s:a>\n"]
+        );
+        // Another header prefix.
+        let input = b"<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback'>\
+            <db:result from='a'/><s:features/>";
+        let (evs, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err, None);
+        assert_eq!(
+            evs[1],
+            Event::Record(b"<db:result xmlns:db='jabber:server:dialback' from='a'/>\n".to_vec())
+        );
+        assert_eq!(
+            evs[2],
+            Event::Record(b"<s:features xmlns:s='http://etherx.jabber.org/streams'/>\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn stream_namespace_checked() {
+        let bad: [&[u8]; 4] = [
+            b"<stream:stream xmlns:stream='urn:wrong'>",
+            b"<stream xmlns='jabber:client'>",
+            b"<stream:foo xmlns:stream='http://etherx.jabber.org/streams'>",
+            b"<stream:stream>",
+        ];
+        for b in bad {
+            let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[b]);
+            assert_eq!(
+                err.map(|e| e.condition),
+                Some(Condition::InvalidNamespace),
+                "{:?}",
+                String::from_utf8_lossy(b)
+            );
+        }
+    }
+
+    #[test]
+    fn declaration_rules() {
+        let enc = b"<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>";
+        let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[enc]);
+        assert_eq!(
+            err.map(|e| e.condition),
+            Some(Condition::UnsupportedEncoding)
+        );
+        let ok = b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &[ok]).1, None);
+        let pi = b"<?foo bar?><stream:stream>";
+        assert_eq!(
+            run(Mode::Stream, Limits::DEFAULT, &[pi])
+                .1
+                .map(|e| e.condition),
+            Some(Condition::RestrictedXml)
+        );
+        assert_eq!(cond("<?xml version='1.0'?>"), Condition::RestrictedXml);
+        let v = b"<?xml version='1.0>'?><stream:stream>";
+        assert_eq!(
+            run(Mode::Stream, Limits::DEFAULT, &[v])
+                .1
+                .map(|e| e.condition),
+            Some(Condition::NotWellFormed)
+        );
+        let bad = b"<?xml encoding='UTF-8'?>";
+        assert_eq!(
+            run(Mode::Stream, Limits::DEFAULT, &[bad])
+                .1
+                .map(|e| e.condition),
+            Some(Condition::NotWellFormed)
+        );
+    }
+
+    #[test]
+    fn restricted_xml() {
+        for body in [
+            "<!-- hi -->",
+            "<m><!-- hi --></m>",
+            "<m><?pi x?></m>",
+            "<?pi x?>",
+            "<!DOCTYPE x>",
+            "<m><!ENTITY x 'y'></m>",
+            "<m>&foo;</m>",
+            "<m a='&foo;'/>",
+            "<m>&#0;</m>",
+            "<m>&#xD800;</m>",
+            "<m>&#xFFFE;</m>",
+            "<m>&#x110000;</m>",
+        ] {
+            assert_eq!(cond(body), Condition::RestrictedXml, "{body}");
+        }
+    }
+
+    #[test]
+    fn not_well_formed() {
+        for body in [
+            "text<m/>",
+            "<m>a</n>",
+            "<m><a></m></a>",
+            "<s:m xmlns:s='u'></t:m>",
+            "<m a=1/>",
+            "<m a='1'b='2'/>",
+            "<m a='1' a='2'/>",
+            "<m a='<'/>",
+            "<m a='x & y'/>",
+            "<m>x & y</m>",
+            "<m>&#;</m>",
+            "<m>&#xZ;</m>",
+            "<m>&amp</m>",
+            "<m>]]></m>",
+            "<1m/>",
+            "<m -a='1'/>",
+            "<:m/>",
+            "<a:b:c xmlns:a='u'/>",
+            "<m\u{1}/>",
+            "<m>\u{1}</m>",
+            "<m>\u{FFFE}</m>",
+            "<m a='\u{FFFF}'/>",
+            "<m>\u{7}</m>",
+            "<m></m\u{1}>",
+            "<m a='1'\u{1}/>",
+            "<m><![CDATA[\u{2}]]></m>",
+            "<m>\u{FFFF}</m>",
+            "<m\u{FFFE}/>",
+            "<![CDATA[x]]>",
+            "</m>",
+            "<m></m></stream:stream>x",
+            "</stream:stream><m/>",
+            "<a:\u{300}b xmlns:a='u'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+    }
+
+    #[test]
+    fn strict_utf8() {
+        for bad in [
+            &b"<m>\xC0\xAF</m>"[..], // overlong '/'
+            b"<m>\xED\xA0\x80</m>",  // surrogate
+            b"<m>\xE2\x82</m>",      // truncated
+            b"<m>\xFF</m>",
+            b"<m a='\x80'/>",
+        ] {
+            let input = [HDR.as_bytes(), bad].concat();
+            let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+            assert_eq!(
+                err.map(|e| e.condition),
+                Some(Condition::NotWellFormed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn undeclared_prefix() {
+        assert_eq!(cond("<x:m/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<m x:a='1'/>"), Condition::InvalidNamespace);
+        assert_eq!(
+            cond("<m><x:b xmlns:x='u'/><x:c/></m>"),
+            Condition::InvalidNamespace
+        );
+        assert_eq!(frag_cond("<stream:features/>"), Condition::InvalidNamespace);
+        // The xml prefix is always declared.
+        assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
+    }
+
+    #[test]
+    fn second_header_is_bad_format() {
+        assert_eq!(
+            cond("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>"),
+            Condition::BadFormat
+        );
+        assert_eq!(cond("<m><stream:stream>"), Condition::BadFormat);
+    }
+
+    #[test]
+    fn limits() {
+        let pre = Limits::PRE_AUTH;
+        // Never completes: refused once it passes 8 KiB.
+        let big = format!("{HDR}<message><body>{}", "x".repeat(9000));
+        let (evs, err) = run(Mode::Stream, pre, &[big.as_bytes()]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+        let mut f = Framer::new(Mode::Stream, pre);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        f.feed(b"<message><body>");
+        let mut n = 0;
+        let e = loop {
+            f.feed(&[b'y'; 100]);
+            n += 100;
+            match f.next_event() {
+                Ok(None) => assert!(n < 9000),
+                Ok(Some(e)) => panic!("{e:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.condition, Condition::PolicyViolation);
+        assert!(n <= 8300, "caught at {n}");
+        // Just under the limit is fine.
+        let fits = format!("<m>{}</m>", "z".repeat(8 * 1024 - 7));
+        assert_eq!(fits.len(), 8 * 1024);
+        assert!(canonical_record(fits.as_bytes(), pre).is_ok());
+        let over = format!("<m>{}</m>", "z".repeat(8 * 1024 - 6));
+        assert_eq!(
+            canonical_record(over.as_bytes(), pre).map_err(|e| e.condition),
+            Err(Condition::PolicyViolation)
+        );
+        // Depth and attribute count.
+        let deep = "<a>".repeat(17) + &"</a>".repeat(17);
+        assert_eq!(frag_cond_l(&deep, pre), Condition::PolicyViolation);
+        let ok_deep = "<a>".repeat(16) + &"</a>".repeat(16);
+        assert!(canonical_record(ok_deep.as_bytes(), pre).is_ok());
+        let attrs: String = (0..33).map(|i| format!(" a{i}='1'")).collect();
+        assert_eq!(
+            frag_cond_l(&format!("<m{attrs}/>"), pre),
+            Condition::PolicyViolation
+        );
+        let attrs: String = (0..32).map(|i| format!(" a{i}='1'")).collect();
+        assert!(canonical_record(format!("<m{attrs}/>").as_bytes(), pre).is_ok());
+    }
+
+    fn frag_cond_l(line: &str, l: Limits) -> Condition {
+        canonical_record(line.as_bytes(), l)
+            .err()
+            .map(|e| e.condition)
+            .unwrap_or_else(|| panic!("accepted {line}"))
+    }
+
+    #[test]
+    fn set_limits_after_auth() {
+        let mut f = Framer::new(Mode::Fragments, Limits::PRE_AUTH);
+        f.set_limits(Limits::DEFAULT);
+        let big = format!("<m>{}</m>", "z".repeat(20000));
+        f.feed(big.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+    }
+
+    #[test]
+    fn reset_restarts_stream() {
+        let mut f = Framer::new(Mode::Stream, Limits::DEFAULT);
+        f.feed(HDR.as_bytes());
+        f.feed(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/><partial");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+        assert_eq!(f.next_event(), Ok(None));
+        assert!(f.buffered() > 0);
+        f.reset();
+        assert_eq!(f.buffered(), 0);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        // An error sticks until reset.
+        f.feed(b"<!---->");
+        let e = f.next_event().unwrap_err();
+        f.feed(b"<m/>");
+        assert_eq!(f.next_event(), Err(e));
+        f.reset();
+        f.feed(HDR.as_bytes());
+        f.feed(b"<m/>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        assert_eq!(f.next_event(), Ok(Some(Event::Record(b"<m/>\n".to_vec()))));
+    }
+
+    #[test]
+    fn fragments_and_canonical_record() {
+        assert_eq!(
+            canonical_record(
+                b"  <message to='a@b'><body>x\ny</body></message>\r\n",
+                Limits::DEFAULT
+            ),
+            Ok(b"<message to='a@b'><body>x&#10;y</body></message>\n".to_vec())
+        );
+        assert_eq!(frag_cond("<a/><b/>"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a/><b"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a>"), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<m a='1'"), Condition::NotWellFormed);
+        assert_eq!(frag_cond(""), Condition::NotWellFormed);
+        assert_eq!(frag_cond("<a/>x"), Condition::NotWellFormed);
+        let (evs, err) = run(Mode::Fragments, Limits::DEFAULT, &[b"<a/>\n<b>x</b>\n"]);
+        assert_eq!(err, None);
+        assert_eq!(
+            evs,
+            [
+                Event::Record(b"<a/>\n".to_vec()),
+                Event::Record(b"<b>x</b>\n".to_vec())
+            ]
+        );
+    }
+
+    /// A realistic stream: chat, caps presences, a roster, features, CDATA,
+    /// quotes with `>` inside, whitespace keepalives, CRLF.
+    fn sample() -> Vec<u8> {
+        let mut s = String::from(HDR);
+        s.push_str(
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>\n",
+        );
+        for i in 0..20 {
+            s.push_str(&format!(
+                "<message from='a@b/r{i}' to='c@d' type='chat' id='m{i}'>\r\n <body>hi &amp; \"bye\" > {i}\nline2</body>\
+                 <active xmlns='http://jabber.org/protocol/chatstates'/></message> \n\t",
+            ));
+            s.push_str(&format!(
+                "<presence from=\"x@y/{i}\"><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' \
+                 node='https://a.org?x=>' ver='QgayPKawpkPSDYmwT/WM94uAlu0='/><status><![CDATA[<ok>\r\n]]]]></status></presence>",
+            ));
+        }
+        s.push_str("<iq type='result' id='r'><query xmlns='jabber:iq:roster'>");
+        for i in 0..50 {
+            s.push_str(&format!(
+                "<item jid='u{i}@ex.org' name='Ü{i}' subscription='both'><group>G</group></item>"
+            ));
+        }
+        s.push_str("</query></iq>  ");
+        s.push_str("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>");
+        s.into_bytes()
+    }
+
+    fn split_run(input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<FrameError>) {
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for &c in cuts {
+            chunks.push(&input[last..c]);
+            last = c;
+        }
+        chunks.push(&input[last..]);
+        run(Mode::Stream, Limits::DEFAULT, &chunks)
+    }
+
+    #[test]
+    fn chunking_independent() {
+        let input = sample();
+        let whole = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+        assert_eq!(whole.1, None);
+        assert_eq!(whole.0.len(), 1 + 1 + 40 + 1 + 1 + 1);
+        assert!(matches!(whole.0.last(), Some(Event::End)));
+        for e in &whole.0 {
+            if let Event::Record(r) | Event::StreamError(r) = e {
+                assert_eq!(memchr::memchr(b'\n', r), Some(r.len() - 1));
+                assert!(!r.contains(&b'\r'));
+                // Records are self-contained and canonical: a fixed point.
+                assert_eq!(canonical_record(r, Limits::DEFAULT).as_ref(), Ok(r));
+            }
+        }
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole);
+        // Deterministic LCG for pseudo-random cut points.
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for round in 0..20 {
+            let mut cuts = Vec::new();
+            let mut p = 0;
+            loop {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                p += 1 + (x >> 33) as usize % (if round % 2 == 0 { 7 } else { 300 });
+                if p >= input.len() {
+                    break;
+                }
+                cuts.push(p);
+            }
+            assert_eq!(split_run(&input, &cuts), whole, "round {round}");
+        }
+        // Errors are chunking-independent too.
+        let mut bad = input.clone();
+        let at = bad.len() / 2;
+        bad.splice(at..at, b"<!--x-->".iter().copied());
+        let whole_bad = run(Mode::Stream, Limits::DEFAULT, &[&bad]);
+        assert!(whole_bad.1.is_some());
+        let bytes: Vec<&[u8]> = bad.chunks(1).collect();
+        assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole_bad);
+    }
+
+    #[test]
+    fn linear_in_one_byte_feeds() {
+        // One 4 MiB record fed a byte at a time: quadratic rescanning would
+        // take minutes here.
+        let limits = Limits {
+            max_record: 8 << 20,
+            max_depth: 64,
+            max_attrs: 64,
+        };
+        let mut f = Framer::new(Mode::Fragments, limits);
+        let mut input = b"<message a='x'><body>".to_vec();
+        input.resize(4 << 20, b'a');
+        input.extend_from_slice(b"</body></message>");
+        let mut got = 0;
+        for b in input.chunks(1) {
+            f.feed(b);
+            if let Ok(Some(_)) = f.next_event() {
+                got += 1;
+            }
+        }
+        assert_eq!(got, 1);
+        // Many small records, also one byte at a time: the buffer stays small.
+        let mut f = Framer::new(Mode::Fragments, Limits::DEFAULT);
+        let rec = b"<presence from='a@b/c'><show>away</show></presence>\n";
+        let mut max_buf = 0;
+        for _ in 0..20_000 {
+            for b in rec.chunks(1) {
+                f.feed(b);
+                while let Ok(Some(_)) = f.next_event() {}
+                max_buf = max_buf.max(f.buf.len());
+            }
+        }
+        assert!(max_buf < 2 * rec.len(), "{max_buf}");
+    }
+
+    #[test]
+    fn no_panic_on_garbage() {
+        let input = sample();
+        let mut x: u64 = 7;
+        for _ in 0..500 {
+            let mut v = input.clone();
+            for _ in 0..5 {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let i = (x >> 33) as usize % v.len();
+                const MARKUP: &[u8] = b"<>/'\"&!?[]-:= \n\r\x00\xEF";
+                v[i] = if x & (1 << 40) == 0 {
+                    MARKUP[(x >> 20) as usize % MARKUP.len()]
+                } else {
+                    (x >> 13) as u8
+                };
+            }
+            // Errors, too, must not depend on chunking.
+            let whole = run(Mode::Stream, Limits::DEFAULT, &[&v]);
+            let cuts: Vec<usize> = (1..v.len())
+                .filter(|c| c.wrapping_mul(7919).wrapping_add(x as usize) % 13 == 3)
+                .collect();
+            assert_eq!(split_run(&v, &cuts), whole);
+            let small = Limits {
+                max_record: 700,
+                max_depth: 3,
+                max_attrs: 4,
+            };
+            let chunks: Vec<&[u8]> = v.chunks(5).collect();
+            assert_eq!(
+                run(Mode::Stream, small, &chunks),
+                run(Mode::Stream, small, &[&v])
+            );
+            let _ = canonical_record(&v[200..600], Limits::DEFAULT);
+            let _ = crate::xml::Element::parse(&v[200..600]);
+        }
+        for junk in [
+            &b"<"[..],
+            b"<?",
+            b"<?>",
+            b"</",
+            b"<!",
+            b"<a/",
+            b"<![CDATA[]]>",
+            b"\xff\xfe",
+        ] {
+            let _ = run(Mode::Stream, Limits::DEFAULT, &[junk]);
+            let _ = run(Mode::Fragments, Limits::DEFAULT, &[junk]);
+            let _ = canonical_record(junk, Limits::DEFAULT);
+        }
+    }
 }

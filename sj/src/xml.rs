@@ -117,15 +117,16 @@ pub fn set_attr(record: &[u8], name: &str, value: &str) -> Vec<u8> {
     let Some((_, mut scan)) = top_tag(record) else {
         return record.to_vec();
     };
-    let value = escape_attr(value);
-    let found = scan.by_ref().find(|a| &record[a.name.clone()] == name.as_bytes());
-    let mut out = Vec::with_capacity(record.len() + name.len() + value.len() + 4);
+    let found = scan
+        .by_ref()
+        .find(|a| &record[a.name.clone()] == name.as_bytes());
+    let mut out = Vec::with_capacity(record.len() + name.len() + value.len() + 16);
     match (found, scan.close) {
         (Some(a), _) => {
             // Replace the quotes too, so the value may contain either quote.
             out.extend_from_slice(&record[..a.value.start - 1]);
             out.push(b'\'');
-            out.extend_from_slice(value.as_bytes());
+            escape_into(&mut out, value, true);
             out.push(b'\'');
             out.extend_from_slice(&record[a.value.end + 1..]);
         }
@@ -134,7 +135,7 @@ pub fn set_attr(record: &[u8], name: &str, value: &str) -> Vec<u8> {
             out.push(b' ');
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b"='");
-            out.extend_from_slice(value.as_bytes());
+            escape_into(&mut out, value, true);
             out.push(b'\'');
             out.extend_from_slice(&record[close..]);
         }
@@ -230,7 +231,11 @@ impl Iterator for TagScan<'_> {
         let ve = vs + memchr::memchr(q, s.get(vs..)?)?;
         self.i = ve + 1;
         self.done = false;
-        Some(AttrPos { ws_start, name, value: vs..ve })
+        Some(AttrPos {
+            ws_start,
+            name,
+            value: vs..ve,
+        })
     }
 }
 
@@ -241,11 +246,22 @@ fn top_tag(s: &[u8]) -> Option<(std::ops::Range<usize>, TagScan<'_>)> {
         return None;
     }
     let ns = start + 1;
-    let ne = ns + s[ns..].iter().position(|&b| is_ws(b) || b == b'/' || b == b'>')?;
+    let ne = ns
+        + s[ns..]
+            .iter()
+            .position(|&b| is_ws(b) || b == b'/' || b == b'>')?;
     if ne == ns {
         return None;
     }
-    Some((ns..ne, TagScan { s, i: ne, close: None, done: false }))
+    Some((
+        ns..ne,
+        TagScan {
+            s,
+            i: ne,
+            close: None,
+            done: false,
+        },
+    ))
 }
 
 /// Escape for a single- or double-quoted attribute value; line breaks and
@@ -259,21 +275,33 @@ pub(crate) fn escape_text(s: &str) -> String {
 }
 
 fn escape(s: &str, attr: bool) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' if attr => out.push_str("&apos;"),
-            '"' if attr => out.push_str("&quot;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' if attr => out.push_str("&#9;"),
-            c => out.push(c),
-        }
+    let mut out = Vec::with_capacity(s.len() + 8);
+    escape_into(&mut out, s, attr);
+    // Only ASCII bytes were replaced, so this is still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Every byte that needs escaping is ASCII, so working on UTF-8 bytes is exact.
+fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
+    let b = s.as_bytes();
+    let mut from = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let rep: &[u8] = match c {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\'' if attr => b"&apos;",
+            b'"' if attr => b"&quot;",
+            b'\n' => b"&#10;",
+            b'\r' => b"&#13;",
+            b'\t' if attr => b"&#9;",
+            _ => continue,
+        };
+        out.extend_from_slice(&b[from..i]);
+        out.extend_from_slice(rep);
+        from = i + 1;
     }
-    out
+    out.extend_from_slice(&b[from..]);
 }
 
 /// Resolve references in raw character data or an attribute value (`attr`:
@@ -310,7 +338,10 @@ pub(crate) fn unescape_bytes(raw: &[u8], attr: bool) -> Option<String> {
                         } else {
                             r.strip_prefix('#')?.parse::<u32>().ok()?
                         };
-                        if r.starts_with("#x+") || r.starts_with("#+") || !crate::framer::is_xml_char(v) {
+                        if r.starts_with("#x+")
+                            || r.starts_with("#+")
+                            || !crate::framer::is_xml_char(v)
+                        {
                             return None;
                         }
                         char::from_u32(v)?
@@ -346,8 +377,10 @@ fn push_node(parent: &mut Element, node: Node) {
 
 fn parse_tree(s: &[u8]) -> Option<Element> {
     // Namespace bindings in scope: (prefix, URI); "" is the default.
-    let mut bindings: Vec<(String, String)> =
-        vec![(String::new(), "jabber:client".to_owned()), ("xml".to_owned(), XML_NS.to_owned())];
+    let mut bindings: Vec<(String, String)> = vec![
+        (String::new(), "jabber:client".to_owned()),
+        ("xml".to_owned(), XML_NS.to_owned()),
+    ];
     // Open elements with the binding count to restore when they close.
     let mut stack: Vec<(Element, usize)> = Vec::new();
     let mut i = s.iter().position(|&b| !is_ws(b))?;
@@ -390,7 +423,10 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 let cs = i + 9;
                 let ce = cs + memchr::memmem::find(&s[cs..], b"]]>")?;
                 let t = std::str::from_utf8(&s[cs..ce]).ok()?;
-                push_node(parent, Node::Text(t.replace("\r\n", "\n").replace('\r', "\n")));
+                push_node(
+                    parent,
+                    Node::Text(t.replace("\r\n", "\n").replace('\r', "\n")),
+                );
                 i = ce + 3;
             }
             b'?' => return None,
@@ -410,8 +446,16 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 }
                 let close = i + scan.close?;
                 let self_closing = s[close] == b'/';
-                let name = std::str::from_utf8(&s[i + name.start..i + name.end]).ok()?.to_owned();
-                let lookup = |p: &str| bindings.iter().rev().find(|(bp, _)| bp == p).map(|(_, u)| u.clone());
+                let name = std::str::from_utf8(&s[i + name.start..i + name.end])
+                    .ok()?
+                    .to_owned();
+                let lookup = |p: &str| {
+                    bindings
+                        .iter()
+                        .rev()
+                        .find(|(bp, _)| bp == p)
+                        .map(|(_, u)| u.clone())
+                };
                 let (prefix, _) = split_qname(&name);
                 let ns = lookup(prefix)?;
                 for (k, _) in &attrs {
@@ -423,7 +467,13 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 }
                 let start = i;
                 i = close + if self_closing { 2 } else { 1 };
-                let el = Element { name, ns, attrs, children: Vec::new(), span: start..i };
+                let el = Element {
+                    name,
+                    ns,
+                    attrs,
+                    children: Vec::new(),
+                    span: start..i,
+                };
                 if self_closing {
                     bindings.truncate(nb);
                     match stack.last_mut() {
@@ -441,4 +491,194 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
 /// The root closed at `i`: only whitespace (the record's LF) may follow.
 fn finish(s: &[u8], i: usize, el: Element) -> Option<Element> {
     s[i..].iter().all(|&b| is_ws(b)).then_some(el)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_namespaces_and_text() {
+        let r = b"<message xmlns:s='http://etherx.jabber.org/streams' to='a@b' id=\"x&amp;y\">\
+            <body>a &lt; b&#10;c</body><s:error/>\
+            <x xmlns='jabber:x:data'><field var='v'><value>1</value></field></x></message>\n";
+        let e = Element::parse(r).expect("parses");
+        assert_eq!(e.name, "message");
+        assert_eq!(e.ns, "jabber:client");
+        assert_eq!(e.attr("id"), Some("x&y"));
+        assert_eq!(
+            e.child("body", "jabber:client").map(|b| b.text()),
+            Some("a < b\nc".to_owned())
+        );
+        let err = e.elements().nth(1).expect("s:error");
+        assert_eq!(
+            (err.local_name(), err.ns.as_str()),
+            ("error", "http://etherx.jabber.org/streams")
+        );
+        let x = e.child("x", "jabber:x:data").expect("x");
+        let field = x
+            .child("field", "jabber:x:data")
+            .expect("inherited default namespace");
+        assert_eq!(field.attr("var"), Some("v"));
+        assert_eq!(e.span, 0..r.len() - 1);
+        assert_eq!(
+            Element::parse(b"<a xml:lang='en'><![CDATA[<x>]]>y</a>").map(|a| a.text()),
+            Some("<x>y".into())
+        );
+    }
+
+    #[test]
+    fn parse_rejects_malformed() {
+        for bad in [
+            &b""[..],
+            b"<a>",
+            b"<a></b>",
+            b"<p:a/>",
+            b"<a p:x='1'/>",
+            b"<a>&foo;</a>",
+            b"<a/><b/>",
+            b"text",
+            b"<a x='1/>",
+            b"<a>\xff</a>",
+            b"</a>",
+            b"<a><!-- c --></a>",
+        ] {
+            assert_eq!(
+                Element::parse(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn span_slices_nested_element() {
+        let inner = "<message from='a@b/c' to='d@e' type='chat'><body>hi</body></message>";
+        let r = format!(
+            "<message from='a@b' to='a@b/r'><sent xmlns='urn:xmpp:carbons:2'>\
+             <forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded></sent></message>\n"
+        );
+        let e = Element::parse(r.as_bytes()).expect("parses");
+        let fwd = e
+            .child("sent", "urn:xmpp:carbons:2")
+            .and_then(|s| s.child("forwarded", "urn:xmpp:forward:0"))
+            .expect("forwarded");
+        let m = fwd
+            .child("message", "urn:xmpp:forward:0")
+            .expect("message inherits forward ns");
+        assert_eq!(&r[m.span.clone()], inner);
+        let own = "<x xmlns='jabber:client'/>";
+        let r2 = format!("<a><b>{own}</b></a>");
+        let e2 = Element::parse(r2.as_bytes()).expect("parses");
+        let x = &e2
+            .elements()
+            .next()
+            .expect("b")
+            .elements()
+            .next()
+            .expect("x");
+        assert_eq!(&r2[x.span.clone()], own);
+    }
+
+    #[test]
+    fn to_xml_escapes() {
+        let e = Element {
+            name: "message".into(),
+            ns: "jabber:client".into(),
+            attrs: vec![("to".into(), "a'b\"<&>".into())],
+            children: vec![Node::Element(Element {
+                name: "body".into(),
+                ns: "jabber:client".into(),
+                attrs: vec![],
+                children: vec![Node::Text("1 < 2 & 3\nx".into())],
+                span: 0..0,
+            })],
+            span: 0..0,
+        };
+        let x = e.to_xml();
+        assert_eq!(x, "<message to='a&apos;b&quot;&lt;&amp;&gt;'><body>1 &lt; 2 &amp; 3&#10;x</body></message>");
+        let back = Element::parse(x.as_bytes()).expect("round trip");
+        assert_eq!(back.attr("to"), Some("a'b\"<&>"));
+        assert_eq!(
+            back.elements().next().map(|b| b.text()),
+            Some("1 < 2 & 3\nx".into())
+        );
+    }
+
+    #[test]
+    fn top_level_name_and_attr() {
+        let r = b"<iq type=\"get\" id='a&apos;b' x='>'><query/></iq>\n";
+        assert_eq!(name(r), Some("iq"));
+        assert_eq!(name(b"<presence/>\n"), Some("presence"));
+        assert_eq!(attr(r, "id"), Some("a'b".into()));
+        assert_eq!(attr(r, "type"), Some("get".into()));
+        assert_eq!(attr(r, "x"), Some(">".into()));
+        assert_eq!(attr(r, "query"), None);
+        assert_eq!(name(b"junk"), None);
+    }
+
+    #[test]
+    fn set_attr_in_place_and_appended() {
+        let s = |r: &str, k: &str, v: &str| {
+            String::from_utf8(set_attr(r.as_bytes(), k, v)).expect("utf8")
+        };
+        assert_eq!(
+            s("<m to='a' id=\"1\"><b/></m>\n", "id", "2"),
+            "<m to='a' id='2'><b/></m>\n"
+        );
+        assert_eq!(
+            s("<m to='a' id=\"1\"><b/></m>\n", "to", "x'y"),
+            "<m to='x&apos;y' id=\"1\"><b/></m>\n"
+        );
+        assert_eq!(
+            s("<m to='a'><b id='x'/></m>\n", "id", "2"),
+            "<m to='a' id='2'><b id='x'/></m>\n"
+        );
+        assert_eq!(
+            s("<presence/>\n", "from", "a@b/c"),
+            "<presence from='a@b/c'/>\n"
+        );
+        assert_eq!(
+            s("<presence type='x' />\n", "from", "a"),
+            "<presence type='x'  from='a'/>\n"
+        );
+        assert_eq!(
+            s("<m a=\"x>y\">t</m>\n", "b", "1"),
+            "<m a=\"x>y\" b='1'>t</m>\n"
+        );
+        assert_eq!(
+            s("<m a='1'/>", "a", "line\nbreak"),
+            "<m a='line&#10;break'/>"
+        );
+    }
+
+    #[test]
+    fn remove_attr_keeps_other_bytes() {
+        let r = |r: &str, k: &str| String::from_utf8(remove_attr(r.as_bytes(), k)).expect("utf8");
+        assert_eq!(
+            r("<m to='a' from=\"b\" id='1'><x from='c'/></m>\n", "from"),
+            "<m to='a' id='1'><x from='c'/></m>\n"
+        );
+        assert_eq!(r("<m from=\"b\"/>\n", "from"), "<m/>\n");
+        assert_eq!(r("<m to='a' from='b' />\n", "from"), "<m to='a' />\n");
+        assert_eq!(r("<m to='a'/>\n", "from"), "<m to='a'/>\n");
+        assert_eq!(
+            r("<m\tfrom='b'\tto='a'>x</m>\n", "from"),
+            "<m\tto='a'>x</m>\n"
+        );
+    }
+
+    #[test]
+    fn unescape_rules() {
+        assert_eq!(
+            unescape_bytes(b"a&#x41;&#66;&quot;", false),
+            Some("aAB\"".into())
+        );
+        assert_eq!(unescape_bytes(b"a\r\nb\tc", true), Some("a b c".into()));
+        assert_eq!(unescape_bytes(b"a\r\nb\rc", false), Some("a\nb\nc".into()));
+        assert_eq!(unescape_bytes(b"&#0;", false), None);
+        assert_eq!(unescape_bytes(b"&#x+41;", false), None);
+        assert_eq!(unescape_bytes(b"&nbsp;", false), None);
+    }
 }

@@ -1,0 +1,451 @@
+//! The set of client FIFOs and their write queues.
+//!
+//! Every client `in` FIFO is opened non-blocking for writing only when a
+//! record is due and only if it has a reader; each has its own bounded
+//! queue, flushed when the descriptor is writable. A client whose queue
+//! passes the bound is dropped until it registers again (its directory or
+//! its `in` FIFO is made anew).
+
+use crate::route::{self, Account, Target};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use sj::io::WriteQueue;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Identity of a FIFO: device and inode.
+type Ino = (u64, u64);
+
+fn ino_of(path: &Path) -> Option<Ino> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+// st_dev/st_ino are not u64 on every platform.
+#[allow(clippy::unnecessary_cast)]
+fn ino_of_fd(fd: &OwnedFd) -> Option<Ino> {
+    nix::sys::stat::fstat(fd)
+        .ok()
+        .map(|st| (st.st_dev as u64, st.st_ino as u64))
+}
+
+fn is_fifo(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| {
+        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+            == nix::sys::stat::SFlag::S_IFIFO
+    })
+}
+
+/// One registered client.
+struct Client {
+    /// `DIR/clients/NAME/in`.
+    path: PathBuf,
+    /// Open write end, when there is a reader.
+    fd: Option<OwnedFd>,
+    queue: WriteQueue,
+    /// The `in` FIFO we wrote to or dropped; a different one means the
+    /// client registered again.
+    ino: Option<Ino>,
+    /// Over the bound: written to no more until it registers again.
+    dropped: bool,
+    /// While dropped, an `O_PATH` descriptor on the FIFO it was dropped
+    /// from: not a writer, but it keeps that inode alive so a FIFO made
+    /// anew in its place cannot get the same inode number.
+    pin: Option<OwnedFd>,
+}
+
+impl Client {
+    fn new(path: PathBuf) -> Self {
+        Client {
+            path,
+            fd: None,
+            queue: WriteQueue::new(),
+            ino: None,
+            dropped: false,
+            pin: None,
+        }
+    }
+
+    fn close(&mut self) {
+        self.fd = None;
+        self.queue.clear();
+    }
+
+    /// Over the bound: close, forget the queue, remember which FIFO it was.
+    fn drop_until_new(&mut self) {
+        let pin = nix::fcntl::open(
+            &self.path,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok();
+        if let Some(p) = &pin {
+            if ino_of_fd(p) != self.ino {
+                // Already replaced while we were writing: not dropped.
+                self.close();
+                self.ino = None;
+                return;
+            }
+        }
+        self.pin = pin;
+        self.close();
+        self.dropped = true;
+    }
+}
+
+/// What happened to the clients in one call, for the caller to log or test.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub dropped: Vec<String>,
+    pub gone: Vec<String>,
+}
+
+/// All clients of one account directory.
+pub struct Fanout {
+    clients_dir: PathBuf,
+    account: Account,
+    bound: usize,
+    clients: BTreeMap<String, Client>,
+    /// Resource → directory name.
+    by_resource: HashMap<String, String>,
+}
+
+impl Fanout {
+    pub fn new(clients_dir: &Path, account: Account, bound: usize) -> Self {
+        Fanout {
+            clients_dir: clients_dir.to_path_buf(),
+            account,
+            bound,
+            clients: BTreeMap::new(),
+            by_resource: HashMap::new(),
+        }
+    }
+
+    /// Bring the client set in line with `names` (the directories that are
+    /// clients now), and notice clients whose `in` FIFO was made anew.
+    pub fn sync(&mut self, names: &BTreeSet<String>) {
+        self.clients.retain(|n, _| names.contains(n));
+        self.by_resource.retain(|_, d| names.contains(d));
+        for name in names {
+            let c = self
+                .clients
+                .entry(name.clone())
+                .or_insert_with(|| Client::new(self.clients_dir.join(name).join("in")));
+            if let Some(old) = c.ino {
+                if ino_of(&c.path) != Some(old) {
+                    // Registered again: start afresh.
+                    c.close();
+                    c.ino = None;
+                    if c.dropped {
+                        sj::log::info(&format!("client {name} registered again"));
+                    }
+                    c.dropped = false;
+                    c.pin = None;
+                }
+            }
+            self.by_resource
+                .entry(route::decode_name(name))
+                .or_insert_with(|| name.clone());
+        }
+    }
+
+    #[cfg(test)]
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
+    }
+
+    /// Queue `record` (without its LF) for the clients it is for. Returns
+    /// where it went.
+    pub fn deliver(&mut self, record: &[u8]) -> (Target, Report) {
+        let by_resource = &self.by_resource;
+        let target = route::target(record, &self.account, |r| {
+            by_resource.get(r).map(String::as_str)
+        });
+        let mut report = Report::default();
+        let mut line = Vec::with_capacity(record.len() + 1);
+        line.extend_from_slice(record);
+        line.push(b'\n');
+        let bound = self.bound;
+        for (name, c) in self.clients.iter_mut() {
+            let wanted = match &target {
+                Target::All => true,
+                Target::Only(n) => n == name,
+                Target::AllBut(n) => n != name,
+                Target::Nobody => false,
+            };
+            if !wanted || c.dropped {
+                continue;
+            }
+            if c.fd.is_none() {
+                match sj::fifo::open_write(&c.path) {
+                    Ok(Some(fd)) if is_fifo(&fd) => {
+                        c.ino = ino_of_fd(&fd);
+                        c.fd = Some(fd);
+                    }
+                    // Replaced by something else since the scan: never
+                    // write records into a regular file.
+                    Ok(Some(_)) => continue,
+                    // No reader: nothing to keep for it.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        if sj::log::verbose() {
+                            let why = sj::log::strerror(&e);
+                            sj::log::info(&format!("client {name}: unable to open in: {why}"));
+                        }
+                        continue;
+                    }
+                }
+            }
+            c.queue.push(line.clone());
+            if c.queue.len() > bound {
+                // Give the pipe a chance before judging.
+                Self::flush_one(name, c, &mut report);
+                if c.queue.len() > bound {
+                    sj::log::warn(&format!("dropping client {name}: queue over {bound} bytes"));
+                    c.drop_until_new();
+                    report.dropped.push(name.clone());
+                }
+            }
+        }
+        (target, report)
+    }
+
+    fn flush_one(name: &str, c: &mut Client, report: &mut Report) {
+        let Some(fd) = &c.fd else {
+            c.queue.clear();
+            return;
+        };
+        if let Err(e) = c.queue.flush(fd) {
+            let gone = [
+                nix::errno::Errno::EPIPE as i32,
+                nix::errno::Errno::EBADF as i32,
+            ];
+            let why = if e.raw_os_error().is_some_and(|n| gone.contains(&n)) {
+                "reader went away".to_string()
+            } else {
+                sj::log::strerror(&e)
+            };
+            sj::log::info(&format!(
+                "client {name}: {why}; reopening when a reader comes back"
+            ));
+            c.close();
+            report.gone.push(name.to_string());
+        }
+    }
+
+    /// Write what each client's descriptor takes now.
+    pub fn flush_all(&mut self) -> Report {
+        let mut report = Report::default();
+        for (name, c) in self.clients.iter_mut() {
+            if !c.queue.is_empty() {
+                Self::flush_one(name, c, &mut report);
+            }
+        }
+        report
+    }
+
+    /// Flush only the named clients (those poll found writable).
+    pub fn flush_some(&mut self, names: &[String]) -> Report {
+        let mut report = Report::default();
+        for name in names {
+            if let Some(c) = self.clients.get_mut(name) {
+                if !c.queue.is_empty() {
+                    Self::flush_one(name, c, &mut report);
+                }
+            }
+        }
+        report
+    }
+
+    /// Descriptors with data waiting, to wait for writability on.
+    pub fn pending(&self) -> Vec<(&str, BorrowedFd<'_>)> {
+        self.clients
+            .iter()
+            .filter(|(_, c)| !c.queue.is_empty())
+            .filter_map(|(n, c)| c.fd.as_ref().map(|fd| (n.as_str(), fd.as_fd())))
+            .collect()
+    }
+
+    /// Bytes waiting for one client (tests, tracing).
+    #[cfg(test)]
+    pub fn queued(&self, name: &str) -> usize {
+        self.clients.get(name).map_or(0, |c| c.queue.len())
+    }
+
+    #[cfg(test)]
+    pub fn is_dropped(&self, name: &str) -> bool {
+        self.clients.get(name).is_some_and(|c| c.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sj::io::{LineReader, Read};
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str, names: &[&str]) -> (Dir, PathBuf) {
+        let d = std::env::temp_dir().join(format!("mirrord-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let c = d.join("clients");
+        for n in names {
+            sj::fifo::make_dir(&c.join(n)).expect("mkdir");
+            sj::fifo::make(&c.join(n).join("in")).expect("fifo");
+            sj::fifo::make(&c.join(n).join("out")).expect("fifo");
+        }
+        (Dir(d), c)
+    }
+
+    fn fanout(c: &Path, bound: usize) -> Fanout {
+        let mut f = Fanout::new(
+            c,
+            Account::parse("alice@localhost/sj-proxy").expect("jid"),
+            bound,
+        );
+        f.sync(&sj::fifo::list_clients(c));
+        f
+    }
+
+    /// Everything a reader can read now, as lines.
+    fn drain(fd: &OwnedFd) -> Vec<String> {
+        let mut r = LineReader::new(1 << 20);
+        while let Ok(Read::Data(_)) = r.fill(fd) {}
+        let mut out = Vec::new();
+        while let Some(l) = r.next_line() {
+            out.push(String::from_utf8_lossy(l).into_owned());
+        }
+        out
+    }
+
+    #[test]
+    fn targeting_and_skipping_readerless() {
+        let (_d, c) = setup("target", &["a", "b", "noreader"]);
+        let ra = sj::fifo::open_read(&c.join("a/in")).expect("open");
+        let rb = sj::fifo::open_read(&c.join("b/in")).expect("open");
+        let mut f = fanout(&c, 1 << 20);
+        let recs = [
+            "<presence from='bob@x'/>",
+            "<iq to='alice@localhost/a' type='result' id='1'/>",
+            "<message from='alice@localhost'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@localhost/b' to='bob@x'><body>x</body></message></forwarded></sent></message>",
+            "<iq to='alice@localhost/b' type='result' id='2'/>",
+        ];
+        for r in recs {
+            f.deliver(r.as_bytes());
+        }
+        // Nobody reads "noreader": nothing kept for it.
+        assert_eq!(f.queued("noreader"), 0);
+        assert_eq!(f.flush_all(), Report::default());
+        assert_eq!(drain(&ra), vec![recs[0], recs[1], recs[2]]);
+        assert_eq!(drain(&rb), vec![recs[0], recs[3]]);
+    }
+
+    #[test]
+    fn stuck_client_dropped_others_get_everything_in_order() {
+        let (_d, c) = setup("stuck", &["fast", "stuck"]);
+        let rf = sj::fifo::open_read(&c.join("fast/in")).expect("open");
+        let _rs = sj::fifo::open_read(&c.join("stuck/in")).expect("open");
+        let bound = 16 * 1024;
+        let mut f = fanout(&c, bound);
+        let mut got = Vec::new();
+        let mut dropped = Vec::new();
+        let n = 5000;
+        for i in 0..n {
+            let rec = format!(
+                "<message id='m{i}'><body>{}</body></message>",
+                "x".repeat(100)
+            );
+            let (_, rep) = f.deliver(rec.as_bytes());
+            dropped.extend(rep.dropped);
+            f.flush_all();
+            if i % 16 == 0 {
+                got.extend(drain(&rf));
+            }
+            assert!(f.queued("stuck") <= bound);
+        }
+        f.flush_all();
+        got.extend(drain(&rf));
+        assert_eq!(dropped, vec!["stuck".to_string()], "dropped exactly once");
+        assert!(f.is_dropped("stuck"));
+        assert_eq!(got.len(), n);
+        for (i, l) in got.iter().enumerate() {
+            assert!(
+                l.starts_with(&format!("<message id='m{i}'>")),
+                "order at {i}"
+            );
+        }
+        // Still dropped while its FIFO is the same one.
+        f.sync(&sj::fifo::list_clients(&c));
+        assert!(f.is_dropped("stuck"));
+        // It registers again (new FIFO): it is written to again.
+        drop(_rs);
+        std::fs::remove_file(c.join("stuck/in")).expect("rm");
+        sj::fifo::make(&c.join("stuck/in")).expect("fifo");
+        let rs = sj::fifo::open_read(&c.join("stuck/in")).expect("open");
+        f.sync(&sj::fifo::list_clients(&c));
+        assert!(!f.is_dropped("stuck"));
+        f.deliver(b"<presence/>");
+        f.flush_all();
+        assert_eq!(drain(&rs), vec!["<presence/>"]);
+    }
+
+    #[test]
+    fn reader_going_away_is_reopened_lazily() {
+        let (_d, c) = setup("epipe", &["a"]);
+        let ra = sj::fifo::open_read(&c.join("a/in")).expect("open");
+        let mut f = fanout(&c, 1 << 20);
+        f.deliver(b"<one/>");
+        f.flush_all();
+        assert_eq!(drain(&ra), vec!["<one/>"]);
+        drop(ra);
+        // Written into a FIFO with no reader: EPIPE (SIGPIPE is ignored in
+        // the test harness? make sure).
+        // SAFETY: setting a signal disposition to SIG_IGN has no handler.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigIgn,
+            );
+        }
+        f.deliver(b"<two/>");
+        let rep = f.flush_all();
+        assert_eq!(rep.gone, vec!["a".to_string()]);
+        // No reader: skipped at no cost.
+        f.deliver(b"<three/>");
+        assert_eq!(f.queued("a"), 0);
+        let ra = sj::fifo::open_read(&c.join("a/in")).expect("open");
+        f.deliver(b"<four/>");
+        f.flush_all();
+        assert_eq!(drain(&ra), vec!["<four/>"]);
+    }
+
+    #[test]
+    fn never_writes_into_a_regular_file() {
+        let (_d, c) = setup("regular", &["a"]);
+        let mut f = fanout(&c, 1024);
+        std::fs::remove_file(c.join("a/in")).expect("rm");
+        std::fs::write(c.join("a/in"), b"").expect("write");
+        f.deliver(b"<presence/>");
+        assert_eq!(f.queued("a"), 0);
+        assert_eq!(std::fs::read(c.join("a/in")).expect("read"), b"");
+    }
+
+    #[test]
+    fn clients_come_and_go() {
+        let (_d, c) = setup("comego", &["a"]);
+        let mut f = fanout(&c, 1024);
+        assert_eq!(f.names().collect::<Vec<_>>(), vec!["a"]);
+        std::fs::remove_dir_all(c.join("a")).expect("rm");
+        f.sync(&sj::fifo::list_clients(&c));
+        assert_eq!(f.names().count(), 0);
+        assert_eq!(f.deliver(b"<iq to='alice@localhost/a'/>").0, Target::Nobody);
+    }
+}

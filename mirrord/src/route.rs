@@ -1,0 +1,268 @@
+//! Which clients a record goes to: the pure part of mirrord.
+//!
+//! Records arrive already validated (DESIGN §4), so this module only looks
+//! at what it needs: the top-level `to` and `from` (`sj::xml::attr`), and,
+//! for the rare record that starts with `<message` and mentions
+//! `urn:xmpp:carbons:2`, the tree down to the forwarded message of a
+//! XEP-0280 sent copy (`sj::xml::Element::parse`). It never panics on a
+//! malformed record; it answers "broadcast" instead.
+
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const FORWARD: &str = "urn:xmpp:forward:0";
+const CLIENT_NS: &str = "jabber:client";
+
+/// The account mirrord serves: the bound upstream full JID, split.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Bare JID, lowercased for comparison.
+    bare: String,
+    /// The upstream resource, if the JID had one.
+    resource: Option<String>,
+}
+
+impl Account {
+    /// Split `jid` (`local@domain/resource`). Refuses an empty JID, an empty
+    /// part, and whitespace or control characters.
+    pub fn parse(jid: &str) -> Result<Account, String> {
+        if jid.is_empty() {
+            return Err("empty JID".into());
+        }
+        let (bare, resource) = match jid.split_once('/') {
+            Some((b, r)) => (b, Some(r)),
+            None => (jid, None),
+        };
+        if bare.is_empty() || bare.starts_with('@') || bare.ends_with('@') {
+            return Err(format!("invalid JID: {jid}"));
+        }
+        if bare
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>'\"&".contains(c))
+        {
+            return Err(format!("invalid JID: {jid}"));
+        }
+        if resource == Some("") {
+            return Err(format!("invalid JID: empty resource: {jid}"));
+        }
+        Ok(Account {
+            bare: bare.to_lowercase(),
+            resource: resource.map(str::to_string),
+        })
+    }
+
+    pub fn bare(&self) -> &str {
+        &self.bare
+    }
+
+    /// The resource of `jid` when `jid` is this account's full JID.
+    fn resource_of<'a>(&self, jid: &'a str) -> Option<&'a str> {
+        let (b, r) = jid.split_once('/')?;
+        (self.is_bare(b) && !r.is_empty()).then_some(r)
+    }
+
+    fn is_bare(&self, jid: &str) -> bool {
+        jid.len() == self.bare.len() && jid.to_lowercase() == self.bare
+    }
+}
+
+/// Where one record goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Every client.
+    All,
+    /// Only this client (its directory name).
+    Only(String),
+    /// Every client but this one (the origin of a sent copy).
+    AllBut(String),
+    /// Nobody: addressed to a client of this account that is not there.
+    Nobody,
+}
+
+/// Decide where `record` goes. `client` maps a resource to the directory
+/// name of the registered client that has it, if any.
+///
+/// Cost: the top-level start tag is scanned for `to`; only a record that
+/// starts with `<message` and mentions `urn:xmpp:carbons:2` is parsed
+/// further.
+pub fn target<'c>(
+    record: &[u8],
+    account: &Account,
+    client: impl Fn(&str) -> Option<&'c str>,
+) -> Target {
+    if let Some(to) = sj::xml::attr(record, "to") {
+        if let Some(res) = account.resource_of(&to) {
+            if let Some(dir) = client(res) {
+                return Target::Only(dir.to_string());
+            }
+            if account.resource.as_deref() != Some(res) {
+                // A client that has gone away: nobody else should see it.
+                return Target::Nobody;
+            }
+        }
+    }
+    if record.starts_with(b"<message") && memchr::memmem::find(record, CARBONS.as_bytes()).is_some()
+    {
+        if let Some(origin) = sent_origin(record, account) {
+            if let Some(dir) = client(&origin) {
+                return Target::AllBut(dir.to_string());
+            }
+        }
+    }
+    Target::All
+}
+
+/// The origin resource of a XEP-0280 sent copy made for this account:
+/// `<message from='BARE'><sent xmlns='urn:xmpp:carbons:2'><forwarded
+/// xmlns='urn:xmpp:forward:0'><message from='BARE/ORIGIN'>`.
+fn sent_origin(record: &[u8], account: &Account) -> Option<String> {
+    if !account.is_bare(&sj::xml::attr(record, "from")?) {
+        return None;
+    }
+    let top = sj::xml::Element::parse(record)?;
+    if top.local_name() != "message" || top.ns != CLIENT_NS {
+        return None;
+    }
+    let inner = top
+        .child("sent", CARBONS)?
+        .child("forwarded", FORWARD)?
+        .child("message", CLIENT_NS)?;
+    account.resource_of(inner.attr("from")?).map(str::to_string)
+}
+
+/// Percent-decoding of a client directory name back to its resource
+/// (`sj::path` encodes `/`, `%` and friends as `%XX`). Names that do not
+/// decode to UTF-8 are taken as they are.
+pub fn decode_name(name: &str) -> String {
+    if !name.contains('%') {
+        return name.to_string();
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct() -> Account {
+        Account::parse("alice@localhost/sj-proxy").expect("jid")
+    }
+
+    fn known(res: &str) -> Option<&'static str> {
+        match res {
+            "gajim" => Some("gajim"),
+            "dino" => Some("dino"),
+            "a/b" => Some("a%2Fb"),
+            _ => None,
+        }
+    }
+
+    fn t(rec: &str) -> Target {
+        target(rec.as_bytes(), &acct(), known)
+    }
+
+    #[test]
+    fn account_parse() {
+        assert!(Account::parse("").is_err());
+        assert!(Account::parse("a b@c").is_err());
+        assert!(Account::parse("a@c/").is_err());
+        let a = Account::parse("Alice@LocalHost").expect("bare is fine");
+        assert_eq!(a.bare(), "alice@localhost");
+        assert_eq!(a.resource, None);
+    }
+
+    #[test]
+    fn addressed_to_a_client() {
+        assert_eq!(
+            t("<iq to='alice@localhost/gajim' type='result' id='1'/>"),
+            Target::Only("gajim".into())
+        );
+        assert_eq!(
+            t(r#"<presence from="bob@x" to="ALICE@localhost/dino"/>"#),
+            Target::Only("dino".into())
+        );
+        assert_eq!(
+            t("<iq to='alice@localhost/a&#47;b' type='result' id='1'/>"),
+            Target::Only("a%2Fb".into())
+        );
+    }
+
+    #[test]
+    fn broadcast() {
+        assert_eq!(t("<presence from='bob@x'/>"), Target::All);
+        assert_eq!(t("<message to='alice@localhost'/>"), Target::All);
+        assert_eq!(t("<message to='alice@localhost/sj-proxy'/>"), Target::All);
+        assert_eq!(t("<message to='bob@localhost/gajim'/>"), Target::All);
+        assert_eq!(t("garbage"), Target::All);
+        assert_eq!(t(""), Target::All);
+        assert_eq!(t("<message to='unterminated"), Target::All);
+    }
+
+    #[test]
+    fn gone_client_gets_nothing_and_nobody_else_does() {
+        assert_eq!(
+            t("<iq to='alice@localhost/gone' type='result'/>"),
+            Target::Nobody
+        );
+    }
+
+    const SENT: &str = "<message from='alice@localhost' to='alice@localhost/sj-proxy' type='chat'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@localhost/gajim' to='bob@localhost' type='chat'><body>hi</body></message></forwarded></sent></message>";
+
+    #[test]
+    fn sent_copy_skips_origin() {
+        assert_eq!(t(SENT), Target::AllBut("gajim".into()));
+        // Origin not a client (DIR/in, a daemon, another device): everyone.
+        assert_eq!(t(&SENT.replace("/gajim'", "/in'")), Target::All);
+        // With a delay before the message and prefixed carbons element.
+        let s = "<message from='alice@localhost'><c:sent xmlns:c='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='x'/><message xmlns='jabber:client' from='alice@localhost/dino'><body>a&lt;b</body></message></forwarded></c:sent></message>";
+        assert_eq!(t(s), Target::AllBut("dino".into()));
+    }
+
+    #[test]
+    fn not_a_sent_copy() {
+        // Forged: not from our bare JID.
+        assert_eq!(
+            t(&SENT.replace("from='alice@localhost' ", "from='eve@x' ")),
+            Target::All
+        );
+        // received, not sent.
+        assert_eq!(
+            t(&SENT
+                .replace("<sent ", "<received ")
+                .replace("</sent>", "</received>")),
+            Target::All
+        );
+        // Wrong namespace on sent.
+        assert_eq!(t(&SENT.replace("carbons:2'", "carbons:1'")), Target::All);
+        // A body that merely mentions the namespace.
+        assert_eq!(
+            t("<message from='alice@localhost'><body>urn:xmpp:carbons:2</body><x><message from='alice@localhost/gajim'/></x></message>"),
+            Target::All
+        );
+        // The path must be nested: a sibling message after sent is not it.
+        assert_eq!(
+            t("<message from='alice@localhost'><sent xmlns='urn:xmpp:carbons:2'/><forwarded xmlns='urn:xmpp:forward:0'><message from='alice@localhost/gajim'/></forwarded></message>"),
+            Target::All
+        );
+    }
+
+    #[test]
+    fn decode() {
+        assert_eq!(decode_name("a%2Fb%25"), "a/b%");
+        assert_eq!(decode_name("plain"), "plain");
+        assert_eq!(decode_name("bad%zz%"), "bad%zz%");
+    }
+}

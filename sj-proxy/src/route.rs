@@ -1,0 +1,457 @@
+//! The routing table of DESIGN §5 as pure functions on records.
+//!
+//! Nothing here does I/O: the event loop asks where a record goes and gets
+//! back a list of destinations with the (possibly edited) bytes for each.
+
+use sj::xml::{self, Element};
+
+pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
+const NS_ROSTER: &str = "jabber:iq:roster";
+const NS_HINTS: &str = "urn:xmpp:hints";
+const NS_PING: &str = "urn:xmpp:ping";
+
+/// Where a record may go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    Upstream,
+    Messaged,
+    Presenced,
+    Iqd,
+    /// mirrord, to be fanned out (or targeted by its `to`).
+    Mirror,
+    /// Consumed by sj-proxy itself (replies to its own requests).
+    Own,
+    /// Refused, with the reason for the log.
+    Drop(String),
+}
+
+/// Who wrote a record that is not from upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// One of the daemons (messaged, presenced, iqd).
+    Daemon,
+    /// `DIR/in`.
+    In,
+    /// `DIR/clients/NAME/out`.
+    Client(String),
+}
+
+/// The account as the router sees it.
+pub struct Account {
+    /// Own bare JID, normalised.
+    pub bare: String,
+    /// Bound upstream full JID.
+    pub full: String,
+    /// Upstream resource.
+    pub resource: String,
+    /// Server domain.
+    pub domain: String,
+}
+
+/// The name `DIR/in` stamps as its origin (reserved: never a client name).
+pub const IN_ORIGIN: &str = "in";
+
+/// Prefix of ids sj-proxy uses for its own requests.
+pub const OWN_ID: &str = "sjp-";
+
+impl Account {
+    /// Is `jid` the account's own bare JID (case-insensitive in local and
+    /// domain, as normalisation would make it)?
+    pub fn is_own_bare(&self, jid: Option<&str>) -> bool {
+        match jid {
+            Some(j) => sj::jid::Jid::parse(j)
+                .map(|j| j.is_bare() && j.to_string() == self.bare)
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// `Some(NAME)` if `to` is `BARE/NAME` for a resource other than the upstream one.
+    pub fn local_client<'a>(&self, to: &'a str) -> Option<&'a str> {
+        let (bare, res) = to.split_once('/')?;
+        if res == self.resource || res.is_empty() {
+            return None;
+        }
+        let j = sj::jid::Jid::parse(bare).ok()?;
+        (j.to_string() == self.bare).then_some(res)
+    }
+
+    fn origin_jid(&self, origin: &Origin) -> String {
+        match origin {
+            Origin::Daemon => self.full.clone(),
+            Origin::In => format!("{}/{IN_ORIGIN}", self.bare),
+            Origin::Client(n) => format!("{}/{n}", self.bare),
+        }
+    }
+}
+
+/// Tag an iq id so its answer comes back to client `name` only.
+pub fn tag_id(name: &str, id: &str) -> String {
+    let mut s = String::with_capacity(4 + name.len() * 2 + id.len());
+    s.push_str("sj.");
+    for b in name.bytes() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('.');
+    s.push_str(id);
+    s
+}
+
+/// Undo `tag_id`: (client name, original id).
+pub fn untag_id(id: &str) -> Option<(String, &str)> {
+    let rest = id.strip_prefix("sj.")?;
+    let (hex, orig) = rest.split_once('.')?;
+    if hex.is_empty() || hex.len() % 2 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(hex.len() / 2);
+    for i in (0..hex.len()).step_by(2) {
+        bytes.push(u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()?);
+    }
+    Some((String::from_utf8(bytes).ok()?, orig))
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    memchr::memmem::find(hay, needle.as_bytes()).is_some()
+}
+
+/// Does the record carry a carbon (`<sent/>` or `<received/>` in
+/// `urn:xmpp:carbons:2`) as a direct child?
+fn carbon_child(el: &Element) -> bool {
+    el.elements()
+        .any(|c| c.ns == NS_CARBONS && matches!(c.local_name(), "sent" | "received"))
+}
+
+/// Routing of a record that came from upstream.
+pub fn from_upstream(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
+    let name = xml::name(rec).unwrap_or("");
+    match name {
+        "message" => {
+            if contains(rec, NS_CARBONS) {
+                if let Some(el) = Element::parse(rec) {
+                    if carbon_child(&el) && !acct.is_own_bare(el.attr("from")) {
+                        let from = el.attr("from").unwrap_or("(none)");
+                        return vec![(
+                            Dest::Drop(format!("forged carbon from {from}")),
+                            Vec::new(),
+                        )];
+                    }
+                }
+            }
+            vec![(Dest::Messaged, rec.to_vec()), (Dest::Mirror, rec.to_vec())]
+        }
+        "presence" => vec![
+            (Dest::Presenced, rec.to_vec()),
+            (Dest::Mirror, rec.to_vec()),
+        ],
+        "iq" => from_upstream_iq(acct, rec),
+        _ => vec![(
+            Dest::Drop(format!("unexpected <{name}> from the server")),
+            Vec::new(),
+        )],
+    }
+}
+
+fn from_upstream_iq(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
+    let ty = xml::attr(rec, "type").unwrap_or_default();
+    let id = xml::attr(rec, "id").unwrap_or_default();
+    match ty.as_str() {
+        "result" | "error" => {
+            if id.starts_with(OWN_ID) {
+                return vec![(Dest::Own, rec.to_vec())];
+            }
+            if let Some((client, orig)) = untag_id(&id) {
+                let r = xml::set_attr(rec, "id", orig);
+                let r = xml::set_attr(&r, "to", &format!("{}/{client}", acct.bare));
+                return vec![(Dest::Mirror, r)];
+            }
+            vec![(Dest::Iqd, rec.to_vec())]
+        }
+        "get" | "set" => {
+            let from = xml::attr(rec, "from");
+            if ty == "set" && contains(rec, NS_ROSTER) {
+                let is_push =
+                    Element::parse(rec).is_some_and(|e| e.child("query", NS_ROSTER).is_some());
+                if is_push && (from.is_none() || acct.is_own_bare(from.as_deref())) {
+                    return vec![(Dest::Iqd, rec.to_vec()), (Dest::Mirror, rec.to_vec())];
+                }
+            }
+            if ty == "get" && contains(rec, NS_PING) {
+                let from_server = match from.as_deref() {
+                    None => true,
+                    Some(f) => f == acct.domain || acct.is_own_bare(Some(f)),
+                };
+                if from_server {
+                    return vec![(Dest::Own, rec.to_vec())];
+                }
+            }
+            vec![(Dest::Iqd, rec.to_vec())]
+        }
+        _ => vec![(
+            Dest::Drop(format!("iq with type '{ty}' from the server")),
+            Vec::new(),
+        )],
+    }
+}
+
+/// XEP-0280 §6: would the server copy this message to other resources?
+pub fn carbon_copyable(el: &Element) -> bool {
+    if el.child("private", NS_CARBONS).is_some() || el.child("no-copy", NS_HINTS).is_some() {
+        return false;
+    }
+    match el.attr("type").unwrap_or("normal") {
+        "chat" => true,
+        "normal" => {
+            el.child("body", "jabber:client").is_some()
+                || el.elements().any(|c| {
+                    matches!(
+                        c.ns.as_str(),
+                        "urn:xmpp:receipts"
+                            | "urn:xmpp:chat-markers:0"
+                            | "http://jabber.org/protocol/chatstates"
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
+/// The XEP-0280 sent copy of `inner` (a message already stamped with its origin).
+pub fn sent_copy(acct: &Account, inner: &[u8]) -> Vec<u8> {
+    let inner = inner.strip_suffix(b"\n").unwrap_or(inner);
+    let inner: Vec<u8> = if xml::attr(inner, "xmlns").is_none() {
+        xml::set_attr(inner, "xmlns", "jabber:client")
+    } else {
+        inner.to_vec()
+    };
+    let inner = inner.strip_suffix(b"\n").unwrap_or(&inner);
+    let mut out = Vec::with_capacity(inner.len() + 256);
+    out.extend_from_slice(
+        format!(
+            "<message from='{}' to='{}' type='chat'><sent xmlns='{NS_CARBONS}'><forwarded xmlns='{NS_FORWARD}'>",
+            sj::escape::attr(&acct.bare),
+            sj::escape::attr(&acct.full)
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(inner);
+    out.extend_from_slice(b"</forwarded></sent></message>\n");
+    out
+}
+
+/// Routing of a record from a daemon, `DIR/in` or a client. `clients`
+/// tells whether a name is a connected client.
+pub fn from_local(
+    acct: &Account,
+    origin: &Origin,
+    rec: &[u8],
+    is_client: impl Fn(&str) -> bool,
+) -> Vec<(Dest, Vec<u8>)> {
+    let name = xml::name(rec).unwrap_or("").to_string();
+    if !matches!(name.as_str(), "message" | "presence" | "iq") {
+        return vec![(Dest::Drop(format!("<{name}> is not a stanza")), Vec::new())];
+    }
+    // Origin stamp: what a client says about itself is never believed.
+    let mut rec = match origin {
+        Origin::Client(_) | Origin::In => xml::set_attr(rec, "from", &acct.origin_jid(origin)),
+        Origin::Daemon => rec.to_vec(),
+    };
+    if name == "iq" {
+        if let Origin::Client(client) = origin {
+            let ty = xml::attr(&rec, "type").unwrap_or_default();
+            if ty == "get" || ty == "set" {
+                let id = xml::attr(&rec, "id").unwrap_or_default();
+                rec = xml::set_attr(&rec, "id", &tag_id(client, &id));
+            }
+        }
+    }
+    let to = xml::attr(&rec, "to");
+    if let Some(target) = to.as_deref().and_then(|t| acct.local_client(t)) {
+        if is_client(target) {
+            return vec![(Dest::Mirror, rec)];
+        }
+        return vec![(Dest::Drop(format!("no local client {target}")), Vec::new())];
+    }
+    if name == "presence" && to.is_none() {
+        if let Origin::Client(_) = origin {
+            return vec![(Dest::Presenced, rec)];
+        }
+    }
+    let upstream = xml::remove_attr(&rec, "from");
+    let mut out = vec![(Dest::Upstream, upstream)];
+    if name == "message" {
+        if let Some(el) = Element::parse(&rec) {
+            if carbon_copyable(&el) {
+                let stamped = match origin {
+                    Origin::Daemon => xml::set_attr(&rec, "from", &acct.origin_jid(origin)),
+                    _ => rec.clone(),
+                };
+                let copy = sent_copy(acct, &stamped);
+                out.push((Dest::Messaged, copy.clone()));
+                out.push((Dest::Mirror, copy));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acct() -> Account {
+        Account {
+            bare: "alice@localhost".into(),
+            full: "alice@localhost/sj".into(),
+            resource: "sj".into(),
+            domain: "localhost".into(),
+        }
+    }
+
+    fn dests(v: &[(Dest, Vec<u8>)]) -> Vec<Dest> {
+        v.iter().map(|(d, _)| d.clone()).collect()
+    }
+
+    #[test]
+    fn tags_round_trip_any_name_and_id() {
+        for (n, i) in [
+            ("laptop", "abc"),
+            ("a.b", "x.y.z"),
+            ("é/..", ""),
+            ("x", "sj.00.q"),
+        ] {
+            let t = tag_id(n, i);
+            assert_eq!(untag_id(&t), Some((n.to_string(), i)));
+        }
+        assert_eq!(untag_id("sj.zz.a"), None);
+        assert_eq!(untag_id("other"), None);
+    }
+
+    #[test]
+    fn upstream_message_goes_to_messaged_and_mirror() {
+        let r = b"<message from='bob@localhost/x' to='alice@localhost/sj' type='chat'><body>hi</body></message>\n";
+        assert_eq!(
+            dests(&from_upstream(&acct(), r)),
+            vec![Dest::Messaged, Dest::Mirror]
+        );
+    }
+
+    #[test]
+    fn forged_carbon_is_dropped_own_is_kept() {
+        let forged = b"<message from='bob@localhost/x' to='alice@localhost/sj'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@localhost/y' to='carol@localhost'><body>lie</body></message></forwarded></sent></message>\n";
+        assert!(matches!(from_upstream(&acct(), forged)[0].0, Dest::Drop(_)));
+        let own = b"<message from='Alice@LocalHost' to='alice@localhost/sj'><received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='bob@localhost/y' to='alice@localhost/z'><body>ok</body></message></forwarded></received></message>\n";
+        assert_eq!(
+            dests(&from_upstream(&acct(), own)),
+            vec![Dest::Messaged, Dest::Mirror]
+        );
+    }
+
+    #[test]
+    fn tagged_result_goes_back_to_its_client_only() {
+        let id = tag_id("laptop", "r1");
+        let r = format!("<iq type='result' id='{id}' to='alice@localhost/sj'/>\n");
+        let out = from_upstream(&acct(), r.as_bytes());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, Dest::Mirror);
+        assert_eq!(xml::attr(&out[0].1, "id").as_deref(), Some("r1"));
+        assert_eq!(
+            xml::attr(&out[0].1, "to").as_deref(),
+            Some("alice@localhost/laptop")
+        );
+    }
+
+    #[test]
+    fn roster_push_believed_only_from_own_account() {
+        let push = b"<iq type='set' id='p1' to='alice@localhost/sj'><query xmlns='jabber:iq:roster'><item jid='bob@localhost'/></query></iq>\n";
+        assert_eq!(
+            dests(&from_upstream(&acct(), push)),
+            vec![Dest::Iqd, Dest::Mirror]
+        );
+        let forged = b"<iq type='set' id='p1' from='bob@localhost/x'><query xmlns='jabber:iq:roster'><item jid='eve@localhost'/></query></iq>\n";
+        assert_eq!(dests(&from_upstream(&acct(), forged)), vec![Dest::Iqd]);
+    }
+
+    #[test]
+    fn server_ping_is_ours_contact_ping_is_iqds() {
+        let p = b"<iq type='get' id='s1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>\n";
+        assert_eq!(dests(&from_upstream(&acct(), p)), vec![Dest::Own]);
+        let p =
+            b"<iq type='get' id='s1' from='bob@localhost/x'><ping xmlns='urn:xmpp:ping'/></iq>\n";
+        assert_eq!(dests(&from_upstream(&acct(), p)), vec![Dest::Iqd]);
+    }
+
+    #[test]
+    fn client_message_goes_up_once_with_sent_copy() {
+        let rec =
+            b"<message to='bob@localhost' type='chat' from='evil@x'><body>hi</body></message>\n";
+        let out = from_local(&acct(), &Origin::Client("a".into()), rec, |_| true);
+        assert_eq!(
+            dests(&out),
+            vec![Dest::Upstream, Dest::Messaged, Dest::Mirror]
+        );
+        assert_eq!(
+            xml::attr(&out[0].1, "from"),
+            None,
+            "no from toward the server"
+        );
+        let copy = Element::parse(&out[2].1).expect("copy parses");
+        assert_eq!(copy.attr("from"), Some("alice@localhost"));
+        let inner = copy
+            .child("sent", NS_CARBONS)
+            .and_then(|s| s.child("forwarded", NS_FORWARD))
+            .and_then(|f| f.child("message", "jabber:client"))
+            .expect("inner message");
+        assert_eq!(inner.attr("from"), Some("alice@localhost/a"));
+        assert_eq!(inner.attr("to"), Some("bob@localhost"));
+    }
+
+    #[test]
+    fn groupchat_and_private_get_no_copy() {
+        let gc = b"<message to='room@muc' type='groupchat'><body>hi</body></message>\n";
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::In, gc, |_| true)),
+            vec![Dest::Upstream]
+        );
+        let p = b"<message to='bob@localhost' type='chat'><body>hi</body><private xmlns='urn:xmpp:carbons:2'/></message>\n";
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::In, p, |_| true)),
+            vec![Dest::Upstream]
+        );
+    }
+
+    #[test]
+    fn client_iq_is_tagged_and_presence_goes_to_presenced() {
+        let iq = b"<iq type='get' id='q'><query xmlns='jabber:iq:roster'/></iq>\n";
+        let out = from_local(&acct(), &Origin::Client("b".into()), iq, |_| true);
+        assert_eq!(out[0].0, Dest::Upstream);
+        assert_eq!(xml::attr(&out[0].1, "id"), Some(tag_id("b", "q")));
+        let pres = b"<presence><show>away</show></presence>\n";
+        let out = from_local(&acct(), &Origin::Client("b".into()), pres, |_| true);
+        assert_eq!(dests(&out), vec![Dest::Presenced]);
+        assert_eq!(
+            xml::attr(&out[0].1, "from").as_deref(),
+            Some("alice@localhost/b")
+        );
+    }
+
+    #[test]
+    fn stanza_to_local_client_stays_local() {
+        let r = b"<presence to='alice@localhost/b' from='bob@localhost/x'/>\n";
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::Daemon, r, |n| n == "b")),
+            vec![Dest::Mirror]
+        );
+        assert!(matches!(
+            from_local(&acct(), &Origin::Daemon, r, |_| false)[0].0,
+            Dest::Drop(_)
+        ));
+        // The upstream resource is not a local client.
+        let r = b"<message to='alice@localhost/sj' type='chat'><body>x</body></message>\n";
+        assert_eq!(
+            from_local(&acct(), &Origin::Daemon, r, |_| true)[0].0,
+            Dest::Upstream
+        );
+    }
+}

@@ -1,0 +1,656 @@
+//! The online event loop: one poll set recomputed each turn from buffer
+//! state, moving records between upstream, the daemons, `DIR/in` and the
+//! clients according to `route`.
+
+use crate::route::{self, Account, Dest, Origin};
+use crate::upstream::{stream_error_condition, stream_error_exit, Upstream};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use sj::child::Child;
+use sj::exit::{Fatal, OK, TEMPORARY};
+use sj::framer::{canonical_record, Event, Limits};
+use sj::io::{LineReader, Read, WriteQueue};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Stop reading local sources while this much waits for the server.
+const UPSTREAM_HIGH: usize = 4 << 20;
+/// Records kept for a daemon that is down, before the oldest are refused.
+const CHILD_QUEUE_MAX: usize = 32 << 20;
+/// Longest line accepted from a FIFO or a daemon.
+const LINE_MAX: usize = Limits::DEFAULT.max_record + 1024;
+
+/// The four daemons, in the order they are started.
+pub const DAEMONS: [&str; 4] = ["messaged", "presenced", "iqd", "mirrord"];
+
+struct Daemon {
+    child: Child,
+    queue: WriteQueue,
+    lines: LineReader,
+}
+
+struct Client {
+    out: OwnedFd,
+    lines: LineReader,
+}
+
+pub struct Options {
+    pub dir: PathBuf,
+    pub verbose: bool,
+    /// Seconds of upstream silence before a keepalive ping.
+    pub keepalive: Duration,
+    /// Seconds to wait for any data after a keepalive ping.
+    pub keepalive_timeout: Duration,
+}
+
+pub struct Router {
+    up: Upstream,
+    up_queue: WriteQueue,
+    acct: Account,
+    daemons: Vec<Daemon>,
+    dir_in: OwnedFd,
+    dir_in_lines: LineReader,
+    clients: BTreeMap<String, Client>,
+    watcher: sj::fifo::ClientWatcher,
+    sig: OwnedFd,
+    opts: Options,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+    ping_seq: u64,
+    stopping: Option<Instant>,
+    closed_sent: bool,
+}
+
+fn daemon_index(d: &Dest) -> Option<usize> {
+    match d {
+        Dest::Messaged => Some(0),
+        Dest::Presenced => Some(1),
+        Dest::Iqd => Some(2),
+        Dest::Mirror => Some(3),
+        _ => None,
+    }
+}
+
+impl Router {
+    pub fn new(up: Upstream, acct: Account, sig: OwnedFd, opts: Options) -> Result<Router, Fatal> {
+        let dir = &opts.dir;
+        let in_path = dir.join("in");
+        sj::fifo::make(&in_path)
+            .map_err(|e| Fatal::io(format!("create {}", in_path.display()), &e))?;
+        let dir_in = sj::fifo::open_read(&in_path)
+            .map_err(|e| Fatal::io(format!("open {}", in_path.display()), &e))?;
+        let clients_dir = dir.join("clients");
+        let watcher = sj::fifo::ClientWatcher::new(&clients_dir)
+            .map_err(|e| Fatal::io(format!("watch {}", clients_dir.display()), &e))?;
+        let mut daemons = Vec::new();
+        for name in DAEMONS {
+            let mut args = Vec::new();
+            if opts.verbose {
+                args.push("-v".to_string());
+            }
+            args.extend([
+                "-d".to_string(),
+                dir.display().to_string(),
+                acct.full.clone(),
+            ]);
+            let env = vec![
+                ("SJ_DIR".to_string(), dir.display().to_string()),
+                ("SJ_JID".to_string(), acct.full.clone()),
+            ];
+            daemons.push(Daemon {
+                child: Child::new(name, &sj::child::locate(name), args, env),
+                queue: WriteQueue::new(),
+                lines: LineReader::new(LINE_MAX),
+            });
+        }
+        Ok(Router {
+            up,
+            up_queue: WriteQueue::new(),
+            acct,
+            daemons,
+            dir_in,
+            dir_in_lines: LineReader::new(LINE_MAX),
+            clients: BTreeMap::new(),
+            watcher,
+            sig,
+            opts,
+            last_heard: Instant::now(),
+            ping_sent: None,
+            ping_seq: 0,
+            stopping: None,
+            closed_sent: false,
+        })
+    }
+
+    /// Start the daemons. A daemon that cannot start is retried with backoff.
+    pub fn start_daemons(&mut self) {
+        for d in &mut self.daemons {
+            if let Err(e) = d.child.spawn() {
+                sj::log::warn(&format!(
+                    "unable to start {}: {}",
+                    d.child.name,
+                    sj::log::strerror(&e)
+                ));
+                d.child.died();
+            }
+        }
+    }
+
+    fn deliver(&mut self, dest: Dest, rec: Vec<u8>) {
+        match dest {
+            Dest::Upstream => {
+                sj::log::trace(">>", &rec);
+                self.up_queue.push(rec);
+            }
+            Dest::Own => self.own(&rec),
+            Dest::Drop(why) => sj::log::warn(&format!("dropping a record: {why}")),
+            d => {
+                let Some(i) = daemon_index(&d) else { return };
+                let dm = &mut self.daemons[i];
+                if dm.queue.len() + rec.len() > CHILD_QUEUE_MAX {
+                    sj::log::warn(&format!(
+                        "dropping a record for {}: its queue is full",
+                        dm.child.name
+                    ));
+                    return;
+                }
+                dm.queue.push(rec);
+            }
+        }
+    }
+
+    /// Records addressed to sj-proxy itself: replies to its pings, the
+    /// server's pings.
+    fn own(&mut self, rec: &[u8]) {
+        let ty = sj::xml::attr(rec, "type").unwrap_or_default();
+        if ty == "get" {
+            let id = sj::xml::attr(rec, "id").unwrap_or_default();
+            let mut reply = format!("<iq type='result' id='{}'", sj::escape::attr(&id));
+            if let Some(from) = sj::xml::attr(rec, "from") {
+                reply.push_str(&format!(" to='{}'", sj::escape::attr(&from)));
+            }
+            reply.push_str("/>\n");
+            self.up_queue.push(reply.into_bytes());
+        } else {
+            // A keepalive answer: hearing anything already reset the timer.
+            self.ping_sent = None;
+        }
+    }
+
+    fn route_upstream(&mut self, rec: &[u8]) {
+        for (d, r) in route::from_upstream(&self.acct, rec) {
+            self.deliver(d, r);
+        }
+    }
+
+    fn route_local(&mut self, origin: Origin, line: &[u8]) {
+        let rec = match canonical_record(line, Limits::DEFAULT) {
+            Ok(r) => r,
+            Err(e) => {
+                let who = match &origin {
+                    Origin::Daemon => "a daemon".to_string(),
+                    Origin::In => "DIR/in".to_string(),
+                    Origin::Client(n) => format!("client {n}"),
+                };
+                sj::log::warn(&format!("dropping an invalid record from {who}: {e}"));
+                return;
+            }
+        };
+        let clients = &self.clients;
+        let routed = route::from_local(&self.acct, &origin, &rec, |n| clients.contains_key(n));
+        for (d, r) in routed {
+            self.deliver(d, r);
+        }
+    }
+
+    fn client_arrived(&mut self, name: &str) {
+        let path = self.opts.dir.join("clients").join(name).join("out");
+        match sj::fifo::open_read(&path) {
+            Ok(out) => {
+                sj::log::info(&format!("client {name} arrived"));
+                self.clients.insert(
+                    name.to_string(),
+                    Client {
+                        out,
+                        lines: LineReader::new(LINE_MAX),
+                    },
+                );
+            }
+            Err(e) => sj::log::warn(&format!(
+                "unable to open {}: {}",
+                path.display(),
+                sj::log::strerror(&e)
+            )),
+        }
+    }
+
+    fn client_left(&mut self, name: &str) {
+        if let Some(mut c) = self.clients.remove(name) {
+            // Whatever the client managed to write before leaving still counts.
+            let _ = c.lines.fill(&c.out);
+            let mut lines = Vec::new();
+            while let Some(l) = c.lines.next_line() {
+                lines.push(l.to_vec());
+            }
+            self.clients.insert(name.to_string(), c);
+            for l in lines {
+                self.route_local(Origin::Client(name.to_string()), &l);
+            }
+            self.clients.remove(name);
+            sj::log::info(&format!("client {name} left"));
+            let gone = format!(
+                "<presence from='{}' type='unavailable'/>\n",
+                sj::escape::attr(&format!("{}/{name}", self.acct.bare))
+            );
+            self.deliver(Dest::Presenced, gone.into_bytes());
+        }
+    }
+
+    fn rescan_clients(&mut self) {
+        self.watcher.drain();
+        let (added, removed) = self.watcher.changes();
+        for n in removed {
+            self.client_left(&n);
+        }
+        for n in added {
+            if sj::path::RESERVED.contains(&n.as_str()) || n == self.acct.resource {
+                sj::log::warn(&format!("ignoring client directory {n}: reserved name"));
+                continue;
+            }
+            self.client_arrived(&n);
+        }
+    }
+
+    fn reap_children(&mut self) {
+        for (pid, how) in sj::child::reap() {
+            let Some(i) = self.daemons.iter().position(|d| d.child.pid == Some(pid)) else {
+                continue;
+            };
+            // What it wrote before dying is still routed.
+            self.drain_child_output(i);
+            let d = &mut self.daemons[i];
+            if self.stopping.is_none() {
+                sj::log::warn(&format!("{} (pid {pid}) {how}; restarting", d.child.name));
+            }
+            d.child.died();
+            d.lines = LineReader::new(LINE_MAX);
+        }
+        if self.stopping.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        for d in &mut self.daemons {
+            if !d.child.is_running() && d.child.restart_at.is_some_and(|t| t <= now) {
+                if let Err(e) = d.child.spawn() {
+                    sj::log::warn(&format!(
+                        "unable to restart {}: {}",
+                        d.child.name,
+                        sj::log::strerror(&e)
+                    ));
+                    d.child.died();
+                }
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        sj::log::info("stopping: closing the daemons' input");
+        self.stopping = Some(Instant::now());
+        for d in &mut self.daemons {
+            d.child.close_stdin();
+            d.child.restart_at = None;
+        }
+    }
+
+    /// Run until stopped (Ok) or the upstream session ends (Err).
+    pub fn run(&mut self) -> Result<(), Fatal> {
+        let mut upbuf = Vec::with_capacity(64 * 1024);
+        let mut next_scan = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next_scan {
+                self.rescan_clients();
+                self.reap_children();
+                next_scan = now + Duration::from_secs(1);
+            }
+            if let Some(t) = self.stopping {
+                let drained = self.daemons.iter().all(|d| !d.child.is_running());
+                if (drained && self.up_queue.is_empty()) || t.elapsed() > Duration::from_secs(3) {
+                    if !self.closed_sent {
+                        self.up_queue.push(b"</stream:stream>".to_vec());
+                        self.closed_sent = true;
+                    }
+                    let _ = self.up_queue.flush(&self.up.wfd);
+                    return Ok(());
+                }
+            }
+            self.keepalive()?;
+
+            // Build the poll set from what each buffer needs.
+            let up_full = self.up_queue.len() >= UPSTREAM_HIGH;
+            let mut fds: Vec<PollFd> = Vec::new();
+            let mut kinds: Vec<Slot> = Vec::new();
+            let add = |fds: &mut Vec<PollFd>,
+                       kinds: &mut Vec<Slot>,
+                       fd: BorrowedFd<'_>,
+                       ev: PollFlags,
+                       k: Slot| {
+                // SAFETY of lifetimes: the descriptors outlive this turn.
+                fds.push(PollFd::new(
+                    unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&fd)) },
+                    ev,
+                ));
+                kinds.push(k);
+            };
+            add(
+                &mut fds,
+                &mut kinds,
+                self.sig.as_fd(),
+                PollFlags::POLLIN,
+                Slot::Signal,
+            );
+            add(
+                &mut fds,
+                &mut kinds,
+                self.up.rfd.as_fd(),
+                PollFlags::POLLIN,
+                Slot::UpRead,
+            );
+            if !self.up_queue.is_empty() {
+                add(
+                    &mut fds,
+                    &mut kinds,
+                    self.up.wfd.as_fd(),
+                    PollFlags::POLLOUT,
+                    Slot::UpWrite,
+                );
+            }
+            if let Some(fd) = self.watcher.fd() {
+                add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::Watcher);
+            }
+            if !up_full && self.stopping.is_none() {
+                add(
+                    &mut fds,
+                    &mut kinds,
+                    self.dir_in.as_fd(),
+                    PollFlags::POLLIN,
+                    Slot::DirIn,
+                );
+                for (name, c) in &self.clients {
+                    add(
+                        &mut fds,
+                        &mut kinds,
+                        c.out.as_fd(),
+                        PollFlags::POLLIN,
+                        Slot::Client(name.clone()),
+                    );
+                }
+            }
+            for (i, d) in self.daemons.iter().enumerate() {
+                if let Some(out) = &d.child.stdout {
+                    if !up_full {
+                        add(
+                            &mut fds,
+                            &mut kinds,
+                            out.as_fd(),
+                            PollFlags::POLLIN,
+                            Slot::ChildRead(i),
+                        );
+                    }
+                }
+                if let Some(inp) = &d.child.stdin {
+                    if !d.queue.is_empty() {
+                        add(
+                            &mut fds,
+                            &mut kinds,
+                            inp.as_fd(),
+                            PollFlags::POLLOUT,
+                            Slot::ChildWrite(i),
+                        );
+                    }
+                }
+            }
+            let timeout = next_scan
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(1000));
+            let ms = u16::try_from(timeout.as_millis()).unwrap_or(1000).max(1);
+            match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Fatal::io("poll", &e.into())),
+            }
+            let ready: Vec<(Slot, PollFlags)> = fds
+                .iter()
+                .zip(kinds)
+                .filter_map(|(p, k)| p.revents().filter(|r| !r.is_empty()).map(|r| (k, r)))
+                .collect();
+            drop(fds);
+            for (slot, rev) in ready {
+                self.handle(slot, rev, &mut upbuf)?;
+            }
+        }
+    }
+
+    fn keepalive(&mut self) -> Result<(), Fatal> {
+        if self.stopping.is_some() {
+            return Ok(());
+        }
+        if let Some(t) = self.ping_sent {
+            if t.elapsed() >= self.opts.keepalive_timeout {
+                return Err(Fatal::temporary(format!(
+                    "the server did not answer a keepalive ping in {} seconds",
+                    self.opts.keepalive_timeout.as_secs()
+                )));
+            }
+        } else if self.last_heard.elapsed() >= self.opts.keepalive {
+            self.ping_seq += 1;
+            let ping = format!(
+                "<iq type='get' id='{}ping-{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>\n",
+                route::OWN_ID,
+                self.ping_seq,
+                sj::escape::attr(&self.acct.domain)
+            );
+            self.up_queue.push(ping.into_bytes());
+            self.ping_sent = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, slot: Slot, rev: PollFlags, upbuf: &mut Vec<u8>) -> Result<(), Fatal> {
+        match slot {
+            Slot::Signal => {
+                let mut b = [0u8; 64];
+                let _ = nix::unistd::read(&self.sig, &mut b);
+                self.reap_children();
+                if crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.begin_stop();
+                }
+            }
+            Slot::Watcher => self.rescan_clients(),
+            Slot::UpWrite => {
+                if let Err(e) = self.up_queue.flush(&self.up.wfd) {
+                    return Err(Fatal::io("write to the server", &e));
+                }
+            }
+            Slot::UpRead => {
+                upbuf.clear();
+                match sj::io::read_into(&self.up.rfd, upbuf) {
+                    Ok(Read::Data(_)) => {
+                        self.last_heard = Instant::now();
+                        self.ping_sent = None;
+                        self.up.framer.feed(upbuf);
+                        self.drain_upstream()?;
+                    }
+                    Ok(Read::WouldBlock) => {}
+                    Ok(Read::Eof) => {
+                        return Err(Fatal::temporary(
+                            "unable to read from the server: connection closed",
+                        ))
+                    }
+                    Err(e) => return Err(Fatal::io("read from the server", &e)),
+                }
+            }
+            Slot::DirIn => {
+                let fd = self
+                    .dir_in
+                    .try_clone()
+                    .map_err(|e| Fatal::io("dup DIR/in", &e))?;
+                let _ = self.dir_in_lines.fill(&fd);
+                let mut lines = Vec::new();
+                while let Some(l) = self.dir_in_lines.next_line() {
+                    lines.push(l.to_vec());
+                }
+                for l in lines {
+                    if !l.iter().all(u8::is_ascii_whitespace) {
+                        self.route_local(Origin::In, &l);
+                    }
+                }
+            }
+            Slot::Client(name) => {
+                let Some(c) = self.clients.get_mut(&name) else {
+                    return Ok(());
+                };
+                let _ = c.lines.fill(&c.out);
+                let mut lines = Vec::new();
+                while let Some(l) = c.lines.next_line() {
+                    lines.push(l.to_vec());
+                }
+                for l in lines {
+                    if !l.iter().all(u8::is_ascii_whitespace) {
+                        self.route_local(Origin::Client(name.clone()), &l);
+                    }
+                }
+            }
+            Slot::ChildRead(i) => {
+                self.read_child(i);
+            }
+            Slot::ChildWrite(i) => {
+                let d = &mut self.daemons[i];
+                if let Some(inp) = &d.child.stdin {
+                    if let Err(e) = d.queue.flush(inp) {
+                        // EPIPE: it died; SIGCHLD will restart it and the queue waits.
+                        sj::log::warn(&format!(
+                            "unable to write to {}: {}",
+                            d.child.name,
+                            sj::log::strerror(&e)
+                        ));
+                        d.child.stdin = None;
+                    }
+                }
+                let _ = rev;
+            }
+        }
+        Ok(())
+    }
+
+    /// One read from a daemon's stdout; true while more may come.
+    fn read_child(&mut self, i: usize) -> bool {
+        let d = &mut self.daemons[i];
+        let Some(out) = &d.child.stdout else {
+            return false;
+        };
+        let r = d.lines.fill(out);
+        let mut lines = Vec::new();
+        while let Some(l) = d.lines.next_line() {
+            lines.push(l.to_vec());
+        }
+        let more = matches!(r, Ok(Read::Data(_)));
+        if matches!(r, Ok(Read::Eof) | Err(_)) {
+            d.child.stdout = None;
+        }
+        for l in lines {
+            if !l.iter().all(u8::is_ascii_whitespace) {
+                self.route_local(Origin::Daemon, &l);
+            }
+        }
+        more
+    }
+
+    fn drain_child_output(&mut self, i: usize) {
+        while self.read_child(i) {}
+    }
+
+    fn drain_upstream(&mut self) -> Result<(), Fatal> {
+        loop {
+            match self.up.framer.next_event() {
+                Ok(None) => return Ok(()),
+                Ok(Some(Event::Record(r))) => {
+                    sj::log::trace("<<", &r);
+                    self.route_upstream(&r);
+                }
+                Ok(Some(Event::StreamError(r))) => {
+                    let c = stream_error_condition(&r);
+                    return Err(Fatal::new(
+                        stream_error_exit(&c),
+                        format!("the server closed the stream: {c}"),
+                    ));
+                }
+                Ok(Some(Event::End)) => {
+                    if self.stopping.is_some() {
+                        return Err(Fatal::new(OK, "stream closed"));
+                    }
+                    if !self.closed_sent {
+                        let _ = sj::io::write_all(&self.up.wfd, b"</stream:stream>");
+                        self.closed_sent = true;
+                    }
+                    return Err(Fatal::new(TEMPORARY, "the server closed the stream"));
+                }
+                Ok(Some(Event::Header(_))) => {
+                    self.up.send_stream_error("bad-format");
+                    return Err(Fatal::protocol("the server sent a second stream header"));
+                }
+                Err(e) => return Err(self.up.refuse(&e)),
+            }
+        }
+    }
+
+    /// Route the stanzas that arrived during negotiation.
+    pub fn route_early(&mut self, early: Vec<Vec<u8>>) {
+        for r in early {
+            self.route_upstream(&r);
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// On the way out (any reason): stop the daemons, give them a moment.
+    pub fn shutdown_children(&mut self) {
+        for d in &mut self.daemons {
+            d.child.close_stdin();
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.daemons.iter().any(|d| d.child.is_running()) && Instant::now() < deadline {
+            for (pid, _) in sj::child::reap() {
+                if let Some(d) = self.daemons.iter_mut().find(|d| d.child.pid == Some(pid)) {
+                    d.child.pid = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for d in &self.daemons {
+            if let Some(pid) = d.child.pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
+}
+
+enum Slot {
+    Signal,
+    Watcher,
+    UpRead,
+    UpWrite,
+    DirIn,
+    Client(String),
+    ChildRead(usize),
+    ChildWrite(usize),
+}

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install what the integration tests and the demo need on a fresh Debian
+# machine. Idempotent: a fast no-op when everything is present.
+set -eu
+
+missing=
+for cmd in prosody prosodyctl tcpclient socat openssl mandoc pgrep; do
+	command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
+done
+if [ -n "$missing" ]; then
+	echo "setup.sh: installing Debian packages for:$missing" >&2
+	SUDO=
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	$SUDO apt-get update
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y \
+		prosody ucspi-tcp socat openssl mandoc procps python3 python3-pip
+	# The package starts a system Prosody; the tests run their own.
+	if command -v systemctl >/dev/null 2>&1; then
+		$SUDO systemctl disable --now prosody >/dev/null 2>&1 || true
+	fi
+fi
+
+PY=${PYTHON:-python3}
+if ! "$PY" -c 'import slixmpp, pytest, pytest_timeout' >/dev/null 2>&1; then
+	echo "setup.sh: installing Python packages slixmpp pytest pytest-timeout" >&2
+	"$PY" -m pip install --quiet slixmpp pytest pytest-timeout ||
+		"$PY" -m pip install --quiet --break-system-packages slixmpp pytest pytest-timeout
+fi

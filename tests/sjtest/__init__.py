@@ -1,0 +1,1 @@
+"""Helpers shared by the sj-proxy integration tests and the demo."""

@@ -1,0 +1,219 @@
+"""sj-proxy's upstream half against a real Prosody (and a scripted bad peer).
+
+Each test fails when the behaviour it names is missing."""
+
+import os
+import re
+import select
+import signal
+import time
+import types
+
+import pytest
+
+from badserver import CASES, NS_STREAMS, BadServer
+from sjtest.proxy import JC, local
+
+CARBONS = "{urn:xmpp:carbons:2}"
+FORWARD = "{urn:xmpp:forward:0}"
+STATE_RE = re.compile(r"^online (alice@localhost/\S+) "
+                      r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)\n?$")
+
+
+def no_panic(p):
+    assert "panicked" not in p.stderr_text(), p.stderr_text()
+
+
+def body_of(el):
+    b = el.find(JC + "body")
+    return None if b is None else b.text
+
+
+def is_message_with_body(body):
+    return lambda el: local(el.tag) == "message" and body_of(el) == body
+
+
+def sent_copy(el):
+    """The inner message of an XEP-0280 sent copy, or None."""
+    if local(el.tag) != "message":
+        return None
+    sent = el.find(CARBONS + "sent")
+    if sent is None:
+        return None
+    fwd = sent.find(FORWARD + "forwarded")
+    return None if fwd is None else fwd.find(JC + "message")
+
+
+def test_login_scram_online_and_ready(proxy, prosody):
+    p = proxy("alice")
+    p.wait_ready()  # the readiness fd got exactly "\n"
+    line = p.wait_state("online")
+    m = STATE_RE.match(line)
+    assert m, f"DIR/state is {line!r}"
+    assert p.proc.poll() is None
+    no_panic(p)
+
+
+def test_message_from_bob_reaches_raw_clients_as_one_line(proxy, contact):
+    p = proxy("alice")
+    a, b = p.raw_client("a"), p.raw_client("b")
+    bound = p.online()
+    bob = contact("bob")
+    body = "line one\nline two <&> 'q'"
+    bob.send_message(bound, body)
+    line_a, el = a.wait_record(is_message_with_body(body))
+    line_b, _ = b.wait_record(is_message_with_body(body))
+    # One line, the LF in character data written as &#10;, nothing re-serialised
+    # differently for the two clients.
+    assert b"&#10;" in line_a and b"\r" not in line_a, line_a
+    assert line_a == line_b
+    assert el.get("from") == bob.full_jid
+    assert el.get("to") == bound
+    assert el.get("type") == "chat"
+    # Exactly one copy: a later marker from bob arrives, with no duplicate before it.
+    bob.send_message(bound, "marker-1")
+    a.wait_record(is_message_with_body("marker-1"))
+    dup = [ln for ln in a.lines if b"line one&#10;line two" in ln]
+    assert len(dup) == 1, dup
+    no_panic(p)
+
+
+def test_raw_client_message_reaches_bob_once_with_carbon_to_sibling(proxy, contact):
+    p = proxy("alice")
+    a, b = p.raw_client("a"), p.raw_client("b")
+    bound = p.online()
+    bob = contact("bob")
+    start = bob.mark()
+    a.send("<message to='bob@localhost' type='chat'><body>hi</body></message>")
+    m = bob.wait_message(lambda m: m["body"] == "hi", start=start)
+    assert str(m["from"]) == bound, "the server stamps the upstream full JID"
+    # No second copy: a later marker from a reaches bob, and "hi" arrived once.
+    a.send("<message to='bob@localhost' type='chat'><body>marker-2</body></message>")
+    bob.wait_message(lambda m: m["body"] == "marker-2", start=start)
+    assert len(bob.messages(lambda m: m["body"] == "hi", start=start)) == 1
+    # The sibling raw client sees the XEP-0280 sent copy, stamped with a's origin.
+    line, el = b.wait_record(lambda el: sent_copy(el) is not None
+                             and body_of(sent_copy(el)) == "hi")
+    inner = sent_copy(el)
+    assert inner.get("from") == "alice@localhost/a", line
+    assert inner.get("to") == "bob@localhost", line
+    assert el.get("from") == "alice@localhost", line
+    # a never gets its own copy: bob answers, and by the time a sees the answer
+    # no copy of "hi" has reached a.
+    bob.send_message(bound, "ack-from-bob")
+    a.wait_record(is_message_with_body("ack-from-bob"))
+    own = [ln for ln in a.lines if b"<body>hi</body>" in ln]
+    assert own == [], own
+    no_panic(p)
+
+
+def test_tls_through_socat(proxy, contact, prosody):
+    p = proxy("alice", mode="tls")
+    a = p.raw_client("a")
+    bound = p.online()
+    assert bound.startswith("alice@localhost/")
+    bob = contact("bob")
+    bob.send_message(bound, "over tls")
+    a.wait_record(is_message_with_body("over tls"))
+    start = bob.mark()
+    a.send("<message to='bob@localhost' type='chat'><body>tls reply</body></message>")
+    m = bob.wait_message(lambda m: m["body"] == "tls reply", start=start)
+    assert str(m["from"]) == bound
+    no_panic(p)
+
+
+def test_sigterm_exits_0_and_goes_offline(proxy):
+    p = proxy("alice")
+    p.online()
+    assert p.stop(signal.SIGTERM) == 0
+    assert p.state().split()[0] == "offline", p.state()
+    no_panic(p)
+
+
+def test_sigterm_server_sees_session_end(proxy, contact):
+    p = proxy("alice")
+    a = p.raw_client("a")
+    bound = p.online()
+    bob = contact("bob")
+    start = bob.mark()
+    # Directed presence: the server sends bob unavailable when the session ends.
+    a.send("<presence to='bob@localhost'/>")
+    bob.wait_presence(lambda pr: str(pr["from"]) == bound and pr["type"] != "unavailable",
+                      start=start)
+    assert p.stop(signal.SIGTERM) == 0
+    bob.wait_presence(lambda pr: str(pr["from"]) == bound and pr["type"] == "unavailable",
+                      start=start)
+
+
+def test_wrong_password_exits_100(proxy):
+    p = proxy("alice", password="not-alice-pw")
+    assert p.wait_exit(30) == 100, p.stderr_text()
+    # Never signalled readiness: the pipe reports EOF with no newline.
+    r, _, _ = select.select([p.ready_fd], [], [], 5)
+    assert r and os.read(p.ready_fd, 64) == b""
+    assert (p.state() or "offline").split()[0] != "online"
+    no_panic(p)
+
+
+def test_server_dies_exits_111(proxy, own_prosody):
+    p = proxy("alice", server=own_prosody)
+    p.online()
+    own_prosody.stop()
+    assert p.wait_exit(30) == 111, p.stderr_text()
+    no_panic(p)
+
+
+def test_killed_child_is_restarted_and_records_flow(proxy, contact):
+    p = proxy("alice")
+    a = p.raw_client("a")
+    bound = p.online()
+
+    def wait_pids(pred, what, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = p.child_pids("messaged")
+            if pred(pids):
+                return pids
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: messaged children {pids}\n{p.stderr_text()}")
+            time.sleep(0.05)
+    old = wait_pids(lambda pids: len(pids) == 1, "messaged not running")[0]
+    os.kill(old, signal.SIGKILL)
+    new = wait_pids(lambda pids: len(pids) == 1 and pids[0] != old, "messaged not restarted")
+    assert new[0] != old
+    assert p.proc.poll() is None, "sj-proxy died with its child"
+    bob = contact("bob")
+    bob.send_message(bound, "after restart")
+    a.wait_record(is_message_with_body("after restart"))
+    # ... and the restarted messaged got it too: bob's conversation log has it.
+    log = os.path.join(p.dir, "bob@localhost", "out")
+    deadline = time.monotonic() + 10
+    text = ""
+    while "after restart" not in text:
+        if os.path.exists(log):
+            with open(log, errors="replace") as f:
+                text = f.read()
+        if "after restart" in text:
+            break
+        assert time.monotonic() < deadline, f"{log} lacks the message: {text!r}"
+        time.sleep(0.05)
+    no_panic(p)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_malformed_input_from_server_is_a_stream_error(proxy, case):
+    bad = BadServer(case)
+    server = types.SimpleNamespace(jid=lambda u: f"{u}@localhost", addr="127.0.0.1",
+                                   port=bad.port, tls_port=bad.port)
+    p = proxy("alice", server=server)
+    code = p.wait_exit(20)
+    bad.wait(20)
+    assert bad.error is None, bad.error
+    assert bad.got_header, f"sj-proxy sent no stream header: {bad.received!r}"
+    cond = bad.condition.encode()
+    pat = (rb"<stream:error\b.*?<" + re.escape(cond) + rb"\b[^>]*xmlns=(['\"])"
+           + re.escape(NS_STREAMS.encode()) + rb"\1")
+    assert re.search(pat, bad.received, re.S), \
+        f"no <{bad.condition}/> stream error in {bad.received[-500:]!r}\n{p.stderr_text()}"
+    assert code == 1, f"exit {code}\n{p.stderr_text()}"
+    no_panic(p)
