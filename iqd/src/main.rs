@@ -36,6 +36,8 @@ const MAX_HANDLERS: usize = 32;
 const DELEGATION_TTL: Duration = Duration::from_secs(30);
 /// How long a slow FIFO reader of DIR/iq/<id> is waited for.
 const FIFO_WRITE_TTL: Duration = Duration::from_secs(10);
+/// Regular files kept in DIR/iq (anyone can send results to the account).
+const MAX_RESULT_FILES: usize = 256;
 /// Final flush of stdout at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -446,6 +448,7 @@ impl Iqd {
                 sj::log::strerror(&err)
             ));
         }
+        paths::prune(&self.dir.join("iq"), MAX_RESULT_FILES);
     }
 
     /// A get or set: exactly one answer (RFC 6120 §8.4).

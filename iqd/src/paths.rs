@@ -85,6 +85,33 @@ pub fn handler_namespaces(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Keep at most `max` regular files in `dir` (DIR/iq), removing the oldest
+/// by modification time. FIFOs (requesters waiting) and dot files are left
+/// alone. Bounds what unsolicited results from the network can store.
+pub fn prune(dir: &Path, max: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            m.file_type()
+                .is_file()
+                .then(|| (m.modified().unwrap_or(std::time::UNIX_EPOCH), e.path()))
+        })
+        .collect();
+    if files.len() <= max {
+        return;
+    }
+    files.sort();
+    let excess = files.len() - max;
+    for (_, p) in files.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +191,31 @@ mod tests {
         )
         .expect("maps");
         assert_eq!(p2.parent(), Some(d.join("iq.d").as_path()));
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn prune_keeps_newest_and_fifos() {
+        let d = tmpdir("prune");
+        for i in 0..5 {
+            let p = d.join(format!("f{i}"));
+            fs::write(&p, "x").expect("write");
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i);
+            fs::File::options()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.set_modified(t))
+                .expect("mtime");
+        }
+        sj::fifo::make(&d.join("waiting")).expect("fifo");
+        prune(&d, 2);
+        let mut left: Vec<String> = fs::read_dir(&d)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["f3", "f4", "waiting"]);
         fs::remove_dir_all(&d).ok();
     }
 }

@@ -209,11 +209,18 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
     }
     drop(w);
 
+    let own = std::fs::read_to_string(dir.join("state"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
+        .and_then(|j| Jid::parse(&j).ok());
     let end = Instant::now() + timeout;
     let mut reader = LineReader::new(sj::framer::Limits::DEFAULT.max_record);
     loop {
-        if let Some(line) = reader.next_line() {
-            return Ok(outcome(line, &item.jid));
+        while let Some(line) = reader.next_line() {
+            if from_account(line, own.as_ref()) {
+                return Ok(outcome(line, &item.jid));
+            }
+            sj::log::warn("ignored an answer not from the account's server");
         }
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -231,6 +238,19 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
             Ok(Read::Data(_)) | Ok(Read::WouldBlock) | Ok(Read::Eof) => {}
             Err(e) => return Err(Fatal::io(format!("read {}", fifo.display()), &e)),
         }
+    }
+}
+
+/// Roster answers come from the account's server: no `from`, or the
+/// account's own (bare or full) JID as bound in DIR/state. Anyone else could
+/// only be guessing the id.
+fn from_account(line: &[u8], own: Option<&Jid>) -> bool {
+    match sj::xml::attr(line, "from") {
+        None => true,
+        Some(f) => match (Jid::parse(&f), own) {
+            (Ok(j), Some(own)) => j.bare() == own.bare(),
+            _ => false,
+        },
     }
 }
 
