@@ -215,3 +215,118 @@ def test_hostile_result_id_stays_in_iq_dir(alice):
     rec = read(os.path.join(iqdir, name))
     assert rec.endswith("\n") and rec.count("\n") == 1
     assert stat.S_IMODE(os.stat(os.path.join(iqdir, name)).st_mode) == 0o600
+
+
+# -- iqd alone on a pipe pair, as sj-proxy runs it (no server needed) ------
+
+class Iqd:
+    def __init__(self, d, args=()):
+        self.p = subprocess.Popen([sj_bin("iqd"), *args, "-d", str(d), "alice@localhost/sj-proxy"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        self.buf = b""
+
+    def send(self, rec):
+        self.p.stdin.write(rec.encode() + b"\n")
+        self.p.stdin.flush()
+
+    def line(self, pred=lambda el: True, timeout=10.0):
+        import select
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\n" in self.buf:
+                ln, self.buf = self.buf.split(b"\n", 1)
+                el = ET.fromstring(b"<r xmlns='jabber:client'>" + ln + b"</r>")[0]
+                if pred(el):
+                    return el
+            left = deadline - time.monotonic()
+            assert left > 0, "no matching record from iqd"
+            r, _, _ = select.select([self.p.stdout], [], [], left)
+            if r:
+                chunk = os.read(self.p.stdout.fileno(), 65536)
+                assert chunk, "iqd closed stdout"
+                self.buf += chunk
+
+    def close(self):
+        self.p.stdin.close()
+        rc = self.p.wait(10)
+        self.p.stdout.close()
+        self.p.stderr.close()
+        return rc
+
+
+def by_id(i):
+    return lambda el: el.get("id") == i
+
+
+def handler(d, ns, body):
+    os.makedirs(d / "iq.d", mode=0o700, exist_ok=True)
+    p = d / "iq.d" / ns
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o700)
+
+
+def test_daemon_handler_failures_and_timeout(tmp_path):
+    handler(tmp_path, "urn:x:fail", "cat >/dev/null; echo \"<x xmlns='urn:x:fail'/>\"; exit 3\n")
+    handler(tmp_path, "urn:x:slow", "exec sleep 30\n")
+    handler(tmp_path, "urn:x:junk", "cat >/dev/null; echo '<unclosed'\n")
+    handler(tmp_path, "urn:x:empty", "cat >/dev/null\n")
+    handler(tmp_path, "urn:x:full", "cat >/dev/null; echo \"<iq type='result' id='zzz' to='evil@x'>"
+                                    "<ok xmlns='urn:x:full'/></iq>\"\n")
+    d = Iqd(tmp_path, ["-t", "1"])
+    try:
+        d.line(by_id("iqd-roster-1"))
+        t0 = time.monotonic()
+        for ns, i in [("slow", "s"), ("fail", "f"), ("junk", "j"), ("empty", "e"), ("full", "u")]:
+            d.send(f"<iq type='get' id='{i}' from='bob@localhost/r'><q xmlns='urn:x:{ns}'/></iq>")
+        for i in ("f", "j"):
+            el = d.line(by_id(i))
+            assert el.get("type") == "error" and condition(el) == "internal-server-error"
+            assert el.get("to") == "bob@localhost/r"
+        el = d.line(by_id("e"))
+        assert el.get("type") == "result" and len(el) == 0
+        el = d.line(by_id("u"))
+        assert el.get("type") == "result" and el.get("to") == "bob@localhost/r"
+        assert el.find("{urn:x:full}ok") is not None
+        el = d.line(by_id("s"), timeout=5)
+        assert condition(el) == "internal-server-error"
+        assert time.monotonic() - t0 < 4, "other handlers ran while the slow one was pending"
+    finally:
+        assert d.close() == 0
+
+
+def test_daemon_never_answers_results_and_delegates(tmp_path):
+    c = tmp_path / "clients" / "laptop"
+    c.mkdir(parents=True)
+    os.mkfifo(c / "in")
+    os.mkfifo(c / "out")
+    d = Iqd(tmp_path)
+    try:
+        d.line(by_id("iqd-roster-1"))
+        d.send("<iq type='error' id='x1' from='bob@localhost/r'><error type='cancel'/></iq>")
+        d.send("<iq type='get' id='g1' from='bob@localhost/r' to='alice@localhost/sj-proxy'>"
+               "<q xmlns='urn:x:client'/></iq>")
+        d.send("<iq type='set' id='b1' from='bob@localhost/r'/>")
+        el = d.line(lambda el: el.get("id") in ("x1", "g1", "b1"))
+        assert el.get("id") == "g1", "a result/error was answered"
+        assert el.get("to") == "alice@localhost/laptop" and el.get("from") == "bob@localhost/r"
+        el = d.line(by_id("b1"))
+        assert condition(el) == "bad-request"
+        assert (tmp_path / "iq" / "x1").read_text().count("\n") == 1
+    finally:
+        assert d.close() == 0
+
+
+def test_daemon_hostile_namespace_runs_nothing_outside(tmp_path):
+    evil = tmp_path / "evil"
+    evil.write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\n")
+    evil.chmod(0o700)
+    (tmp_path / "iq.d").mkdir()
+    d = Iqd(tmp_path)
+    try:
+        for i, ns in enumerate(["../evil", "..", "/", f"{tmp_path}/evil", "a/../../evil"]):
+            d.send(f"<iq type='get' id='h{i}' from='bob@localhost/r'><q xmlns='{ns}'/></iq>")
+            assert condition(d.line(by_id(f"h{i}"))) == "service-unavailable"
+        assert not (tmp_path / "ran").exists()
+    finally:
+        assert d.close() == 0
