@@ -217,3 +217,81 @@ def test_malformed_input_from_server_is_a_stream_error(proxy, case):
         f"no <{bad.condition}/> stream error in {bad.received[-500:]!r}\n{p.stderr_text()}"
     assert code == 1, f"exit {code}\n{p.stderr_text()}"
     no_panic(p)
+
+
+def test_plain_refused_in_clear_to_a_remote_server(tmp_path):
+    """A server offering only PLAIN, on an unencrypted channel whose peer is
+    not loopback (a socketpair: no TCP address, no wrapper variables), gets no
+    <auth/> and no password; sj-proxy exits 100."""
+    import base64
+    import socket
+    import subprocess
+    from sjtest.proxy import sj_bin
+
+    srv, cli = socket.socketpair()
+    pw = tmp_path / "pw"
+    pw.write_text("secret-pw\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TCPREMOTEIP", "SOCAT_PEERADDR", "PROTO", "SSL_PROTOCOL", "SSLCTLFD")}
+    fd = cli.fileno()
+
+    def on_6_and_7():
+        os.dup2(fd, 6)
+        os.dup2(fd, 7)
+
+    proc = subprocess.Popen([sj_bin("sj-proxy"), "-d", str(tmp_path / "dir"), "-p", str(pw),
+                             "alice@example.org"], env=env, preexec_fn=on_6_and_7,
+                            pass_fds=(fd, 6, 7), stderr=subprocess.PIPE)
+    cli.close()
+    srv.settimeout(20)
+    got = b""
+    while b"version=" not in got or not got.rstrip().endswith(b">"):
+        chunk = srv.recv(4096)
+        assert chunk, got
+        got += chunk
+    srv.sendall(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                b"xmlns:stream='http://etherx.jabber.org/streams' from='example.org' id='p1' "
+                b"version='1.0'><stream:features><mechanisms "
+                b"xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism>"
+                b"</mechanisms></stream:features>")
+    while True:
+        chunk = srv.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    code = proc.wait(20)
+    err = proc.stderr.read().decode()
+    assert code == 100, err
+    assert b"<auth" not in got
+    assert b"secret-pw" not in got and base64.b64encode(b"\0alice\0secret-pw") not in got
+    assert "PLAIN" in err, err
+
+
+def test_roster_push_reaches_every_raw_client(proxy):
+    p = proxy("alice")
+    a, b = p.raw_client("a"), p.raw_client("b")
+    p.online()
+    a.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
+           "<item jid='carol@localhost' name='Carol'/></query></iq>")
+
+    def is_push(el):
+        q = el.find("{jabber:iq:roster}query")
+        return (local(el.tag) == "iq" and el.get("type") == "set" and q is not None
+                and any(i.get("jid") == "carol@localhost" for i in q))
+
+    def is_result(el):
+        return local(el.tag) == "iq" and el.get("id") == "r1" and el.get("type") == "result"
+
+    b.wait_record(is_push)
+    # a gets the push too, and the result of its own request with its own id
+    # (the server may send them in either order).
+    seen = set()
+    deadline = time.monotonic() + 10
+    while seen != {"push", "result"}:
+        assert time.monotonic() < deadline, (seen, a.lines)
+        _, el = a.wait_record(lambda el: is_push(el) or is_result(el),
+                              timeout=deadline - time.monotonic())
+        seen.add("push" if is_push(el) else "result")
+    b.drain()
+    assert not any(b"id='r1'" in ln for ln in b.lines), "b got a's result"
+    no_panic(p)
