@@ -295,3 +295,46 @@ def test_roster_push_reaches_every_raw_client(proxy):
     b.drain()
     assert not any(b"id='r1'" in ln for ln in b.lines), "b got a's result"
     no_panic(p)
+
+
+def scripted_proxy(proxy, srv, **kw):
+    server = types.SimpleNamespace(jid=lambda u: f"{u}@localhost", addr="127.0.0.1",
+                                   port=srv.port, tls_port=srv.port)
+    return proxy("alice", server=server, **kw)
+
+
+def test_keepalive_silent_server_exits_111(proxy):
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv, extra_args=["-k", "1"])
+    srv.handshake()
+    # After a second of silence sj-proxy pings the server (the daemons'
+    # own requests, left unanswered, may come first) ...
+    for _ in range(10):
+        ping = srv.read_until(rb"<iq [^>]*>.*?</iq>")
+        if b"urn:xmpp:ping" in ping:
+            break
+    assert b"urn:xmpp:ping" in ping, ping
+    # ... and, unanswered, gives up: a temporary failure for the supervisor.
+    assert p.wait_exit(20) == 111, p.stderr_text()
+    assert "keepalive" in p.stderr_text()
+    srv.close()
+
+
+def test_answers_server_ping_and_survives_answered_keepalive(proxy):
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv, extra_args=["-k", "1"])
+    srv.handshake()
+    srv.send(b"<iq type='get' id='srv-ping' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    answer = srv.read_until(rb"<iq [^>]*id='srv-ping'[^>]*/>")
+    assert b"type='result'" in answer, answer
+    for _ in range(3):
+        ping = srv.read_until(rb"<iq [^>]*>.*?</iq>")
+        if b"urn:xmpp:ping" not in ping:
+            continue
+        pid = re.search(rb"id='([^']+)'", ping).group(1)
+        srv.send(b"<iq type='result' id='" + pid + b"' from='localhost'/>")
+    assert p.proc.poll() is None, p.stderr_text()
+    assert p.stop() == 0
+    srv.close()
