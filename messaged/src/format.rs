@@ -23,17 +23,7 @@ fn xml_char(c: char) -> bool {
 /// Escape character data (`&`, `<`, `>`), and write LF as `&#10;` so the
 /// record stays on one line (DESIGN §4).
 pub fn escape_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\n' => out.push_str("&#10;"),
-            _ => out.push(c),
-        }
-    }
-    out
+    sj::escape::text(s).replace('\n', "&#10;")
 }
 
 /// The record for one line written to `in`.
