@@ -32,6 +32,7 @@ slixmpp = pytest.importorskip("slixmpp")
 from slixmpp.xmlstream.handler import Callback  # noqa: E402
 from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
 from sjtest.proxy import Proxy  # noqa: E402
+from sjtest.proxy import bin_dir as proxy_bin_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BARE = "alice@localhost"
@@ -46,10 +47,9 @@ for tool in ("tcpserver", "tcpclient", "socat", "openssl"):
 
 
 def bin_dir():
+    d = Path(proxy_bin_dir())
     if os.environ.get("SJ_BIN_DIR"):
-        return Path(os.environ["SJ_BIN_DIR"])
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    d = target / "debug"
+        return d
     need = ["sj-proxy", "sj-c2s", "sj-passwd", "mirrord", "messaged", "presenced", "iqd"]
     if not all((d / n).exists() for n in need):
         subprocess.run(["cargo", "build", "-q", "--workspace"], cwd=REPO, check=True)

@@ -9,26 +9,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from sjtest.poll import read, wait_until
 from sjtest.proxy import sj_bin
 
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
-
-
-def wait_until(pred, timeout=10.0, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
-
-
-def read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
 
 
 def iq_answer(contact, iq_id, timeout=10.0, start=0):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sjtest.proxy import bin_dir
+
 REPO = Path(__file__).resolve().parent.parent
 JID = "alice@localhost/sj-proxy"
 BARE = "alice@localhost"
@@ -23,11 +25,8 @@ DROP_LINE = "mirrord: warning: dropping client {name}: queue over {n} bytes"
 def mirrord_bin():
     if os.environ.get("MIRRORD"):
         return os.environ["MIRRORD"]
-    if os.environ.get("SJ_BIN_DIR"):
-        return str(Path(os.environ["SJ_BIN_DIR"]) / "mirrord")
-    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
-    path = target / "debug" / "mirrord"
-    if not path.exists():
+    path = Path(bin_dir()) / "mirrord"
+    if not os.environ.get("SJ_BIN_DIR") and not path.exists():
         if not shutil.which("cargo"):
             pytest.skip("no mirrord binary and no cargo")
         subprocess.run(["cargo", "build", "-q", "-p", "mirrord"], cwd=REPO, check=True)

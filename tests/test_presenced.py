@@ -16,42 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from sjtest.poll import read, wait_until
+from sjtest.proxy import sj_bin
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def binary(name):
-    """A built binary: $SJ_BIN_DIR, $CARGO_TARGET_DIR/debug, target/debug, PATH."""
-    dirs = []
-    if os.environ.get("SJ_BIN_DIR"):
-        dirs.append(Path(os.environ["SJ_BIN_DIR"]))
-    if os.environ.get("CARGO_TARGET_DIR"):
-        dirs.append(Path(os.environ["CARGO_TARGET_DIR"]) / "debug")
-    dirs.append(ROOT / "target" / "debug")
-    for d in dirs:
-        p = d / name
-        if p.is_file() and os.access(p, os.X_OK):
-            return str(p)
-    found = shutil.which(name)
-    if found:
-        return found
-    pytest.skip(f"{name} not built")
 
 
 def wait_for(pred, timeout=3.0, step=0.02):
     """Poll `pred` until true or the deadline; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
-
-
-def read(path):
-    try:
-        return Path(path).read_text()
-    except FileNotFoundError:
-        return None
+    return wait_until(pred, timeout, step)
 
 
 class Daemon:
@@ -59,7 +32,7 @@ class Daemon:
 
     def __init__(self, d, jid="alice@localhost/sj-proxy", args=()):
         self.p = subprocess.Popen(
-            [binary("presenced"), *args, "-d", str(d), jid],
+            [sj_bin("presenced"), *args, "-d", str(d), jid],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -186,7 +159,7 @@ def test_auto_approve(acct):
 def test_directed_presence(acct):
     dm = Daemon(acct)
     dm.expect(lambda x: x == "<presence/>")
-    tool = binary("presence")
+    tool = sj_bin("presence")
     subprocess.run([tool, "-d", str(acct), "to", "Bob@LocalHost/x", "xa", "not", "here"], check=True)
     assert read(acct / "bob@localhost" / "mypresence") == "xa not here\n"
     dm.expect(lambda x: x == "<presence to='bob@localhost'><show>xa</show><status>not here</status></presence>")
@@ -196,7 +169,7 @@ def test_directed_presence(acct):
 
 
 def test_presence_tool(acct):
-    tool = binary("presence")
+    tool = sj_bin("presence")
     env = dict(os.environ, SJ_DIR=str(acct))
 
     def run(*a):
@@ -289,8 +262,8 @@ def e2e(server, tmp_path_factory):
     a direct slixmpp alice before the proxy starts), carol a stranger."""
     if not shutil.which("tcpclient"):
         pytest.skip("tcpclient not installed")
-    sjproxy = binary("sj-proxy")
-    binary("presenced")
+    sjproxy = sj_bin("sj-proxy")
+    sj_bin("presenced")
     bob = contact(server, "bob")
     alice = contact(server, "alice", resource="direct")
     m = bob.mark()
@@ -348,12 +321,12 @@ def test_e2e_mypresence_reaches_contact(e2e):
     assert p["status"] == "busy"
     # Directed presence with the tool: only bob sees it.
     m = bob.mark()
-    subprocess.run([binary("presence"), "-d", str(d), "to", "bob@localhost", "xa", "just", "you"],
+    subprocess.run([sj_bin("presence"), "-d", str(d), "to", "bob@localhost", "xa", "just", "you"],
                    check=True)
     p = bob.wait_presence(lambda s: str(s["from"].bare) == "alice@localhost"
                           and s["show"] == "xa", timeout=3, start=m)
     assert p["status"] == "just you"
-    subprocess.run([binary("presence"), "-d", str(d), "to", "bob@localhost", "-"], check=True)
+    subprocess.run([sj_bin("presence"), "-d", str(d), "to", "bob@localhost", "-"], check=True)
     (d / "mypresence").write_text("online\n")
     bob.wait_presence(lambda s: str(s["from"].bare) == "alice@localhost"
                       and s["show"] == "" and s["type"] == "available", timeout=3, start=m)
@@ -372,7 +345,7 @@ def test_e2e_subscription_request_surfaces(e2e):
     time.sleep(1)
     assert not [s for s in carol.received[m:] if is_presence(s, "alice@localhost", "subscribed")]
     # The user approves with the tool.
-    r = subprocess.run([binary("presence"), "-d", str(d), "subscribed", "carol@localhost"],
+    r = subprocess.run([sj_bin("presence"), "-d", str(d), "subscribed", "carol@localhost"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     carol.wait_for(lambda s: is_presence(s, "alice@localhost", "subscribed"), timeout=5, start=m)

@@ -17,6 +17,8 @@ import ssl
 import subprocess
 import sys
 
+from ucspi_tls import decrypted_to_fd, fd_setter, fd_to_tls, tls_read
+
 
 def main():
     host, port, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -29,14 +31,7 @@ def main():
     fdmap = {6: plain_child.fileno(), 7: plain_child.fileno(), 8: ctl_child.fileno(), 9: tls_rd_r, 10: tls_wr_w}
     env = dict(os.environ, SSLCTLFD="8", SSLREADFD="9", SSLWRITEFD="10", TCPREMOTEIP=host, PROTO="TCP")
 
-    def preexec():
-        # dup2 into place without clobbering sources that sit on the targets.
-        tmp = {k: os.dup(v) for k, v in fdmap.items()}
-        for k, v in tmp.items():
-            os.dup2(v, k)
-            os.set_inheritable(k, True)
-
-    proc = subprocess.Popen(argv, env=env, preexec_fn=preexec, pass_fds=tuple(fdmap), close_fds=True)
+    proc = subprocess.Popen(argv, env=env, preexec_fn=fd_setter(fdmap), pass_fds=tuple(fdmap), close_fds=True)
     os.close(tls_rd_r)
     os.close(tls_wr_w)
     plain_child.close()
@@ -51,12 +46,9 @@ def main():
         for key, _ in sel.select(timeout=0.2):
             what = key.data
             if what == "srv":
-                try:
-                    data = (tls or srv).recv(65536)
-                except ssl.SSLWantReadError:
+                data = tls_read(tls or srv)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     plain_parent.close() if tls is None else os.close(tls_rd_w)
                     sel.unregister(srv)
@@ -64,9 +56,7 @@ def main():
                 if tls is None:
                     plain_parent.sendall(data)
                 else:
-                    os.write(tls_rd_w, data)
-                    while tls.pending():
-                        os.write(tls_rd_w, tls.recv(65536))
+                    decrypted_to_fd(tls, data, tls_rd_w)
             elif what == "prog":
                 data = plain_parent.recv(65536)
                 if not data:
@@ -74,11 +64,8 @@ def main():
                     continue
                 srv.sendall(data)
             elif what == "tlsout":
-                data = os.read(tls_wr_r, 65536)
-                if not data:
+                if not fd_to_tls(tls_wr_r, tls):
                     sel.unregister(tls_wr_r)
-                    continue
-                tls.sendall(data)
             elif what == "ctl":
                 cmd = ctl_parent.recv(16)
                 if not cmd:

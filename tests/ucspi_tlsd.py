@@ -18,6 +18,8 @@ import ssl
 import subprocess
 import sys
 
+from ucspi_tls import decrypted_to_fd, fd_setter, fd_to_tls, tls_read
+
 
 def serve(conn, peer, cert, argv):
     """PROG gets the connection itself on 0 and 1 until it asks for TLS."""
@@ -27,15 +29,8 @@ def serve(conn, peer, cert, argv):
     fdmap = {3: ctl_child.fileno(), 4: tls_rd_r, 5: tls_wr_w}
     env = dict(os.environ, SSLCTLFD="3", SSLREADFD="4", SSLWRITEFD="5",
                PROTO="TCP", TCPREMOTEIP=peer[0])
-
-    def preexec():
-        tmp = {k: os.dup(v) for k, v in fdmap.items()}
-        for k, v in tmp.items():
-            os.dup2(v, k)
-            os.set_inheritable(k, True)
-
     proc = subprocess.Popen(argv, env=env, stdin=conn, stdout=conn,
-                            preexec_fn=preexec, pass_fds=tuple(fdmap), close_fds=True)
+                            preexec_fn=fd_setter(fdmap), pass_fds=tuple(fdmap), close_fds=True)
     os.close(tls_rd_r)
     os.close(tls_wr_w)
     ctl_child.close()
@@ -46,25 +41,17 @@ def serve(conn, peer, cert, argv):
         for key, _ in sel.select(timeout=0.2):
             what = key.data
             if what == "net":
-                try:
-                    data = tls.recv(65536)
-                except ssl.SSLWantReadError:
+                data = tls_read(tls)
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     sel.unregister(key.fileobj)
                     os.close(tls_rd_w)
                     continue
-                os.write(tls_rd_w, data)
-                while tls.pending():
-                    os.write(tls_rd_w, tls.recv(65536))
+                decrypted_to_fd(tls, data, tls_rd_w)
             elif what == "tlsout":
-                data = os.read(tls_wr_r, 65536)
-                if not data:
+                if not fd_to_tls(tls_wr_r, tls):
                     sel.unregister(tls_wr_r)
-                    continue
-                tls.sendall(data)
             elif what == "ctl":
                 cmd = ctl_parent.recv(16)
                 if not cmd:

@@ -6,7 +6,7 @@
 
 use sj::escape;
 use sj::xml::Element;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub const PING: &str = "urn:xmpp:ping";
 pub const VERSION: &str = "jabber:iq:version";
@@ -51,8 +51,8 @@ pub fn answer(iq: &Element, env: &Env) -> Option<String> {
         )),
         (TIME, "time") => Some(format!(
             "<time xmlns='{TIME}'><tzo>{}</tzo><utc>{}</utc></time>",
-            tzo(env.tz_offset),
-            utc(env.now)
+            sj::time::tzo(env.tz_offset),
+            sj::time::utc_iso(env.now)
         )),
         (LAST, "query") => Some(format!(
             "<query xmlns='{LAST}' seconds='{}'/>",
@@ -80,63 +80,6 @@ fn disco(extra: &[String]) -> String {
     s
 }
 
-/// XEP-0082 time zone offset: `+HH:MM` / `-HH:MM` (`Z` is not used, for
-/// clients that expect the numeric form).
-pub fn tzo(offset: i64) -> String {
-    let sign = if offset < 0 { '-' } else { '+' };
-    let a = offset.unsigned_abs();
-    format!("{sign}{:02}:{:02}", a / 3600, (a % 3600) / 60)
-}
-
-/// XEP-0082 UTC date-time, second resolution: `2026-11-22T04:05:06Z`.
-pub fn utc(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// The local time zone's offset from UTC in seconds, now.
-pub fn local_offset() -> i64 {
-    use nix::libc;
-    let now: libc::time_t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as libc::time_t)
-        .unwrap_or(0);
-    // SAFETY: localtime_r only writes into the tm we own.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&now, &mut tm).is_null() {
-            0
-        } else {
-            tm.tm_gmtoff as i64
-        }
-    }
-}
-
 /// The OS name for XEP-0092: `uname -s` and release, e.g. `Linux 6.1.0`.
 pub fn os_name() -> String {
     match nix::sys::utsname::uname() {
@@ -155,7 +98,7 @@ mod tests {
 
     fn env(ns: &[String]) -> Env<'_> {
         Env {
-            now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            now: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             tz_offset: -5 * 3600 - 1800,
             idle: Duration::from_secs(42),
             os: "Linux",
@@ -210,12 +153,6 @@ mod tests {
         assert_eq!(
             a,
             "<time xmlns='urn:xmpp:time'><tzo>-05:30</tzo><utc>2023-11-14T22:13:20Z</utc></time>"
-        );
-        assert_eq!(tzo(0), "+00:00");
-        assert_eq!(utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
         );
     }
 

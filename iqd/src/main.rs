@@ -52,9 +52,7 @@ struct Opts {
     timeout: Duration,
 }
 
-fn usage() -> Fatal {
-    Fatal::permanent("usage: iqd [-v] [-t SECS] -d DIR JID")
-}
+const USAGE: &str = "usage: iqd [-v] [-t SECS] -d DIR JID";
 
 fn parse_args() -> Result<Opts, Fatal> {
     use lexopt::prelude::*;
@@ -62,8 +60,7 @@ fn parse_args() -> Result<Opts, Fatal> {
     let mut dir: Option<PathBuf> = None;
     let mut jid: Option<String> = None;
     let mut timeout = Duration::from_secs(10);
-    let bad =
-        |e: lexopt::Error| Fatal::permanent(format!("{e}; usage: iqd [-v] [-t SECS] -d DIR JID"));
+    let bad = |e: lexopt::Error| Fatal::permanent(format!("{e}; {USAGE}"));
     while let Some(arg) = p.next().map_err(bad)? {
         match arg {
             Short('v') => sj::log::set_verbose(true),
@@ -76,18 +73,15 @@ fn parse_args() -> Result<Opts, Fatal> {
                 timeout = Duration::from_secs(s);
             }
             Value(v) if jid.is_none() => {
-                jid = Some(v.into_string().map_err(|_| usage())?);
+                jid = Some(
+                    v.into_string()
+                        .map_err(|_| Fatal::permanent(format!("JID is not UTF-8; {USAGE}")))?,
+                );
             }
             _ => return Err(bad(arg.unexpected())),
         }
     }
-    let dir = dir
-        .or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from))
-        .ok_or_else(usage)?;
-    let jid = jid
-        .or_else(|| std::env::var("SJ_JID").ok())
-        .ok_or_else(usage)?;
-    let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{jid}: {e}")))?;
+    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
     Ok(Opts { dir, jid, timeout })
 }
 
@@ -483,7 +477,7 @@ impl Iqd {
         let names = paths::handler_namespaces(&self.dir);
         let env = builtin::Env {
             now: SystemTime::now(),
-            tz_offset: builtin::local_offset(),
+            tz_offset: sj::time::local_offset(),
             idle: self.started.elapsed(),
             os: &self.os,
             handler_namespaces: &names,

@@ -13,8 +13,8 @@
 //! - no readable body: errors, corrections (XEP-0308) and encrypted payloads
 //!   become `-!-` events; receipts, markers and chat states are not logged.
 
-use crate::format::{self, Kind};
 use sj::jid::Jid;
+use sj::outlog::Kind;
 use sj::xml::Element;
 
 pub const CLIENT: &str = "jabber:client";
@@ -81,13 +81,13 @@ fn forwarded(carbon: &Element) -> Option<(&Element, Option<i64>)> {
 
 fn delay(e: &Element) -> Option<i64> {
     if let Some(d) = e.child("delay", DELAY) {
-        if let Some(t) = d.attr("stamp").and_then(format::parse_stamp) {
+        if let Some(t) = d.attr("stamp").and_then(sj::time::parse_xmpp_datetime) {
             return Some(t);
         }
     }
     e.child("x", LEGACY_DELAY)
         .and_then(|d| d.attr("stamp"))
-        .and_then(format::parse_stamp)
+        .and_then(sj::time::parse_xmpp_datetime)
 }
 
 /// The body to log: the one without `xml:lang`, else the first.

@@ -82,24 +82,7 @@ fn parse_args() -> Result<Args, Fatal> {
             other => return Err(usage(other.unexpected().to_string())),
         }
     }
-    let jid = jid
-        .or_else(|| std::env::var("SJ_JID").ok().filter(|s| !s.is_empty()))
-        .ok_or_else(|| usage("missing JID".into()))?;
-    let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{e}: {jid}")))?;
-    let dir = match dir.or_else(|| {
-        std::env::var_os("SJ_DIR")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    }) {
-        Some(d) => d,
-        None => {
-            let home =
-                std::env::var_os("HOME").ok_or_else(|| usage("no DIR and no HOME".into()))?;
-            PathBuf::from(home)
-                .join("xmpp")
-                .join(jid.bare().to_string())
-        }
-    };
+    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
     Ok(Args { dir, jid })
 }
 
@@ -519,17 +502,17 @@ impl Daemon {
         if self.contacts[i].fifo.is_none() {
             self.attach_fifo(i);
         }
-        let t = e.when.unwrap_or_else(now);
-        let text = format::lines(&format::stamp(t), &e.kind, &e.text);
+        let t = e.when.unwrap_or_else(sj::time::now_secs);
+        let text = sj::outlog::lines(&sj::time::local_minute(t), &e.kind, &e.text);
         if text.is_empty() {
             return;
         }
         let repair = self.contacts[i].warned;
-        let mut result = append(&self.contacts[i].dir.join("out"), &text, repair);
+        let mut result = sj::outlog::append(&self.contacts[i].dir.join("out"), &text, repair);
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            result = append(&self.contacts[i].dir.join("out"), &text, repair);
+            result = sj::outlog::append(&self.contacts[i].dir.join("out"), &text, repair);
         }
         let c = &mut self.contacts[i];
         match result {
@@ -629,7 +612,12 @@ impl Daemon {
             }
         };
         self.counter += 1;
-        let id = format!("msgd-{}-{}-{}", self.pid, self.counter, now());
+        let id = format!(
+            "msgd-{}-{}-{}",
+            self.pid,
+            self.counter,
+            sj::time::now_secs()
+        );
         let rec = format::message_record(&c.jid, c.room, &id, &body);
         sj::log::trace(">", rec.as_bytes());
         self.out.push(rec.into_bytes());
@@ -715,13 +703,6 @@ impl Partial {
     }
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Make `dir` (mode 0700, a real directory, not a symlink) and an empty
 /// `out` in it unless there is one, so `tail -f out` works from the start.
 fn make_contact_dir(dir: &Path) -> io::Result<()> {
@@ -733,7 +714,7 @@ fn make_contact_dir(dir: &Path) -> io::Result<()> {
         ));
     }
     // Best effort: a failure shows (and is reported) on the first append.
-    let _ = append(&dir.join("out"), "", false);
+    let _ = sj::outlog::append(&dir.join("out"), "", false);
     Ok(())
 }
 
@@ -742,32 +723,6 @@ fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
     let fifo = dir.join("in");
     sj::fifo::make(&fifo)?;
     sj::fifo::open_read(&fifo)
-}
-
-/// Append `text` (whole lines) to a log: O_APPEND, one write per line.
-/// `repair`: an earlier write may have stopped mid-line (ENOSPC), so end
-/// that partial line first if the file does not end with LF.
-fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::FileExt;
-    let mut f = fs::OpenOptions::new()
-        .read(repair)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)?;
-    if repair {
-        let len = f.metadata()?.len();
-        let mut last = [0u8; 1];
-        if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
-            f.write_all(b"\n")?;
-        }
-    }
-    for line in text.split_inclusive('\n') {
-        f.write_all(line.as_bytes())?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -835,38 +790,5 @@ mod tests {
                 assert_eq!(p.components().count(), base.components().count() + 1);
             }
         }
-    }
-
-    #[test]
-    fn append_lines_and_mode() {
-        let d = std::env::temp_dir().join(format!("messaged-append-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        sj::fifo::make_dir(&d).expect("mkdir");
-        let p = d.join("out");
-        append(&p, "a\nb\n", false).expect("append");
-        append(&p, "c\n", false).expect("append");
-        assert_eq!(fs::read_to_string(&p).expect("read"), "a\nb\nc\n");
-        // After a failed write left half a line, the next line starts fresh.
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"parti"))
-            .expect("partial");
-        append(&p, "d\n", true).expect("append");
-        append(&p, "e\n", true).expect("append");
-        assert_eq!(
-            fs::read_to_string(&p).expect("read"),
-            "a\nb\nc\nparti\nd\ne\n"
-        );
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&p).expect("stat").permissions().mode() & 0o777,
-            0o600
-        );
-        // A symlink planted as out is not followed.
-        let q = d.join("link");
-        std::os::unix::fs::symlink(&p, &q).expect("symlink");
-        assert!(append(&q, "x\n", false).is_err());
-        let _ = fs::remove_dir_all(&d);
     }
 }

@@ -78,23 +78,9 @@ fn parse_args() -> Result<Opts, Fatal> {
             other => return Err(usage(other.unexpected().to_string())),
         }
     }
-    let jid = jid
-        .or_else(|| std::env::var("SJ_JID").ok().filter(|s| !s.is_empty()))
-        .ok_or_else(|| usage("missing JID".into()))?;
+    let jid = sj::daemon::jid(jid, USAGE)?;
     let account = Account::parse(&jid).map_err(Fatal::permanent)?;
-    let dir = match dir.or_else(|| {
-        std::env::var_os("SJ_DIR")
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-    }) {
-        Some(d) => d,
-        None => {
-            let home = std::env::var_os("HOME")
-                .filter(|s| !s.is_empty())
-                .ok_or_else(|| usage("no -d DIR, SJ_DIR or HOME".into()))?;
-            PathBuf::from(home).join("xmpp").join(account.bare())
-        }
-    };
+    let dir = sj::daemon::dir(dir, account.bare(), USAGE)?;
     Ok(Opts {
         verbose,
         bound,

@@ -1,5 +1,5 @@
 //! Pieces shared by `presenced` and the `presence` tool: the show words,
-//! the `mypresence` file format, and timestamps for log lines.
+//! and the `mypresence` file format.
 //!
 //! Private to this crate (included with `#[path]` by both binaries).
 
@@ -158,83 +158,6 @@ pub fn one_line(s: &str) -> String {
         .to_string()
 }
 
-/// Broken-down time, either local or UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tm {
-    pub year: i32,
-    pub mon: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub min: u32,
-    pub sec: u32,
-}
-
-fn now_secs() -> nix::libc::time_t {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    secs as nix::libc::time_t
-}
-
-fn convert(t: nix::libc::time_t, local: bool) -> Tm {
-    // SAFETY: an all-zero `struct tm` is a valid value; localtime_r and
-    // gmtime_r only write into the buffer we pass and read `t`.
-    let mut tm: nix::libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe {
-        if local {
-            !nix::libc::localtime_r(&t, &mut tm).is_null()
-        } else {
-            !nix::libc::gmtime_r(&t, &mut tm).is_null()
-        }
-    };
-    if !ok {
-        return Tm {
-            year: 1970,
-            mon: 1,
-            day: 1,
-            hour: 0,
-            min: 0,
-            sec: 0,
-        };
-    }
-    Tm {
-        year: tm.tm_year + 1900,
-        mon: (tm.tm_mon + 1) as u32,
-        day: tm.tm_mday as u32,
-        hour: tm.tm_hour as u32,
-        min: tm.tm_min as u32,
-        sec: tm.tm_sec as u32,
-    }
-}
-
-/// The current local time (for `out` log lines).
-pub fn local_now() -> Tm {
-    convert(now_secs(), true)
-}
-
-/// The current UTC time (for `subscriptions` lines).
-pub fn utc_now() -> Tm {
-    convert(now_secs(), false)
-}
-
-impl Tm {
-    /// `YYYY-MM-DD HH:MM`, the `out` log prefix.
-    pub fn log_prefix(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}",
-            self.year, self.mon, self.day, self.hour, self.min
-        )
-    }
-    /// ISO 8601 / XEP-0082 UTC, `YYYY-MM-DDTHH:MM:SSZ`.
-    pub fn iso_utc(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            self.year, self.mon, self.day, self.hour, self.min, self.sec
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,21 +231,5 @@ mod tests {
     #[test]
     fn one_line_status() {
         assert_eq!(one_line(" a\nb\tc\r "), "a b c");
-    }
-
-    #[test]
-    fn time_formats() {
-        let t = Tm {
-            year: 2026,
-            mon: 3,
-            day: 4,
-            hour: 5,
-            min: 6,
-            sec: 7,
-        };
-        assert_eq!(t.log_prefix(), "2026-03-04 05:06");
-        assert_eq!(t.iso_utc(), "2026-03-04T05:06:07Z");
-        let n = local_now();
-        assert!(n.year >= 2024 && (1..=12).contains(&n.mon));
     }
 }

@@ -21,7 +21,6 @@ use sj::jid::Jid;
 use sj::path::Kind;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,13 +67,7 @@ fn parse_args() -> Result<Args, Fatal> {
             _ => return Err(usage(&arg.unexpected())),
         }
     }
-    let dir = dir
-        .or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from))
-        .ok_or_else(|| Fatal::permanent(format!("no DIR given; {USAGE}")))?;
-    let jid = jid
-        .or_else(|| std::env::var("SJ_JID").ok())
-        .ok_or_else(|| Fatal::permanent(format!("no JID given; {USAGE}")))?;
-    let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{e}: {jid}")))?;
+    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
     Ok(Args {
         dir,
         jid,
@@ -522,8 +515,11 @@ impl State {
         if let Some(text) = subscription_event(typ, bare, auto) {
             self.event(bare, &text);
         }
-        let line = format!("{bare} {typ} {}\n", common::utc_now().iso_utc());
-        append(&self.dir.join("subscriptions"), line.as_bytes());
+        let line = format!(
+            "{bare} {typ} {}\n",
+            sj::time::utc_iso(std::time::SystemTime::now())
+        );
+        append(&self.dir.join("subscriptions"), &line);
         if auto {
             let rec = format!(
                 "<presence to='{}' type='subscribed'/>\n",
@@ -538,12 +534,9 @@ impl State {
         let Some(d) = self.contact_dir(bare) else {
             return;
         };
-        let line = format!(
-            "{} -!- {}\n",
-            common::local_now().log_prefix(),
-            one_line(text)
-        );
-        append(&d.join("out"), line.as_bytes());
+        let when = sj::time::local_minute(sj::time::now_secs());
+        let line = sj::outlog::lines(&when, &sj::outlog::Kind::Event, &one_line(text));
+        append(&d.join("out"), &line);
     }
 
     /// Re-read `DIR/mypresence` and every `DIR/<contact>/mypresence`; send
@@ -645,15 +638,8 @@ fn read_mypresence(path: &Path) -> Option<MyPresence> {
 }
 
 /// Append one line with one write (O_APPEND), creating the file 0600.
-fn append(path: &Path, line: &[u8]) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let r = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(line));
-    if let Err(e) = r {
+fn append(path: &Path, line: &str) {
+    if let Err(e) = sj::outlog::append(path, line, false) {
         sj::log::warn(&format!(
             "unable to append to {}: {}",
             path.display(),

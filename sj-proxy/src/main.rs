@@ -116,7 +116,7 @@ fn prompt_password() -> Result<String, Fatal> {
 }
 
 fn write_state(dir: &std::path::Path, state: &str, jid: &str) {
-    let now = utc_now();
+    let now = sj::time::utc_iso(std::time::SystemTime::now());
     let line = format!("{state} {jid} {now}\n");
     if let Err(e) = sj::fifo::write_atomic(&dir.join("state"), line.as_bytes()) {
         sj::log::warn(&format!(
@@ -125,31 +125,6 @@ fn write_state(dir: &std::path::Path, state: &str, jid: &str) {
             sj::log::strerror(&e)
         ));
     }
-}
-
-/// ISO 8601 UTC, second resolution, without a date library.
-fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86400, secs % 86400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 fn run() -> Result<(), Fatal> {

@@ -6,12 +6,15 @@
 //! XML escaping (`escape`), SASL SCRAM and PLAIN (`sasl`), the local
 //! credential file (`passwd`), FIFOs and non-blocking line I/O (`fifo`,
 //! `io`), child processes on a pipe pair (`child`), and one-line errors with
-//! the skarnet exit codes (`exit`, `log`).
+//! the skarnet exit codes (`exit`, `log`), the daemons' shared command
+//! line (`daemon`), dates and times (`time`), and the contact `out` log
+//! format (`outlog`).
 //!
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
 
 pub mod child;
+pub mod daemon;
 pub mod escape;
 pub mod exit;
 pub mod fifo;
@@ -19,7 +22,9 @@ pub mod framer;
 pub mod io;
 pub mod jid;
 pub mod log;
+pub mod outlog;
 pub mod passwd;
 pub mod path;
 pub mod sasl;
+pub mod time;
 pub mod xml;

@@ -18,7 +18,10 @@ JC = "{jabber:client}"
 
 
 def bin_dir():
-    return os.environ.get("SJ_BIN_DIR") or os.path.join(REPO, "target", "debug")
+    """$SJ_BIN_DIR, else ${CARGO_TARGET_DIR:-REPO/target}/debug."""
+    if os.environ.get("SJ_BIN_DIR"):
+        return os.environ["SJ_BIN_DIR"]
+    return os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target"), "debug")
 
 
 def sj_bin(name="sj-proxy"):

@@ -118,17 +118,11 @@ fn history(dir: &Path, args: &str) -> String {
     let Ok(c) = component(Kind::Contact, contact) else {
         return format!("not a contact JID: {contact}");
     };
-    let data = match fs::read(dir.join(c).join("out")) {
-        Ok(d) => d,
-        Err(_) => return format!("no history with {contact}"),
-    };
-    let text = String::from_utf8_lossy(&data);
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(n);
-    if lines.is_empty() {
-        return format!("no history with {contact}");
+    // At least one line, to tell an empty log from `history CONTACT 0`.
+    match sj::outlog::tail(&dir.join(c).join("out"), n.max(1)) {
+        Ok(lines) if !lines.is_empty() => lines[lines.len() - n.min(lines.len())..].join("\n"),
+        _ => format!("no history with {contact}"),
     }
-    lines[start..].join("\n")
 }
 
 #[cfg(test)]
