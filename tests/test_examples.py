@@ -1,0 +1,237 @@
+"""The commands documented in examples/README.md and the Makefile's install
+targets, each run for real: make install/uninstall, cargo install --path,
+sj-proxy under the TLS wrappers, the shell scripts in examples/sh/ against
+Prosody + sj-proxy + a slixmpp contact, and the systemd units."""
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from sjtest.prosody import REPO, make_workdir
+from sjtest.proxy import JC, Proxy, RawClient, bin_dir, local, sj_bin
+
+EXAMPLES = os.path.join(REPO, "examples")
+SH = os.path.join(EXAMPLES, "sh")
+PROGS = ["sj-proxy", "sj-c2s", "sj-passwd", "messaged", "presenced", "presence", "iqd",
+         "roster", "mirrord"]
+
+
+def workspace_version():
+    with open(os.path.join(REPO, "Cargo.toml")) as f:
+        m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
+    return m.group(1)
+
+
+def target_dir():
+    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+
+
+def built(name):
+    """Whether a real (not placeholder) program `name` is on main yet: the
+    placeholder crates are `fn main() {}` with a "(being written)" doc line."""
+    crate = {"sj-c2s": "sj-proxy/src/bin/sj-c2s.rs", "messaged": "messaged/src/main.rs",
+             "iqd": "iqd/src/main.rs"}.get(name)
+    if crate:
+        with open(os.path.join(REPO, crate)) as f:
+            if "(being written)" in f.read(200):
+                return False
+    return os.access(os.path.join(bin_dir(), name), os.X_OK)
+
+
+def body_is(body):
+    def pred(el):
+        b = el.find(JC + "body")
+        return local(el.tag) == "message" and b is not None and b.text == body
+    return pred
+
+
+def stop(proc, sig=signal.SIGTERM, timeout=10):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+# -- install ---------------------------------------------------------------
+
+@pytest.mark.timeout(900)
+def test_make_install(tmp_path):
+    dest = tmp_path / "dest"
+    env = dict(os.environ, CARGO_TARGET_DIR=target_dir())
+    r = subprocess.run(["make", "-C", REPO, "install", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       env=env, capture_output=True, text=True, timeout=850)
+    assert r.returncode == 0, r.stdout + r.stderr
+    version = workspace_version()
+    bindir = dest / "usr" / "bin"
+    release = os.path.join(target_dir(), "release")
+    expect = [p for p in PROGS if os.access(os.path.join(release, p), os.X_OK)]
+    assert "sj-proxy" in expect and "mirrord" in expect and "presence" in expect
+    for p in expect:
+        assert os.access(bindir / p, os.X_OK), p
+    pages = [f for f in os.listdir(os.path.join(REPO, "man")) if re.search(r"\.[178]$", f)]
+    assert "sj-proxy.8" in pages
+    for page in pages:
+        inst = dest / "usr" / "share" / "man" / ("man" + page[-1]) / page
+        text = inst.read_text()
+        assert "@VERSION@" not in text, page
+        with open(os.path.join(REPO, "man", page)) as f:
+            if "@VERSION@" in f.read():
+                assert re.search(r"^\.Os .*" + re.escape(version) + "$", text, re.M), page
+    # The installed program runs.
+    r = subprocess.run([str(bindir / "sj-proxy")], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 100, (r.returncode, r.stderr)  # usage: no JID
+    # MANPREFIX is honoured.
+    r = subprocess.run(["make", "-C", REPO, "install", f"DESTDIR={dest}", "PREFIX=/usr",
+                        "MANPREFIX=/usr/man"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (dest / "usr" / "man" / "man8" / "sj-proxy.8").exists()
+    subprocess.run(["make", "-C", REPO, "uninstall", f"DESTDIR={dest}", "PREFIX=/usr",
+                    "MANPREFIX=/usr/man"], check=True, capture_output=True, timeout=60)
+    r = subprocess.run(["make", "-C", REPO, "uninstall", f"DESTDIR={dest}", "PREFIX=/usr"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    left = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs]
+    assert left == [], left
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("crate", ["sj-proxy", "messaged", "presenced", "iqd", "mirrord"])
+def test_cargo_install_path(tmp_path, crate):
+    root = tmp_path / "root"
+    env = dict(os.environ, CARGO_TARGET_DIR=target_dir())
+    r = subprocess.run(["cargo", "install", "--locked", "--path", os.path.join(REPO, crate),
+                        "--root", str(root)], env=env, capture_output=True, text=True,
+                       timeout=850)
+    assert r.returncode == 0, r.stderr[-3000:]
+    bins = os.listdir(root / "bin")
+    assert crate in bins, bins
+    if crate == "sj-proxy":
+        assert {"sj-c2s", "sj-passwd"} <= set(bins), bins
+    if crate == "presenced":
+        assert "presence" in bins, bins
+
+
+def test_man_pages_lint_clean():
+    pages = [os.path.join(REPO, "man", f) for f in os.listdir(os.path.join(REPO, "man"))]
+    r = subprocess.run(["mandoc", "-Tlint", "-Wwarning"] + pages, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- TLS wrappers (examples/README.md) --------------------------------------
+
+def sh_run(cmd, env, workdir):
+    """Start `cmd` (a command line as documented, with $VARIABLES) under sh."""
+    out = open(os.path.join(workdir, "wrapper.log"), "ab")
+    proc = subprocess.Popen(["sh", "-c", cmd], env=env, stdin=subprocess.DEVNULL, cwd=REPO,
+                            stdout=out, stderr=out, start_new_session=True)
+    proc.log_path = out.name
+    out.close()
+    return proc
+
+
+def wait_online(proc, d, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(os.path.join(d, "state")) as f:
+                st = f.read()
+            if st.split() and st.split()[0] == "online":
+                return st.split()[1]
+        except FileNotFoundError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with open(proc.log_path, errors="replace") as f:
+                raise AssertionError(f"not online (exit {proc.poll()}):\n{f.read()[-6000:]}")
+        time.sleep(0.05)
+
+
+def account_env(prosody, **more):
+    sj_bin("sj-proxy")
+    work = make_workdir("ex-")
+    d = os.path.join(work, "alice")
+    pw = os.path.join(work, "password")
+    with open(pw, "w") as f:
+        f.write("alice-pw\n")
+    os.chmod(pw, 0o600)
+    env = dict(os.environ, PATH=bin_dir() + os.pathsep + os.environ["PATH"], DIR=d,
+               PWFILE=pw, HOST=prosody.addr, JID="alice@localhost",
+               CAFILE=os.path.join(prosody.dir, "certs", "localhost.crt"), **more)
+    return work, d, env
+
+
+# The commands exactly as examples/README.md gives them.
+SOCAT_DIRECT_TLS = ("socat OPENSSL:$HOST:$PORT,verify=1,cafile=$CAFILE,commonname=localhost "
+                    "EXEC:\"sj-proxy -t -d $DIR -p $PWFILE $JID\",fdin=6,fdout=7")
+UCSPI_TLS = "python3 tests/ucspi_tlsc.py $HOST $PORT sj-proxy -v -d $DIR -p $PWFILE $JID"
+
+
+def test_socat_direct_tls_verified(prosody, contact):
+    work, d, env = account_env(prosody, PORT=str(prosody.tls_port))
+    proc = sh_run(SOCAT_DIRECT_TLS, env, work)
+    try:
+        bound = wait_online(proc, d)
+        c = RawClient(d, "a")
+        bob = contact("bob")
+        bob.send_message(bound, "direct tls, verified")
+        c.wait_record(body_is("direct tls, verified"), timeout=15)
+        c.close()
+    finally:
+        stop(proc)
+
+
+def test_socat_direct_tls_wrong_name_never_online(prosody):
+    work, d, env = account_env(prosody, PORT=str(prosody.tls_port))
+    proc = sh_run(SOCAT_DIRECT_TLS.replace("commonname=localhost", "commonname=wrong.example"),
+                  env, work)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        stop(proc)
+    assert not os.path.exists(os.path.join(d, "state")) or \
+        open(os.path.join(d, "state")).read().split()[0] != "online"
+
+
+def test_prosody_offers_starttls(prosody):
+    import socket
+    with socket.create_connection((prosody.addr, prosody.port), timeout=5) as s:
+        s.sendall(b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+                  b"xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+        data = b""
+        deadline = time.monotonic() + 5
+        while b"</stream:features>" not in data and time.monotonic() < deadline:
+            data += s.recv(4096)
+    assert b"urn:ietf:params:xml:ns:xmpp-tls" in data, data
+
+
+def test_ucspi_tls_starttls(prosody, contact):
+    work, d, env = account_env(prosody, PORT=str(prosody.port))
+    proc = sh_run(UCSPI_TLS, env, work)
+    try:
+        bound = wait_online(proc, d)
+        with open(proc.log_path, errors="replace") as f:
+            trace = f.read()
+        assert "<starttls" in trace, trace[-4000:]
+        assert "<proceed" in trace, trace[-4000:]
+        c = RawClient(d, "a")
+        bob = contact("bob")
+        bob.send_message(bound, "after starttls")
+        c.wait_record(body_is("after starttls"), timeout=15)
+        c.close()
+    finally:
+        stop(proc)
