@@ -235,3 +235,245 @@ def test_ucspi_tls_starttls(prosody, contact):
         c.close()
     finally:
         stop(proc)
+
+
+# -- shell examples (examples/sh) --------------------------------------------
+
+def script(name):
+    return os.path.join(SH, name)
+
+
+class Lines:
+    """A process's standard output, read line by line with deadlines."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.buf = b""
+        self.lines = []
+
+    def poll(self):
+        """Read what is there without blocking; returns the lines so far."""
+        try:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            chunk = b""
+        self.buf += chunk
+        *done, self.buf = self.buf.split(b"\n")
+        self.lines += [d.decode() for d in done]
+        return self.lines
+
+    def wait(self, pred, timeout=10):
+        import select
+        deadline = time.monotonic() + timeout
+        i = 0
+        while True:
+            while i < len(self.lines):
+                if pred(self.lines[i]):
+                    return self.lines[i]
+                i += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no matching line; got {self.lines!r}")
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
+            if r:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk and self.proc.poll() is not None:
+                    raise AssertionError(f"exited {self.proc.returncode}; got {self.lines!r}")
+                self.buf += chunk
+                *done, self.buf = self.buf.split(b"\n")
+                self.lines += [d.decode() for d in done]
+
+
+def until(check, act, timeout=15, every=1.0):
+    """Repeat act() every `every` seconds until check() is true (bounded):
+    for the moment between a raw client appearing and mirrord serving it."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while True:
+        act(n)
+        n += 1
+        end = min(deadline, time.monotonic() + every)
+        while time.monotonic() < end:
+            if check():
+                return
+            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+
+
+def start_script(argv, **kw):
+    return subprocess.Popen(["sh"] + argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                            **kw)
+
+
+def test_mirror_log(proxy, contact, tmp_path):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    log = tmp_path / "mirror.log"
+    client = os.path.join(p.dir, "clients", "mlog")
+    proc = start_script([script("mirror-log"), "-n", "mlog", p.dir, str(log)],
+                        stderr=subprocess.PIPE)
+    try:
+        def logged(text):
+            return lambda: log.exists() and text in log.read_text()
+        until(logged("warm-up"), lambda n: bob.send_message(bound, f"warm-up {n}"))
+        assert stat_mode(client) == 0o700
+        bob.send_message(bound, "to the <log> & beyond\nline 2")
+        until(logged("to the &lt;log&gt; &amp; beyond&#10;line 2"), lambda n: None)
+        from sjtest.proxy import parse_record
+        for line in log.read_text().splitlines():
+            parse_record(line)  # every line is one record
+        # A second instance with the same name refuses, leaving the first alone.
+        r = subprocess.run(["sh", script("mirror-log"), "-n", "mlog", p.dir, str(log)],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 111 and "exists" in r.stderr, r
+        assert os.path.isdir(client)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert not os.path.exists(client), "client directory left behind"
+    # No reader left behind (the cat): nothing holds the log open.
+    holders = subprocess.run(["sh", "-c", f"ls -l /proc/[0-9]*/fd 2>/dev/null | grep -F '{log}'"],
+                             capture_output=True, text=True).stdout
+    assert holders == "", holders
+
+
+def stat_mode(path):
+    return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("with_notify_send", [False, True])
+def test_notify_mention(proxy, contact, tmp_path, with_notify_send):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    env = dict(os.environ)
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    calls = tmp_path / "notify-send.calls"
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    if with_notify_send:
+        ns = fakebin / "notify-send"
+        ns.write_text(f"#!/bin/sh\nprintf '%s|' \"$@\" >> '{calls}'\necho >> '{calls}'\n")
+        ns.chmod(0o755)
+        env["DISPLAY"] = ":99"
+    env["PATH"] = f"{fakebin}:/usr/bin:/bin"
+    proc = start_script([script("notify-mention"), p.dir, "Alice"], env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = Lines(proc)
+
+    def seen(text):
+        if with_notify_send:
+            return lambda: calls.exists() and text in calls.read_text()
+        return lambda: any(text in ln for ln in out.poll())
+    try:
+        until(seen("warm-up"), lambda n: bob.send_message(bound, f"alice warm-up {n}"))
+        bob.send_message(bound, "nothing to see")
+        bob.send_message(bound, "hey ALICE, <look> & see")
+        until(seen("hey ALICE, <look> & see"), lambda n: None)
+        if with_notify_send:
+            text = calls.read_text()
+            assert "--|XMPP: bob@localhost|hey ALICE, <look> & see|" in text, text
+            assert "nothing to see" not in text
+        else:
+            assert "bob@localhost: hey ALICE, <look> & see" in out.lines, out.lines
+            assert not [ln for ln in out.lines if "nothing to see" in ln]
+        # The account's own messages (sent copies) are not mentions.
+        c = p.raw_client("me")
+        c.send("<message to='bob@localhost' type='chat'><body>alice says hi</body></message>")
+        bob.wait_message(lambda m: m["body"] == "alice says hi")
+        bob.send_message(bound, "alice marker")
+        until(seen("alice marker"), lambda n: None)
+        everything = calls.read_text() if with_notify_send else "\n".join(out.lines)
+        assert "alice says hi" not in everything
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert not os.path.exists(os.path.join(p.dir, "clients", "notify-mention"))
+
+
+def own_contact(prosody, user, resource):
+    """A slixmpp contact this test disconnects itself (not the fixture's)."""
+    from sjtest.contact import Contact
+    return Contact(prosody.jid(user), f"{user}-pw", host=prosody.addr, port=prosody.port,
+                   resource=resource).connect()
+
+
+def subscribe_both_ways(prosody, users):
+    """alice (a direct slixmpp session) and each user subscribe to each other."""
+    alice = own_contact(prosody, "alice", "direct")
+    for u in users:
+        c = own_contact(prosody, u, "sub")
+        alice.subscribe(f"{u}@localhost")
+        alice.wait_presence(lambda s, u=u: str(s["from"].bare) == f"{u}@localhost"
+                            and s["type"] == "subscribed", timeout=10)
+        c.disconnect()
+    alice.disconnect()
+
+
+def test_statusline(proxy, contact, prosody):
+    subscribe_both_ways(prosody, ["bob", "carol"])
+    p = proxy("alice")
+    p.online()
+    assert subprocess.run(["sh", script("statusline"), p.dir], capture_output=True,
+                          text=True, timeout=10).stdout.startswith("online alice@localhost")
+    bob = contact("bob", resource="status")
+    carol = own_contact(prosody, "carol", "status")
+    bobp = os.path.join(p.dir, "bob@localhost", "presence")
+    carolp = os.path.join(p.dir, "carol@localhost", "presence")
+
+    def content(f):
+        try:
+            with open(f) as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return ""
+    bob.send_presence(pshow="away", pstatus="lunch")
+    until(lambda: content(bobp).startswith("away"), lambda n: None)
+    until(lambda: content(carolp).startswith("online"), lambda n: None)
+    carol.disconnect()
+    until(lambda: content(carolp).startswith("offline"), lambda n: None)
+    r = subprocess.run(["sh", script("statusline"), p.dir], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout
+    assert line.endswith("\n") and line.count("\n") == 1, line
+    assert line.startswith("online alice@localhost · "), line
+    assert " · bob: away" in line and " · carol: offline" in line, line
+    # SJ_DIR works as the default, and no state at all says offline.
+    env = dict(os.environ, SJ_DIR=p.dir)
+    assert subprocess.run(["sh", script("statusline")], env=env, capture_output=True,
+                          text=True, timeout=10).stdout == line
+    empty = make_workdir("status-")
+    assert subprocess.run(["sh", script("statusline"), empty], capture_output=True,
+                          text=True, timeout=10).stdout == "offline\n"
+
+
+@pytest.mark.skipif(not built("messaged"),
+                    reason="messaged (DIR/<contact>/{in,out}) is not on this branch yet")
+def test_echobot(proxy, contact):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    proc = start_script([script("echobot"), p.dir], stderr=subprocess.PIPE)
+    try:
+        start = bob.mark()
+        bob.send_message(bound, "hello bot")
+        m = bob.wait_message(lambda m: m["body"] == "echo: hello bot", timeout=15, start=start)
+        assert str(m["from"]).startswith("alice@localhost")
+        bob.send_message(bound, "second <one> & more")
+        bob.wait_message(lambda m: m["body"] == "echo: second <one> & more", timeout=15,
+                         start=start)
+        # It never answers itself: exactly one echo per message.
+        time.sleep(2.5)
+        echoes = bob.messages(lambda m: m["body"].startswith("echo: "), start=start)
+        assert len(echoes) == 2, [m["body"] for m in echoes]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert proc.returncode == 0, proc.stderr.read()
