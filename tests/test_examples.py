@@ -477,3 +477,133 @@ def test_echobot(proxy, contact):
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     assert proc.returncode == 0, proc.stderr.read()
+
+
+# -- systemd units (examples/systemd) ---------------------------------------
+
+SYSTEMD = os.path.join(EXAMPLES, "systemd")
+
+
+def unit_copy(tmp_path):
+    """The units with /usr/local/bin pointing at the binaries under test."""
+    d = tmp_path / "units"
+    d.mkdir()
+    for f in os.listdir(SYSTEMD):
+        with open(os.path.join(SYSTEMD, f)) as fh:
+            text = fh.read().replace("/usr/local/bin/", bin_dir() + "/")
+        (d / f).write_text(text)
+    return d
+
+
+def exec_start(path):
+    with open(path) as f:
+        lines = [ln for ln in f.read().splitlines() if ln.startswith("ExecStart=")]
+    assert len(lines) == 1, lines
+    return lines[0][len("ExecStart="):]
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_units_verify(tmp_path):
+    d = unit_copy(tmp_path)
+    inst = subprocess.run(["systemd-escape", "--template=sj-proxy@.service",
+                           "alice@example.org"], capture_output=True, text=True,
+                          timeout=10).stdout.strip()
+    assert inst == "sj-proxy@alice\\x40example.org.service", inst
+    names = [inst, "sj-c2s.socket"]
+    if built("sj-c2s"):
+        names.append("sj-c2s@0-127.0.0.1:5222-127.0.0.1:4444.service")
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no"] + ["./" + n for n in names],
+                       cwd=d, capture_output=True, text=True, timeout=60)
+    out = r.stdout + r.stderr
+    # A unit user that does not exist on the test machine is fine.
+    problems = [ln for ln in out.splitlines() if ln.strip() and "sj" in ln
+                and "User" not in ln and "user" not in ln]
+    assert r.returncode == 0 and not problems, out
+
+
+def test_systemd_proxy_exec_start_runs(prosody, contact, tmp_path):
+    """sj-proxy@.service's ExecStart= line, with the specifiers and the
+    EnvironmentFile= variables filled in as systemd would, reaches online."""
+    sj_bin("sj-proxy")
+    d = unit_copy(tmp_path)
+    cmd = exec_start(d / "sj-proxy@.service")
+    root = tmp_path / "lib"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "password").write_text("alice-pw\n")
+    acct = root / "alice@localhost"
+    acct.mkdir(parents=True, mode=0o700)
+    cmd = (cmd.replace("%I", "alice@localhost").replace("%d", str(creds))
+           .replace("/var/lib/sj-proxy", str(root))
+           .replace("${HOST}", prosody.addr).replace("${PORT}", str(prosody.port)))
+    assert "%" not in cmd and "$" not in cmd, cmd
+    out = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen(shlex.split(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=out, start_new_session=True)
+    proc.log_path = out.name
+    out.close()
+    try:
+        bound = wait_online(proc, str(acct))
+        c = RawClient(str(acct), "a")
+        contact("bob").send_message(bound, "from the unit")
+        c.wait_record(body_is("from the unit"), timeout=15)
+        c.close()
+    finally:
+        stop(proc)
+
+
+@pytest.mark.skipif(not built("sj-c2s"), reason="sj-c2s is not on this branch yet")
+def test_c2s_socat_openssl_listen(proxy, tmp_path, prosody):
+    """The documented direct-TLS listener: socat OPENSSL-LISTEN ... sj-c2s -t."""
+    import socket
+    import ssl
+    from sjtest.prosody import free_port
+
+    p = proxy("alice")
+    p.online()
+    r = subprocess.run([sj_bin("sj-passwd"), "-d", p.dir], input="local-pw\n",
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    pem = tmp_path / "c2s.pem"
+    certs = os.path.join(prosody.dir, "certs")
+    pem.write_text(open(os.path.join(certs, "localhost.crt")).read()
+                   + open(os.path.join(certs, "localhost.key")).read())
+    port = free_port()
+    env = dict(os.environ, PATH=bin_dir() + os.pathsep + os.environ["PATH"], PORT=str(port),
+               PEM=str(pem), DIR=p.dir)
+    proc = sh_run(SOCAT_C2S_TLS, env, str(tmp_path))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "listener not up"
+                time.sleep(0.1)
+        ctx = ssl.create_default_context(cafile=os.path.join(certs, "localhost.crt"))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.settimeout(10)
+            s.sendall(b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+                      b"xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+            data = b""
+            while b"</stream:features>" not in data:
+                chunk = s.recv(4096)
+                assert chunk, data
+                data += chunk
+            assert b"<mechanism>PLAIN</mechanism>" in data, data
+            import base64
+            s.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                      + base64.b64encode(b"\0alice\0local-pw") + b"</auth>")
+            data = b""
+            while b"success" not in data and b"failure" not in data:
+                chunk = s.recv(4096)
+                assert chunk, data
+                data += chunk
+            assert b"<success" in data, data
+    finally:
+        stop(proc)
+
+
+SOCAT_C2S_TLS = ("socat OPENSSL-LISTEN:$PORT,bind=127.0.0.1,fork,reuseaddr,cert=$PEM,verify=0 "
+                 "EXEC:\"sj-c2s -t -d $DIR\"")

@@ -43,7 +43,7 @@ class Scan:
         self.svc = os.path.join(self.scandir, "sj-proxy")
         self.dir = os.path.join(self.work, "dir")
         os.makedirs(self.scandir)
-        shutil.copytree(EXAMPLE, self.svc, symlinks=True)
+        subprocess.run(["cp", "-R", EXAMPLE, self.scandir + "/"], check=True, timeout=10)
         pwfile = os.path.join(self.work, "password")
         with open(pwfile, "w") as f:
             f.write(password + "\n")
@@ -133,6 +133,7 @@ def test_s6_ready_restart_after_sigkill(scan, contact):
     s.wait_up_ready()
     st = s.state()
     assert st.split()[0] == "online", st + s.log()
+    assert run(["s6-svstat", s.svc]).stdout.startswith("up (pid "), s.log()
     client = RawClient(s.dir, "watch")
     try:
         bob = contact("bob")
@@ -180,3 +181,49 @@ def test_s6_finish_keeps_service_down_on_exit_100(scan):
     r = run(["s6-svstat", "-o", "up,wantedup,pid", s.svc])
     assert r.stdout.split()[:2] == ["false", "false"], r.stdout
     assert s.pid() == pid
+
+
+C2S_EXAMPLE = os.path.join(REPO, "examples", "s6", "sj-c2s")
+
+
+def c2s_built():
+    with open(os.path.join(REPO, "sj-proxy", "src", "bin", "sj-c2s.rs")) as f:
+        return "(being written)" not in f.read(200)
+
+
+@pytest.mark.skipif(not c2s_built(), reason="sj-c2s is not on this branch yet")
+def test_s6_c2s_listener(scan, prosody):
+    from sjtest.contact import Contact
+    from sjtest.prosody import free_port
+
+    s = scan()
+    s.wait_up_ready()
+    bound = s.state().split()[1]
+    # The password clients log in with, set as the README says.
+    r = subprocess.run([sj_bin("sj-passwd"), "-d", s.dir], input="local-pw\n",
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    subprocess.run(["cp", "-R", C2S_EXAMPLE, s.scandir + "/"], check=True, timeout=10)
+    svc = os.path.join(s.scandir, "sj-c2s")
+    with open(os.path.join(svc, "conf"), "w") as f:
+        f.write(f"DIR={s.dir}\nADDR=127.0.0.1\nPORT={port}\n")
+    run(["s6-svscanctl", "-a", s.scandir])
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            import socket
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "sj-c2s listener not up"
+            time.sleep(0.1)
+    client = Contact("alice@localhost", "local-pw", host="127.0.0.1", port=port,
+                     resource="laptop").connect()
+    bob = Contact("bob@localhost", "bob-pw", host=prosody.addr, port=prosody.port).connect()
+    try:
+        bob.send_message(bound, "via sj-c2s under s6")
+        client.wait_message(lambda m: m["body"] == "via sj-c2s under s6", timeout=15)
+    finally:
+        client.disconnect()
+        bob.disconnect()
