@@ -1,2 +1,672 @@
-//! (being written)
-fn main() {}
+//! iqd: sj-proxy's iq endpoint (DESIGN §2, §3, §5; RFC 6120 §8.2.3, §8.4).
+//!
+//! Reads records from sj-proxy on stdin, writes records to sj-proxy on
+//! stdout. Results and errors for file-system requesters go to
+//! `DIR/iq/<id>`; every incoming get/set gets exactly one answer from an
+//! executable in `DIR/iq.d/`, a built-in, the primary client (delegation),
+//! or `service-unavailable`. Keeps the roster cache `DIR/roster`.
+//!
+//! One non-blocking poll(2) loop over stdin, stdout, the handler pipes and a
+//! SIGCHLD self-pipe. See iqd(8).
+
+use iqd::builtin;
+use iqd::paths::{self, Handler};
+use iqd::roster::{self, Roster};
+use iqd::stanza::{self, Cond, Request};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use sj::exit::Fatal;
+use sj::io::{LineReader, Read, WriteQueue};
+use sj::jid::Jid;
+use sj::xml::Element;
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Handlers allowed to run at once; more get `resource-constraint`.
+const MAX_HANDLERS: usize = 32;
+/// How long a delegated request is remembered.
+const DELEGATION_TTL: Duration = Duration::from_secs(30);
+/// How long a slow FIFO reader of DIR/iq/<id> is waited for.
+const FIFO_WRITE_TTL: Duration = Duration::from_secs(10);
+/// Regular files kept in DIR/iq (anyone can send results to the account).
+const MAX_RESULT_FILES: usize = 256;
+/// Final flush of stdout at shutdown.
+const DRAIN: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    sj::log::init("iqd");
+    sj::exit::finish(run())
+}
+
+struct Opts {
+    dir: PathBuf,
+    jid: Jid,
+    timeout: Duration,
+}
+
+fn usage() -> Fatal {
+    Fatal::permanent("usage: iqd [-v] [-t SECS] -d DIR JID")
+}
+
+fn parse_args() -> Result<Opts, Fatal> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let mut dir: Option<PathBuf> = None;
+    let mut jid: Option<String> = None;
+    let mut timeout = Duration::from_secs(10);
+    let bad =
+        |e: lexopt::Error| Fatal::permanent(format!("{e}; usage: iqd [-v] [-t SECS] -d DIR JID"));
+    while let Some(arg) = p.next().map_err(bad)? {
+        match arg {
+            Short('v') => sj::log::set_verbose(true),
+            Short('d') => dir = Some(p.value().map_err(bad)?.into()),
+            Short('t') => {
+                let s: u64 = p.value().map_err(bad)?.parse().map_err(bad)?;
+                if s == 0 {
+                    return Err(Fatal::permanent("timeout must be at least 1 second"));
+                }
+                timeout = Duration::from_secs(s);
+            }
+            Value(v) if jid.is_none() => {
+                jid = Some(v.into_string().map_err(|_| usage())?);
+            }
+            _ => return Err(bad(arg.unexpected())),
+        }
+    }
+    let dir = dir
+        .or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from))
+        .ok_or_else(usage)?;
+    let jid = jid
+        .or_else(|| std::env::var("SJ_JID").ok())
+        .ok_or_else(usage)?;
+    let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{jid}: {e}")))?;
+    Ok(Opts { dir, jid, timeout })
+}
+
+/// One handler process in flight.
+struct Running {
+    pid: Pid,
+    ns: String,
+    to: Option<String>,
+    id: String,
+    stdin: Option<OwnedFd>,
+    inq: WriteQueue,
+    stdout: Option<OwnedFd>,
+    out: Vec<u8>,
+    /// Exit status once reaped: true for exit 0.
+    status: Option<bool>,
+    deadline: Instant,
+    /// Answer already sent (timeout, overflow); waiting to be reaped.
+    answered: bool,
+}
+
+/// A result being written into a requester's FIFO that did not take it at once.
+struct FifoWrite {
+    fd: OwnedFd,
+    q: WriteQueue,
+    deadline: Instant,
+    path: PathBuf,
+}
+
+struct Iqd {
+    dir: PathBuf,
+    jid: Jid,
+    bare: Jid,
+    timeout: Duration,
+    out: WriteQueue,
+    handlers: Vec<Running>,
+    fifo_writes: Vec<FifoWrite>,
+    roster: Roster,
+    roster_pending: Vec<String>,
+    roster_n: u64,
+    delegated: HashMap<(String, String), Instant>,
+    started: Instant,
+    os: String,
+}
+
+fn run() -> Result<(), Fatal> {
+    let o = parse_args()?;
+    let iq_dir = o.dir.join("iq");
+    sj::fifo::make_dir(&iq_dir)
+        .map_err(|e| Fatal::io(format!("create {}", iq_dir.display()), &e))?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stdin = stdin.as_fd();
+    let stdout = stdout.as_fd();
+    sj::io::set_nonblocking(stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+    sj::io::set_nonblocking(stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
+    let (mut sig_r, sig_w) = UnixStream::pair().map_err(|e| Fatal::io("create self-pipe", &e))?;
+    sig_r
+        .set_nonblocking(true)
+        .map_err(|e| Fatal::io("set self-pipe non-blocking", &e))?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
+        .map_err(|e| Fatal::io("catch SIGCHLD", &e))?;
+
+    let roster_text = std::fs::read_to_string(o.dir.join("roster")).unwrap_or_default();
+    let mut d = Iqd {
+        bare: o.jid.bare(),
+        dir: o.dir,
+        jid: o.jid,
+        timeout: o.timeout,
+        out: WriteQueue::new(),
+        handlers: Vec::new(),
+        fifo_writes: Vec::new(),
+        roster: Roster::parse(&roster_text),
+        roster_pending: Vec::new(),
+        roster_n: 0,
+        delegated: HashMap::new(),
+        started: Instant::now(),
+        os: builtin::os_name(),
+    };
+    d.request_roster();
+
+    let mut reader = LineReader::new(sj::framer::Limits::DEFAULT.max_record);
+    let mut stdin_open = true;
+    loop {
+        let now = Instant::now();
+        d.expire(now);
+        if !stdin_open {
+            break;
+        }
+        // What to wait for, recomputed from state every turn.
+        let mut fds: Vec<PollFd> = Vec::new();
+        let mut tags: Vec<Tag> = Vec::new();
+        fds.push(PollFd::new(stdin, PollFlags::POLLIN));
+        tags.push(Tag::Stdin);
+        fds.push(PollFd::new(sig_r.as_fd(), PollFlags::POLLIN));
+        tags.push(Tag::Sig);
+        if !d.out.is_empty() {
+            fds.push(PollFd::new(stdout, PollFlags::POLLOUT));
+            tags.push(Tag::Stdout);
+        }
+        for (i, h) in d.handlers.iter().enumerate() {
+            if let Some(fd) = &h.stdout {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                tags.push(Tag::HOut(i));
+            }
+            if let (Some(fd), false) = (&h.stdin, h.inq.is_empty()) {
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+                tags.push(Tag::HIn(i));
+            }
+        }
+        for (i, w) in d.fifo_writes.iter().enumerate() {
+            fds.push(PollFd::new(w.fd.as_fd(), PollFlags::POLLOUT));
+            tags.push(Tag::Fifo(i));
+        }
+        let wait = d.next_deadline().map(|t| t.saturating_duration_since(now));
+        let timeout = match wait {
+            Some(w) => PollTimeout::try_from(w.as_millis().min(60_000) as u32 + 1)
+                .unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(Fatal::io("poll", &e.into())),
+        }
+        let ready: Vec<(Tag, bool)> = fds
+            .iter()
+            .zip(tags)
+            .map(|(f, t)| (t, f.revents().is_some_and(|r| !r.is_empty())))
+            .filter(|(_, r)| *r)
+            .collect();
+        drop(fds);
+        for (tag, _) in ready {
+            match tag {
+                Tag::Stdin => match reader.fill(stdin) {
+                    Ok(Read::Data(_)) | Ok(Read::WouldBlock) => {}
+                    Ok(Read::Eof) => stdin_open = false,
+                    Err(e) => return Err(Fatal::io("read stdin", &e)),
+                },
+                Tag::Sig => {
+                    let mut b = [0u8; 64];
+                    while matches!(sig_r.read(&mut b), Ok(n) if n > 0) {}
+                }
+                Tag::Stdout => {
+                    d.out
+                        .flush(stdout)
+                        .map_err(|e| Fatal::io("write stdout", &e))?;
+                }
+                Tag::HOut(i) => d.read_handler(i),
+                Tag::HIn(i) => d.feed_handler(i),
+                Tag::Fifo(i) => d.flush_fifo(i),
+            }
+        }
+        while let Some(line) = reader.next_line() {
+            let line = line.to_vec();
+            d.record(&line);
+        }
+        d.reap();
+        d.finish_handlers();
+        if !d.out.is_empty() {
+            d.out
+                .flush(stdout)
+                .map_err(|e| Fatal::io("write stdout", &e))?;
+        }
+    }
+    // EOF on stdin: the session is over. Stop handlers, flush, exit 0.
+    for h in &mut d.handlers {
+        if !h.answered {
+            let _ = killpg(h.pid, Signal::SIGKILL);
+        }
+    }
+    let end = Instant::now() + DRAIN;
+    while !d.out.is_empty() && Instant::now() < end {
+        match d.out.flush(stdout) {
+            Ok(true) => break,
+            Ok(false) => {
+                let mut f = [PollFd::new(stdout, PollFlags::POLLOUT)];
+                let _ = poll(&mut f, PollTimeout::from(100u16));
+            }
+            Err(_) => break,
+        }
+    }
+    d.reap();
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Tag {
+    Stdin,
+    Sig,
+    Stdout,
+    HOut(usize),
+    HIn(usize),
+    Fifo(usize),
+}
+
+impl Iqd {
+    fn send(&mut self, rec: String) {
+        sj::log::trace("out", rec.as_bytes());
+        let mut b = rec.into_bytes();
+        if b.last() != Some(&b'\n') {
+            b.push(b'\n');
+        }
+        self.out.push(b);
+    }
+
+    fn request_roster(&mut self) {
+        self.roster_n += 1;
+        let id = format!("iqd-roster-{}", self.roster_n);
+        self.send(roster::get_request(&id));
+        self.roster_pending.push(id);
+    }
+
+    fn save_roster(&self) {
+        let p = self.dir.join("roster");
+        if let Err(e) = sj::fifo::write_atomic(&p, self.roster.render().as_bytes()) {
+            sj::log::warn(&format!(
+                "unable to write {}: {}",
+                p.display(),
+                sj::log::strerror(&e)
+            ));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let h = self
+            .handlers
+            .iter()
+            .filter(|h| !h.answered)
+            .map(|h| h.deadline);
+        let f = self.fifo_writes.iter().map(|w| w.deadline);
+        let d = self.delegated.values().copied();
+        h.chain(f).chain(d).min()
+    }
+
+    /// Time-outs: handlers (killed, answered with an error), FIFO writes, delegations.
+    fn expire(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for h in &mut self.handlers {
+            if !h.answered && now >= h.deadline {
+                sj::log::warn(&format!("handler for {} timed out; killed", h.ns));
+                let _ = killpg(h.pid, Signal::SIGKILL);
+                h.answered = true;
+                h.stdin = None;
+                h.stdout = None;
+                late.push(stanza::error(
+                    h.to.as_deref(),
+                    &h.id,
+                    Cond::InternalServerError,
+                ));
+            }
+        }
+        for r in late {
+            self.send(r);
+        }
+        self.fifo_writes.retain(|w| {
+            let keep = now < w.deadline;
+            if !keep {
+                sj::log::warn(&format!(
+                    "{}: reader too slow; result dropped",
+                    w.path.display()
+                ));
+            }
+            keep
+        });
+        self.delegated.retain(|(from, id), t| {
+            let keep = now < *t;
+            if !keep {
+                sj::log::trace(
+                    "forget",
+                    format!("delegated iq {id} from {from}").as_bytes(),
+                );
+            }
+            keep
+        });
+    }
+
+    /// One record from sj-proxy.
+    fn record(&mut self, line: &[u8]) {
+        sj::log::trace("in", line);
+        let Some(e) = Element::parse(line) else {
+            sj::log::warn("dropped a record that does not parse");
+            return;
+        };
+        let Some(req) = Request::from_element(&e) else {
+            return;
+        };
+        match req.kind.as_str() {
+            "result" | "error" => self.response(&e, &req, line),
+            "get" | "set" => self.request(&e, &req, line),
+            other => sj::log::warn(&format!("ignored an iq of type '{other}'")),
+        }
+    }
+
+    /// A result or error: ours (roster), or for a file-system requester.
+    fn response(&mut self, e: &Element, req: &Request, line: &[u8]) {
+        if let Some(pos) = self.roster_pending.iter().position(|i| *i == req.id) {
+            self.roster_pending.remove(pos);
+            if req.kind == "result" {
+                // No <query/> means "unchanged" (roster versioning).
+                if let Some(q) = roster::query(e) {
+                    self.roster.replace(q);
+                    self.save_roster();
+                }
+            } else {
+                sj::log::warn(&format!(
+                    "roster get refused: {}",
+                    stanza::error_condition(e).unwrap_or_default()
+                ));
+            }
+            return;
+        }
+        let Some(path) = paths::iq_result(&self.dir, &req.id) else {
+            sj::log::warn("dropped an iq result whose id cannot name a file");
+            return;
+        };
+        let mut data = line.to_vec();
+        data.push(b'\n');
+        let is_fifo = std::fs::symlink_metadata(&path)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
+            .unwrap_or(false);
+        if is_fifo {
+            match sj::fifo::open_write(&path) {
+                Ok(Some(fd)) => {
+                    let mut q = WriteQueue::new();
+                    q.push(data);
+                    match q.flush(&fd) {
+                        Ok(true) => {}
+                        Ok(false) => self.fifo_writes.push(FifoWrite {
+                            fd,
+                            q,
+                            deadline: Instant::now() + FIFO_WRITE_TTL,
+                            path,
+                        }),
+                        Err(err) => sj::log::warn(&format!(
+                            "unable to write {}: {}",
+                            path.display(),
+                            sj::log::strerror(&err)
+                        )),
+                    }
+                    return;
+                }
+                // The requester gave up: leave the answer as a file.
+                Ok(None) => {}
+                Err(err) => {
+                    sj::log::warn(&format!(
+                        "unable to open {}: {}",
+                        path.display(),
+                        sj::log::strerror(&err)
+                    ));
+                    return;
+                }
+            }
+        }
+        if let Err(err) = sj::fifo::write_atomic(&path, &data) {
+            sj::log::warn(&format!(
+                "unable to write {}: {}",
+                path.display(),
+                sj::log::strerror(&err)
+            ));
+        }
+        paths::prune(&self.dir.join("iq"), MAX_RESULT_FILES);
+    }
+
+    /// A get or set: exactly one answer (RFC 6120 §8.4).
+    fn request(&mut self, e: &Element, req: &Request, line: &[u8]) {
+        let to = req.from.as_deref();
+        let Some(ns) = req.ns().filter(|_| req.well_formed).map(str::to_string) else {
+            self.send(stanza::error(to, &req.id, Cond::BadRequest));
+            return;
+        };
+        if ns == roster::NS {
+            if req.kind == "set" && roster::push_believed(to, &self.jid) {
+                if let Some(q) = roster::query(e) {
+                    self.roster.apply_push(q);
+                    self.save_roster();
+                }
+                self.send(stanza::result(None, &req.id, ""));
+            } else {
+                sj::log::warn(&format!(
+                    "refused a roster {} from {}",
+                    req.kind,
+                    to.unwrap_or("(none)")
+                ));
+                self.send(stanza::error(to, &req.id, Cond::ServiceUnavailable));
+            }
+            return;
+        }
+        if let Handler::Exec(p) = paths::handler(&self.dir, &ns) {
+            self.spawn(&p, &ns, req, line);
+            return;
+        }
+        let names = paths::handler_namespaces(&self.dir);
+        let env = builtin::Env {
+            now: SystemTime::now(),
+            tz_offset: builtin::local_offset(),
+            idle: self.started.elapsed(),
+            os: &self.os,
+            handler_namespaces: &names,
+        };
+        if let Some(payload) = builtin::answer(e, &env) {
+            self.send(stanza::result(to, &req.id, &payload));
+            return;
+        }
+        if let Some(name) = sj::fifo::list_clients(&self.dir.join("clients"))
+            .into_iter()
+            .next()
+        {
+            let target = format!("{}/{}", self.bare, name);
+            let rec = sj::xml::set_attr(line, "to", &target);
+            match String::from_utf8(rec) {
+                Ok(r) => {
+                    sj::log::trace("delegate", target.as_bytes());
+                    self.delegated.insert(
+                        (to.unwrap_or("").to_string(), req.id.clone()),
+                        Instant::now() + DELEGATION_TTL,
+                    );
+                    self.send(r);
+                    return;
+                }
+                Err(_) => sj::log::warn("record is not UTF-8; not delegated"),
+            }
+        }
+        self.send(stanza::error(to, &req.id, Cond::ServiceUnavailable));
+    }
+
+    fn spawn(&mut self, prog: &Path, ns: &str, req: &Request, line: &[u8]) {
+        let to = req.from.as_deref();
+        if self.handlers.iter().filter(|h| !h.answered).count() >= MAX_HANDLERS {
+            sj::log::warn(&format!("too many handlers running; refused {ns}"));
+            self.send(stanza::error(to, &req.id, Cond::ResourceConstraint));
+            return;
+        }
+        let mut cmd = Command::new(prog);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .current_dir(&self.dir)
+            .env("SJ_DIR", &self.dir)
+            .env("SJ_JID", self.jid.to_string())
+            .env("IQ_FROM", to.unwrap_or(""))
+            .env("IQ_ID", &req.id)
+            .env("IQ_TYPE", &req.kind)
+            .env("IQ_NS", ns)
+            .process_group(0);
+        let spawned = cmd.spawn().and_then(|mut c| {
+            let i: OwnedFd = c
+                .stdin
+                .take()
+                .ok_or_else(|| std::io::Error::other("no stdin pipe"))?
+                .into();
+            let o: OwnedFd = c
+                .stdout
+                .take()
+                .ok_or_else(|| std::io::Error::other("no stdout pipe"))?
+                .into();
+            sj::io::set_nonblocking(&i)?;
+            sj::io::set_nonblocking(&o)?;
+            let pid = i32::try_from(c.id()).map_err(std::io::Error::other)?;
+            Ok((Pid::from_raw(pid), i, o))
+        });
+        match spawned {
+            Ok((pid, i, o)) => {
+                let mut inq = WriteQueue::new();
+                let mut data = line.to_vec();
+                data.push(b'\n');
+                inq.push(data);
+                self.handlers.push(Running {
+                    pid,
+                    ns: ns.to_string(),
+                    to: to.map(str::to_string),
+                    id: req.id.clone(),
+                    stdin: Some(i),
+                    inq,
+                    stdout: Some(o),
+                    out: Vec::new(),
+                    status: None,
+                    deadline: Instant::now() + self.timeout,
+                    answered: false,
+                });
+                let n = self.handlers.len() - 1;
+                self.feed_handler(n);
+            }
+            Err(e) => {
+                sj::log::warn(&format!(
+                    "unable to run {}: {}",
+                    prog.display(),
+                    sj::log::strerror(&e)
+                ));
+                self.send(stanza::error(to, &req.id, Cond::ServiceUnavailable));
+            }
+        }
+    }
+
+    fn feed_handler(&mut self, i: usize) {
+        let Some(h) = self.handlers.get_mut(i) else {
+            return;
+        };
+        let Some(fd) = &h.stdin else {
+            return;
+        };
+        match h.inq.flush(fd) {
+            Ok(true) => h.stdin = None, // all written: close so it sees EOF
+            Ok(false) => {}
+            Err(_) => {
+                // The handler does not read its stdin (EPIPE): fine.
+                h.inq.clear();
+                h.stdin = None;
+            }
+        }
+    }
+
+    fn read_handler(&mut self, i: usize) {
+        let Some(h) = self.handlers.get_mut(i) else {
+            return;
+        };
+        let Some(fd) = &h.stdout else {
+            return;
+        };
+        match sj::io::read_into(fd, &mut h.out) {
+            Ok(Read::Data(_)) if h.out.len() > stanza::MAX_ANSWER => {
+                sj::log::warn(&format!("handler for {} wrote too much; killed", h.ns));
+                let _ = killpg(h.pid, Signal::SIGKILL);
+                h.stdout = None;
+                h.stdin = None;
+                h.answered = true;
+                let r = stanza::error(h.to.as_deref(), &h.id, Cond::InternalServerError);
+                self.send(r);
+            }
+            Ok(Read::Data(_)) | Ok(Read::WouldBlock) => {}
+            Ok(Read::Eof) | Err(_) => h.stdout = None,
+        }
+    }
+
+    fn flush_fifo(&mut self, i: usize) {
+        let Some(w) = self.fifo_writes.get_mut(i) else {
+            return;
+        };
+        match w.q.flush(&w.fd) {
+            Ok(false) => {}
+            Ok(true) | Err(_) => {
+                self.fifo_writes.remove(i);
+            }
+        }
+    }
+
+    /// Collect the exit status of finished handlers.
+    fn reap(&mut self) {
+        for h in &mut self.handlers {
+            if h.status.is_some() {
+                continue;
+            }
+            match waitpid(h.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => h.status = Some(code == 0),
+                Ok(WaitStatus::Signaled(..)) => h.status = Some(false),
+                Ok(_) => {}
+                Err(_) => h.status = Some(false),
+            }
+        }
+    }
+
+    /// Answer for every handler that exited and closed its stdout; forget
+    /// the reaped ones.
+    fn finish_handlers(&mut self) {
+        let mut answers = Vec::new();
+        self.handlers.retain_mut(|h| {
+            if h.answered {
+                return h.status.is_none();
+            }
+            let (Some(ok), None) = (h.status, &h.stdout) else {
+                return true;
+            };
+            if !ok {
+                sj::log::warn(&format!("handler for {} failed", h.ns));
+            }
+            answers.push(stanza::from_handler(h.to.as_deref(), &h.id, ok, &h.out));
+            false
+        });
+        for a in answers {
+            self.send(a);
+        }
+    }
+}

@@ -1,2 +1,872 @@
-//! (being written)
-fn main() {}
+//! messaged: the conversation view of an sj-proxy account (DESIGN §2, §3).
+//!
+//! What it does: reads `<message>` records from sj-proxy on stdin and
+//! appends them, in order, to `DIR/<contact>/out` (`YYYY-MM-DD HH:MM <nick>
+//! text`, events as `-!- text`); keeps one directory per contact, per roster
+//! item and per groupchat room, each with an `in` FIFO whose lines it turns
+//! into chat (or groupchat) messages on stdout.
+//!
+//! What it does not do: talk to the server (sj-proxy routes its stdout),
+//! log what the account sends except from sent copies (XEP-0280 form, made
+//! by sj-proxy or the server), handle presence or subscriptions
+//! (presenced), or parse XML bytes itself (sj::xml, sj::framer).
+//!
+//! Rooms: a directory is a room once a `type='groupchat'` message was seen
+//! for it; this is remembered in memory and by an empty marker file
+//! `DIR/<room>/.groupchat`, so lines written to its `in` go out as
+//! `type='groupchat'` to the room's bare JID, also after a restart.
+
+mod classify;
+mod format;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use sj::exit::Fatal;
+use sj::io::{LineReader, Read, WriteQueue};
+use sj::jid::Jid;
+use sj::path::Kind as PathKind;
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+const STDIN: Token = Token(0);
+const STDOUT: Token = Token(1);
+const FIRST_CONTACT: usize = 2;
+/// Longest record accepted from sj-proxy.
+const MAX_RECORD: usize = 1024 * 1024;
+/// Longest line accepted from an `in` FIFO: escaped, it stays under the
+/// 256 KiB record limit even when every character is `<`.
+const MAX_IN_LINE: usize = 48 * 1024;
+/// Stop reading `in` FIFOs while this much waits for sj-proxy.
+const QUEUE_HIGH: usize = 1024 * 1024;
+/// How often DIR/roster is checked for changes.
+const ROSTER_EVERY: Duration = Duration::from_secs(1);
+const MARKER: &str = ".groupchat";
+
+const USAGE: &str = "usage: messaged [-v] -d DIR JID";
+
+fn main() -> ExitCode {
+    sj::log::init("messaged");
+    sj::exit::finish(run())
+}
+
+struct Args {
+    dir: PathBuf,
+    jid: Jid,
+}
+
+fn parse_args() -> Result<Args, Fatal> {
+    use lexopt::prelude::*;
+    let usage = |m: String| Fatal::permanent(format!("{m}; {USAGE}"));
+    let mut parser = lexopt::Parser::from_env();
+    let mut dir: Option<PathBuf> = None;
+    let mut jid: Option<String> = None;
+    while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
+        match arg {
+            Short('v') => sj::log::set_verbose(true),
+            Short('d') => dir = Some(parser.value().map_err(|e| usage(e.to_string()))?.into()),
+            Short('h') | Long("help") => return Err(Fatal::permanent(USAGE)),
+            Value(v) if jid.is_none() => {
+                jid = Some(
+                    v.into_string()
+                        .map_err(|_| usage("JID is not UTF-8".into()))?,
+                )
+            }
+            other => return Err(usage(other.unexpected().to_string())),
+        }
+    }
+    let jid = jid
+        .or_else(|| std::env::var("SJ_JID").ok().filter(|s| !s.is_empty()))
+        .ok_or_else(|| usage("missing JID".into()))?;
+    let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{e}: {jid}")))?;
+    let dir = match dir.or_else(|| {
+        std::env::var_os("SJ_DIR")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    }) {
+        Some(d) => d,
+        None => {
+            let home =
+                std::env::var_os("HOME").ok_or_else(|| usage("no DIR and no HOME".into()))?;
+            PathBuf::from(home)
+                .join("xmpp")
+                .join(jid.bare().to_string())
+        }
+    };
+    Ok(Args { dir, jid })
+}
+
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                sj::log::warn(&format!(
+                    "unable to raise the descriptor limit: {}",
+                    e.desc()
+                ));
+            }
+        }
+    }
+}
+
+/// How many `in` FIFOs may be open: the descriptor limit less a reserve
+/// (an eighth, at least 16) for stdin/stdout, the poller and `out` files.
+fn fifo_cap() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(s, _)| s)
+        .unwrap_or(1024);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    soft.saturating_sub((soft / 8).max(16))
+}
+
+fn run() -> Result<(), Fatal> {
+    let args = parse_args()?;
+    raise_nofile();
+    sj::fifo::make_dir(&args.dir)
+        .map_err(|e| Fatal::io(format_args!("create {}", args.dir.display()), &e))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Fatal::io("install a signal handler", &e))?;
+    }
+    let mut d = Daemon::new(args.dir, args.jid.bare())?;
+    d.adopt_existing();
+    d.check_roster();
+    d.run(&stop)
+}
+
+/// One contact or room directory.
+struct Contact {
+    /// Normalised bare JID, as written in messages.
+    jid: String,
+    dir: PathBuf,
+    /// `None` while the FIFO cannot be made or opened (e.g. EMFILE).
+    fifo: Option<OwnedFd>,
+    fifo_warned: bool,
+    /// The incomplete last line read from the FIFO.
+    partial: Partial,
+    room: bool,
+    /// A write to `out` failed and was reported; cleared on success.
+    warned: bool,
+    /// Readiness not yet consumed (mio is edge-triggered).
+    ready: bool,
+}
+
+struct Daemon {
+    dir: PathBuf,
+    own: Jid,
+    poll: Poll,
+    contacts: Vec<Contact>,
+    by_name: HashMap<String, usize>,
+    ready: VecDeque<usize>,
+    stdin: LineReader,
+    /// One read buffer shared by all FIFOs (10,000 private 64 KiB buffers
+    /// would be 640 MiB).
+    scratch: Vec<u8>,
+    out: WriteQueue,
+    counter: u64,
+    pid: u32,
+    roster_seen: Option<(SystemTime, u64, u64)>,
+    /// stdin is a pipe or socket (else it is read without waiting).
+    stdin_polled: bool,
+    /// `in` FIFOs held open, and the most that leaves descriptors for
+    /// appending to logs.
+    fifos_open: usize,
+    fifo_cap: usize,
+    cap_warned: bool,
+}
+
+/// Belt and braces around sj::path: a component is one plain name.
+fn plain_component(c: &str) -> bool {
+    !c.is_empty()
+        && c != "."
+        && c != ".."
+        && !c.starts_with('.')
+        && !c.contains(['/', '\0'])
+        && !sj::path::RESERVED.contains(&c)
+}
+
+impl Daemon {
+    fn new(dir: PathBuf, own: Jid) -> Result<Daemon, Fatal> {
+        let poll = Poll::new().map_err(|e| Fatal::io("create a poller", &e))?;
+        for (fd, what) in [(0, "stdin"), (1, "stdout")] {
+            // SAFETY: 0 and 1 stay open for the life of the process.
+            let b = unsafe { BorrowedFd::borrow_raw(fd) };
+            sj::io::set_nonblocking(b)
+                .map_err(|e| Fatal::io(format_args!("set {what} non-blocking"), &e))?;
+        }
+        // Regular files and /dev/null cannot be polled (EPERM) but never
+        // block either: read them until EOF without waiting.
+        let stdin_polled =
+            match poll
+                .registry()
+                .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
+            {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => false,
+                Err(e) => return Err(Fatal::io("watch stdin", &e)),
+            };
+        // A pipe or FIFO on stdout; regular files cannot be polled and
+        // never block, so a failure here is not fatal.
+        let _ = poll
+            .registry()
+            .register(&mut SourceFd(&1), STDOUT, Interest::WRITABLE);
+        Ok(Daemon {
+            dir,
+            own,
+            poll,
+            contacts: Vec::new(),
+            by_name: HashMap::new(),
+            ready: VecDeque::new(),
+            stdin: LineReader::new(MAX_RECORD),
+            scratch: vec![0; 64 * 1024],
+            out: WriteQueue::new(),
+            counter: 0,
+            pid: std::process::id(),
+            roster_seen: None,
+            stdin_polled,
+            fifos_open: 0,
+            fifo_cap: fifo_cap(),
+            cap_warned: false,
+        })
+    }
+
+    /// The contact directory for a bare JID, made (with its FIFO) if new.
+    /// `room` marks it as a groupchat room.
+    fn contact(&mut self, bare: &Jid, room: bool) -> Option<usize> {
+        let jid = bare.to_string();
+        let name = match sj::path::component(PathKind::Contact, &jid) {
+            Ok(n) if plain_component(&n) => n,
+            Ok(n) => {
+                sj::log::warn(&format!("refusing contact path component {n:?} for {jid}"));
+                return None;
+            }
+            Err(e) => {
+                sj::log::warn(&format!("no directory for {jid:?}: {e}"));
+                return None;
+            }
+        };
+        if let Some(&i) = self.by_name.get(&name) {
+            if room && !self.contacts[i].room {
+                self.contacts[i].room = true;
+                self.write_marker(i);
+            }
+            return Some(i);
+        }
+        let dir = self.dir.join(&name);
+        if let Err(e) = make_contact_dir(&dir) {
+            sj::log::warn(&format!(
+                "unable to create {}: {}",
+                dir.display(),
+                sj::log::strerror(&e)
+            ));
+            return None;
+        }
+        let i = self.contacts.len();
+        let marked = fs::symlink_metadata(dir.join(MARKER)).is_ok();
+        self.contacts.push(Contact {
+            jid,
+            dir,
+            fifo: None,
+            fifo_warned: false,
+            partial: Partial::default(),
+            room: room || marked,
+            warned: false,
+            ready: false,
+        });
+        self.by_name.insert(name, i);
+        self.attach_fifo(i);
+        if room && !marked {
+            self.write_marker(i);
+        }
+        Some(i)
+    }
+
+    /// Make and open a contact's `in` FIFO and watch it. Without it the
+    /// contact is still logged; the FIFO is tried again on its next message.
+    fn attach_fifo(&mut self, i: usize) {
+        let reg = self.poll.registry();
+        let c = &mut self.contacts[i];
+        if let Some(old) = c.fifo.take() {
+            let _ = reg.deregister(&mut SourceFd(&old.as_raw_fd()));
+            self.fifos_open -= 1;
+        }
+        if self.fifos_open >= self.fifo_cap {
+            // Keep descriptors for the logs: they matter more than FIFOs.
+            if !self.cap_warned {
+                sj::log::warn(&format!(
+                    "{} in FIFOs open, the most the descriptor limit allows; \
+                     further contacts are logged but get no in FIFO",
+                    self.fifos_open
+                ));
+                self.cap_warned = true;
+            }
+            return;
+        }
+        let res = open_fifo(&c.dir).and_then(|fd| {
+            reg.register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                Token(FIRST_CONTACT + i),
+                Interest::READABLE,
+            )?;
+            Ok(fd)
+        });
+        match res {
+            Ok(fd) => {
+                c.fifo = Some(fd);
+                c.fifo_warned = false;
+                self.fifos_open += 1;
+                // Lines may already wait in it.
+                if !c.ready {
+                    c.ready = true;
+                    self.ready.push_back(i);
+                }
+            }
+            Err(e) => {
+                if !c.fifo_warned {
+                    sj::log::warn(&format!(
+                        "unable to open {}/in: {}",
+                        c.dir.display(),
+                        sj::log::strerror(&e)
+                    ));
+                    c.fifo_warned = true;
+                }
+            }
+        }
+    }
+
+    fn write_marker(&self, i: usize) {
+        let p = self.contacts[i].dir.join(MARKER);
+        if let Err(e) = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&p)
+        {
+            sj::log::warn(&format!(
+                "unable to create {}: {}",
+                p.display(),
+                sj::log::strerror(&e)
+            ));
+        }
+    }
+
+    /// Directories left by an earlier run: keep their `in` FIFOs served.
+    fn adopt_existing(&mut self) {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for ent in rd.flatten() {
+            let Ok(name) = ent.file_name().into_string() else {
+                continue;
+            };
+            if !plain_component(&name) || !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                continue;
+            }
+            let Some(jid) = sj::path::decode(&name).and_then(|s| Jid::parse(&s).ok()) else {
+                continue;
+            };
+            if !jid.is_bare()
+                || sj::path::component(PathKind::Contact, &jid.to_string())
+                    .ok()
+                    .as_deref()
+                    != Some(name.as_str())
+            {
+                continue;
+            }
+            self.contact(&jid, false);
+        }
+    }
+
+    /// Make a directory for every roster item when DIR/roster changed.
+    fn check_roster(&mut self) {
+        let path = self.dir.join("roster");
+        let Ok(meta) = fs::metadata(&path) else {
+            return;
+        };
+        let seen = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+            meta.ino(),
+        );
+        if self.roster_seen == Some(seen) {
+            return;
+        }
+        self.roster_seen = Some(seen);
+        let Ok(text) = fs::read(&path) else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&text).lines() {
+            let first = line.split('\t').next().unwrap_or("").trim();
+            if first.is_empty() || first.starts_with('#') {
+                continue;
+            }
+            if let Ok(j) = Jid::parse(first) {
+                self.contact(&j.bare(), false);
+            }
+        }
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), Fatal> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_roster = Instant::now() + ROSTER_EVERY;
+        let mut stdin_ready = true;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return self.drain_and_exit();
+            }
+            if stdin_ready {
+                match self.read_stdin()? {
+                    Read::Eof => return self.drain_and_exit(),
+                    _ => stdin_ready = !self.stdin_polled,
+                }
+            }
+            self.serve_fifos();
+            self.flush()?;
+            let now = Instant::now();
+            if now >= next_roster {
+                self.check_roster();
+                next_roster = now + ROSTER_EVERY;
+            }
+            let busy = !self.ready.is_empty() && self.out.len() < QUEUE_HIGH;
+            let timeout = if busy {
+                Duration::ZERO
+            } else {
+                next_roster.saturating_duration_since(Instant::now())
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Fatal::io("wait for input", &e)),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    STDIN => stdin_ready = true,
+                    STDOUT => {}
+                    Token(t) => {
+                        let i = t - FIRST_CONTACT;
+                        if let Some(c) = self.contacts.get_mut(i) {
+                            if !c.ready {
+                                c.ready = true;
+                                self.ready.push_back(i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read and handle records until stdin would block (or ends).
+    fn read_stdin(&mut self) -> Result<Read, Fatal> {
+        loop {
+            // SAFETY: fd 0 stays open for the life of the process.
+            let fd = unsafe { BorrowedFd::borrow_raw(0) };
+            let r = self
+                .stdin
+                .fill(fd)
+                .map_err(|e| Fatal::io("read from sj-proxy", &e))?;
+            let mut records = Vec::new();
+            let before = self.stdin.overlong;
+            while let Some(line) = self.stdin.next_line() {
+                records.push(line.to_vec());
+            }
+            if self.stdin.overlong > before {
+                sj::log::warn(&format!(
+                    "dropped {} record(s) over {MAX_RECORD} bytes from sj-proxy",
+                    self.stdin.overlong - before
+                ));
+            }
+            for rec in records {
+                self.record(&rec);
+            }
+            match r {
+                Read::Data(_) => continue,
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn record(&mut self, rec: &[u8]) {
+        sj::log::trace("<", rec);
+        if rec.is_empty() {
+            return;
+        }
+        let Some(el) = sj::xml::Element::parse(rec) else {
+            sj::log::warn("dropping a record that does not parse");
+            return;
+        };
+        for e in classify::classify(&el, &self.own) {
+            self.log(e);
+        }
+    }
+
+    fn log(&mut self, e: classify::Entry) {
+        let Some(i) = self.contact(&e.contact, e.room) else {
+            return;
+        };
+        if self.contacts[i].fifo.is_none() {
+            self.attach_fifo(i);
+        }
+        let t = e.when.unwrap_or_else(now);
+        let text = format::lines(&format::stamp(t), &e.kind, &e.text);
+        if text.is_empty() {
+            return;
+        }
+        let repair = self.contacts[i].warned;
+        let mut result = append(&self.contacts[i].dir.join("out"), &text, repair);
+        if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
+            // The directory went away under us: make it again.
+            self.remake(i);
+            result = append(&self.contacts[i].dir.join("out"), &text, repair);
+        }
+        let c = &mut self.contacts[i];
+        match result {
+            Ok(()) => c.warned = false,
+            Err(err) => {
+                if !c.warned {
+                    sj::log::warn(&format!(
+                        "unable to append to {}/out: {}",
+                        c.dir.display(),
+                        sj::log::strerror(&err)
+                    ));
+                    c.warned = true;
+                }
+            }
+        }
+    }
+
+    /// Recreate a contact's directory and FIFO after someone removed them.
+    fn remake(&mut self, i: usize) {
+        if make_contact_dir(&self.contacts[i].dir).is_err() {
+            return;
+        }
+        self.attach_fifo(i);
+        if self.contacts[i].room {
+            self.write_marker(i);
+        }
+    }
+
+    /// Turn lines from ready `in` FIFOs into messages, while the queue
+    /// toward sj-proxy has room.
+    fn serve_fifos(&mut self) {
+        while self.out.len() < QUEUE_HIGH {
+            let Some(i) = self.ready.pop_front() else {
+                return;
+            };
+            let mut lines = Vec::new();
+            let c = &mut self.contacts[i];
+            let Some(fifo) = &c.fifo else {
+                c.ready = false;
+                continue;
+            };
+            let before = c.partial.overlong;
+            let mut open = true;
+            // Bounded per turn so one busy FIFO cannot starve the others.
+            for _ in 0..16 {
+                match nix::unistd::read(fifo.as_fd(), &mut self.scratch) {
+                    Ok(0) => {
+                        open = false;
+                        break;
+                    }
+                    Ok(n) => c.partial.feed(&self.scratch[..n], MAX_IN_LINE, &mut lines),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        open = false;
+                        break;
+                    }
+                    Err(e) => {
+                        sj::log::warn(&format!(
+                            "unable to read {}/in: {}",
+                            c.dir.display(),
+                            e.desc()
+                        ));
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if c.partial.overlong > before {
+                sj::log::warn(&format!(
+                    "dropped {} line(s) over {MAX_IN_LINE} bytes from {}/in",
+                    c.partial.overlong - before,
+                    c.dir.display()
+                ));
+            }
+            if open {
+                self.ready.push_back(i);
+            } else {
+                c.ready = false;
+            }
+            for l in lines {
+                self.send_line(i, &l);
+            }
+        }
+    }
+
+    fn send_line(&mut self, i: usize, raw: &[u8]) {
+        let c = &self.contacts[i];
+        let body = match format::in_line(raw) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(_) => {
+                sj::log::warn(&format!(
+                    "dropping a line that is not UTF-8 from {}/in",
+                    c.dir.display()
+                ));
+                return;
+            }
+        };
+        self.counter += 1;
+        let id = format!("msgd-{}-{}-{}", self.pid, self.counter, now());
+        let rec = format::message_record(&c.jid, c.room, &id, &body);
+        sj::log::trace(">", rec.as_bytes());
+        self.out.push(rec.into_bytes());
+    }
+
+    fn flush(&mut self) -> Result<(), Fatal> {
+        // SAFETY: fd 1 stays open for the life of the process.
+        let fd = unsafe { BorrowedFd::borrow_raw(1) };
+        self.out
+            .flush(fd)
+            .map(|_| ())
+            .map_err(|e| Fatal::io("write to sj-proxy", &e))
+    }
+
+    /// Stdin ended or a signal came: hand over what is queued, then stop.
+    fn drain_and_exit(&mut self) -> Result<(), Fatal> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Lines already written into the FIFOs are sent too.
+        for i in 0..self.contacts.len() {
+            if !self.contacts[i].ready {
+                self.contacts[i].ready = true;
+                self.ready.push_back(i);
+            }
+        }
+        loop {
+            self.serve_fifos();
+            // SAFETY: fd 1 stays open for the life of the process.
+            let fd = unsafe { BorrowedFd::borrow_raw(1) };
+            let done = self
+                .out
+                .flush(fd)
+                .map_err(|e| Fatal::io("write to sj-proxy", &e))?;
+            if done && self.ready.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Fatal::temporary(format!(
+                    "sj-proxy did not take {} queued bytes",
+                    self.out.len()
+                )));
+            }
+            if !done {
+                let pfd = nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT);
+                let _ = nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(100u16));
+            }
+        }
+    }
+}
+
+/// Line splitting for many FIFOs read through one shared buffer: only an
+/// incomplete line is kept per FIFO, and no memory once a line is complete.
+/// A line longer than `max` is dropped up to its LF and counted.
+#[derive(Default)]
+struct Partial {
+    buf: Vec<u8>,
+    skipping: bool,
+    overlong: u64,
+}
+
+impl Partial {
+    fn feed(&mut self, mut data: &[u8], max: usize, lines: &mut Vec<Vec<u8>>) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            let piece = &data[..i];
+            data = &data[i + 1..];
+            if self.skipping || self.buf.len() + piece.len() > max {
+                self.skipping = false;
+                self.overlong += 1;
+                self.buf = Vec::new();
+            } else {
+                self.buf.extend_from_slice(piece);
+                lines.push(std::mem::take(&mut self.buf));
+            }
+        }
+        if self.skipping {
+            return;
+        }
+        if self.buf.len() + data.len() > max {
+            self.skipping = true;
+            self.buf = Vec::new();
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Make `dir` (mode 0700, a real directory, not a symlink) and an empty
+/// `out` in it unless there is one, so `tail -f out` works from the start.
+fn make_contact_dir(dir: &Path) -> io::Result<()> {
+    sj::fifo::make_dir(dir)?;
+    if !fs::symlink_metadata(dir)?.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a directory",
+        ));
+    }
+    // Best effort: a failure shows (and is reported) on the first append.
+    let _ = append(&dir.join("out"), "", false);
+    Ok(())
+}
+
+/// Make `dir/in` (a FIFO, 0600) unless it is there, and open it for reading.
+fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
+    let fifo = dir.join("in");
+    sj::fifo::make(&fifo)?;
+    sj::fifo::open_read(&fifo)
+}
+
+/// Append `text` (whole lines) to a log: O_APPEND, one write per line.
+/// `repair`: an earlier write may have stopped mid-line (ENOSPC), so end
+/// that partial line first if the file does not end with LF.
+fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut f = fs::OpenOptions::new()
+        .read(repair)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    if repair {
+        let len = f.metadata()?.len();
+        let mut last = [0u8; 1];
+        if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
+            f.write_all(b"\n")?;
+        }
+    }
+    for line in text.split_inclusive('\n') {
+        f.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_lines() {
+        let mut p = Partial::default();
+        let mut lines = Vec::new();
+        p.feed(b"ab", 8, &mut lines);
+        p.feed(b"c\nde\n\nf", 8, &mut lines);
+        assert_eq!(lines, vec![b"abc".to_vec(), b"de".to_vec(), b"".to_vec()]);
+        lines.clear();
+        // Over-long, split over several reads, then a good line.
+        p.feed(b"012345", 8, &mut lines);
+        p.feed(b"6789", 8, &mut lines);
+        p.feed(b"xyz\nok\n", 8, &mut lines);
+        assert_eq!(lines, vec![b"ok".to_vec()]);
+        assert_eq!(p.overlong, 1);
+        assert!(p.buf.capacity() == 0, "nothing kept between lines");
+        // Over-long within one read.
+        lines.clear();
+        p.feed(b"0123456789\nk\n", 8, &mut lines);
+        assert_eq!(lines, vec![b"k".to_vec()]);
+        assert_eq!(p.overlong, 2);
+    }
+
+    #[test]
+    fn plain_components_only() {
+        for bad in [
+            "", ".", "..", ".x", "a/b", "in", "roster", "clients", "a\0b",
+        ] {
+            assert!(!plain_component(bad), "{bad:?}");
+        }
+        assert!(plain_component("bob@localhost"));
+    }
+
+    /// Hostile JIDs go through sj::path and stay one level under DIR.
+    #[test]
+    fn hostile_jids_stay_in_dir() {
+        let base = Path::new("/tmp/acct");
+        for hostile in [
+            "../../etc@localhost",
+            "..",
+            "../x",
+            "a@..",
+            "a@./x",
+            "%2e%2e@localhost",
+            "in@localhost",
+            "roster",
+            "clients",
+            "x@y/../../z",
+            "a@b\u{0}c",
+            ".hidden@localhost",
+        ] {
+            let Ok(j) = Jid::parse(hostile) else {
+                continue;
+            };
+            let bare = j.bare().to_string();
+            if let Ok(c) = sj::path::component(PathKind::Contact, &bare) {
+                assert!(plain_component(&c), "{hostile:?} -> {c:?}");
+                let p = base.join(&c);
+                assert_eq!(p.parent(), Some(base), "{hostile:?} -> {c:?}");
+                assert_eq!(p.components().count(), base.components().count() + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn append_lines_and_mode() {
+        let d = std::env::temp_dir().join(format!("messaged-append-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        sj::fifo::make_dir(&d).expect("mkdir");
+        let p = d.join("out");
+        append(&p, "a\nb\n", false).expect("append");
+        append(&p, "c\n", false).expect("append");
+        assert_eq!(fs::read_to_string(&p).expect("read"), "a\nb\nc\n");
+        // After a failed write left half a line, the next line starts fresh.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"parti"))
+            .expect("partial");
+        append(&p, "d\n", true).expect("append");
+        append(&p, "e\n", true).expect("append");
+        assert_eq!(
+            fs::read_to_string(&p).expect("read"),
+            "a\nb\nc\nparti\nd\ne\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).expect("stat").permissions().mode() & 0o777,
+            0o600
+        );
+        // A symlink planted as out is not followed.
+        let q = d.join("link");
+        std::os::unix::fs::symlink(&p, &q).expect("symlink");
+        assert!(append(&q, "x\n", false).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+}

@@ -215,7 +215,7 @@ fn run() -> Result<(), Fatal> {
     let tls = args.tls || upstream::wrapper_did_tls();
     let mut up = upstream::Upstream::new(rfd, wfd, tls, Arc::clone(&stop));
 
-    write_state(&dir, "connecting", "-");
+    write_state(&dir, "connecting", &bare.to_string());
     let creds = upstream::Credentials {
         jid: jid.clone(),
         password,
@@ -224,7 +224,7 @@ fn run() -> Result<(), Fatal> {
     let session = match up.negotiate(&creds) {
         Ok(s) => s,
         Err(e) => {
-            write_state(&dir, "offline", "-");
+            write_state(&dir, "offline", &bare.to_string());
             if e.code == OK {
                 let _ = sj::io::write_all(&up.wfd, b"</stream:stream>");
                 return Ok(());
@@ -259,7 +259,7 @@ fn run() -> Result<(), Fatal> {
     router.route_early(session.early);
     let result = router.run();
     router.shutdown_children();
-    write_state(router.dir(), "offline", "-");
+    write_state(router.dir(), "offline", &bare.to_string());
     match result {
         Err(e) if e.code == OK => Ok(()),
         r => r,

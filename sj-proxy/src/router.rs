@@ -226,24 +226,34 @@ impl Router {
     }
 
     fn client_left(&mut self, name: &str) {
-        if let Some(mut c) = self.clients.remove(name) {
-            // Whatever the client managed to write before leaving still counts.
-            let _ = c.lines.fill(&c.out);
-            let mut lines = Vec::new();
-            while let Some(l) = c.lines.next_line() {
-                lines.push(l.to_vec());
-            }
-            self.clients.insert(name.to_string(), c);
-            for l in lines {
+        if !self.clients.contains_key(name) {
+            return;
+        }
+        // Whatever the client managed to write before leaving still counts.
+        self.read_client(name);
+        self.clients.remove(name);
+        sj::log::info(&format!("client {name} left"));
+        let gone = format!(
+            "<presence from='{}' type='unavailable'/>\n",
+            sj::escape::attr(&format!("{}/{name}", self.acct.bare))
+        );
+        self.deliver(Dest::Presenced, gone.into_bytes());
+    }
+
+    /// One read from a client's `out` FIFO, and route what it completed.
+    fn read_client(&mut self, name: &str) {
+        let Some(c) = self.clients.get_mut(name) else {
+            return;
+        };
+        let _ = c.lines.fill(&c.out);
+        let mut lines = Vec::new();
+        while let Some(l) = c.lines.next_line() {
+            lines.push(l.to_vec());
+        }
+        for l in lines {
+            if !l.iter().all(u8::is_ascii_whitespace) {
                 self.route_local(Origin::Client(name.to_string()), &l);
             }
-            self.clients.remove(name);
-            sj::log::info(&format!("client {name} left"));
-            let gone = format!(
-                "<presence from='{}' type='unavailable'/>\n",
-                sj::escape::attr(&format!("{}/{name}", self.acct.bare))
-            );
-            self.deliver(Dest::Presenced, gone.into_bytes());
         }
     }
 
@@ -495,11 +505,7 @@ impl Router {
                 }
             }
             Slot::DirIn => {
-                let fd = self
-                    .dir_in
-                    .try_clone()
-                    .map_err(|e| Fatal::io("dup DIR/in", &e))?;
-                let _ = self.dir_in_lines.fill(&fd);
+                let _ = self.dir_in_lines.fill(&self.dir_in);
                 let mut lines = Vec::new();
                 while let Some(l) = self.dir_in_lines.next_line() {
                     lines.push(l.to_vec());
@@ -510,21 +516,7 @@ impl Router {
                     }
                 }
             }
-            Slot::Client(name) => {
-                let Some(c) = self.clients.get_mut(&name) else {
-                    return Ok(());
-                };
-                let _ = c.lines.fill(&c.out);
-                let mut lines = Vec::new();
-                while let Some(l) = c.lines.next_line() {
-                    lines.push(l.to_vec());
-                }
-                for l in lines {
-                    if !l.iter().all(u8::is_ascii_whitespace) {
-                        self.route_local(Origin::Client(name.clone()), &l);
-                    }
-                }
-            }
+            Slot::Client(name) => self.read_client(&name),
             Slot::ChildRead(i) => {
                 self.read_child(i);
             }

@@ -1,2 +1,93 @@
-//! (being written)
-fn main() {}
+//! sj-c2s: the server side of one client-to-server XMPP stream (DESIGN §6).
+//!
+//! Started per connection by a UCSPI server (tcpserver, s6-tcpserver,
+//! s6-tlsd, socat): reads the client on fd 0, writes it on fd 1. Negotiates
+//! the stream (STARTTLS through UCSPI-TLS, SASL, bind), registers
+//! `DIR/clients/NAME/{in,out}`, then translates between the client's stream
+//! and the records (translate.rs). One explicit state machine, one poll loop.
+
+#[path = "sj-c2s/control.rs"]
+mod control;
+#[path = "sj-c2s/session.rs"]
+mod session;
+#[path = "sj-c2s/translate.rs"]
+mod translate;
+
+use sj::exit::Fatal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: sj-c2s [-v] [-t] [-d DIR | -R ROOT]";
+
+/// Where the accounts are.
+#[derive(Debug, Clone)]
+pub enum Where {
+    /// One account directory.
+    Dir(PathBuf),
+    /// A directory holding one account directory per bare JID.
+    Root(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Opts {
+    pub verbose: bool,
+    /// The wrapper already encrypted the connection (direct TLS).
+    pub tls: bool,
+    pub place: Where,
+}
+
+fn parse_args() -> Result<Opts, Fatal> {
+    use lexopt::prelude::*;
+    let mut verbose = false;
+    let mut tls = false;
+    let mut dir: Option<PathBuf> = None;
+    let mut root: Option<PathBuf> = None;
+    let mut p = lexopt::Parser::from_env();
+    let usage = |e: String| Fatal::permanent(format!("{e}\n{USAGE}"));
+    while let Some(arg) = p.next().map_err(|e| usage(e.to_string()))? {
+        match arg {
+            Short('v') | Long("verbose") => verbose = true,
+            Short('t') | Long("tls") => tls = true,
+            Short('d') | Long("dir") => {
+                dir = Some(PathBuf::from(p.value().map_err(|e| usage(e.to_string()))?))
+            }
+            Short('R') | Long("root") => {
+                root = Some(PathBuf::from(p.value().map_err(|e| usage(e.to_string()))?))
+            }
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(usage(other.unexpected().to_string())),
+        }
+    }
+    let place = match (dir, root) {
+        (Some(_), Some(_)) => return Err(usage("-d and -R exclude each other".into())),
+        (Some(d), None) => Where::Dir(d),
+        (None, Some(r)) => Where::Root(r),
+        (None, None) => match (std::env::var_os("SJ_DIR"), std::env::var_os("SJ_ROOT")) {
+            (Some(d), _) if !d.is_empty() => Where::Dir(PathBuf::from(d)),
+            (_, Some(r)) if !r.is_empty() => Where::Root(PathBuf::from(r)),
+            _ => match std::env::var_os("HOME") {
+                Some(h) => Where::Root(PathBuf::from(h).join("xmpp")),
+                None => return Err(usage("no -d, -R, SJ_DIR, SJ_ROOT or HOME".into())),
+            },
+        },
+    };
+    Ok(Opts {
+        verbose,
+        tls,
+        place,
+    })
+}
+
+fn run() -> Result<(), Fatal> {
+    let opts = parse_args()?;
+    sj::log::set_verbose(opts.verbose);
+    session::Session::new(opts)?.run()
+}
+
+fn main() -> ExitCode {
+    sj::log::init("sj-c2s");
+    sj::exit::finish(run())
+}

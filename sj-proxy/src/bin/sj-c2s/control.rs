@@ -1,0 +1,190 @@
+//! The control contact (`sj-proxy@control.invalid`): text commands a client
+//! sends as chat messages, answered from the account directory.
+
+use sj::path::{component, Kind};
+use std::fs;
+use std::path::Path;
+
+/// Largest `history` request.
+const MAX_HISTORY: usize = 200;
+
+pub const HELP: &str = "commands:
+help                  this text
+status                connection state and number of clients
+clients               connected clients
+kick NAME             disconnect client NAME
+passwd NEWPASSWORD    change the password clients log in with
+history CONTACT [N]   last N (default 10) lines of the log with CONTACT";
+
+/// Run one command for the client `me` of the account in `dir`; the reply text.
+pub fn run(dir: &Path, me: &str, text: &str) -> String {
+    let text = text.trim();
+    let (cmd, rest) = match text.split_once(char::is_whitespace) {
+        Some((c, r)) => (c, r.trim()),
+        None => (text, ""),
+    };
+    match cmd.to_ascii_lowercase().as_str() {
+        "" | "help" | "?" => HELP.to_string(),
+        "status" => status(dir),
+        "clients" => clients(dir, me),
+        "kick" => kick(dir, rest),
+        "passwd" => passwd(dir, rest),
+        "history" => history(dir, rest),
+        other => format!("unknown command: {other} (try help)"),
+    }
+}
+
+fn status(dir: &Path) -> String {
+    let state = fs::read_to_string(dir.join("state"))
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown (no state file)".to_string());
+    let n = sj::fifo::list_clients(&dir.join("clients")).len();
+    format!("{state}\nclients: {n}")
+}
+
+fn clients(dir: &Path, me: &str) -> String {
+    let names = sj::fifo::list_clients(&dir.join("clients"));
+    if names.is_empty() {
+        return "no clients".to_string();
+    }
+    names
+        .iter()
+        .map(|n| {
+            if n == me {
+                format!("{n} (this client)")
+            } else {
+                n.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn kick(dir: &Path, name: &str) -> String {
+    if name.is_empty() {
+        return "usage: kick NAME".to_string();
+    }
+    // Only names that are already path components: nothing can escape DIR/clients.
+    match component(Kind::Client, name) {
+        Ok(c) if c == name => {}
+        _ => return format!("no such client: {name}"),
+    }
+    let cdir = dir.join("clients").join(name);
+    if !cdir.is_dir() {
+        return format!("no such client: {name}");
+    }
+    let pid = fs::read_to_string(cdir.join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&p| p > 1);
+    let Some(pid) = pid else {
+        return format!("client {name} has no pid file (a raw client?)");
+    };
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    ) {
+        Ok(()) => format!("kicked {name}"),
+        Err(e) => format!("unable to kick {name}: {}", e.desc()),
+    }
+}
+
+fn passwd(dir: &Path, new: &str) -> String {
+    if new.is_empty() {
+        return "usage: passwd NEWPASSWORD".to_string();
+    }
+    if new.chars().any(char::is_control) {
+        return "password refused: control characters".to_string();
+    }
+    match sj::passwd::write(&dir.join("passwd"), new) {
+        Ok(()) => "password changed".to_string(),
+        Err(e) => format!("unable to change the password: {}", sj::log::strerror(&e)),
+    }
+}
+
+fn history(dir: &Path, args: &str) -> String {
+    let mut it = args.split_whitespace();
+    let Some(contact) = it.next() else {
+        return "usage: history CONTACT [N]".to_string();
+    };
+    let n = match it.next() {
+        None => 10,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) => n.min(MAX_HISTORY),
+            Err(_) => return "usage: history CONTACT [N]".to_string(),
+        },
+    };
+    let Ok(c) = component(Kind::Contact, contact) else {
+        return format!("not a contact JID: {contact}");
+    };
+    let data = match fs::read(dir.join(c).join("out")) {
+        Ok(d) => d,
+        Err(_) => return format!("no history with {contact}"),
+    };
+    let text = String::from_utf8_lossy(&data);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(n);
+    if lines.is_empty() {
+        return format!("no history with {contact}");
+    }
+    lines[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sj-c2s-ctl-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join("clients")).expect("mkdir");
+        d
+    }
+
+    #[test]
+    fn status_clients_history() {
+        let d = tmp("a");
+        fs::write(
+            d.join("state"),
+            "online alice@localhost/sj-proxy 1700000000\n",
+        )
+        .expect("w");
+        for n in ["phone", "laptop"] {
+            let c = d.join("clients").join(n);
+            fs::create_dir_all(&c).expect("mkdir");
+            sj::fifo::make(&c.join("in")).expect("fifo");
+            sj::fifo::make(&c.join("out")).expect("fifo");
+        }
+        let s = run(&d, "phone", "status");
+        assert!(s.starts_with("online alice@localhost/sj-proxy"));
+        assert!(s.ends_with("clients: 2"));
+        assert_eq!(run(&d, "phone", " clients "), "laptop\nphone (this client)");
+        let bob = d.join(component(Kind::Contact, "bob@localhost").expect("c"));
+        fs::create_dir_all(&bob).expect("mkdir");
+        let log: String = (1..=12)
+            .map(|i| format!("2024-01-01 10:{i:02} bob@localhost m{i}\n"))
+            .collect();
+        fs::write(bob.join("out"), log).expect("w");
+        let h = run(&d, "phone", "history bob@localhost 2");
+        assert_eq!(
+            h,
+            "2024-01-01 10:11 bob@localhost m11\n2024-01-01 10:12 bob@localhost m12"
+        );
+        assert_eq!(
+            run(&d, "phone", "history Bob@LocalHost").lines().count(),
+            10
+        );
+        assert!(run(&d, "phone", "history ../etc").starts_with("n"));
+        assert!(run(&d, "phone", "kick ../../x").starts_with("no such client"));
+        assert!(run(&d, "phone", "kick laptop").contains("no pid file"));
+        assert!(run(&d, "phone", "frobnicate").starts_with("unknown command"));
+        assert_eq!(run(&d, "phone", "help"), HELP);
+        assert_eq!(run(&d, "phone", "passwd"), "usage: passwd NEWPASSWORD");
+        assert_eq!(run(&d, "phone", "passwd s3cret"), "password changed");
+        let creds = sj::passwd::read(&d.join("passwd")).expect("read");
+        assert!(creds.iter().all(|c| c.verify_plain("s3cret")));
+        assert!(!creds.is_empty());
+        fs::remove_dir_all(&d).ok();
+    }
+}

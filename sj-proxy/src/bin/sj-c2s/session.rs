@@ -1,0 +1,1291 @@
+//! The session state machine and the poll loop.
+//!
+//! Header → Features (STARTTLS, SASL) → stream restart → Bind → Online.
+//! Nothing here blocks except three bounded waits: flushing `<proceed/>`
+//! before TLS starts, waiting (≤ 5 s) for sj-proxy to open the new client's
+//! `out` FIFO, and the final flush (≤ 2 s) on the way out.
+
+use crate::control;
+use crate::translate::{self, Action, Inbound, Translator};
+use crate::{Opts, Where};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use sj::escape;
+use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
+use sj::framer::{Event, FrameError, Framer, Limits, Mode, StreamHeader};
+use sj::io::{LineReader, Read, WriteQueue};
+use sj::jid::Jid;
+use sj::path::{component, Kind};
+use sj::sasl::{self, Hash, ScramServer};
+use sj::xml::Element;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+
+/// SASL attempts before the stream is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+/// Time allowed from connect to a bound resource.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes queued toward `out` before the client is cut off.
+const OUT_LIMIT: usize = 1 << 20;
+/// Bytes queued toward the client before `in` stops being read.
+const CLIENT_HIGH_WATER: usize = 1 << 20;
+/// Longest line accepted from the `in` FIFO.
+const IN_LINE_MAX: usize = 300 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the (re)started stream header.
+    Header,
+    /// Features sent; STARTTLS/SASL (before auth) or bind (after).
+    Negotiate,
+    /// Resource bound, records flowing.
+    Online,
+}
+
+/// The account a session authenticates to.
+#[derive(Debug, Clone)]
+struct Account {
+    bare: Jid,
+    dir: PathBuf,
+}
+
+enum SaslState {
+    None,
+    /// `<auth/>` without an initial response: waiting for client-first.
+    AwaitFirst(Hash),
+    /// server-first sent.
+    AwaitFinal(Box<ScramServer>, Account),
+    /// Success computed and sent; waiting for the restart.
+    Done,
+}
+
+/// The registered client: `DIR/clients/NAME`, removed on drop.
+struct Registration {
+    cdir: PathBuf,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.cdir) {
+            if e.kind() != io::ErrorKind::NotFound {
+                sj::log::warn(&format!(
+                    "unable to remove {}: {}",
+                    self.cdir.display(),
+                    sj::log::strerror(&e)
+                ));
+            }
+        }
+    }
+}
+
+struct Client {
+    name: String,
+    account: Account,
+    infd: OwnedFd,
+    outfd: OwnedFd,
+    reader: LineReader,
+    outq: WriteQueue,
+    tr: Translator,
+    // Last so the FIFOs close before the directory goes.
+    _reg: Registration,
+}
+
+struct Tls {
+    ctl: i32,
+    rd: i32,
+    wr: i32,
+}
+
+pub struct Session {
+    opts: Opts,
+    framer: Framer,
+    rfd: OwnedFd,
+    wfd: OwnedFd,
+    to_client: WriteQueue,
+    phase: Phase,
+    header_sent: bool,
+    /// The domain this stream is for (the `from` of our header).
+    domain: Option<String>,
+    /// With -d: the account of DIR, known before auth.
+    dir_account: Option<Account>,
+    encrypted: bool,
+    loopback: bool,
+    starttls: Option<Tls>,
+    sasl: SaslState,
+    failures: u32,
+    authed: Option<Account>,
+    client: Option<Client>,
+    done: Option<Result<(), Fatal>>,
+    deadline: Option<Instant>,
+    term: Arc<AtomicBool>,
+    sig_rd: std::os::unix::net::UnixStream,
+    peer_closed: bool,
+}
+
+fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
+    Fatal::io(what, e)
+}
+
+/// A few random bytes as hex (stream ids, generated resources).
+fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let ok = fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+        .is_ok();
+    if !ok {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ u128::from(std::process::id());
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Is the remote end of this connection a loopback address, going by the
+/// environment the UCSPI server set?
+pub fn remote_is_loopback() -> bool {
+    let mut vars = vec![
+        "TCPREMOTEIP".to_string(),
+        "TCP6REMOTEIP".to_string(),
+        "SOCAT_PEERADDR".to_string(),
+    ];
+    if let Ok(proto) = std::env::var("PROTO") {
+        if !proto.is_empty() && proto.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            vars.push(format!("{proto}REMOTEIP"));
+        }
+    }
+    let mut seen = false;
+    for v in vars {
+        let Ok(val) = std::env::var(&v) else { continue };
+        let s = val.trim().trim_start_matches('[').trim_end_matches(']');
+        let s = s.strip_prefix("::ffff:").unwrap_or(s);
+        match s.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => seen = true,
+            // Any non-loopback address named anywhere wins.
+            Ok(_) => return false,
+            Err(_) => {}
+        }
+    }
+    seen
+}
+
+fn env_fd(name: &str) -> Option<i32> {
+    std::env::var(name)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|&n| n >= 0)
+}
+
+/// The second field of DIR/state: the upstream session's full JID.
+pub fn read_state_jid(dir: &Path) -> Option<Jid> {
+    let s = fs::read_to_string(dir.join("state")).ok()?;
+    let field = s.lines().next()?.split_whitespace().nth(1)?;
+    Jid::parse(field).ok().filter(|j| j.local().is_some())
+}
+
+/// The account of DIR: DIR/state's JID, or DIR's name if it is a JID.
+fn dir_account(dir: &Path) -> Option<Account> {
+    let bare = read_state_jid(dir).map(|j| j.bare()).or_else(|| {
+        let base = dir.file_name()?.to_str()?;
+        let name = sj::path::decode(base).unwrap_or_else(|| base.to_string());
+        Jid::parse(&name)
+            .ok()
+            .filter(|j| j.local().is_some())
+            .map(|j| j.bare())
+    })?;
+    Some(Account {
+        bare,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// Does ROOT hold an account directory in this domain?
+fn root_has_domain(root: &Path, domain: &str) -> bool {
+    let Ok(rd) = fs::read_dir(root) else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let Ok(name) = e.file_name().into_string() else {
+            return false;
+        };
+        let Some(dec) = sj::path::decode(&name) else {
+            return false;
+        };
+        Jid::parse(&dec)
+            .map(|j| j.local().is_some() && j.domain() == domain && e.path().is_dir())
+            .unwrap_or(false)
+    })
+}
+
+/// Is `name` usable as a resource and a client directory name as it is?
+pub fn valid_name(name: &str, upstream: Option<&str>) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && component(Kind::Client, name).is_ok_and(|c| c == name)
+        && Some(name) != upstream
+}
+
+/// A client directory left by an sj-c2s that was killed: its pid file names
+/// a process that no longer exists. Raw clients (no pid file) are never stale.
+fn is_stale(cdir: &Path) -> bool {
+    let Some(pid) = fs::read_to_string(cdir.join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|&p| p > 1)
+    else {
+        return false;
+    };
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// Create `clients/NAME` atomically: the requested name if free and valid,
+/// else a generated one. Returns the name.
+fn claim_name(
+    clients: &Path,
+    requested: Option<&str>,
+    upstream: Option<&str>,
+) -> io::Result<String> {
+    sj::fifo::make_dir(clients)?;
+    let mut candidates: Vec<String> = Vec::new();
+    if let Some(r) = requested {
+        if valid_name(r, upstream) {
+            candidates.push(r.to_string());
+        }
+    }
+    for _ in 0..8 {
+        candidates.push(format!("sj-{}", random_hex(4)));
+    }
+    for name in candidates {
+        if !valid_name(&name, upstream) {
+            continue;
+        }
+        let path = clients.join(&name);
+        for attempt in 0..2 {
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if attempt == 0 && is_stale(&path) {
+                        sj::log::info(&format!("removing stale client {name}"));
+                        let _ = fs::remove_dir_all(&path);
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "no free client name",
+    ))
+}
+
+impl Session {
+    pub fn new(opts: Opts) -> Result<Session, Fatal> {
+        let rfd = io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| io_fatal("dup fd 0", &e))?;
+        let wfd = io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| io_fatal("dup fd 1", &e))?;
+        sj::io::set_nonblocking(&rfd).map_err(|e| io_fatal("set fd 0 non-blocking", &e))?;
+        sj::io::set_nonblocking(&wfd).map_err(|e| io_fatal("set fd 1 non-blocking", &e))?;
+
+        let term = Arc::new(AtomicBool::new(false));
+        let (sig_rd, sig_wr) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| io_fatal("create the signal pipe", &e))?;
+        sig_rd
+            .set_nonblocking(true)
+            .map_err(|e| io_fatal("set the signal pipe non-blocking", &e))?;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            signal_hook::flag::register(sig, Arc::clone(&term))
+                .map_err(|e| io_fatal("install a signal handler", &e))?;
+            let w = sig_wr
+                .try_clone()
+                .map_err(|e| io_fatal("dup the signal pipe", &e))?;
+            signal_hook::low_level::pipe::register(sig, w)
+                .map_err(|e| io_fatal("install a signal handler", &e))?;
+        }
+        // SIGPIPE: a closed peer shows up as EPIPE on write instead.
+        let pipe_flag = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(SIGPIPE, pipe_flag)
+            .map_err(|e| io_fatal("install a signal handler", &e))?;
+
+        let starttls = match (
+            env_fd("SSLCTLFD"),
+            env_fd("SSLREADFD"),
+            env_fd("SSLWRITEFD"),
+        ) {
+            (Some(ctl), Some(rd), Some(wr)) if !opts.tls => Some(Tls { ctl, rd, wr }),
+            _ => None,
+        };
+        // s6-tlsd and friends set SSL_PROTOCOL once they did the handshake.
+        let encrypted =
+            opts.tls || (starttls.is_none() && std::env::var_os("SSL_PROTOCOL").is_some());
+        let dir_account = match &opts.place {
+            Where::Dir(d) => {
+                if !d.is_dir() {
+                    return Err(Fatal::permanent(format!(
+                        "unable to use {}: not a directory",
+                        d.display()
+                    )));
+                }
+                // May be unknown while sj-proxy is (re)connecting; checked
+                // again when the stream header arrives.
+                dir_account(d)
+            }
+            Where::Root(r) => {
+                if !r.is_dir() {
+                    return Err(Fatal::permanent(format!(
+                        "unable to use {}: not a directory",
+                        r.display()
+                    )));
+                }
+                None
+            }
+        };
+        Ok(Session {
+            opts,
+            framer: Framer::new(Mode::Stream, Limits::PRE_AUTH),
+            rfd,
+            wfd,
+            to_client: WriteQueue::new(),
+            phase: Phase::Header,
+            header_sent: false,
+            domain: None,
+            dir_account,
+            encrypted,
+            loopback: remote_is_loopback(),
+            starttls,
+            sasl: SaslState::None,
+            failures: 0,
+            authed: None,
+            client: None,
+            done: None,
+            deadline: Some(Instant::now() + NEGOTIATION_TIMEOUT),
+            term,
+            sig_rd,
+            peer_closed: false,
+        })
+    }
+
+    fn send(&mut self, data: impl Into<Vec<u8>>) {
+        let data = data.into();
+        sj::log::trace("c<", &data);
+        self.to_client.push(data);
+    }
+
+    fn finish_with(&mut self, r: Result<(), Fatal>) {
+        if self.done.is_none() {
+            self.done = Some(r);
+        }
+    }
+
+    /// Our stream header, for `domain`.
+    fn header(&self) -> String {
+        let from = self
+            .domain
+            .as_deref()
+            .map(|d| format!(" from='{}'", escape::attr(d)))
+            .unwrap_or_default();
+        format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' id='{}'{from} version='1.0' xml:lang='en'>",
+            random_hex(8)
+        )
+    }
+
+    /// Send a stream error and close the stream; the process ends with `code`.
+    fn stream_error(&mut self, cond: &str, code: u8, msg: String) {
+        if self.done.is_some() {
+            return;
+        }
+        if !self.header_sent {
+            let h = self.header();
+            self.send(h);
+            self.header_sent = true;
+        }
+        self.send(format!(
+            "<stream:error><{cond} xmlns='{NS_STREAMS_ERR}'/></stream:error></stream:stream>"
+        ));
+        let r = if code == 0 {
+            Ok(())
+        } else {
+            Err(Fatal::new(code, msg))
+        };
+        self.finish_with(r);
+    }
+
+    fn on_frame_error(&mut self, e: FrameError) {
+        let msg = format!("client stream: {e}");
+        self.stream_error(e.condition.as_str(), PROTOCOL, msg);
+    }
+
+    // ---- negotiation -------------------------------------------------
+
+    fn on_header(&mut self, h: StreamHeader) {
+        // Our header goes first, errors after it (RFC 6120 §4.9.1.1).
+        let to = h.get("to").map(str::to_string);
+        let to_domain = to
+            .as_deref()
+            .and_then(|t| Jid::parse(t).ok())
+            .and_then(|j| {
+                (j.local().is_none() && j.resource().is_none()).then(|| j.domain().to_string())
+            });
+        if let (Where::Dir(d), None) = (&self.opts.place, &self.dir_account) {
+            self.dir_account = dir_account(d);
+            if self.dir_account.is_none() {
+                let msg = format!(
+                    "unable to tell the account of {}: no JID in its state file and its name is not a JID",
+                    d.display()
+                );
+                return self.stream_error("remote-connection-failed", TEMPORARY, msg);
+            }
+        }
+        let expected: Option<String> = match (&self.authed, &self.dir_account) {
+            (Some(a), _) | (None, Some(a)) => Some(a.bare.domain().to_string()),
+            _ => None,
+        };
+        self.domain = expected.clone().or_else(|| to_domain.clone());
+        let h_ns = h.get("xmlns:stream");
+        if h_ns.is_some() && h_ns != Some(NS_STREAM) {
+            return self.stream_error("invalid-namespace", PROTOCOL, "bad stream namespace".into());
+        }
+        if h.get("xmlns").unwrap_or("jabber:client") != "jabber:client" {
+            return self.stream_error(
+                "invalid-namespace",
+                PROTOCOL,
+                "default namespace is not jabber:client".into(),
+            );
+        }
+        match (&expected, &to_domain) {
+            (Some(e), Some(t)) if e != t => {
+                return self.stream_error(
+                    "host-unknown",
+                    PROTOCOL,
+                    format!("stream to {t}, not {e}"),
+                );
+            }
+            (None, Some(t)) => {
+                if let Where::Root(r) = &self.opts.place {
+                    if !root_has_domain(r, t) {
+                        let r = format!("stream to {t}: no account in that domain");
+                        return self.stream_error("host-unknown", PROTOCOL, r);
+                    }
+                }
+            }
+            (None, None) => {
+                return self.stream_error("host-unknown", PROTOCOL, "stream without to".into());
+            }
+            _ if to.is_some() && to_domain.is_none() => {
+                return self.stream_error("host-unknown", PROTOCOL, "bad to".into());
+            }
+            _ => {}
+        }
+        let v1 = h
+            .get("version")
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.trim().parse::<u32>().ok())
+            .is_some_and(|m| m >= 1);
+        if !v1 {
+            return self.stream_error(
+                "unsupported-version",
+                PROTOCOL,
+                "stream version below 1.0".into(),
+            );
+        }
+        let hdr = self.header();
+        self.send(hdr);
+        self.header_sent = true;
+        let features = if self.authed.is_some() {
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>".to_string()
+        } else {
+            let mut f = String::from("<stream:features>");
+            if self.starttls.is_some() && !self.encrypted {
+                f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+            }
+            f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>");
+            if self.plain_allowed() {
+                f.push_str("<mechanism>PLAIN</mechanism>");
+            }
+            f.push_str("</mechanisms></stream:features>");
+            f
+        };
+        self.send(features);
+        self.phase = Phase::Negotiate;
+    }
+
+    fn plain_allowed(&self) -> bool {
+        self.encrypted || self.loopback
+    }
+
+    fn on_negotiate(&mut self, rec: &[u8]) {
+        let Some(el) = Element::parse(rec) else {
+            return self.stream_error("not-well-formed", PROTOCOL, "unparsable element".into());
+        };
+        if self.authed.is_some() {
+            return self.on_bind(&el);
+        }
+        match (el.ns.as_str(), el.local_name()) {
+            (NS_TLS, "starttls") if self.starttls.is_some() && !self.encrypted => self.start_tls(),
+            (NS_SASL, "auth") => self.on_auth(&el),
+            (NS_SASL, "response") => self.on_response(&el),
+            (NS_SASL, "abort") => {
+                self.sasl = SaslState::None;
+                self.sasl_failure("aborted");
+            }
+            _ => self.stream_error(
+                "not-authorized",
+                PROTOCOL,
+                format!("<{}/> before authentication", el.name),
+            ),
+        }
+    }
+
+    fn start_tls(&mut self) {
+        let Some(tls) = self.starttls.take() else {
+            return;
+        };
+        self.send(format!("<proceed xmlns='{NS_TLS}'/>"));
+        // <proceed/> must be on the wire, in clear, before TLS starts.
+        if let Err(e) = self.drain_client(Duration::from_secs(5)) {
+            return self.finish_with(Err(io_fatal("write to the client", &e)));
+        }
+        // SAFETY: the UCSPI-TLS wrapper handed us these descriptors by
+        // number in the environment; nothing else in this process owns them.
+        let (ctl, rd, wr) = unsafe {
+            (
+                OwnedFd::from_raw_fd(tls.ctl),
+                OwnedFd::from_raw_fd(tls.rd),
+                OwnedFd::from_raw_fd(tls.wr),
+            )
+        };
+        if let Err(e) = sj::io::write_all(&ctl, b"y") {
+            return self.finish_with(Err(io_fatal("start TLS through SSLCTLFD", &e)));
+        }
+        for fd in [&rd, &wr] {
+            if let Err(e) = sj::io::set_nonblocking(fd) {
+                return self.finish_with(Err(io_fatal("set the TLS descriptors non-blocking", &e)));
+            }
+        }
+        // Keep the control descriptor open for the wrapper's sake.
+        std::mem::forget(ctl);
+        self.rfd = rd;
+        self.wfd = wr;
+        self.encrypted = true;
+        self.framer.reset();
+        self.header_sent = false;
+        self.phase = Phase::Header;
+    }
+
+    fn sasl_failure(&mut self, cond: &str) {
+        self.failures += 1;
+        self.send(format!("<failure xmlns='{NS_SASL}'><{cond}/></failure>"));
+        if cond != "aborted" {
+            sj::log::info(&format!("authentication failed ({cond})"));
+        }
+        if self.failures >= MAX_AUTH_FAILURES {
+            self.stream_error(
+                "not-authorized",
+                PERMANENT,
+                "authentication failed too often".into(),
+            );
+        }
+    }
+
+    /// The account `authcid` names, if it may log in here.
+    fn resolve(&self, authcid: &str) -> Option<Account> {
+        match &self.opts.place {
+            Where::Dir(_) => {
+                let a = self.dir_account.clone()?;
+                let want = Jid::parse(&format!("{authcid}@{}", a.bare.domain())).ok()?;
+                (want.bare() == a.bare).then_some(a)
+            }
+            Where::Root(root) => {
+                let domain = self.domain.as_deref()?;
+                let bare = Jid::parse(&format!("{authcid}@{domain}")).ok()?;
+                if bare.resource().is_some() || bare.local().is_none() {
+                    return None;
+                }
+                let c = component(Kind::Contact, &bare.to_string()).ok()?;
+                let dir = root.join(c);
+                dir.join("passwd")
+                    .is_file()
+                    .then_some(Account { bare, dir })
+            }
+        }
+    }
+
+    fn credentials(acct: &Account) -> Vec<sasl::StoredCredentials> {
+        match sj::passwd::read(&acct.dir.join("passwd")) {
+            Ok(c) => c,
+            Err(e) => {
+                sj::log::warn(&format!(
+                    "unable to read {}/passwd: {}",
+                    acct.dir.display(),
+                    sj::log::strerror(&e)
+                ));
+                Vec::new()
+            }
+        }
+    }
+
+    fn payload(el: &Element) -> Option<Vec<u8>> {
+        let t = el.text();
+        let t = t.trim();
+        if t.is_empty() || t == "=" {
+            return Some(Vec::new());
+        }
+        sasl::b64decode(t).ok()
+    }
+
+    fn on_auth(&mut self, el: &Element) {
+        if !matches!(self.sasl, SaslState::None) {
+            self.sasl = SaslState::None;
+            return self.sasl_failure("malformed-request");
+        }
+        let mech = el.attr("mechanism").unwrap_or("");
+        let Some(data) = Self::payload(el) else {
+            return self.sasl_failure("incorrect-encoding");
+        };
+        match mech {
+            "SCRAM-SHA-256" | "SCRAM-SHA-1" => {
+                let hash = if mech == "SCRAM-SHA-1" {
+                    Hash::Sha1
+                } else {
+                    Hash::Sha256
+                };
+                if data.is_empty() {
+                    self.sasl = SaslState::AwaitFirst(hash);
+                    self.send(format!("<challenge xmlns='{NS_SASL}'/>"));
+                } else {
+                    self.scram_first(hash, &data);
+                }
+            }
+            "PLAIN" if self.plain_allowed() => self.plain(&data),
+            _ => self.sasl_failure("invalid-mechanism"),
+        }
+    }
+
+    fn scram_first(&mut self, hash: Hash, data: &[u8]) {
+        let mut srv = ScramServer::new(hash, None);
+        let user = match srv.client_first(data) {
+            Ok(u) => u,
+            Err(e) => {
+                sj::log::info(&format!("SCRAM client-first refused: {e}"));
+                self.sasl = SaslState::None;
+                return self.sasl_failure("malformed-request");
+            }
+        };
+        let Some(acct) = self.resolve(&user) else {
+            sj::log::info(&format!("unknown user {user:?}"));
+            self.sasl = SaslState::None;
+            return self.sasl_failure("not-authorized");
+        };
+        let creds = Self::credentials(&acct);
+        let Some(c) = sj::passwd::find(&creds, hash) else {
+            sj::log::info(&format!(
+                "no {} credentials for {}",
+                hash.mechanism(),
+                acct.bare
+            ));
+            self.sasl = SaslState::None;
+            return self.sasl_failure("not-authorized");
+        };
+        let first = srv.server_first(c);
+        self.send(format!(
+            "<challenge xmlns='{NS_SASL}'>{}</challenge>",
+            sasl::b64encode(&first)
+        ));
+        self.sasl = SaslState::AwaitFinal(Box::new(srv), acct);
+    }
+
+    fn on_response(&mut self, el: &Element) {
+        let Some(data) = Self::payload(el) else {
+            self.sasl = SaslState::None;
+            return self.sasl_failure("incorrect-encoding");
+        };
+        match std::mem::replace(&mut self.sasl, SaslState::None) {
+            SaslState::AwaitFirst(hash) => self.scram_first(hash, &data),
+            SaslState::AwaitFinal(mut srv, acct) => match srv.client_final(&data) {
+                Ok(v) => {
+                    let msg = format!(
+                        "<success xmlns='{NS_SASL}'>{}</success>",
+                        sasl::b64encode(&v)
+                    );
+                    self.succeed(acct, msg);
+                }
+                Err(e) => {
+                    sj::log::info(&format!("SCRAM refused for {}: {e}", acct.bare));
+                    self.sasl_failure("not-authorized");
+                }
+            },
+            _ => self.sasl_failure("malformed-request"),
+        }
+    }
+
+    fn plain(&mut self, data: &[u8]) {
+        let Ok((authzid, authcid, pw)) = sasl::plain_decode(data) else {
+            return self.sasl_failure("malformed-request");
+        };
+        let Some(acct) = self.resolve(&authcid) else {
+            sj::log::info(&format!("unknown user {authcid:?}"));
+            return self.sasl_failure("not-authorized");
+        };
+        if !authzid.is_empty() && Jid::parse(&authzid).ok().as_ref() != Some(&acct.bare) {
+            return self.sasl_failure("invalid-authzid");
+        }
+        let creds = Self::credentials(&acct);
+        if creds.iter().any(|c| c.verify_plain(&pw)) {
+            self.succeed(acct, format!("<success xmlns='{NS_SASL}'/>"));
+        } else {
+            sj::log::info(&format!("PLAIN refused for {}", acct.bare));
+            self.sasl_failure("not-authorized");
+        }
+    }
+
+    fn succeed(&mut self, acct: Account, msg: String) {
+        sj::log::info(&format!("authenticated as {}", acct.bare));
+        self.send(msg);
+        self.domain = Some(acct.bare.domain().to_string());
+        self.authed = Some(acct);
+        self.sasl = SaslState::Done;
+        self.framer.reset();
+        self.framer.set_limits(Limits::DEFAULT);
+        self.header_sent = false;
+        self.phase = Phase::Header;
+    }
+
+    fn on_bind(&mut self, el: &Element) {
+        let id = el.attr("id").unwrap_or("").to_string();
+        let bind = el.child("bind", translate::NS_BIND);
+        if el.name != "iq" || el.attr("type") != Some("set") || bind.is_none() {
+            if el.name == "iq" || el.name == "message" || el.name == "presence" {
+                return self.stream_error(
+                    "not-authorized",
+                    PROTOCOL,
+                    format!("<{}/> before bind", el.name),
+                );
+            }
+            return self.stream_error(
+                "unsupported-stanza-type",
+                PROTOCOL,
+                format!("<{}/> before bind", el.name),
+            );
+        }
+        let requested = bind
+            .and_then(|b| b.child("resource", translate::NS_BIND))
+            .map(|r| r.text().trim().to_string())
+            .filter(|r| !r.is_empty());
+        let Some(acct) = self.authed.clone() else {
+            return;
+        };
+        match self.register(&acct, requested.as_deref()) {
+            Ok(client) => {
+                let full = client.tr.full.to_string();
+                sj::log::info(&format!("bound {full}"));
+                self.send(format!(
+                    "<iq type='result' id='{}'><bind xmlns='{}'><jid>{}</jid></bind></iq>",
+                    escape::attr(&id),
+                    translate::NS_BIND,
+                    escape::text(&full)
+                ));
+                self.client = Some(client);
+                self.phase = Phase::Online;
+                self.deadline = None;
+            }
+            Err(RegisterError::NoReader) => self.stream_error(
+                "remote-connection-failed",
+                TEMPORARY,
+                format!(
+                    "sj-proxy does not read {}/clients: is it running?",
+                    acct.dir.display()
+                ),
+            ),
+            Err(RegisterError::Io(what, e)) => self.stream_error(
+                "internal-server-error",
+                TEMPORARY,
+                format!("unable to {what}: {}", sj::log::strerror(&e)),
+            ),
+        }
+    }
+
+    fn register(&self, acct: &Account, requested: Option<&str>) -> Result<Client, RegisterError> {
+        let upstream = read_state_jid(&acct.dir).filter(|j| j.bare() == acct.bare);
+        let up_res = upstream
+            .as_ref()
+            .and_then(|j| j.resource())
+            .map(str::to_string);
+        let clients = acct.dir.join("clients");
+        let name = claim_name(&clients, requested, up_res.as_deref())
+            .map_err(|e| RegisterError::Io("create a client directory", e))?;
+        let cdir = clients.join(&name);
+        let reg = Registration { cdir: cdir.clone() };
+        let io = |what: &'static str| move |e: io::Error| RegisterError::Io(what, e);
+        sj::fifo::make(&cdir.join("in")).map_err(io("create the client's in FIFO"))?;
+        sj::fifo::make(&cdir.join("out")).map_err(io("create the client's out FIFO"))?;
+        sj::fifo::write_atomic(
+            &cdir.join("pid"),
+            format!("{}\n", std::process::id()).as_bytes(),
+        )
+        .map_err(io("write the client's pid file"))?;
+        let infd =
+            sj::fifo::open_read(&cdir.join("in")).map_err(io("open the client's in FIFO"))?;
+        // sj-proxy notices the new directory by itself; give it a moment.
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let outfd = loop {
+            match sj::fifo::open_write(&cdir.join("out"))
+                .map_err(io("open the client's out FIFO"))?
+            {
+                Some(fd) => break fd,
+                None if Instant::now() < give_up && !self.term.load(Ordering::Relaxed) => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                None => return Err(RegisterError::NoReader),
+            }
+        };
+        let full = acct.bare.with_resource(&name).map_err(|e| {
+            RegisterError::Io("make the bound JID", io::Error::other(e.to_string()))
+        })?;
+        Ok(Client {
+            name,
+            account: acct.clone(),
+            infd,
+            outfd,
+            reader: LineReader::new(IN_LINE_MAX),
+            outq: WriteQueue::new(),
+            tr: Translator::new(acct.bare.clone(), full, upstream),
+            _reg: reg,
+        })
+    }
+
+    // ---- online -------------------------------------------------------
+
+    fn on_stanza(&mut self, rec: &[u8]) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let acts = client.tr.outbound(rec);
+        for a in acts {
+            match a {
+                Action::Out(r) => {
+                    let Some(client) = self.client.as_mut() else {
+                        return;
+                    };
+                    sj::log::trace("out<", &r);
+                    client.outq.push(r);
+                    if client.outq.len() > OUT_LIMIT {
+                        let msg = format!("{}: sj-proxy is not reading out", client.name);
+                        return self.stream_error("resource-constraint", TEMPORARY, msg);
+                    }
+                }
+                Action::Client(b) => self.send(b),
+                Action::Control(text) => {
+                    let Some(client) = self.client.as_ref() else {
+                        return;
+                    };
+                    let reply = control::run(&client.account.dir, &client.name, &text);
+                    let msg = translate::control_message(&client.tr.full, &reply);
+                    self.send(msg);
+                }
+                Action::StreamError(c) => {
+                    return self.stream_error(
+                        c,
+                        PROTOCOL,
+                        format!("client sent a bad stanza ({c})"),
+                    )
+                }
+            }
+        }
+    }
+
+    fn on_in_line(&mut self, line: &[u8]) {
+        let rec = match sj::framer::canonical_record(line, Limits::DEFAULT) {
+            Ok(r) => r,
+            Err(e) => {
+                sj::log::warn(&format!("dropped an invalid record from in: {e}"));
+                return;
+            }
+        };
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let mut verdict = client.tr.inbound(&rec);
+        if verdict == Inbound::Stranger {
+            let up = read_state_jid(&client.account.dir).filter(|j| j.bare() == client.tr.bare);
+            if up != client.tr.upstream {
+                client.tr.upstream = up;
+                verdict = client.tr.inbound(&rec);
+            }
+        }
+        match verdict {
+            Inbound::Deliver(b) => self.send(b),
+            Inbound::Drop(Some(why)) => sj::log::warn(&format!("{}: {why}", client.name)),
+            Inbound::Drop(None) => {}
+            Inbound::Stranger => sj::log::info(&format!(
+                "{}: dropped a record for another resource",
+                client.name
+            )),
+        }
+    }
+
+    fn on_client_data(&mut self) {
+        loop {
+            if self.done.is_some() {
+                return;
+            }
+            let ev = match self.framer.next_event() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return,
+                Err(e) => return self.on_frame_error(e),
+            };
+            match ev {
+                Event::Header(h) => {
+                    if self.phase != Phase::Header {
+                        return self.stream_error(
+                            "bad-format",
+                            PROTOCOL,
+                            "second stream header".into(),
+                        );
+                    }
+                    self.on_header(h);
+                }
+                Event::Record(rec) => {
+                    if is_control_passwd(&rec) {
+                        sj::log::trace("c>", b"<message to='sj-proxy@control.invalid'>[passwd command redacted]</message>");
+                    } else {
+                        sj::log::trace("c>", &rec);
+                    }
+                    match self.phase {
+                        Phase::Header => {
+                            return self.stream_error(
+                                "bad-format",
+                                PROTOCOL,
+                                "element before the stream header".into(),
+                            )
+                        }
+                        Phase::Negotiate => {
+                            self.on_negotiate(&rec);
+                            // A stream restart (STARTTLS, SASL success) has
+                            // reset the framer; after bind, stanzas the client
+                            // pipelined are still buffered and go on.
+                            if self.phase == Phase::Header {
+                                return;
+                            }
+                        }
+                        Phase::Online => self.on_stanza(&rec),
+                    }
+                }
+                Event::StreamError(rec) => {
+                    sj::log::info(&format!(
+                        "client sent a stream error: {}",
+                        String::from_utf8_lossy(&rec).trim_end()
+                    ));
+                    self.send("</stream:stream>");
+                    return self.finish_with(Ok(()));
+                }
+                Event::End => {
+                    if !self.header_sent {
+                        let h = self.header();
+                        self.send(h);
+                        self.header_sent = true;
+                    }
+                    self.send("</stream:stream>");
+                    return self.finish_with(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Flush the client queue, waiting at most `max`.
+    fn drain_client(&mut self, max: Duration) -> io::Result<()> {
+        drain(&mut self.to_client, &self.wfd, max)
+    }
+
+    pub fn run(mut self) -> Result<(), Fatal> {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        while self.done.is_none() {
+            if self.term.load(Ordering::Relaxed) {
+                if self.header_sent {
+                    self.stream_error("system-shutdown", 0, String::new());
+                } else {
+                    self.finish_with(Ok(()));
+                }
+                break;
+            }
+            let timeout = match self.deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.stream_error(
+                            "connection-timeout",
+                            TEMPORARY,
+                            "no resource bound in time".into(),
+                        );
+                        break;
+                    }
+                    PollTimeout::try_from(d - now).unwrap_or(PollTimeout::NONE)
+                }
+                None => PollTimeout::NONE,
+            };
+            let want_in = self.to_client.len() < CLIENT_HIGH_WATER;
+            let (r_client, w_client, r_in, w_out, r_sig, hup_out) = {
+                let mut fds = Vec::with_capacity(5);
+                fds.push(PollFd::new(self.sig_rd.as_fd(), PollFlags::POLLIN));
+                fds.push(PollFd::new(self.rfd.as_fd(), PollFlags::POLLIN));
+                let mut wc = None;
+                if !self.to_client.is_empty() {
+                    wc = Some(fds.len());
+                    fds.push(PollFd::new(self.wfd.as_fd(), PollFlags::POLLOUT));
+                }
+                let (mut ri, mut wo) = (None, None);
+                if let Some(c) = &self.client {
+                    if want_in {
+                        ri = Some(fds.len());
+                        fds.push(PollFd::new(c.infd.as_fd(), PollFlags::POLLIN));
+                    }
+                    if !c.outq.is_empty() {
+                        wo = Some(fds.len());
+                        fds.push(PollFd::new(c.outfd.as_fd(), PollFlags::POLLOUT));
+                    }
+                }
+                match nix::poll::poll(&mut fds, timeout) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(io_fatal("poll", &e.into())),
+                }
+                let ready = |i: Option<usize>| {
+                    i.and_then(|i| fds[i].revents())
+                        .is_some_and(|r| !r.is_empty())
+                };
+                let hup = |i: Option<usize>| {
+                    i.and_then(|i| fds[i].revents())
+                        .is_some_and(|r| r.intersects(PollFlags::POLLERR))
+                };
+                (
+                    ready(Some(1)),
+                    ready(wc),
+                    ready(ri),
+                    ready(wo),
+                    ready(Some(0)),
+                    hup(wo),
+                )
+            };
+            if r_sig {
+                let mut b = [0u8; 64];
+                while matches!(std::io::Read::read(&mut &self.sig_rd, &mut b), Ok(n) if n > 0) {}
+                continue;
+            }
+            if w_client {
+                if let Err(e) = self.to_client.flush(&self.wfd) {
+                    self.peer_closed = true;
+                    self.finish_with(Err(io_fatal("write to the client", &e)));
+                    break;
+                }
+            }
+            if w_out || hup_out {
+                if let Some(c) = self.client.as_mut() {
+                    if let Err(e) = c.outq.flush(&c.outfd) {
+                        let msg =
+                            format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
+                        self.stream_error("remote-connection-failed", TEMPORARY, msg);
+                        break;
+                    }
+                }
+            }
+            if r_in {
+                if let Some(c) = self.client.as_mut() {
+                    match c.reader.fill(&c.infd) {
+                        Ok(_) => {}
+                        Err(e) => {
+                            let msg =
+                                format!("unable to read {}/in: {}", c.name, sj::log::strerror(&e));
+                            self.stream_error("internal-server-error", TEMPORARY, msg);
+                            break;
+                        }
+                    }
+                    let mut lines = Vec::new();
+                    if let Some(c) = self.client.as_mut() {
+                        while let Some(l) = c.reader.next_line() {
+                            lines.push(l.to_vec());
+                        }
+                    }
+                    for l in lines {
+                        if !l.iter().all(u8::is_ascii_whitespace) {
+                            self.on_in_line(&l);
+                        }
+                    }
+                }
+            }
+            if r_client {
+                buf.clear();
+                match sj::io::read_into(&self.rfd, &mut buf) {
+                    Ok(Read::Data(_)) => {
+                        self.framer.feed(&buf);
+                        self.on_client_data();
+                    }
+                    Ok(Read::WouldBlock) => {}
+                    Ok(Read::Eof) => {
+                        self.peer_closed = true;
+                        // A probe that never opened a stream is no failure.
+                        let r = if self.authed.is_some() {
+                            Err(Fatal::temporary("client closed the connection"))
+                        } else {
+                            Ok(())
+                        };
+                        self.finish_with(r);
+                    }
+                    Err(e) => {
+                        self.peer_closed = true;
+                        self.finish_with(Err(io_fatal("read from the client", &e)));
+                    }
+                }
+            }
+        }
+        self.shutdown()
+    }
+
+    fn shutdown(mut self) -> Result<(), Fatal> {
+        if let Some(mut c) = self.client.take() {
+            if c.tr.available {
+                c.outq.push(b"<presence type='unavailable'/>\n".to_vec());
+            }
+            if let Err(e) = drain(&mut c.outq, &c.outfd, Duration::from_secs(2)) {
+                sj::log::warn(&format!(
+                    "unable to write {}/out: {}",
+                    c.name,
+                    sj::log::strerror(&e)
+                ));
+            }
+            sj::log::info(&format!("{} left", c.tr.full));
+            drop(c);
+        }
+        if !self.peer_closed {
+            let _ = self.drain_client(Duration::from_secs(2));
+        }
+        self.done.take().unwrap_or(Ok(()))
+    }
+}
+
+/// A message to the control contact that may carry a password.
+fn is_control_passwd(rec: &[u8]) -> bool {
+    let has = |n: &[u8]| rec.windows(n.len()).any(|w| w == n);
+    has(translate::CONTROL.as_bytes()) && has(b"passwd")
+}
+
+enum RegisterError {
+    NoReader,
+    Io(&'static str, io::Error),
+}
+
+/// Flush `q` to `fd`, waiting for POLLOUT at most `max` in all.
+fn drain(q: &mut WriteQueue, fd: &OwnedFd, max: Duration) -> io::Result<()> {
+    let end = Instant::now() + max;
+    loop {
+        if q.flush(fd)? {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+        match nix::poll::poll(&mut fds, t) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("phone", Some("sj-proxy")));
+        assert!(!valid_name("sj-proxy", Some("sj-proxy")));
+        assert!(!valid_name("a/b", None));
+        assert!(!valid_name("..", None));
+        assert!(!valid_name("in", None));
+        assert!(!valid_name("", None));
+        assert!(!valid_name("with space", None));
+    }
+
+    #[test]
+    fn claim_requested_then_generated() {
+        let d = std::env::temp_dir().join(format!("sj-c2s-claim-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let c = d.join("clients");
+        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        let second = claim_name(&c, Some("phone"), None).expect("claim");
+        assert!(second.starts_with("sj-") && second != "phone");
+        let up = claim_name(&c, Some("sj-proxy"), Some("sj-proxy")).expect("claim");
+        assert_ne!(up, "sj-proxy");
+        // A dead sj-c2s's directory is reclaimed; a live one's or a raw client's is not.
+        fs::write(c.join("phone/pid"), "999999999\n").expect("w");
+        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        fs::write(c.join("phone/pid"), format!("{}\n", std::process::id())).expect("w");
+        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        fs::remove_file(c.join("phone/pid")).expect("rm");
+        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        let odd = claim_name(&c, Some("../x"), None).expect("claim");
+        assert!(odd.starts_with("sj-"));
+        assert!(c.join("phone").is_dir());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn state_and_dir_accounts() {
+        let d = std::env::temp_dir().join(format!("sj-c2s-acct-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let a = d.join("alice@localhost");
+        fs::create_dir_all(&a).expect("mkdir");
+        assert_eq!(
+            dir_account(&a).expect("acct").bare.to_string(),
+            "alice@localhost"
+        );
+        let other = d.join("plain");
+        fs::create_dir_all(&other).expect("mkdir");
+        assert!(dir_account(&other).is_none());
+        fs::write(
+            other.join("state"),
+            "online Bob@Example.org/sj-proxy 1700000000\n",
+        )
+        .expect("w");
+        assert_eq!(
+            dir_account(&other).expect("acct").bare.to_string(),
+            "bob@example.org"
+        );
+        assert_eq!(
+            read_state_jid(&other).expect("jid").to_string(),
+            "bob@example.org/sj-proxy"
+        );
+        assert!(root_has_domain(&d, "localhost"));
+        assert!(!root_has_domain(&d, "example.com"));
+        fs::remove_dir_all(&d).ok();
+    }
+}
