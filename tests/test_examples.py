@@ -416,13 +416,16 @@ def subscribe_both_ways(prosody, users):
     alice.disconnect()
 
 
-def test_statusline(proxy, contact, prosody):
+def test_statusline(proxy, contact, own_prosody):
+    # A Prosody of its own: the subscriptions made here would change what
+    # other tests on the shared server see.
+    prosody = own_prosody
     subscribe_both_ways(prosody, ["bob", "carol"])
-    p = proxy("alice")
+    p = proxy("alice", server=prosody)
     p.online()
     assert subprocess.run(["sh", script("statusline"), p.dir], capture_output=True,
                           text=True, timeout=10).stdout.startswith("online alice@localhost")
-    bob = contact("bob", resource="status")
+    bob = contact("bob", server=prosody, resource="status")
     carol = own_contact(prosody, "carol", "status")
     bobp = os.path.join(p.dir, "bob@localhost", "presence")
     carolp = os.path.join(p.dir, "carol@localhost", "presence")
@@ -445,6 +448,12 @@ def test_statusline(proxy, contact, prosody):
     assert line.endswith("\n") and line.count("\n") == 1, line
     assert line.startswith("online alice@localhost · "), line
     assert " · bob: away" in line and " · carol: offline" in line, line
+    # DIR/iq/<id> files are iq results, not contacts, even with id "presence".
+    os.makedirs(os.path.join(p.dir, "iq"), exist_ok=True)
+    with open(os.path.join(p.dir, "iq", "presence"), "w") as f:
+        f.write("<iq type='result' id='presence'/>\n")
+    assert subprocess.run(["sh", script("statusline"), p.dir], capture_output=True,
+                          text=True, timeout=10).stdout == line
     # SJ_DIR works as the default, and no state at all says offline.
     env = dict(os.environ, SJ_DIR=p.dir)
     assert subprocess.run(["sh", script("statusline")], env=env, capture_output=True,
