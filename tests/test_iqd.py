@@ -225,13 +225,21 @@ class Iqd:
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE)
         self.buf = b""
+        # Records read but not yet matched, in arrival order. Answers from
+        # handlers that run concurrently come in whatever order they finish,
+        # so a record skipped while waiting for another must not be lost.
+        self.backlog = []
 
     def send(self, rec):
         self.p.stdin.write(rec.encode() + b"\n")
         self.p.stdin.flush()
 
     def line(self, pred=lambda el: True, timeout=10.0):
+        """The first record (in arrival order) not yet returned that matches."""
         import select
+        for k, el in enumerate(self.backlog):
+            if pred(el):
+                return self.backlog.pop(k)
         deadline = time.monotonic() + timeout
         while True:
             while b"\n" in self.buf:
@@ -239,6 +247,7 @@ class Iqd:
                 el = ET.fromstring(b"<r xmlns='jabber:client'>" + ln + b"</r>")[0]
                 if pred(el):
                     return el
+                self.backlog.append(el)
             left = deadline - time.monotonic()
             assert left > 0, "no matching record from iqd"
             r, _, _ = select.select([self.p.stdout], [], [], left)

@@ -217,3 +217,124 @@ def test_malformed_input_from_server_is_a_stream_error(proxy, case):
         f"no <{bad.condition}/> stream error in {bad.received[-500:]!r}\n{p.stderr_text()}"
     assert code == 1, f"exit {code}\n{p.stderr_text()}"
     no_panic(p)
+
+
+def test_plain_refused_in_clear_to_a_remote_server(tmp_path):
+    """A server offering only PLAIN, on an unencrypted channel whose peer is
+    not loopback (a socketpair: no TCP address, no wrapper variables), gets no
+    <auth/> and no password; sj-proxy exits 100."""
+    import base64
+    import socket
+    import subprocess
+    from sjtest.proxy import sj_bin
+
+    srv, cli = socket.socketpair()
+    pw = tmp_path / "pw"
+    pw.write_text("secret-pw\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TCPREMOTEIP", "SOCAT_PEERADDR", "PROTO", "SSL_PROTOCOL", "SSLCTLFD")}
+    fd = cli.fileno()
+
+    def on_6_and_7():
+        os.dup2(fd, 6)
+        os.dup2(fd, 7)
+
+    proc = subprocess.Popen([sj_bin("sj-proxy"), "-d", str(tmp_path / "dir"), "-p", str(pw),
+                             "alice@example.org"], env=env, preexec_fn=on_6_and_7,
+                            pass_fds=(fd, 6, 7), stderr=subprocess.PIPE)
+    cli.close()
+    srv.settimeout(20)
+    got = b""
+    while b"version=" not in got or not got.rstrip().endswith(b">"):
+        chunk = srv.recv(4096)
+        assert chunk, got
+        got += chunk
+    srv.sendall(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+                b"xmlns:stream='http://etherx.jabber.org/streams' from='example.org' id='p1' "
+                b"version='1.0'><stream:features><mechanisms "
+                b"xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism>"
+                b"</mechanisms></stream:features>")
+    while True:
+        chunk = srv.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    code = proc.wait(20)
+    err = proc.stderr.read().decode()
+    assert code == 100, err
+    assert b"<auth" not in got
+    assert b"secret-pw" not in got and base64.b64encode(b"\0alice\0secret-pw") not in got
+    assert "PLAIN" in err, err
+
+
+def test_roster_push_reaches_every_raw_client(proxy):
+    p = proxy("alice")
+    a, b = p.raw_client("a"), p.raw_client("b")
+    p.online()
+    a.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
+           "<item jid='carol@localhost' name='Carol'/></query></iq>")
+
+    def is_push(el):
+        q = el.find("{jabber:iq:roster}query")
+        return (local(el.tag) == "iq" and el.get("type") == "set" and q is not None
+                and any(i.get("jid") == "carol@localhost" for i in q))
+
+    def is_result(el):
+        return local(el.tag) == "iq" and el.get("id") == "r1" and el.get("type") == "result"
+
+    b.wait_record(is_push)
+    # a gets the push too, and the result of its own request with its own id
+    # (the server may send them in either order).
+    seen = set()
+    deadline = time.monotonic() + 10
+    while seen != {"push", "result"}:
+        assert time.monotonic() < deadline, (seen, a.lines)
+        _, el = a.wait_record(lambda el: is_push(el) or is_result(el),
+                              timeout=deadline - time.monotonic())
+        seen.add("push" if is_push(el) else "result")
+    b.drain()
+    assert not any(b"id='r1'" in ln for ln in b.lines), "b got a's result"
+    no_panic(p)
+
+
+def scripted_proxy(proxy, srv, **kw):
+    server = types.SimpleNamespace(jid=lambda u: f"{u}@localhost", addr="127.0.0.1",
+                                   port=srv.port, tls_port=srv.port)
+    return proxy("alice", server=server, **kw)
+
+
+def test_keepalive_silent_server_exits_111(proxy):
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv, extra_args=["-k", "1"])
+    srv.handshake()
+    # After a second of silence sj-proxy pings the server (the daemons'
+    # own requests, left unanswered, may come first) ...
+    for _ in range(10):
+        ping = srv.read_until(rb"<iq [^>]*>.*?</iq>")
+        if b"urn:xmpp:ping" in ping:
+            break
+    assert b"urn:xmpp:ping" in ping, ping
+    # ... and, unanswered, gives up: a temporary failure for the supervisor.
+    assert p.wait_exit(20) == 111, p.stderr_text()
+    assert "keepalive" in p.stderr_text()
+    srv.close()
+
+
+def test_answers_server_ping_and_survives_answered_keepalive(proxy):
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv, extra_args=["-k", "1"])
+    srv.handshake()
+    srv.send(b"<iq type='get' id='srv-ping' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    answer = srv.read_until(rb"<iq [^>]*id='srv-ping'[^>]*/>")
+    assert b"type='result'" in answer, answer
+    for _ in range(3):
+        ping = srv.read_until(rb"<iq [^>]*>.*?</iq>")
+        if b"urn:xmpp:ping" not in ping:
+            continue
+        pid = re.search(rb"id='([^']+)'", ping).group(1)
+        srv.send(b"<iq type='result' id='" + pid + b"' from='localhost'/>")
+    assert p.proc.poll() is None, p.stderr_text()
+    assert p.stop() == 0
+    srv.close()

@@ -244,6 +244,7 @@ fn run() -> Result<(), Fatal> {
             let line = line.to_vec();
             d.record(&line);
         }
+        d.forget_flushed();
         d.reap();
         d.finish_handlers();
         if !d.out.is_empty() {
@@ -621,16 +622,20 @@ impl Iqd {
         }
     }
 
+    /// Flush one pending FIFO write; a finished one is emptied here and
+    /// forgotten by `forget_flushed` once the turn is over, so the indices
+    /// of this turn's poll tags stay valid.
     fn flush_fifo(&mut self, i: usize) {
         let Some(w) = self.fifo_writes.get_mut(i) else {
             return;
         };
-        match w.q.flush(&w.fd) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => {
-                self.fifo_writes.remove(i);
-            }
+        if !matches!(w.q.flush(&w.fd), Ok(false)) {
+            w.q.clear();
         }
+    }
+
+    fn forget_flushed(&mut self) {
+        self.fifo_writes.retain(|w| !w.q.is_empty());
     }
 
     /// Collect the exit status of finished handlers.

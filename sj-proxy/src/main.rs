@@ -247,7 +247,7 @@ fn run() -> Result<(), Fatal> {
         dir: dir.clone(),
         verbose: args.verbose,
         keepalive: Duration::from_secs(args.keepalive),
-        keepalive_timeout: Duration::from_secs(30),
+        keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),
     };
     let mut router = router::Router::new(up, acct, sig_r, opts)?;
     router.start_daemons();
