@@ -41,5 +41,11 @@ def fd_to_tls(fd, tls):
     data = os.read(fd, 65536)
     if not data:
         return False
-    tls.sendall(data)
+    # sendall on a non-blocking TLS socket may stop half-way; block for it.
+    was = tls.getblocking()
+    tls.setblocking(True)
+    try:
+        tls.sendall(data)
+    finally:
+        tls.setblocking(was)
     return True

@@ -44,6 +44,8 @@ def main():
     tls = None
     while proc.poll() is None:
         for key, _ in sel.select(timeout=0.2):
+            if sel.get_map().get(key.fd) is not key:
+                continue  # unregistered by an earlier event of this batch
             what = key.data
             if what == "srv":
                 data = tls_read(tls or srv)
@@ -78,6 +80,10 @@ def main():
                     ctx.check_hostname = False
                     ctx.verify_mode = ssl.CERT_NONE
                     tls = ctx.wrap_socket(srv, server_hostname=host)
+                    # Non-blocking from now on: a readable socket may carry
+                    # only TLS records with no application data (TLS 1.3
+                    # session tickets), and a blocking recv would hang here.
+                    tls.setblocking(False)
                     if cmd[:1] == b"Y":
                         ctl_parent.sendall(b"SSL_PROTOCOL=" + tls.version().encode() + b"\0\0")
                     srv = tls
