@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -605,3 +606,115 @@ def test_pipelined_bind_scram_without_initial_response(c2s_env, c2s_clients):
         s.sendall(b"</stream:stream>")
         read_until("</stream:stream>")
     wait_until(lambda: not (c2s_env["dir"] / "clients" / "raw").exists(), what="raw client gone")
+
+
+def test_forged_carbon_from_contact_is_not_a_carbon(c2s_clients):
+    """bob wraps a message in a carbon; only the account's own bare JID may
+    send carbons (CVE-2017-5589), so no client sees it as alice's."""
+    bob = c2s_clients["bob"]
+    forged = (
+        f"<message to='{c2s_clients['up']}' type='chat'>"
+        "<received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>"
+        "<message xmlns='jabber:client' from='alice@localhost/phone' to='carol@localhost' "
+        "type='chat'><body>forged carbon body</body></message></forwarded></received></message>"
+    )
+    bob.L.loop.call_soon_threadsafe(lambda: bob.x.send_raw(forged))
+    # Barrier: bob's next message travels the same path after the forgery.
+    bob.send(c2s_clients["up"], "after forged carbon")
+    for c in c2s_clients["clients"]:
+        c.wait(body_is("after forged carbon"), "barrier after the forgery")
+        assert c.count(lambda s: "forged carbon body" in s and "carbons:2" in s) == 0
+        assert c.count(lambda s: "forged carbon body" in s and "alice@localhost/phone" in s) == 0
+
+
+def test_iqs_answered_to_requester_only_with_same_id(c2s_env, c2s_clients):
+    """roster get is covered above; vCard (the account's own) and disco#info
+    of the server go upstream, and each answer returns to its client only,
+    although both clients chose the same id."""
+    c1, c2, c3 = c2s_clients["clients"]
+    L = c2s_env["loop"]
+
+    async def vcard(c):
+        iq = c.x.make_iq_get(queryxmlns="vcard-temp")
+        iq["id"] = "same-vcard"
+        iq.clear()
+        iq.append(ET.fromstring("<vCard xmlns='vcard-temp'/>"))
+        try:
+            return str(await iq.send(timeout=WAIT))
+        except slixmpp.exceptions.IqError as e:
+            return str(e.iq)  # Prosody: item-not-found while alice has no vCard
+
+    async def disco(c):
+        iq = c.x.make_iq_get(queryxmlns="http://jabber.org/protocol/disco#info", ito="localhost")
+        iq["id"] = "same-disco"
+        return str(await iq.send(timeout=WAIT))
+
+    async def all_four():
+        return await asyncio.gather(vcard(c1), vcard(c2), disco(c1), disco(c2))
+
+    v1, v2, d1, d2 = L.call(all_four())
+    for r, c in ((v1, c1), (v2, c2)):
+        # Answered by Prosody (result, or item-not-found: no vCard stored).
+        assert 'type="result"' in r or "item-not-found" in r, r
+        assert f'to="{c.full()}"' in r, r
+    for r in (d1, d2):
+        assert 'type="result"' in r and "disco#info" in r and "identity" in r, r
+    for c in (c1, c2):
+        for i in ("same-vcard", "same-disco"):
+            assert c.count(lambda s: f'id="{i}"' in s) == 1, (c.jid, i)
+    # The third client asked nothing and saw nothing.
+    bob = c2s_clients["bob"]
+    bob.send(c2s_clients["up"], "after iq barrier")
+    c3.wait(body_is("after iq barrier"), "barrier")
+    assert c3.count(lambda s: "same-vcard" in s or "same-disco" in s) == 0
+
+
+def test_roster_push_reaches_every_client(c2s_env, c2s_clients):
+    c1, c2, c3 = c2s_clients["clients"]
+    L = c2s_env["loop"]
+
+    async def add():
+        iq = c1.x.make_iq_set()
+        iq.append(ET.fromstring(
+            "<query xmlns='jabber:iq:roster'><item jid='dave@localhost' name='Dave'/></query>"))
+        iq["id"] = "add-dave"
+        return str(await iq.send(timeout=WAIT))
+
+    r = L.call(add())
+    assert 'type="result"' in r
+
+    def is_push(s):
+        return s.startswith("<iq") and 'type="set"' in s and "dave@localhost" in s
+
+    for c in (c1, c2, c3):
+        got = c.wait(is_push, "roster push")
+        assert len(got) == 1, got
+        # The client's own full JID (the server's push to the upstream
+        # resource, rewritten) or the bare JID, never another client's.
+        assert "/one" not in got[0] or c is c1
+
+
+def test_late_client_sees_contact_presence(c2s_env, c2s_clients):
+    """alice subscribes to bob from client one; bob sets a status; a client
+    that logs in afterwards is told bob's presence after its own initial
+    presence, as a server would."""
+    bob = c2s_clients["bob"]
+    c1 = c2s_clients["clients"][0]
+    bob.x.auto_authorize = True
+    bob.x.auto_subscribe = False
+    c1.L.loop.call_soon_threadsafe(
+        lambda: c1.x.send_presence(pto="bob@localhost", ptype="subscribe"))
+    c1.wait(lambda s: s.startswith("<presence") and "bob@localhost" in s
+            and 'type="subscribed"' in s, "bob's approval")
+    bob.L.loop.call_soon_threadsafe(
+        lambda: bob.x.send_presence(pshow="dnd", pstatus="late status 42"))
+    # presenced has it once every client does (same route, same order).
+    c1.wait(lambda s: s.startswith("<presence") and "late status 42" in s, "bob's presence")
+    late = Client(c2s_env["loop"], f"{BARE}/late", "local-pw", c2s_env["port"]).connect()
+    try:
+        got = late.wait(lambda s: s.startswith("<presence") and "late status 42" in s,
+                        "replayed presence")
+        assert f'to="{BARE}/late"' in got[0] and 'from="bob@localhost/test"' in got[0], got
+        assert "<show>dnd</show>" in got[0]
+    finally:
+        late.close()
