@@ -193,3 +193,30 @@ def test_hostile_contact_names_stay_in_dir(proxy, contact):
         # Every other entry is a contact directory, never a symlink.
         assert os.path.isdir(path) and not os.path.islink(path), name
         assert "/" not in name and name not in (".", "..")
+
+
+def test_room_conversation(proxy, contact):
+    """A XEP-0045 room on Prosody's MUC: alice joins through DIR/in, bob's
+    groupchat lands in the room's out with his nick, and a line written to
+    the room's in reaches bob as groupchat from alice's occupant JID."""
+    room = "lunch@conference.localhost"
+    p = proxy()
+    p.online()
+    bob = contact("bob")
+    bob.send_raw(f"<presence to='{room}/bobby'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    bob.wait_presence(lambda pr: str(pr["from"]) == f"{room}/bobby")
+    write_fifo(os.path.join(p.dir, "in"),
+               f"<presence to='{room}/al'><x xmlns='http://jabber.org/protocol/muc'/></presence>\n"
+               .encode())
+    bob.wait_presence(lambda pr: str(pr["from"]) == f"{room}/al")
+    bob.send_message(room, "who is hungry?", mtype="groupchat")
+    out = os.path.join(p.dir, room, "out")
+    wait_said(out, ("bobby", "who is hungry?"))
+    start = bob.mark()
+    write_fifo(os.path.join(p.dir, room, "in"), b"me, always\n")
+    m = bob.wait_message(lambda m: m["body"] == "me, always", start=start)
+    assert m["type"] == "groupchat" and str(m["from"]) == f"{room}/al"
+    # The room reflects alice's message: logged once, under her nick.
+    got = wait_said(out, ("al", "me, always"))
+    assert got.count(("al", "me, always")) == 1, got
+    assert got.count(("bobby", "who is hungry?")) == 1, got

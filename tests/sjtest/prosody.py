@@ -86,6 +86,12 @@ VirtualHost "{host}"
         certificate = "{dir}/certs/localhost.crt";
         key = "{dir}/certs/localhost.key";
     }}
+
+-- XEP-0045 rooms, for messaged's room directories.
+Component "conference.{host}" "muc"
+    modules_enabled = {{ "muc_mam" }}
+    muc_room_default_history_length = 0
+    muc_room_locking = false
 """
 
 
