@@ -6,13 +6,14 @@ import os
 import re
 import select
 import signal
+import subprocess
 import time
 import types
 
 import pytest
 
 from badserver import CASES, NS_STREAMS, BadServer
-from sjtest.proxy import JC, local
+from sjtest.proxy import JC, local, sj_bin
 
 CARBONS = "{urn:xmpp:carbons:2}"
 FORWARD = "{urn:xmpp:forward:0}"
@@ -225,8 +226,6 @@ def test_plain_refused_in_clear_to_a_remote_server(tmp_path):
     <auth/> and no password; sj-proxy exits 100."""
     import base64
     import socket
-    import subprocess
-    from sjtest.proxy import sj_bin
 
     srv, cli = socket.socketpair()
     pw = tmp_path / "pw"
@@ -338,3 +337,21 @@ def test_answers_server_ping_and_survives_answered_keepalive(proxy):
     assert p.proc.poll() is None, p.stderr_text()
     assert p.stop() == 0
     srv.close()
+
+
+def test_password_file_open_to_others_is_warned_about(tmp_path):
+    """A password file with mode 0644 still works, but the log says so, as
+    ssh does for a private key; 0600 gets no warning."""
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    for mode, warned in ((0o644, True), (0o600, False)):
+        os.chmod(pw, mode)
+        # No fds 6/7: sj-proxy stops right after reading the password.
+        r = subprocess.run([sj_bin(), "-d", str(tmp_path / "dir"), "-p", str(pw),
+                            "alice@localhost"], capture_output=True, text=True, timeout=10,
+                           stdin=subprocess.DEVNULL)
+        assert r.returncode in (100, 111), r.stderr
+        assert ("sj-proxy: warning: password file" in r.stderr) == warned, r.stderr
+        if warned:
+            assert f"(mode {mode:04o}); chmod 600 it" in r.stderr
+        assert "secret" not in r.stderr

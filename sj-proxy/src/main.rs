@@ -78,6 +78,7 @@ fn read_password(args: &Args) -> Result<String, Fatal> {
     if let Some(path) = &args.password_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Fatal::io(format!("read {}", path.display()), &e))?;
+        warn_if_exposed(path);
         let line = text.split('\n').next().unwrap_or("");
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
@@ -94,6 +95,21 @@ fn read_password(args: &Args) -> Result<String, Fatal> {
     Err(Fatal::permanent(
         "no password: give -p PASSWORD_FILE or SJ_PASSWORD_FILE",
     ))
+}
+
+/// Like ssh with a private key: a password file others may read still
+/// works (the supervisor's setup may be deliberate), but says so.
+fn warn_if_exposed(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            sj::log::warn(&format!(
+                "password file {} is open to group or others (mode {mode:04o}); chmod 600 it",
+                path.display()
+            ));
+        }
+    }
 }
 
 fn prompt_password() -> Result<String, Fatal> {
