@@ -57,6 +57,8 @@ class ScriptedServer:
         self.read_until(rb"</iq>")
         self.send(b"<iq type='result' id='sjp-disco' from='localhost'>"
                   b"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        self.read_until(rb"id='sjp-roster'.*?</iq>")
+        self.send(b"<iq type='result' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>")
 
     def close(self):
         for s in (self.conn, self.sock):

@@ -536,6 +536,23 @@ impl Upstream {
                 sj::log::warn(&format!("unable to enable carbons: {}", stanza_error(&r)));
             }
         }
+        // RFC 6121 §2.1.6: the server pushes roster changes only to
+        // "interested" resources, those that have asked for the roster. Ask
+        // now, before any client's record can go up, or a client's roster
+        // set racing iqd's first get leaves every client without the push.
+        // The answer is only for the server's sake: iqd fetches the roster
+        // itself, as it must after each of its restarts.
+        let roster = self.request(
+            "sjp-roster",
+            "<iq type='get' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>",
+            &mut early,
+        )?;
+        if roster.attr("type") != Some("result") {
+            sj::log::warn(&format!(
+                "unable to get the roster: {}; roster pushes may not arrive",
+                stanza_error(&roster)
+            ));
+        }
         debug_assert!(OWN_ID.starts_with("sjp"));
         Ok(Session {
             full,
