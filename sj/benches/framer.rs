@@ -125,9 +125,14 @@ fn records_digest(input: &[u8], chunk: usize) -> u64 {
 
 fn main() {
     let (input, expected) = sample();
+    // SJ_BENCH_ONLY=WORD runs only the cases whose name contains WORD and
+    // skips the digest check: for counting one case's instructions with
+    // `valgrind --tool=callgrind --toggle-collect=framer::framer` (or
+    // `framer::quick_xml`), together with SJ_BENCH_ROUNDS=1.
+    let only = std::env::var("SJ_BENCH_ONLY").ok();
     // Untimed: every chunking, down to one byte a read, gives the same records.
     let digest = records_digest(&input, input.len());
-    for chunk in [16 * 1024, 1500, 1] {
+    for chunk in [16 * 1024, 1500, 1].into_iter().filter(|_| only.is_none()) {
         assert_eq!(records_digest(&input, chunk), digest, "{chunk}-byte reads");
     }
     let mb = input.len() as f64 / (1024.0 * 1024.0);
@@ -149,9 +154,16 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
+    let run = |name: &str| match only.as_deref() {
+        Some(w) => name.contains(w),
+        None => true,
+    };
     let mut best = vec![Duration::MAX; cases.len()];
     for _ in 0..rounds {
         for (k, (name, f)) in cases.iter().enumerate() {
+            if !run(name) {
+                continue;
+            }
             let t = Instant::now();
             let n = black_box(f());
             best[k] = best[k].min(t.elapsed());
@@ -161,12 +173,20 @@ fn main() {
         }
     }
     println!("input: {mb:.2} MiB, {expected} records (digest {digest:016x}); best of {rounds} interleaved runs\n");
-    let q = best[3].as_secs_f64();
+    // Without the quick-xml case (SJ_BENCH_ONLY) the ratios are NaN.
+    let q = if run(cases[3].0) {
+        best[3].as_secs_f64()
+    } else {
+        f64::NAN
+    };
     println!(
         "{:<24} {:>10} {:>14} {:>18} {:>18}",
         "", "MB/s", "records/s", "time / quick-xml", "MB/s / quick-xml"
     );
     for ((name, _), t) in cases.iter().zip(&best) {
+        if !run(name) {
+            continue;
+        }
         let s = t.as_secs_f64();
         println!(
             "{:<24} {:>10.0} {:>14.0} {:>18.2} {:>18.2}",
