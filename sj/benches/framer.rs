@@ -55,7 +55,15 @@ fn sample() -> (Vec<u8>, usize) {
     (s.into_bytes(), records)
 }
 
+#[inline(never)] // a symbol of its own for callgrind --toggle-collect
 fn framer(input: &[u8], chunk: usize) -> usize {
+    framer_with(input, chunk, |r| {
+        black_box(r);
+    })
+}
+
+/// Feed `input` in `chunk`-byte reads, handing each record to `each`.
+fn framer_with(input: &[u8], chunk: usize, mut each: impl FnMut(&[u8])) -> usize {
     let mut f = Framer::new(Mode::Stream, Limits::DEFAULT);
     let mut records = 0;
     for c in input.chunks(chunk) {
@@ -63,7 +71,7 @@ fn framer(input: &[u8], chunk: usize) -> usize {
         loop {
             match f.next_event() {
                 Ok(Some(Event::Record(r))) | Ok(Some(Event::StreamError(r))) => {
-                    black_box(&r);
+                    each(&r);
                     records += 1;
                 }
                 Ok(Some(_)) => {}
@@ -75,6 +83,7 @@ fn framer(input: &[u8], chunk: usize) -> usize {
     records
 }
 
+#[inline(never)] // a symbol of its own for callgrind --toggle-collect
 fn quick_xml(input: &[u8]) -> usize {
     use quick_xml::events::Event as Q;
     let mut r = quick_xml::Reader::from_reader(input);
@@ -100,12 +109,32 @@ fn quick_xml(input: &[u8]) -> usize {
     records
 }
 
+#[inline(never)] // a symbol of its own for callgrind --toggle-collect
 fn memchr_floor(input: &[u8]) -> usize {
     memchr::memchr_iter(b'<', input).count()
 }
 
+/// A digest of every record byte, so a faster framer can be shown to
+/// produce the same records as before (compare the printed value).
+fn records_digest(input: &[u8], chunk: usize) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    framer_with(input, chunk, |r| h.write(r));
+    h.finish()
+}
+
 fn main() {
     let (input, expected) = sample();
+    // SJ_BENCH_ONLY=WORD runs only the cases whose name contains WORD and
+    // skips the digest check: for counting one case's instructions with
+    // `valgrind --tool=callgrind --toggle-collect=framer::framer` (or
+    // `framer::quick_xml`), together with SJ_BENCH_ROUNDS=1.
+    let only = std::env::var("SJ_BENCH_ONLY").ok();
+    // Untimed: every chunking, down to one byte a read, gives the same records.
+    let digest = records_digest(&input, input.len());
+    for chunk in [16 * 1024, 1500, 1].into_iter().filter(|_| only.is_none()) {
+        assert_eq!(records_digest(&input, chunk), digest, "{chunk}-byte reads");
+    }
     let mb = input.len() as f64 / (1024.0 * 1024.0);
     type Case<'a> = (&'static str, Box<dyn Fn() -> usize + 'a>);
     let cases: Vec<Case> = vec![
@@ -120,10 +149,21 @@ fn main() {
     ];
     // Interleaved rounds, best time per case: the machine may be shared,
     // and the minimum is the least disturbed run.
-    const ROUNDS: usize = 25;
+    // SJ_BENCH_ROUNDS=1 for a quick run under callgrind.
+    let rounds: usize = std::env::var("SJ_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let run = |name: &str| match only.as_deref() {
+        Some(w) => name.contains(w),
+        None => true,
+    };
     let mut best = vec![Duration::MAX; cases.len()];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for (k, (name, f)) in cases.iter().enumerate() {
+            if !run(name) {
+                continue;
+            }
             let t = Instant::now();
             let n = black_box(f());
             best[k] = best[k].min(t.elapsed());
@@ -132,20 +172,29 @@ fn main() {
             }
         }
     }
-    println!("input: {mb:.2} MiB, {expected} records; best of {ROUNDS} interleaved runs\n");
-    let q = best[3].as_secs_f64();
+    println!("input: {mb:.2} MiB, {expected} records (digest {digest:016x}); best of {rounds} interleaved runs\n");
+    // Without the quick-xml case (SJ_BENCH_ONLY) the ratios are NaN.
+    let q = if run(cases[3].0) {
+        best[3].as_secs_f64()
+    } else {
+        f64::NAN
+    };
     println!(
-        "{:<24} {:>10} {:>14} {:>18}",
-        "", "MB/s", "records/s", "time / quick-xml"
+        "{:<24} {:>10} {:>14} {:>18} {:>18}",
+        "", "MB/s", "records/s", "time / quick-xml", "MB/s / quick-xml"
     );
     for ((name, _), t) in cases.iter().zip(&best) {
+        if !run(name) {
+            continue;
+        }
         let s = t.as_secs_f64();
         println!(
-            "{:<24} {:>10.0} {:>14.0} {:>18.2}",
+            "{:<24} {:>10.0} {:>14.0} {:>18.2} {:>18.2}",
             name,
             mb / s,
             expected as f64 / s,
-            s / q
+            s / q,
+            q / s
         );
     }
 }

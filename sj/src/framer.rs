@@ -15,15 +15,20 @@
 //!
 //! Not here: what a record means. The framer knows nothing of stanzas.
 //!
-//! How: a resumable boundary scanner (memchr for `<`, quote tracking inside
-//! tags, CDATA, depth) remembers where it stopped, so one-byte feeds never
-//! rescan; it also refuses what must be refused before a record completes
-//! (size and depth limits, comments, PIs, a nested stream header). Each
-//! complete record then gets one hand-written pass that validates and
-//! canonicalises together; quick-xml is not used because it would need a
-//! second pass anyway for UTF-8, `Char`, name and reference checks. Scanner
-//! errors come from the bytes up to a fixed position and the validating
-//! pass sees whole records only, so errors, too, do not depend on chunking.
+//! How: one hand-written pass validates and canonicalises together (quick-xml
+//! is not used because it would need a second pass anyway for UTF-8,
+//! `Char`, name and reference checks). An element already whole in the
+//! buffer is done in that one pass. One that is not goes to a resumable
+//! boundary scanner (memchr for `<`, quote tracking inside tags, CDATA,
+//! depth) that remembers where it stopped, so one-byte feeds never rescan;
+//! it also refuses what must be refused before a record completes (size
+//! and depth limits, comments, PIs, a nested stream header). The pass keeps
+//! its state at its last complete markup token (its mark) and goes on from
+//! there when more bytes come or the scanner finds the end, so a record
+//! split over reads is still checked about once. Scanner errors come from
+//! the bytes up to a fixed position and the pass reports errors for whole
+//! records only; the fast path yields only what the scanner path would,
+//! and leaves every doubt to it, so errors, too, do not depend on chunking.
 //!
 //! Lenient on purpose: whitespace before the XML declaration or the header
 //! is skipped. Not checked: namespace-aware duplicate attributes (`a:x` and
@@ -206,6 +211,22 @@ pub struct Framer {
     phase: Phase,
     header: Option<Header>,
     err: Option<FrameError>,
+    scratch: Scratch,
+    /// `scratch` holds the validating pass over the element at `item` up
+    /// to its mark.
+    pending: Option<Pending>,
+    /// Bytes handed to the validating pass, at most: the tests bound it.
+    #[cfg(test)]
+    pass_bytes: usize,
+}
+
+/// A validating pass that stopped before the end of its element.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// The limits it was made with.
+    limits: Limits,
+    /// How many bytes of the element it saw.
+    seen: usize,
 }
 
 impl Framer {
@@ -222,6 +243,10 @@ impl Framer {
             phase: Phase::Start,
             header: None,
             err: None,
+            scratch: Scratch::default(),
+            pending: None,
+            #[cfg(test)]
+            pass_bytes: 0,
         };
         f.reset();
         f
@@ -247,6 +272,7 @@ impl Framer {
         };
         self.header = None;
         self.err = None;
+        self.pending = None;
     }
 
     /// Append bytes read from the peer.
@@ -322,6 +348,20 @@ impl Framer {
     }
 
     fn step(&mut self) -> Res<Option<Event>> {
+        if let (Some(p), Some(at)) = (self.pending, self.item) {
+            let avail = self.buf.len().min(at.saturating_add(p.limits.max_record)) - at;
+            let redo = p.seen - self.scratch.mark.i;
+            if p.limits != self.limits {
+                // Changed mid-element: a fresh pass at the end, as before.
+                self.pending = None;
+            } else if avail > p.seen && avail - p.seen >= redo {
+                // Going on from the mark redoes the bytes after it; waiting
+                // for as many new bytes keeps that linear in tiny reads.
+                if let Some(ev) = self.try_pass(at) {
+                    return Ok(Some(ev));
+                }
+            }
+        }
         loop {
             let n = self.buf.len();
             match self.lex {
@@ -341,8 +381,9 @@ impl Framer {
                     if self.buf[i] != b'<' {
                         return fail(Condition::NotWellFormed, "text outside an element");
                     }
-                    self.item = Some(i);
-                    self.lex = Lex::Lt;
+                    if let Some(ev) = self.start_item(i) {
+                        return Ok(Some(ev));
+                    }
                 }
                 Lex::Idle => match find_byte(b'<', &self.buf[self.scan..]) {
                     None => {
@@ -573,14 +614,90 @@ impl Framer {
 
     fn finish_record(&mut self, end: usize) -> Res<Event> {
         let start = self.item.take().unwrap_or(self.pos);
-        let (out, is_error) =
-            canonicalise(&self.buf[start..end], self.limits, self.header.as_ref())?;
+        let resume = self.pending.take().is_some_and(|p| p.limits == self.limits);
+        #[cfg(test)]
+        {
+            self.pass_bytes += end - start - if resume { self.scratch.mark.i } else { 0 };
+        }
+        let c = canonicalise(
+            &self.buf[start..end],
+            self.limits,
+            self.header.as_ref(),
+            &mut self.scratch,
+            resume,
+        )?;
         self.pos = end;
-        Ok(if is_error {
-            Event::StreamError(out)
-        } else {
-            Event::Record(out)
-        })
+        Ok(c.into_event())
+    }
+
+    /// A top-level item starts at `at` (a `<`). For an element, the fast
+    /// path: validate and canonicalise what is buffered of it in one pass,
+    /// without the boundary scanner. The record, if it is whole and valid.
+    /// Otherwise the scanner takes over (see `try_pass`).
+    fn start_item(&mut self, at: usize) -> Option<Event> {
+        self.item = Some(at);
+        self.lex = Lex::Lt;
+        self.pending = None;
+        if self.phase != Phase::Body
+            || matches!(self.buf.get(at + 1), None | Some(b'/' | b'?' | b'!'))
+        {
+            return None;
+        }
+        self.scratch.begin();
+        self.try_pass(at)
+    }
+
+    /// Run the validating pass from the state in `scratch` over what is
+    /// buffered of the element at `at`. The record, if it is whole and
+    /// valid; the scanner path would have produced the same one: it ends an
+    /// element where the pass does, and refuses nothing in a valid one of
+    /// at most `max_record` bytes.
+    ///
+    /// Otherwise the scanner path decides, which gives the answer (and any
+    /// error) the same bytes always give. The pass is kept at its mark for
+    /// a later `try_pass` or for `finish_record`, and the scanner is moved
+    /// up to the mark if it is behind: the scanner refuses nothing before
+    /// the mark and would be there at depth `stack` in character data, as
+    /// the pass accepted every token before it and is inside `max_record`.
+    /// The caller keeps the work linear: each byte is scanned once, and the
+    /// pass sees each byte a bounded number of times.
+    fn try_pass(&mut self, at: usize) -> Option<Event> {
+        let lim = self
+            .buf
+            .len()
+            .min(at.saturating_add(self.limits.max_record));
+        let s = &self.buf[at..lim];
+        #[cfg(test)]
+        {
+            self.pass_bytes += s.len() - self.scratch.mark.i;
+        }
+        match check_element(s, self.limits, self.header.as_ref(), &mut self.scratch) {
+            Ok(c) => {
+                self.pending = None;
+                // Invalid UTF-8: the scanner path reports it.
+                std::str::from_utf8(&s[..c.end]).ok()?;
+                self.item = None;
+                self.lex = Lex::Idle;
+                self.depth = 0;
+                self.pos = at + c.end;
+                self.scan = self.pos;
+                Some(c.into_event())
+            }
+            Err(_) => {
+                self.pending = Some(Pending {
+                    limits: self.limits,
+                    seen: s.len(),
+                });
+                self.scratch.rewind();
+                let m = self.scratch.mark;
+                if m.i > 0 && at + m.i > self.scan {
+                    self.depth = m.stack;
+                    self.lex = Lex::Idle;
+                    self.scan = at + m.i;
+                }
+                None
+            }
+        }
     }
 }
 
@@ -710,7 +827,8 @@ fn parse_decl(d: &[u8]) -> Res<()> {
 
 fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)>)> {
     check_text_bytes(tag)?;
-    let mut c = Checker::new(tag, limits.max_attrs);
+    let (mut attrs, mut out) = (Vec::new(), Vec::new());
+    let mut c = Checker::new(tag, limits.max_attrs, &mut attrs, &mut out);
     let st = c.start_tag()?;
     if st.self_closing {
         return fail(Condition::BadFormat, "empty stream element");
@@ -724,7 +842,7 @@ fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)
     let mut attrs = Vec::with_capacity(c.attrs.len());
     let mut prefixes = Vec::new();
     let mut ns_ok = false;
-    for a in &c.attrs {
+    for a in c.attrs.iter() {
         let name = &tag[a.name.0..a.name.1];
         let raw = &tag[a.value.0..a.value.1];
         let value = crate::xml::unescape_bytes(raw, true).ok_or_else(|| FrameError {
@@ -821,6 +939,11 @@ const fn ascii_name_table(start: bool) -> [bool; 256] {
 
 static NAME_START_ASCII: [bool; 256] = ascii_name_table(true);
 static NAME_CHAR_ASCII: [bool; 256] = ascii_name_table(false);
+static NAME_CHAR_ASCII_NO_COLON: [bool; 256] = {
+    let mut t = ascii_name_table(false);
+    t[b':' as usize] = false;
+    t
+};
 
 /// End of the XML `Name` starting at `i` (0 length if none).
 fn name_end(s: &[u8], mut i: usize) -> usize {
@@ -875,6 +998,53 @@ fn is_qname(q: &[u8]) -> bool {
                 && name_end(q, i + 1) == q.len()
         }
     }
+}
+
+/// The QName starting at `s[start]`: its end and the index of its colon.
+/// Fails as `name_end` and `is_qname` would; names are nearly always
+/// ASCII, checked here in one loop, and anything else goes to those two.
+#[inline]
+fn qname(s: &[u8], start: usize) -> Res<(usize, Option<usize>)> {
+    let mut j = start;
+    let mut colon = None;
+    let mut colons = 0;
+    loop {
+        while j < s.len() && NAME_CHAR_ASCII_NO_COLON[s[j] as usize] {
+            j += 1;
+        }
+        if j < s.len() && s[j] == b':' {
+            colon.get_or_insert(j);
+            colons += 1;
+            j += 1;
+            continue;
+        }
+        break;
+    }
+    if j < s.len() && s[j] >= 0x80 {
+        return qname_general(s, start);
+    }
+    if j == start || !NAME_START_ASCII[s[start] as usize] {
+        return fail(Condition::NotWellFormed, "invalid name");
+    }
+    if let Some(k) = colon {
+        if k == start || k + 1 == j || colons > 1 || !NAME_START_ASCII[s[k + 1] as usize] {
+            return fail(Condition::NotWellFormed, "invalid qualified name");
+        }
+    }
+    Ok((j, colon))
+}
+
+/// `qname` for any characters.
+#[inline(never)]
+fn qname_general(s: &[u8], start: usize) -> Res<(usize, Option<usize>)> {
+    let end = name_end(s, start);
+    if end == start {
+        return fail(Condition::NotWellFormed, "invalid name");
+    }
+    if !is_qname(&s[start..end]) {
+        return fail(Condition::NotWellFormed, "invalid qualified name");
+    }
+    Ok((end, colon(&s[start..end]).map(|k| start + k)))
 }
 
 /// End of the entity or character reference at `s[i] == b'&'`.
@@ -948,56 +1118,167 @@ fn check_special_char(s: &[u8], i: usize) -> Res<()> {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Attr {
     name: (usize, usize),
+    /// Index of the first `:` of the name, if any.
+    colon: Option<usize>,
     value: (usize, usize),
 }
 
 struct StartTag {
     name: (usize, usize),
-    /// `out.len()` right after the element name.
-    name_end_out: usize,
+    colon: Option<usize>,
     self_closing: bool,
 }
 
-/// One validating, canonicalising pass over a complete element.
+/// A prefix declaration in scope: `xmlns:prefix='value'` on an element at
+/// `depth`.
+#[derive(Debug, Clone, Copy)]
+struct Decl {
+    prefix: (usize, usize),
+    value: (usize, usize),
+    depth: usize,
+}
+
+/// The validating pass's state for one element. The framer keeps one, so
+/// a record costs one allocation (its own bytes), and so an element split
+/// over reads can be checked once: from its start up to the last complete
+/// markup token on the read that began it, from there on when it is whole.
+#[derive(Debug, Default)]
+struct Scratch {
+    attrs: Vec<Attr>,
+    /// Open elements: qualified-name ranges.
+    stack: Vec<(usize, usize)>,
+    decls: Vec<Decl>,
+    /// Indexes into the header's prefixes that the record relies on.
+    needed: Vec<usize>,
+    out: Vec<u8>,
+    mark: Mark,
+}
+
+/// How far the validating pass got without error: up to `i`, the end of a
+/// markup token with the element still open. Past a mark the pass only
+/// appends to the vectors (an end tag pops only once it has been checked,
+/// and a mark follows), so truncating them restores the state at the mark.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mark {
+    i: usize,
+    copied: usize,
+    out: usize,
+    stack: usize,
+    decls: usize,
+    needed: usize,
+    insert_at: usize,
+    is_error: bool,
+}
+
+impl Scratch {
+    /// Before a new element.
+    fn begin(&mut self) {
+        self.stack.clear();
+        self.decls.clear();
+        self.needed.clear();
+        self.out.clear();
+        self.mark = Mark::default();
+    }
+
+    /// Back to the state at the mark, after a pass that failed past it.
+    fn rewind(&mut self) {
+        let m = self.mark;
+        self.stack.truncate(m.stack);
+        self.decls.truncate(m.decls);
+        self.needed.truncate(m.needed);
+        self.out.truncate(m.out);
+    }
+}
+
+/// One validating, canonicalising pass over an element.
+///
+/// The output is built lazily: `out` holds the canonical form of
+/// `s[..copied]`, and bytes are copied only where canonicalisation changes
+/// something (line breaks, tabs in attribute values), so a record that
+/// needs no change costs one copy at the end.
 struct Checker<'a> {
     s: &'a [u8],
     i: usize,
-    out: Vec<u8>,
-    attrs: Vec<Attr>,
+    out: &'a mut Vec<u8>,
+    copied: usize,
+    attrs: &'a mut Vec<Attr>,
     max_attrs: usize,
 }
 
+/// End of the line break at `s[i]` (CR or LF): CRLF is one.
+fn line_break_end(s: &[u8], i: usize) -> usize {
+    if s[i] == b'\r' && s.get(i + 1) == Some(&b'\n') {
+        i + 2
+    } else {
+        i + 1
+    }
+}
+
+/// Length of the run of bytes at the start of `s` that are not in `special`.
+#[inline]
+fn run_len(s: &[u8], special: &[bool; 256]) -> usize {
+    // Eight at a time, one branch for all: the loop overhead is most of
+    // the cost per byte.
+    let mut n = 0;
+    while let Some(w) = s.get(n..n + 8) {
+        let hit = w.iter().fold(false, |h, &b| h | special[b as usize]);
+        if hit {
+            break;
+        }
+        n += 8;
+    }
+    while n < s.len() && !special[s[n] as usize] {
+        n += 1;
+    }
+    n
+}
+
 impl<'a> Checker<'a> {
-    fn new(s: &'a [u8], max_attrs: usize) -> Self {
+    fn new(s: &'a [u8], max_attrs: usize, attrs: &'a mut Vec<Attr>, out: &'a mut Vec<u8>) -> Self {
         Checker {
             s,
             i: 0,
-            out: Vec::with_capacity(s.len() + 64),
-            attrs: Vec::new(),
+            out,
+            copied: 0,
+            attrs,
             max_attrs,
         }
     }
 
-    /// Copy a run of bytes not in `special`.
+    /// The canonical form of `s[from..to]` is `with`.
+    fn replace(&mut self, from: usize, to: usize, with: &[u8]) {
+        if self.out.capacity() == 0 {
+            // `s` may run far past the element; guess, and let it grow.
+            self.out.reserve(from.max(256) + 64);
+        }
+        self.out.extend_from_slice(&self.s[self.copied..from]);
+        self.out.extend_from_slice(with);
+        self.copied = to;
+    }
+
+    /// The canonical form of `s[..end]`, with room for `extra` more bytes.
+    fn finish(self, end: usize, extra: usize) -> Vec<u8> {
+        let rest = &self.s[self.copied..end];
+        self.out.reserve_exact(rest.len() + extra);
+        self.out.extend_from_slice(rest);
+        std::mem::take(self.out)
+    }
+
+    /// Skip a run of bytes not in `special`.
     fn run(&mut self, special: &[bool; 256]) {
-        let rest = &self.s[self.i..];
-        let n = rest
-            .iter()
-            .position(|&b| special[b as usize])
-            .unwrap_or(rest.len());
-        self.out.extend_from_slice(&rest[..n]);
-        self.i += n;
+        self.i += run_len(&self.s[self.i..], special);
     }
 
     /// Whitespace inside a tag: a line break becomes a space.
+    #[inline]
     fn ws(&mut self) -> bool {
         let start = self.i;
         // Nearly always none or one space.
         match self.s.get(self.i) {
             Some(b' ') if !matches!(self.s.get(self.i + 1), Some(b' ' | b'\t' | b'\r' | b'\n')) => {
-                self.out.push(b' ');
                 self.i += 1;
                 return true;
             }
@@ -1007,13 +1288,13 @@ impl<'a> Checker<'a> {
         while let Some(&b) = self.s.get(self.i) {
             match b {
                 b'\r' => {
-                    self.out.push(b' ');
-                    if self.s.get(self.i + 1) == Some(&b'\n') {
-                        self.i += 1;
-                    }
+                    let to = line_break_end(self.s, self.i);
+                    self.replace(self.i, to, b" ");
+                    self.i = to;
+                    continue;
                 }
-                b'\n' => self.out.push(b' '),
-                b' ' | b'\t' => self.out.push(b),
+                b'\n' => self.replace(self.i, self.i + 1, b" "),
+                b' ' | b'\t' => {}
                 _ => break,
             }
             self.i += 1;
@@ -1021,25 +1302,18 @@ impl<'a> Checker<'a> {
         self.i > start
     }
 
-    fn name(&mut self) -> Res<(usize, usize)> {
+    #[inline]
+    fn name(&mut self) -> Res<((usize, usize), Option<usize>)> {
         let start = self.i;
-        let end = name_end(self.s, start);
-        if end == start {
-            return fail(Condition::NotWellFormed, "invalid name");
-        }
-        if !is_qname(&self.s[start..end]) {
-            return fail(Condition::NotWellFormed, "invalid qualified name");
-        }
-        self.out.extend_from_slice(&self.s[start..end]);
+        let (end, colon) = qname(self.s, start)?;
         self.i = end;
-        Ok((start, end))
+        Ok(((start, end), colon))
     }
 
     fn expect(&mut self, b: u8, what: &str) -> Res<()> {
         if self.s.get(self.i) != Some(&b) {
             return fail(Condition::NotWellFormed, what);
         }
-        self.out.push(b);
         self.i += 1;
         Ok(())
     }
@@ -1047,29 +1321,26 @@ impl<'a> Checker<'a> {
     /// At `<name`.
     fn start_tag(&mut self) -> Res<StartTag> {
         self.expect(b'<', "expected '<'")?;
-        let name = self.name()?;
-        let name_end_out = self.out.len();
+        let (name, colon) = self.name()?;
         self.attrs.clear();
         loop {
             let had_ws = self.ws();
             match self.s.get(self.i) {
                 None => return fail(Condition::NotWellFormed, "unterminated start tag"),
                 Some(b'>') => {
-                    self.out.push(b'>');
                     self.i += 1;
                     return Ok(StartTag {
                         name,
-                        name_end_out,
+                        colon,
                         self_closing: false,
                     });
                 }
                 Some(b'/') => {
                     self.i += 1;
-                    self.out.push(b'/');
                     self.expect(b'>', "expected '>' after '/'")?;
                     return Ok(StartTag {
                         name,
-                        name_end_out,
+                        colon,
                         self_closing: true,
                     });
                 }
@@ -1080,7 +1351,7 @@ impl<'a> Checker<'a> {
                             "missing whitespace before attribute",
                         );
                     }
-                    let an = self.name()?;
+                    let (an, acolon) = self.name()?;
                     self.ws();
                     self.expect(b'=', "expected '=' after attribute name")?;
                     self.ws();
@@ -1088,52 +1359,10 @@ impl<'a> Checker<'a> {
                         Some(&q @ (b'\'' | b'"')) => q,
                         _ => return fail(Condition::NotWellFormed, "unquoted attribute value"),
                     };
-                    self.out.push(q);
                     self.i += 1;
                     let vs = self.i;
-                    loop {
-                        self.run(&ATTR_SPECIAL);
-                        match self.s.get(self.i) {
-                            None => {
-                                return fail(
-                                    Condition::NotWellFormed,
-                                    "unterminated attribute value",
-                                )
-                            }
-                            Some(&b) if b == q => break,
-                            Some(b'<') => {
-                                return fail(Condition::NotWellFormed, "'<' in attribute value")
-                            }
-                            Some(b'&') => {
-                                let e = reference_end(self.s, self.i)?;
-                                self.out.extend_from_slice(&self.s[self.i..e]);
-                                self.i = e;
-                            }
-                            Some(b'\r') => {
-                                self.out.push(b' ');
-                                self.i += 1;
-                                if self.s.get(self.i) == Some(&b'\n') {
-                                    self.i += 1;
-                                }
-                            }
-                            Some(b'\n' | b'\t') => {
-                                self.out.push(b' ');
-                                self.i += 1;
-                            }
-                            Some(b'\'' | b'"') => {
-                                // The other quote character.
-                                self.out.push(self.s[self.i]);
-                                self.i += 1;
-                            }
-                            Some(_) => {
-                                check_special_char(self.s, self.i)?;
-                                self.out.push(self.s[self.i]);
-                                self.i += 1;
-                            }
-                        }
-                    }
+                    self.attr_value(q)?;
                     let ve = self.i;
-                    self.out.push(q);
                     self.i += 1;
                     if self.attrs.len() >= self.max_attrs {
                         return fail(
@@ -1142,17 +1371,47 @@ impl<'a> Checker<'a> {
                         );
                     }
                     let this = &self.s[an.0..an.1];
-                    if self
-                        .attrs
-                        .iter()
-                        .any(|a| &self.s[a.name.0..a.name.1] == this)
-                    {
+                    // Length and first byte first: most names differ there.
+                    if self.attrs.iter().any(|a| {
+                        a.name.1 - a.name.0 == this.len()
+                            && self.s[a.name.0] == this[0]
+                            && &self.s[a.name.0..a.name.1] == this
+                    }) {
                         return fail(Condition::NotWellFormed, "duplicate attribute");
                     }
                     self.attrs.push(Attr {
                         name: an,
+                        colon: acolon,
                         value: (vs, ve),
                     });
+                }
+            }
+        }
+    }
+
+    /// Inside an attribute value quoted with `q`; stops at the closing quote.
+    fn attr_value(&mut self, q: u8) -> Res<()> {
+        loop {
+            self.run(&ATTR_SPECIAL);
+            match self.s.get(self.i) {
+                None => return fail(Condition::NotWellFormed, "unterminated attribute value"),
+                Some(&b) if b == q => return Ok(()),
+                Some(b'<') => return fail(Condition::NotWellFormed, "'<' in attribute value"),
+                Some(b'&') => self.i = reference_end(self.s, self.i)?,
+                Some(b'\r') => {
+                    let to = line_break_end(self.s, self.i);
+                    self.replace(self.i, to, b" ");
+                    self.i = to;
+                }
+                Some(b'\n' | b'\t') => {
+                    self.replace(self.i, self.i + 1, b" ");
+                    self.i += 1;
+                }
+                // The other quote character.
+                Some(b'\'' | b'"') => self.i += 1,
+                Some(_) => {
+                    check_special_char(self.s, self.i)?;
+                    self.i += 1;
                 }
             }
         }
@@ -1163,32 +1422,24 @@ impl<'a> Checker<'a> {
             self.run(&TEXT_SPECIAL);
             match self.s.get(self.i) {
                 None | Some(b'<') => return Ok(()),
-                Some(b'&') => {
-                    let e = reference_end(self.s, self.i)?;
-                    self.out.extend_from_slice(&self.s[self.i..e]);
-                    self.i = e;
-                }
+                Some(b'&') => self.i = reference_end(self.s, self.i)?,
                 Some(b'\r') => {
-                    self.out.extend_from_slice(b"&#10;");
-                    self.i += 1;
-                    if self.s.get(self.i) == Some(&b'\n') {
-                        self.i += 1;
-                    }
+                    let to = line_break_end(self.s, self.i);
+                    self.replace(self.i, to, b"&#10;");
+                    self.i = to;
                 }
                 Some(b'\n') => {
-                    self.out.extend_from_slice(b"&#10;");
+                    self.replace(self.i, self.i + 1, b"&#10;");
                     self.i += 1;
                 }
                 Some(b']') => {
                     if self.s[self.i..].starts_with(b"]]>") {
                         return fail(Condition::NotWellFormed, "']]>' in character data");
                     }
-                    self.out.push(b']');
                     self.i += 1;
                 }
                 Some(_) => {
                     check_special_char(self.s, self.i)?;
-                    self.out.push(self.s[self.i]);
                     self.i += 1;
                 }
             }
@@ -1199,7 +1450,6 @@ impl<'a> Checker<'a> {
     /// section is closed around it: `]]>&#10;<![CDATA[` has the same characters.
     fn cdata(&mut self) -> Res<()> {
         self.i += 9;
-        self.out.extend_from_slice(b"<![CDATA[");
         let Some(len) = memchr::memmem::find(&self.s[self.i..], b"]]>") else {
             return fail(Condition::NotWellFormed, "unterminated CDATA section");
         };
@@ -1207,44 +1457,91 @@ impl<'a> Checker<'a> {
         check_text_bytes(&self.s[self.i..end])?;
         while let Some(off) = memchr::memchr2(b'\r', b'\n', &self.s[self.i..end]) {
             let p = self.i + off;
-            self.out.extend_from_slice(&self.s[self.i..p]);
-            self.out.extend_from_slice(b"]]>&#10;<![CDATA[");
-            self.i = if self.s[p] == b'\r' && self.s.get(p + 1) == Some(&b'\n') {
-                p + 2
-            } else {
-                p + 1
-            };
+            let to = line_break_end(self.s, p);
+            self.replace(p, to, b"]]>&#10;<![CDATA[");
+            self.i = to;
         }
-        self.out.extend_from_slice(&self.s[self.i..end]);
-        self.out.extend_from_slice(b"]]>");
         self.i = end + 3;
         Ok(())
     }
 }
 
-/// Validate one complete top-level element and write its canonical record.
-/// Returns the record and whether it is a `<stream:error>`.
-fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u8>, bool)> {
+/// The result of validating one element.
+struct Checked {
+    /// Where the element ends in the input.
+    end: usize,
+    /// Its canonical record, ending in LF.
+    out: Vec<u8>,
+    /// Whether it is a `<stream:error>`.
+    is_error: bool,
+}
+
+impl Checked {
+    fn into_event(self) -> Event {
+        if self.is_error {
+            Event::StreamError(self.out)
+        } else {
+            Event::Record(self.out)
+        }
+    }
+}
+
+/// Validate and canonicalise a complete record `s` (the boundary scanner
+/// found its end): exactly one element. With `resume`, the pass goes on
+/// from the state in `sc` (see `Framer::whole_record`).
+fn canonicalise(
+    s: &[u8],
+    limits: Limits,
+    header: Option<&Header>,
+    sc: &mut Scratch,
+    resume: bool,
+) -> Res<Checked> {
     // Non-Chars are caught where the tokenizer meets them: names, tag
     // whitespace and the tables for text and attribute values.
     if std::str::from_utf8(s).is_err() {
         return fail(Condition::NotWellFormed, "invalid UTF-8");
     }
-    let mut c = Checker::new(s, limits.max_attrs);
-    // Open elements (qualified-name ranges) and prefix declarations in
-    // scope: (prefix range, value range, depth).
-    let mut stack: Vec<(usize, usize)> = Vec::new();
-    let mut decls: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
-    // Indexes into the header's prefixes that the record relies on.
-    let mut needed: Vec<usize> = Vec::new();
-    let mut insert_at = 0;
-    let mut is_error = false;
-    if s.first() != Some(&b'<') {
+    if !resume {
+        sc.begin();
+    }
+    let c = check_element(s, limits, header, sc)?;
+    if c.end != s.len() {
+        return fail(Condition::NotWellFormed, "content after the element");
+    }
+    Ok(c)
+}
+
+/// Validate and canonicalise the element at the start of `s`, stopping
+/// where it ends; what follows it is not looked at. Starts from the state
+/// in `sc` (after `begin`, or at its mark after `rewind`: the same bytes
+/// then give the same answer as a pass from the start, since no token
+/// looks past its own end). Does not check UTF-8 (the callers do, over
+/// exactly the element) but never panics without it.
+fn check_element(
+    s: &[u8],
+    limits: Limits,
+    header: Option<&Header>,
+    sc: &mut Scratch,
+) -> Res<Checked> {
+    let Scratch {
+        attrs,
+        stack,
+        decls,
+        needed,
+        out,
+        mark,
+    } = sc;
+    if mark.i == 0 && s.first() != Some(&b'<') {
         return fail(Condition::NotWellFormed, "record does not start with '<'");
     }
-    while c.i < s.len() {
-        if stack.is_empty() && c.i > 0 {
-            return fail(Condition::NotWellFormed, "content after the element");
+    let mut c = Checker::new(s, limits.max_attrs, attrs, out);
+    c.i = mark.i;
+    c.copied = mark.copied;
+    let mut insert_at = mark.insert_at;
+    let mut is_error = mark.is_error;
+    loop {
+        if c.i >= s.len() {
+            return fail(Condition::NotWellFormed, "unclosed element");
         }
         if s[c.i] != b'<' {
             c.text()?;
@@ -1252,17 +1549,29 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
         }
         match s.get(c.i + 1) {
             Some(b'/') => {
-                c.out.extend_from_slice(b"</");
                 c.i += 2;
-                let nm = c.name()?;
+                let nm = match stack.last() {
+                    // The usual case: the name of the open element,
+                    // already checked, and nothing more of a name after
+                    // it. Bytes from 0x80 may continue a name: slow path.
+                    Some(&(os, oe))
+                        if s[c.i..].starts_with(&s[os..oe])
+                            && !matches!(s.get(c.i + oe - os),
+                                Some(&b) if b >= 0x80 || NAME_CHAR_ASCII[b as usize]) =>
+                    {
+                        c.i += oe - os;
+                        (c.i - (oe - os), c.i)
+                    }
+                    _ => c.name()?.0,
+                };
                 c.ws();
                 c.expect(b'>', "expected '>' in end tag")?;
-                match stack.pop() {
-                    Some(open) if s[open.0..open.1] == s[nm.0..nm.1] => {}
+                match stack.last() {
+                    Some(open) if s[open.0..open.1] == s[nm.0..nm.1] => stack.pop(),
                     _ => return fail(Condition::NotWellFormed, "mismatched end tag"),
-                }
+                };
                 let d = stack.len();
-                while decls.last().is_some_and(|x| x.4 > d) {
+                while decls.last().is_some_and(|x| x.depth > d) {
                     decls.pop();
                 }
             }
@@ -1292,33 +1601,47 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
                     }
                 }
                 let mut default_ns = None;
-                for a in &c.attrs {
-                    let an = &s[a.name.0..a.name.1];
-                    if an == b"xmlns" {
-                        default_ns = Some(&s[a.value.0..a.value.1]);
-                    } else if an.starts_with(b"xmlns:") {
-                        decls.push((a.name.0 + 6, a.name.1, a.value.0, a.value.1, depth));
+                let mut prefixed_attr = false;
+                for a in c.attrs.iter() {
+                    match a.colon {
+                        None if a.name.1 - a.name.0 == 5 && &s[a.name.0..a.name.1] == b"xmlns" => {
+                            default_ns = Some(&s[a.value.0..a.value.1]);
+                        }
+                        None => {}
+                        Some(k) if &s[a.name.0..k] == b"xmlns" => decls.push(Decl {
+                            prefix: (k + 1, a.name.1),
+                            value: a.value,
+                            depth,
+                        }),
+                        Some(_) => prefixed_attr = true,
                     }
                 }
-                let (prefix, local) = split_qname(qname);
+                let local = match st.colon {
+                    Some(k) => &s[k + 1..st.name.1],
+                    None => qname,
+                };
                 let mut uri = None;
-                if let Some(p) = prefix {
-                    uri = Some(resolve(s, p, &decls, header, &mut needed)?);
+                if let Some(k) = st.colon {
+                    uri = Some(resolve(s, &s[st.name.0..k], decls, header, needed)?);
                 }
-                for a in &c.attrs {
-                    let an = &s[a.name.0..a.name.1];
-                    if let (Some(p), _) = split_qname(an) {
-                        if p != b"xmlns" {
-                            resolve(s, p, &decls, header, &mut needed)?;
+                if prefixed_attr {
+                    for a in c.attrs.iter() {
+                        if let Some(k) = a.colon {
+                            let p = &s[a.name.0..k];
+                            if p != b"xmlns" {
+                                resolve(s, p, decls, header, needed)?;
+                            }
                         }
                     }
                 }
                 if depth == 1 {
-                    insert_at = st.name_end_out;
+                    // Nothing before the end of the top-level name is
+                    // ever rewritten: input and output offsets agree.
+                    insert_at = st.name.1;
                     is_error = local == b"error" && uri.or(default_ns) == Some(STREAMS_NS);
                 }
                 if st.self_closing {
-                    while decls.last().is_some_and(|x| x.4 >= depth) {
+                    while decls.last().is_some_and(|x| x.depth >= depth) {
                         decls.pop();
                     }
                 } else {
@@ -1326,14 +1649,24 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
                 }
             }
         }
+        if stack.is_empty() {
+            break;
+        }
+        *mark = Mark {
+            i: c.i,
+            copied: c.copied,
+            out: c.out.len(),
+            stack: stack.len(),
+            decls: decls.len(),
+            needed: needed.len(),
+            insert_at,
+            is_error,
+        };
     }
-    if !stack.is_empty() {
-        return fail(Condition::NotWellFormed, "unclosed element");
-    }
-    let mut out = c.out;
+    let end = c.i;
+    let mut ins = Vec::new();
     if let (Some(h), false) = (header, needed.is_empty()) {
-        let mut ins = Vec::new();
-        for &k in &needed {
+        for &k in needed.iter() {
             let (p, uri) = &h.prefixes[k];
             ins.extend_from_slice(b" xmlns:");
             ins.extend_from_slice(p);
@@ -1341,10 +1674,13 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
             ins.extend_from_slice(crate::xml::escape_attr(uri).as_bytes());
             ins.push(b'\'');
         }
+    }
+    let mut out = c.finish(end, ins.len() + 1);
+    if !ins.is_empty() {
         out.splice(insert_at..insert_at, ins);
     }
     out.push(b'\n');
-    Ok((out, is_error))
+    Ok(Checked { end, out, is_error })
 }
 
 /// The namespace of prefix `p` in scope; a prefix known only from the
@@ -1352,12 +1688,12 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
 fn resolve<'a>(
     s: &'a [u8],
     p: &[u8],
-    decls: &[(usize, usize, usize, usize, usize)],
+    decls: &[Decl],
     header: Option<&'a Header>,
     needed: &mut Vec<usize>,
 ) -> Res<&'a [u8]> {
-    if let Some(d) = decls.iter().rev().find(|d| &s[d.0..d.1] == p) {
-        return Ok(&s[d.2..d.3]);
+    if let Some(d) = decls.iter().rev().find(|d| &s[d.prefix.0..d.prefix.1] == p) {
+        return Ok(&s[d.value.0..d.value.1]);
     }
     if p == b"xml" {
         return Ok(b"http://www.w3.org/XML/1998/namespace");
@@ -1923,6 +2259,232 @@ mod tests {
             }
         }
         assert!(max_buf < 2 * rec.len(), "{max_buf}");
+    }
+
+    #[test]
+    fn qname_fast_path_matches_general() {
+        // Every string of up to four characters from name starts, name
+        // characters, colons, non-name ASCII and multibyte characters.
+        let alphabet = [
+            "a", "Z", "_", ":", "1", "-", ".", "é", "\u{300}", "\u{B7}", " ", ">", "=",
+        ];
+        let mut cases = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &last {
+                for a in alphabet {
+                    next.push(format!("{p}{a}"));
+                }
+            }
+            cases.extend(next.iter().cloned());
+            last = next;
+        }
+        for c in &cases {
+            for tail in ["", "/", "'"] {
+                let s = format!("{c}{tail}");
+                let b = s.as_bytes();
+                assert_eq!(qname(b, 0), qname_general(b, 0), "{s:?}");
+                // Not at the start of the buffer, too.
+                let t = format!("<{s}");
+                assert_eq!(
+                    qname(t.as_bytes(), 1),
+                    qname_general(t.as_bytes(), 1),
+                    "{t:?}"
+                );
+            }
+        }
+        // Truncated UTF-8 at the end of what is buffered.
+        for s in [&b"a\xC3"[..], b"ab\xE2\x82", b"\xC3", b"a:\xC3"] {
+            assert_eq!(qname(s, 0), qname_general(s, 0), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn run_len_matches_table() {
+        for table in [&TEXT_SPECIAL, &ATTR_SPECIAL] {
+            let plain = |s: &[u8]| s.iter().position(|&b| table[b as usize]).unwrap_or(s.len());
+            for len in 0..40 {
+                let mut s = vec![b'x'; len];
+                assert_eq!(run_len(&s, table), len);
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        s[at] = b;
+                        assert_eq!(run_len(&s, table), plain(&s), "{len} {at} {b}");
+                    }
+                    s[at] = b'x';
+                }
+            }
+        }
+    }
+
+    /// Records and mistakes where the fast path, its resumption at a mark
+    /// and the scanner path meet: every split point must give what the
+    /// whole input and one byte a read give.
+    fn tricky() -> Vec<&'static str> {
+        vec![
+            "<m>a\r\nb</m>",
+            "<m a='x\r\ny'\r\n b='\t'>t\r</m>",
+            "<m><![CDATA[a\r\nb]]><x/><![CDATA[]]]]></m>",
+            "<m><a><b/><c>x&amp;y&#x1F600;</c></a></m>",
+            "<stream:features><x xmlns:p='u'><p:y p:a='1' stream:b='2'/></x></stream:features>",
+            "<stream:error><bad-format xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+            "<é a='ü'><ü:é xmlns:ü='u'>ö</ü:é></é>",
+            "<m><a></a ><b/></m\n>",
+            "<m><a>x</b></m>",
+            "<m><a><b/></a><c d='1' d='2'/></m>",
+            "<m><a/><p:b/></m>",
+            "<m><a/><!--x--></m>",
+            "<m><a/>&#0;</m>",
+            "<m><a/>\u{1}</m>",
+            "<m><a/><b 1='x'/></m>",
+            "<m><a/>]]></m>",
+            "<m><a/><b a='<'/></m>",
+            "<m><a/><stream:stream></m>",
+            "<m><a/><?pi?></m>",
+            "<m><a/><b>",
+        ]
+    }
+
+    #[test]
+    fn every_split_point() {
+        let mut input = HDR.as_bytes().to_vec();
+        for (k, r) in tricky().iter().enumerate() {
+            let mut one = input.clone();
+            one.extend_from_slice(r.as_bytes());
+            one.extend_from_slice(b"<tail/>");
+            let whole = run(Mode::Stream, Limits::DEFAULT, &[&one]);
+            let bytes: Vec<&[u8]> = one.chunks(1).collect();
+            assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole, "{r}");
+            for a in HDR.len()..one.len() {
+                let got = run(Mode::Stream, Limits::DEFAULT, &[&one[..a], &one[a..]]);
+                assert_eq!(got, whole, "{r} split at {a}");
+                let b = a + (one.len() - a) * (k + 1) / (tricky().len() + 1);
+                let got = run(
+                    Mode::Stream,
+                    Limits::DEFAULT,
+                    &[&one[..a], &one[a..b], &one[b..]],
+                );
+                assert_eq!(got, whole, "{r} split at {a}, {b}");
+            }
+            if whole.1.is_none() {
+                input.extend_from_slice(r.as_bytes());
+            }
+        }
+        // All the valid ones in one stream, cut at every point.
+        let whole = run(Mode::Stream, Limits::DEFAULT, &[&input]);
+        assert_eq!(whole.1, None);
+        for a in HDR.len()..input.len() {
+            assert_eq!(
+                run(Mode::Stream, Limits::DEFAULT, &[&input[..a], &input[a..]]),
+                whole,
+                "split at {a}"
+            );
+        }
+    }
+
+    #[test]
+    fn end_tag_names() {
+        // The end tag is compared with the open element's name without
+        // reading it as a name first; a longer name still is another name.
+        for (line, detail) in [
+            ("<a></ab>", "mismatched end tag"),
+            ("<a></a:b>", "mismatched end tag"),
+            ("<a></a-1>", "mismatched end tag"),
+            ("<a></a.>", "mismatched end tag"),
+            ("<a></aé>", "mismatched end tag"),
+            ("<a></a\u{300}>", "mismatched end tag"),
+            ("<ab></a>", "mismatched end tag"),
+            ("<a></a/>", "expected '>' in end tag"),
+            ("<a></a x>", "expected '>' in end tag"),
+            ("<a></1>", "invalid name"),
+            ("<a></>", "invalid name"),
+            ("<a></a:>", "invalid qualified name"),
+        ] {
+            let e = canonical_record(line.as_bytes(), Limits::DEFAULT);
+            assert_eq!(e.map_err(|e| e.detail), Err(detail.to_string()), "{line}");
+        }
+        for line in [
+            "<a></a >",
+            "<a></a\r\n>",
+            "<aé></aé>",
+            "<p:a xmlns:p='u'></p:a>",
+        ] {
+            assert!(
+                canonical_record(line.as_bytes(), Limits::DEFAULT).is_ok(),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_prefix_with_a_split() {
+        // The declaration is added whether the record arrives whole or in
+        // pieces (the pass resumes at a mark past the top-level start tag).
+        let r = "<x><y stream:a='1'/><z/></x>";
+        let want = "<x xmlns:stream='http://etherx.jabber.org/streams'><y stream:a='1'/><z/></x>\n";
+        let input = format!("{HDR}{r}");
+        for a in HDR.len()..input.len() {
+            let (evs, err) = split_run(input.as_bytes(), &[a]);
+            assert_eq!(err, None);
+            assert_eq!(
+                evs[1],
+                Event::Record(want.as_bytes().to_vec()),
+                "split at {a}"
+            );
+        }
+    }
+
+    #[test]
+    fn pass_stays_linear_after_a_mark() {
+        // The first read holds a mark (after `<body>`), then the long text
+        // comes a byte at a time: going on from the mark on every byte
+        // would redo the whole text each time.
+        let limits = Limits {
+            max_record: 1 << 20,
+            max_depth: 64,
+            max_attrs: 64,
+        };
+        let mut input = b"<message a='x'><body>".to_vec();
+        input.resize(20_000, b'a');
+        input.extend_from_slice(b"</body></message>");
+        let mut f = Framer::new(Mode::Fragments, limits);
+        f.feed(&input[..100]);
+        assert_eq!(f.next_event(), Ok(None));
+        assert!(f.pending.is_some());
+        let mut got = Vec::new();
+        for b in input[100..].chunks(1) {
+            f.feed(b);
+            while let Ok(Some(e)) = f.next_event() {
+                got.push(e);
+            }
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0], Event::Record([input.as_slice(), b"\n"].concat()));
+        assert!(f.pass_bytes <= 4 * input.len(), "{}", f.pass_bytes);
+        // A whole record is passed over once.
+        let mut f = Framer::new(Mode::Fragments, limits);
+        f.feed(&input);
+        assert!(matches!(f.next_event(), Ok(Some(Event::Record(_)))));
+        assert_eq!(f.pass_bytes, input.len());
+    }
+
+    #[test]
+    fn limits_changed_mid_element() {
+        // The kept pass was made with other limits: a fresh one decides.
+        let mut f = Framer::new(Mode::Fragments, Limits::DEFAULT);
+        let attrs: String = (0..40).map(|i| format!(" a{i}='1'")).collect();
+        let rec = format!("<m><x{attrs}/><y/></m>");
+        let cut = rec.find("<y/>").unwrap_or(0);
+        f.feed(&rec.as_bytes()[..cut]);
+        assert_eq!(f.next_event(), Ok(None));
+        assert!(f.pending.is_some());
+        f.set_limits(Limits::PRE_AUTH);
+        f.feed(&rec.as_bytes()[cut..]);
+        assert_eq!(
+            f.next_event().map_err(|e| e.condition),
+            Err(Condition::PolicyViolation)
+        );
     }
 
     #[test]
