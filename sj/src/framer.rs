@@ -408,11 +408,15 @@ impl Framer {
                                 } else {
                                     "DTD or markup declaration"
                                 };
-                                return self.fail_at(
-                                    p + avail.len(),
-                                    Condition::RestrictedXml,
-                                    what,
-                                );
+                                // Judged at the first byte that is not CDATA,
+                                // not at however much has arrived, so the
+                                // size check does not depend on chunking.
+                                let bad = avail
+                                    .iter()
+                                    .zip(CDATA)
+                                    .position(|(a, b)| a != b)
+                                    .unwrap_or(avail.len());
+                                return self.fail_at(p + bad + 1, Condition::RestrictedXml, what);
                             }
                         }
                         _ => {
@@ -1888,6 +1892,26 @@ mod tests {
         assert!(whole_bad.1.is_some());
         let bytes: Vec<&[u8]> = bad.chunks(1).collect();
         assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole_bad);
+    }
+
+    /// Found by fuzzing (fuzz/framer_chunks): a markup declaration that
+    /// starts just under the record limit was refused as restricted XML
+    /// when fed a byte at a time, but as over the limit when the bytes
+    /// after `<!` had already arrived.
+    #[test]
+    fn markup_declaration_at_the_limit_is_chunking_independent() {
+        let tiny = Limits {
+            max_record: 64,
+            max_depth: 2,
+            max_attrs: 2,
+        };
+        let mut input = b"<m>".to_vec();
+        input.resize(58, b'v');
+        input.extend_from_slice(b"<!v[vvvvvvvvvvvv></m>\n");
+        let whole = run(Mode::Fragments, tiny, &[&input]);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(Mode::Fragments, tiny, &bytes), whole);
+        assert_eq!(whole.1.map(|e| e.condition), Some(Condition::RestrictedXml));
     }
 
     #[test]
