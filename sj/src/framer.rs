@@ -735,6 +735,11 @@ fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)
             condition: Condition::NotWellFormed,
             detail: "bad attribute value".into(),
         })?;
+        if name == b"xmlns" {
+            check_ns_decl(None, raw)?;
+        } else if let Some(p) = name.strip_prefix(b"xmlns:") {
+            check_ns_decl(Some(p), raw)?;
+        }
         if name == decl.as_slice() && raw == STREAMS_NS {
             ns_ok = true;
         }
@@ -1299,8 +1304,10 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
                 for a in &c.attrs {
                     let an = &s[a.name.0..a.name.1];
                     if an == b"xmlns" {
+                        check_ns_decl(None, &s[a.value.0..a.value.1])?;
                         default_ns = Some(&s[a.value.0..a.value.1]);
-                    } else if an.starts_with(b"xmlns:") {
+                    } else if let Some(p) = an.strip_prefix(b"xmlns:") {
+                        check_ns_decl(Some(p), &s[a.value.0..a.value.1])?;
                         decls.push((a.name.0 + 6, a.name.1, a.value.0, a.value.1, depth));
                     }
                 }
@@ -1351,6 +1358,38 @@ fn canonicalise(s: &[u8], limits: Limits, header: Option<&Header>) -> Res<(Vec<u
     Ok((out, is_error))
 }
 
+const XML_NS: &[u8] = b"http://www.w3.org/XML/1998/namespace";
+const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
+
+/// Namespaces in XML 1.0 §3 constraints on a declaration of `prefix` (None:
+/// the default namespace) with value `raw` as sent: a prefix is never
+/// undeclared (`xmlns:p=''`), `xmlns` is never declared, `xml` only to its
+/// own name, and neither reserved name is bound to another prefix. Strict
+/// XML parsers in clients refuse these, so a record must never carry one
+/// (RFC 6120 §4.9.3.13: XML-NAMES violations are not-well-formed).
+fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
+    let unescaped;
+    let v = if raw.contains(&b'&') {
+        unescaped = crate::xml::unescape_bytes(raw, true).unwrap_or_default();
+        unescaped.as_bytes()
+    } else {
+        raw
+    };
+    let ok = match prefix {
+        None => v != XML_NS && v != XMLNS_NS,
+        Some(b"xml") => v == XML_NS,
+        Some(p) => !v.is_empty() && p != b"xmlns" && v != XML_NS && v != XMLNS_NS,
+    };
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            Condition::NotWellFormed,
+            "namespace declaration breaks the reserved-name rules",
+        )
+    }
+}
+
 /// The namespace of prefix `p` in scope; a prefix known only from the
 /// stream header is noted in `needed` so its declaration can be added.
 fn resolve<'a>(
@@ -1364,7 +1403,7 @@ fn resolve<'a>(
         return Ok(&s[d.2..d.3]);
     }
     if p == b"xml" {
-        return Ok(b"http://www.w3.org/XML/1998/namespace");
+        return Ok(XML_NS);
     }
     if let Some(h) = header {
         if let Some(k) = h.prefixes.iter().position(|(hp, _)| hp.as_slice() == p) {
@@ -1686,6 +1725,42 @@ mod tests {
         assert_eq!(frag_cond("<stream:features/>"), Condition::InvalidNamespace);
         // The xml prefix is always declared.
         assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
+    }
+
+    /// Found by fuzzing (fuzz/framer_diff): namespace declarations that
+    /// Namespaces in XML forbids were passed on in records, which strict
+    /// parsers (quick-xml, Expat in clients) then refuse.
+    #[test]
+    fn reserved_namespace_declarations() {
+        for body in [
+            "<m xmlns:xml='urn:x'/>",
+            "<m xmlns:xmlns='urn:x'/>",
+            "<m xmlns:p=''><p:b/></m>",
+            "<m><b xmlns:p=\"\"/></m>",
+            "<m xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            "<m xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+            "<m xmlns='http://www.w3.org/2000/xmlns/'/>",
+            "<m xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<m xmlns:p='http://www.w3.org/XML/1998/&#110;amespace'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+            assert_eq!(frag_cond(body), Condition::NotWellFormed, "{body}");
+        }
+        // The header's declarations are checked too: they would be copied
+        // into records.
+        let input = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns:p=''>";
+        let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::NotWellFormed));
+        // What the rules allow.
+        assert_eq!(
+            records(
+                "<m xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/><m xmlns=''/>"
+            ),
+            [
+                "<m xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>\n",
+                "<m xmlns=''/>\n"
+            ]
+        );
     }
 
     #[test]
