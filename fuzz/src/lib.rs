@@ -307,6 +307,15 @@ pub mod reference {
         })
     }
 
+    /// The default namespace an element declares (`xmlns`), normalised.
+    fn default_decl(e: &BytesStart<'_>) -> Option<String> {
+        e.attributes()
+            .with_checks(false)
+            .flatten()
+            .find(|a| a.key.as_ref() == "xmlns")
+            .and_then(|a| attr_value(&a.value).ok())
+    }
+
     fn is_ws(s: &str) -> bool {
         s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
     }
@@ -331,6 +340,8 @@ pub mod reference {
             c.trim_text(false);
         }
         let mut stack: Vec<Elem> = Vec::new();
+        // The `xmlns` each open element declares, if any.
+        let mut defaults: Vec<Option<String>> = Vec::new();
         // Only whitespace yet: the XML declaration is still allowed (the
         // framer skips whitespace before it, on purpose).
         let mut at_start = true;
@@ -338,8 +349,18 @@ pub mod reference {
             let (res, ev) = r
                 .read_resolved_event()
                 .map_err(|e| format!("quick-xml: {e}"))?;
-            // The element's namespace, resolved while its bindings are in scope.
-            let ens = ns_of(res, IMPLIED);
+            // The element's namespace, resolved while its bindings are in
+            // scope. quick-xml says Unbound both where no default namespace
+            // was declared (then jabber:client is implied) and under
+            // `xmlns=''` (no namespace), so the declarations are followed here.
+            let own_default = match &ev {
+                Event::Start(e) | Event::Empty(e) => default_decl(e),
+                _ => None,
+            };
+            let default = own_default
+                .clone()
+                .or_else(|| defaults.iter().rev().find_map(|d| d.clone()));
+            let ens = ns_of(res, default.as_deref().unwrap_or(IMPLIED));
             let was_start = at_start;
             at_start &= matches!(&ev, Event::Text(t) if is_ws(t));
             let header_open = stream && p.header.is_some() && !p.ended;
@@ -368,13 +389,19 @@ pub mod reference {
                 Event::Empty(_) if stream && p.header.is_none() => {
                     return Err("empty stream element".into())
                 }
-                Event::Start(e) => stack.push(start(&r, &e, ens)?),
+                Event::Start(e) => {
+                    stack.push(start(&r, &e, ens)?);
+                    defaults.push(own_default);
+                }
                 Event::Empty(e) => {
                     let el = start(&r, &e, ens)?;
                     close(el, &mut stack, p);
                 }
                 Event::End(_) => match stack.pop() {
-                    Some(el) => close(el, &mut stack, p),
+                    Some(el) => {
+                        defaults.pop();
+                        close(el, &mut stack, p)
+                    }
                     None if header_open => p.ended = true,
                     None => return Err("end tag without a start tag".into()),
                 },
