@@ -14,7 +14,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PROGS = sj-proxy sj-c2s sj-passwd messaged presenced presence iqd roster mirrord
 VERSION = $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: all test check bench demo clean release install uninstall
+.PHONY: all test check bench demo clean release install uninstall fuzz fuzz-tool fuzz-replay fuzz-cmin
 
 all:
 	$(CARGO) build --locked --workspace
@@ -38,6 +38,52 @@ check:
 
 bench:
 	$(CARGO) bench -p sj --bench framer
+
+# Fuzzing (fuzz/README.md): cargo-fuzz on stable Rust through RUSTC_BOOTSTRAP.
+# `make fuzz` runs each target for FUZZ_SECONDS, one after the other, one
+# process each (a shared 2-core machine), new inputs kept in FUZZ_WORK.
+FUZZ_TARGETS   ?= framer_chunks framer_diff jid_path sasl_server
+FUZZ_SECONDS   ?= 45
+FUZZ_SANITIZER ?= none
+FUZZ_WORK      ?= fuzz/work
+FUZZ           = RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_BUILD     = --fuzz-dir fuzz --sanitizer $(FUZZ_SANITIZER) --debug-assertions
+
+fuzz-tool:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+
+fuzz: fuzz-tool
+	@summary=""; for t in $(FUZZ_TARGETS); do \
+		mkdir -p "$(FUZZ_WORK)/$$t" "fuzz/corpus/$$t" || exit 1; \
+		log="$(FUZZ_WORK)/$$t.log"; \
+		echo "$(FUZZ) run $(FUZZ_BUILD) $$t $(FUZZ_WORK)/$$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -timeout=10 > $$log"; \
+		$(FUZZ) run $(FUZZ_BUILD) $$t "$(FUZZ_WORK)/$$t" "fuzz/corpus/$$t" "fuzz/seeds/$$t" -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 > "$$log" 2>&1 \
+			|| { tail -n 40 "$$log"; echo "make fuzz: $$t failed; the input is in fuzz/artifacts/$$t (log: $$log)"; exit 1; }; \
+		runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' "$$log"); \
+		cov=$$(grep -E '^#[0-9]+.*DONE' "$$log" | tail -n 1 | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+'); \
+		summary="$$summary  $$t: $$runs executions, $$cov\n"; \
+	done; printf "fuzz: executions and coverage per target ($(FUZZ_SECONDS) s each)\n$$summary"
+
+# Every committed input once: a quick regression check.
+fuzz-replay: fuzz-tool
+	@for t in $(FUZZ_TARGETS); do \
+		echo "$(FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -runs=0"; \
+		$(FUZZ) run $(FUZZ_BUILD) $$t "fuzz/corpus/$$t" "fuzz/seeds/$$t" -- -runs=0 \
+			> "$${TMPDIR:-/tmp}/sj-fuzz-replay.log" 2>&1 \
+			|| { tail -n 40 "$${TMPDIR:-/tmp}/sj-fuzz-replay.log"; exit 1; }; \
+	done
+
+# Fold what `make fuzz` found into the committed, minimised corpus.
+fuzz-cmin: fuzz-tool
+	@for t in $(FUZZ_TARGETS); do \
+		rm -rf "fuzz/corpus/$$t.new" && mkdir -p "fuzz/corpus/$$t.new" "fuzz/corpus/$$t" "$(FUZZ_WORK)/$$t" || exit 1; \
+		echo "$(FUZZ) run $(FUZZ_BUILD) $$t fuzz/corpus/$$t.new fuzz/corpus/$$t $(FUZZ_WORK)/$$t -- -merge=1"; \
+		$(FUZZ) run $(FUZZ_BUILD) $$t "fuzz/corpus/$$t.new" "fuzz/corpus/$$t" "$(FUZZ_WORK)/$$t" -- -merge=1 \
+			> "$(FUZZ_WORK)/$$t.cmin.log" 2>&1 || { tail -n 20 "$(FUZZ_WORK)/$$t.cmin.log"; exit 1; }; \
+		rm -rf "fuzz/corpus/$$t" && mv "fuzz/corpus/$$t.new" "fuzz/corpus/$$t" || exit 1; \
+		echo "fuzz/corpus/$$t: $$(ls "fuzz/corpus/$$t" | wc -l) inputs, $$(du -sh "fuzz/corpus/$$t" | cut -f1)"; \
+	done
 
 demo:
 	tests/setup.sh
@@ -76,4 +122,4 @@ uninstall:
 
 clean:
 	$(CARGO) clean
-	rm -rf tests/.work
+	rm -rf tests/.work fuzz/target fuzz/work fuzz/artifacts

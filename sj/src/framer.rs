@@ -449,11 +449,15 @@ impl Framer {
                                 } else {
                                     "DTD or markup declaration"
                                 };
-                                return self.fail_at(
-                                    p + avail.len(),
-                                    Condition::RestrictedXml,
-                                    what,
-                                );
+                                // Judged at the first byte that is not CDATA,
+                                // not at however much has arrived, so the
+                                // size check does not depend on chunking.
+                                let bad = avail
+                                    .iter()
+                                    .zip(CDATA)
+                                    .position(|(a, b)| a != b)
+                                    .unwrap_or(avail.len());
+                                return self.fail_at(p + bad + 1, Condition::RestrictedXml, what);
                             }
                         }
                         _ => {
@@ -849,6 +853,11 @@ fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)
             condition: Condition::NotWellFormed,
             detail: "bad attribute value".into(),
         })?;
+        if name == b"xmlns" {
+            check_ns_decl(None, raw)?;
+        } else if let Some(p) = name.strip_prefix(b"xmlns:") {
+            check_ns_decl(Some(p), raw)?;
+        }
         if name == decl.as_slice() && raw == STREAMS_NS {
             ns_ok = true;
         }
@@ -1605,14 +1614,18 @@ fn check_element(
                 for a in c.attrs.iter() {
                     match a.colon {
                         None if a.name.1 - a.name.0 == 5 && &s[a.name.0..a.name.1] == b"xmlns" => {
+                            check_ns_decl(None, &s[a.value.0..a.value.1])?;
                             default_ns = Some(&s[a.value.0..a.value.1]);
                         }
                         None => {}
-                        Some(k) if &s[a.name.0..k] == b"xmlns" => decls.push(Decl {
-                            prefix: (k + 1, a.name.1),
-                            value: a.value,
-                            depth,
-                        }),
+                        Some(k) if &s[a.name.0..k] == b"xmlns" => {
+                            check_ns_decl(Some(&s[k + 1..a.name.1]), &s[a.value.0..a.value.1])?;
+                            decls.push(Decl {
+                                prefix: (k + 1, a.name.1),
+                                value: a.value,
+                                depth,
+                            });
+                        }
                         Some(_) => prefixed_attr = true,
                     }
                 }
@@ -1683,6 +1696,38 @@ fn check_element(
     Ok(Checked { end, out, is_error })
 }
 
+const XML_NS: &[u8] = b"http://www.w3.org/XML/1998/namespace";
+const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
+
+/// Namespaces in XML 1.0 §3 constraints on a declaration of `prefix` (None:
+/// the default namespace) with value `raw` as sent: a prefix is never
+/// undeclared (`xmlns:p=''`), `xmlns` is never declared, `xml` only to its
+/// own name, and neither reserved name is bound to another prefix. Strict
+/// XML parsers in clients refuse these, so a record must never carry one
+/// (RFC 6120 §4.9.3.13: XML-NAMES violations are not-well-formed).
+fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
+    let unescaped;
+    let v = if raw.contains(&b'&') {
+        unescaped = crate::xml::unescape_bytes(raw, true).unwrap_or_default();
+        unescaped.as_bytes()
+    } else {
+        raw
+    };
+    let ok = match prefix {
+        None => v != XML_NS && v != XMLNS_NS,
+        Some(b"xml") => v == XML_NS,
+        Some(p) => !v.is_empty() && p != b"xmlns" && v != XML_NS && v != XMLNS_NS,
+    };
+    if ok {
+        Ok(())
+    } else {
+        fail(
+            Condition::NotWellFormed,
+            "namespace declaration breaks the reserved-name rules",
+        )
+    }
+}
+
 /// The namespace of prefix `p` in scope; a prefix known only from the
 /// stream header is noted in `needed` so its declaration can be added.
 fn resolve<'a>(
@@ -1696,7 +1741,7 @@ fn resolve<'a>(
         return Ok(&s[d.value.0..d.value.1]);
     }
     if p == b"xml" {
-        return Ok(b"http://www.w3.org/XML/1998/namespace");
+        return Ok(XML_NS);
     }
     if let Some(h) = header {
         if let Some(k) = h.prefixes.iter().position(|(hp, _)| hp.as_slice() == p) {
@@ -2020,6 +2065,42 @@ mod tests {
         assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
     }
 
+    /// Found by fuzzing (fuzz/framer_diff): namespace declarations that
+    /// Namespaces in XML forbids were passed on in records, which strict
+    /// parsers (quick-xml, Expat in clients) then refuse.
+    #[test]
+    fn reserved_namespace_declarations() {
+        for body in [
+            "<m xmlns:xml='urn:x'/>",
+            "<m xmlns:xmlns='urn:x'/>",
+            "<m xmlns:p=''><p:b/></m>",
+            "<m><b xmlns:p=\"\"/></m>",
+            "<m xmlns:p='http://www.w3.org/XML/1998/namespace'/>",
+            "<m xmlns:p='http://www.w3.org/2000/xmlns/'/>",
+            "<m xmlns='http://www.w3.org/2000/xmlns/'/>",
+            "<m xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<m xmlns:p='http://www.w3.org/XML/1998/&#110;amespace'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+            assert_eq!(frag_cond(body), Condition::NotWellFormed, "{body}");
+        }
+        // The header's declarations are checked too: they would be copied
+        // into records.
+        let input = b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams' xmlns:p=''>";
+        let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[input]);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::NotWellFormed));
+        // What the rules allow.
+        assert_eq!(
+            records(
+                "<m xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/><m xmlns=''/>"
+            ),
+            [
+                "<m xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='en'/>\n",
+                "<m xmlns=''/>\n"
+            ]
+        );
+    }
+
     #[test]
     fn second_header_is_bad_format() {
         assert_eq!(
@@ -2224,6 +2305,26 @@ mod tests {
         assert!(whole_bad.1.is_some());
         let bytes: Vec<&[u8]> = bad.chunks(1).collect();
         assert_eq!(run(Mode::Stream, Limits::DEFAULT, &bytes), whole_bad);
+    }
+
+    /// Found by fuzzing (fuzz/framer_chunks): a markup declaration that
+    /// starts just under the record limit was refused as restricted XML
+    /// when fed a byte at a time, but as over the limit when the bytes
+    /// after `<!` had already arrived.
+    #[test]
+    fn markup_declaration_at_the_limit_is_chunking_independent() {
+        let tiny = Limits {
+            max_record: 64,
+            max_depth: 2,
+            max_attrs: 2,
+        };
+        let mut input = b"<m>".to_vec();
+        input.resize(58, b'v');
+        input.extend_from_slice(b"<!v[vvvvvvvvvvvv></m>\n");
+        let whole = run(Mode::Fragments, tiny, &[&input]);
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(run(Mode::Fragments, tiny, &bytes), whole);
+        assert_eq!(whole.1.map(|e| e.condition), Some(Condition::RestrictedXml));
     }
 
     #[test]

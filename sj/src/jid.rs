@@ -131,7 +131,12 @@ fn check_domain(d: &str) -> Result<String, JidError> {
     if d.chars().any(char::is_whitespace) {
         return Err(JidError("space in domainpart"));
     }
-    let d = d.strip_suffix('.').unwrap_or(d);
+    // Checks apply to the lowercased form, the one that is kept: lowercasing
+    // can lengthen a part, and turn a non-ASCII label into an ASCII one
+    // (KELVIN SIGN is 'k'), so a JID checked before it could come out as a
+    // string that no longer parses.
+    let lower = d.strip_suffix('.').unwrap_or(d).to_lowercase();
+    let d = lower.as_str();
     if d.is_empty() {
         return Err(JidError("empty domainpart"));
     }
@@ -169,7 +174,7 @@ fn check_domain(d: &str) -> Result<String, JidError> {
             return Err(JidError("label starts or ends with '-' in domainpart"));
         }
     }
-    Ok(d.to_lowercase())
+    Ok(lower)
 }
 
 impl fmt::Display for Jid {
@@ -302,6 +307,21 @@ mod tests {
             assert!(Jid::parse(&bad).is_err(), "{bad:?} accepted");
         }
         assert!(Jid::parse(&format!("{max}@b/{max}")).is_ok());
+    }
+
+    /// Found by fuzzing (fuzz/jid_path): the domain was checked before
+    /// lowercasing, so the normalised JID did not parse again.
+    #[test]
+    fn jid_domain_checked_after_lowercasing() {
+        let kelvin = "\u{212A}".repeat(64);
+        assert!(Jid::parse(&format!("a@{kelvin}.example")).is_err());
+        let lengthens = "\u{23A}".repeat(400); // 2 bytes, 3 once lowercased
+        assert!(Jid::parse(&format!("a@{lengthens}")).is_err());
+        for s in ["a@\u{212A}.example", "a@\u{23A}x.example"] {
+            let j = ok(s);
+            assert_eq!(ok(&j.to_string()), j, "{s}");
+        }
+        assert_eq!(ok("a@\u{212A}.example").domain(), "k.example");
     }
 
     #[test]
