@@ -10,8 +10,9 @@
 //! Validation (DESIGN §8, RFC 6120 §11): restricted XML (no comments, PIs,
 //! DTDs, entity references beyond the five predefined ones), strict UTF-8
 //! and XML `Char`s, XML names, attribute syntax and duplicates, matching end
-//! tags, size, depth and attribute-count limits. After an error the framer
-//! is dead until `reset`.
+//! tags, size, depth and attribute-count limits, and the line-size rule of
+//! the pipes (`Limits::max_line`). After an error the framer is dead until
+//! `reset`.
 //!
 //! Not here: what a record means. The framer knows nothing of stanzas.
 //!
@@ -59,7 +60,33 @@ impl Limits {
         max_depth: 64,
         max_attrs: 64,
     };
+
+    /// The line-size rule of every pipe and FIFO (DESIGN §4): the longest
+    /// line, without its LF, that a record framed under these limits can
+    /// be. Records grow when put on one line: a line break in character
+    /// data becomes `&#10;` and one inside CDATA `]]>&#10;<![CDATA[`, so an
+    /// element of `max_record` bytes as received can be 17 times as long;
+    /// declarations copied from the stream header come on top, and the
+    /// framer refuses (policy-violation) the record whose declarations do
+    /// not fit in `DECL_ROOM`. A reader that takes lines this long never
+    /// drops a record the framer made.
+    pub const fn max_line(&self) -> usize {
+        self.max_record
+            .saturating_mul(CDATA_BREAK.len())
+            .saturating_add(DECL_ROOM)
+    }
 }
+
+/// The longest line a program reads from a pipe or FIFO of records: those
+/// framed under `Limits::DEFAULT` (4.25 MiB + 4 KiB).
+pub const MAX_LINE: usize = Limits::DEFAULT.max_line();
+
+/// A line break inside CDATA, on one line: the section is closed around it.
+const CDATA_BREAK: &[u8] = b"]]>&#10;<![CDATA[";
+
+/// Room in `Limits::max_line` for namespace declarations copied from the
+/// stream header into a record (a real header declares a few dozen bytes).
+const DECL_ROOM: usize = 4096;
 
 /// Stream-level error conditions (RFC 6120 §4.9.3) the framer can detect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -676,6 +703,11 @@ impl Framer {
             self.pass_bytes += s.len() - self.scratch.mark.i;
         }
         match check_element(s, self.limits, self.header.as_ref(), &mut self.scratch) {
+            Ok(c) if !c.fits(self.limits) => {
+                // The scanner path refuses it, after a pass from the start.
+                self.pending = None;
+                None
+            }
             Ok(c) => {
                 self.pending = None;
                 // Invalid UTF-8: the scanner path reports it.
@@ -707,12 +739,21 @@ impl Framer {
 
 /// Validate and canonicalise one record given as one line (from a FIFO or a
 /// pipe): exactly one top-level element, optional surrounding whitespace.
+/// The line, and the record made of it, may be as long as
+/// `limits.max_line()`: a line is usually a record already, grown by
+/// canonicalisation. Depth and attribute limits apply as they are.
 pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameError> {
-    let mut f = Framer::new(Mode::Fragments, limits);
+    let as_line = Limits {
+        max_record: limits.max_line(),
+        ..limits
+    };
+    let mut f = Framer::new(Mode::Fragments, as_line);
     f.feed(line);
     match f.next_event()? {
         // A stream error is still one element: a script may log or send it.
         Some(Event::Record(r) | Event::StreamError(r)) => match f.next_event()? {
+            // A raw line's lone CRs grow like LFs do.
+            None if f.buffered() == 0 && r.len() > limits.max_line() + 1 => over_line(limits),
             None if f.buffered() == 0 => Ok(r),
             _ => fail(
                 Condition::NotWellFormed,
@@ -722,6 +763,85 @@ pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameErr
         Some(_) => fail(Condition::NotWellFormed, "not a record"),
         None => fail(Condition::NotWellFormed, "incomplete element"),
     }
+}
+
+fn over_line<T>(limits: Limits) -> Res<T> {
+    fail(
+        Condition::PolicyViolation,
+        format!("record exceeds {} bytes on one line", limits.max_line()),
+    )
+}
+
+/// A record as written to a server: the line breaks that canonicalisation
+/// escaped in character data (`&#10;`, and `]]>&#10;<![CDATA[` inside
+/// CDATA) become literal LFs again, so the stanza is about as long as its
+/// sender wrote it, which is what the server's size limit counts. The
+/// infoset is unchanged: a literal LF and `&#10;` are the same character
+/// in content, and attribute values, where they differ, are kept as they
+/// are. `record` must be a canonical record; one without `&#10;` is
+/// returned untouched.
+pub fn wire_form(record: Vec<u8>) -> Vec<u8> {
+    const LF: &[u8] = b"&#10;";
+    if memchr::memmem::find(&record, LF).is_none() {
+        return record;
+    }
+    let s = &record[..];
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        // Character data up to the next markup or reference.
+        let Some(k) = memchr::memchr2(b'<', b'&', &s[i..]) else {
+            out.extend_from_slice(&s[i..]);
+            break;
+        };
+        out.extend_from_slice(&s[i..i + k]);
+        i += k;
+        if s[i..].starts_with(LF) {
+            out.push(b'\n');
+            i += LF.len();
+        } else if s[i] == b'&' {
+            out.push(b'&');
+            i += 1;
+        } else if s[i..].starts_with(b"<![CDATA[") {
+            // The section with its escaped line breaks, joined again: in a
+            // well-formed record `]]>` ends a section and nothing else.
+            let mut at = i + 9;
+            out.extend_from_slice(b"<![CDATA[");
+            loop {
+                let Some(k) = memchr::memmem::find(&s[at..], b"]]>") else {
+                    out.extend_from_slice(&s[at..]);
+                    return out;
+                };
+                out.extend_from_slice(&s[at..at + k]);
+                at += k;
+                if s[at..].starts_with(CDATA_BREAK) {
+                    out.push(b'\n');
+                    at += CDATA_BREAK.len();
+                } else {
+                    out.extend_from_slice(b"]]>");
+                    i = at + 3;
+                    break;
+                }
+            }
+        } else {
+            // A tag: through its `>`, which may also stand in a quoted value.
+            let mut at = i + 1;
+            let mut quote = 0u8;
+            while let Some(k) = memchr::memchr3(b'>', b'\'', b'"', &s[at..]) {
+                let b = s[at + k];
+                at += k + 1;
+                match quote {
+                    0 if b == b'>' => break,
+                    0 => quote = b,
+                    q if q == b => quote = 0,
+                    _ => {}
+                }
+            }
+            out.extend_from_slice(&s[i..at]);
+            i = at;
+        }
+    }
+    out
 }
 
 /// `memchr`, but text between tags is usually a few bytes long, where a
@@ -1467,7 +1587,7 @@ impl<'a> Checker<'a> {
         while let Some(off) = memchr::memchr2(b'\r', b'\n', &self.s[self.i..end]) {
             let p = self.i + off;
             let to = line_break_end(self.s, p);
-            self.replace(p, to, b"]]>&#10;<![CDATA[");
+            self.replace(p, to, CDATA_BREAK);
             self.i = to;
         }
         self.i = end + 3;
@@ -1486,6 +1606,12 @@ struct Checked {
 }
 
 impl Checked {
+    /// Within the line-size rule. Judged after the pass, as a pass that
+    /// fails after the end of its element cannot be resumed.
+    fn fits(&self, limits: Limits) -> bool {
+        self.out.len() <= limits.max_line().saturating_add(1)
+    }
+
     fn into_event(self) -> Event {
         if self.is_error {
             Event::StreamError(self.out)
@@ -1516,6 +1642,9 @@ fn canonicalise(
     let c = check_element(s, limits, header, sc)?;
     if c.end != s.len() {
         return fail(Condition::NotWellFormed, "content after the element");
+    }
+    if !c.fits(limits) {
+        return over_line(limits);
     }
     Ok(c)
 }
@@ -2137,11 +2266,13 @@ mod tests {
         // Just under the limit is fine.
         let fits = format!("<m>{}</m>", "z".repeat(8 * 1024 - 7));
         assert_eq!(fits.len(), 8 * 1024);
-        assert!(canonical_record(fits.as_bytes(), pre).is_ok());
+        assert_eq!(run(Mode::Fragments, pre, &[fits.as_bytes()]).1, None);
         let over = format!("<m>{}</m>", "z".repeat(8 * 1024 - 6));
         assert_eq!(
-            canonical_record(over.as_bytes(), pre).map_err(|e| e.condition),
-            Err(Condition::PolicyViolation)
+            run(Mode::Fragments, pre, &[over.as_bytes()])
+                .1
+                .map(|e| e.condition),
+            Some(Condition::PolicyViolation)
         );
         // Depth and attribute count.
         let deep = "<a>".repeat(17) + &"</a>".repeat(17);
@@ -2639,5 +2770,160 @@ mod tests {
             let _ = run(Mode::Fragments, Limits::DEFAULT, &[junk]);
             let _ = canonical_record(junk, Limits::DEFAULT);
         }
+    }
+
+    /// An element of at most `max_record` bytes that is all `unit`s inside
+    /// CDATA (`cdata`) or character data: the worst growth there is.
+    fn all_breaks(limits: Limits, unit: &str, cdata: bool) -> String {
+        let (open, close) = if cdata {
+            ("<m><![CDATA[", "]]></m>")
+        } else {
+            ("<m>", "</m>")
+        };
+        let n = (limits.max_record - open.len() - close.len()) / unit.len();
+        format!("{open}{}{close}", unit.repeat(n))
+    }
+
+    #[test]
+    fn line_rule_holds_for_the_worst_records() {
+        for limits in [Limits::PRE_AUTH, Limits::DEFAULT] {
+            for (unit, cdata) in [
+                ("\n", true),
+                ("\r", true),
+                ("\r\n", true),
+                ("x\n", true),
+                ("\n", false),
+            ] {
+                let el = all_breaks(limits, unit, cdata);
+                assert!(el.len() <= limits.max_record);
+                let (evs, err) = run(Mode::Fragments, limits, &[el.as_bytes()]);
+                assert_eq!(err, None, "{unit:?} {cdata}");
+                let Some(Event::Record(r)) = evs.first() else {
+                    panic!("no record for {unit:?} {cdata}");
+                };
+                let line = &r[..r.len() - 1];
+                assert!(line.len() <= limits.max_line(), "{unit:?} {cdata}");
+                // A pipe's reader takes it whole, and it is a record there.
+                let mut lr = crate::io::LineReader::new(limits.max_line());
+                lr.push(r);
+                assert_eq!(lr.next_line(), Some(line));
+                assert_eq!(canonical_record(r, limits).as_ref(), Ok(r));
+                // Toward a server it is as long as what was sent.
+                let sent = el.replace("\r\n", "\n").replace('\r', "\n") + "\n";
+                assert_eq!(wire_form(r.clone()), sent.into_bytes());
+            }
+            // The rule is not slack: LFs in CDATA come close to it.
+            let el = all_breaks(limits, "\n", true);
+            let r = canonical_record(el.as_bytes(), limits).expect("record");
+            assert!(r.len() > 16 * limits.max_record, "{}", r.len());
+        }
+        assert_eq!(MAX_LINE, Limits::DEFAULT.max_line());
+        assert_eq!(MAX_LINE, 17 * 256 * 1024 + 4096);
+    }
+
+    #[test]
+    fn declarations_that_do_not_fit_on_the_line_are_refused() {
+        let limits = Limits {
+            max_record: 8192,
+            max_depth: 8,
+            max_attrs: 8,
+        };
+        let uri = "u".repeat(5000);
+        let hdr = format!(
+            "<stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' xmlns:p='{uri}'>"
+        );
+        let (open, close) = ("<p:m><![CDATA[", "]]></p:m>");
+        let el = format!(
+            "{open}{}{close}",
+            "\n".repeat(limits.max_record - open.len() - close.len())
+        );
+        let input = format!("{hdr}{el}");
+        let (evs, err) = run(Mode::Stream, limits, &[input.as_bytes()]);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            err.as_ref().map(|e| e.condition),
+            Some(Condition::PolicyViolation),
+            "{err:?}"
+        );
+        // However it is chunked.
+        let chunks: Vec<&[u8]> = input.as_bytes().chunks(1000).collect();
+        let (_, err) = run(Mode::Stream, limits, &chunks);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+        // A short declaration fits.
+        let input = format!("{}{el}", hdr.replace(&uri, "u"));
+        let (evs, err) = run(Mode::Stream, limits, &[input.as_bytes()]);
+        assert_eq!(err, None);
+        assert!(matches!(&evs[1], Event::Record(r) if r.len() <= limits.max_line() + 1));
+    }
+
+    #[test]
+    fn canonical_record_takes_lines_as_long_as_the_rule() {
+        let limits = Limits::PRE_AUTH;
+        // Grown past max_record by canonicalisation, it is still a record.
+        let grown = format!("<m>{}</m>", "&#10;".repeat(limits.max_record / 5 + 10));
+        assert!(grown.len() > limits.max_record);
+        assert_eq!(
+            canonical_record(grown.as_bytes(), limits),
+            Ok(format!("{grown}\n").into_bytes())
+        );
+        let longest = format!("<m>{}</m>", "z".repeat(limits.max_line() - 7));
+        assert!(canonical_record(longest.as_bytes(), limits).is_ok());
+        let over = format!("<m>{}</m>", "z".repeat(limits.max_line() - 6));
+        assert_eq!(
+            canonical_record(over.as_bytes(), limits).map_err(|e| e.condition),
+            Err(Condition::PolicyViolation)
+        );
+        // Lone CRs on a raw line would make a record longer than the rule.
+        let crs = format!("<m>{}</m>", "\r".repeat(limits.max_line() / 5));
+        assert!(crs.len() <= limits.max_line());
+        assert_eq!(
+            canonical_record(crs.as_bytes(), limits).map_err(|e| e.condition),
+            Err(Condition::PolicyViolation)
+        );
+    }
+
+    #[test]
+    fn wire_form_undoes_only_the_line_break_escapes() {
+        for (sent, wire) in [
+            ("<m>a\nb</m>", "<m>a\nb</m>\n"),
+            ("<m>a\r\nb\rc</m>", "<m>a\nb\nc</m>\n"),
+            (
+                "<m>\n  <body>x</body>\n</m>",
+                "<m>\n  <body>x</body>\n</m>\n",
+            ),
+            (
+                "<m><![CDATA[a\n\nb<c]]></m>",
+                "<m><![CDATA[a\n\nb<c]]></m>\n",
+            ),
+            ("<m><![CDATA[\n]]></m>", "<m><![CDATA[\n]]></m>\n"),
+            (
+                "<m><![CDATA[x]]>&#10;y<![CDATA[z]]></m>",
+                "<m><![CDATA[x]]>\ny<![CDATA[z]]></m>\n",
+            ),
+            // Attribute values keep theirs, a quoted `>` included.
+            (
+                "<m a='&#10;>&#10;' b=\"'&#10;\">&#10;</m>",
+                "<m a='&#10;>&#10;' b=\"'&#10;\">\n</m>\n",
+            ),
+            ("<m a='x\ny'>z\n</m>", "<m a='x y'>z\n</m>\n"),
+            ("<m>&amp;#10;&#10;&lt;</m>", "<m>&amp;#10;\n&lt;</m>\n"),
+            (
+                "<p:m xmlns:p='u'><p:b>\n</p:b></p:m>",
+                "<p:m xmlns:p='u'><p:b>\n</p:b></p:m>\n",
+            ),
+        ] {
+            let rec = canonical_record(sent.as_bytes(), Limits::DEFAULT).expect(sent);
+            let w = wire_form(rec.clone());
+            assert_eq!(String::from_utf8_lossy(&w), wire, "{sent:?}");
+            // Framed again, it is the same record.
+            assert_eq!(
+                run(Mode::Fragments, Limits::DEFAULT, &[&w]),
+                (vec![Event::Record(rec)], None),
+                "{sent:?}"
+            );
+        }
+        let plain = b"<m a='&#10;'>x</m>\n".to_vec();
+        assert_eq!(wire_form(plain.clone()), plain);
     }
 }

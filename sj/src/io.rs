@@ -127,6 +127,18 @@ impl LineReader {
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
     }
+
+    /// Log the lines dropped for being over `max` since the last call, in
+    /// one line naming where they came from: no line goes silently.
+    pub fn warn_overlong(&mut self, source: &str) {
+        let n = std::mem::take(&mut self.overlong);
+        if n > 0 {
+            crate::log::warn(&format!(
+                "dropped {n} line(s) over {} bytes from {source}",
+                self.max
+            ));
+        }
+    }
 }
 
 /// An outgoing byte queue flushed with non-blocking writes.
@@ -240,6 +252,8 @@ mod tests {
         r.push(b"abc\nok\n");
         assert_eq!(r.next_line(), Some(&b"ok"[..]));
         assert_eq!(r.overlong, 1);
+        r.warn_overlong("a test");
+        assert_eq!(r.overlong, 0);
     }
 
     #[test]
