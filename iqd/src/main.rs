@@ -162,7 +162,7 @@ fn run() -> Result<(), Fatal> {
     };
     d.request_roster();
 
-    let mut reader = LineReader::new(sj::framer::Limits::DEFAULT.max_record);
+    let mut reader = LineReader::new(sj::framer::MAX_LINE);
     let mut stdin_open = true;
     loop {
         let now = Instant::now();
@@ -238,6 +238,7 @@ fn run() -> Result<(), Fatal> {
             let line = line.to_vec();
             d.record(&line);
         }
+        reader.warn_overlong("sj-proxy");
         d.forget_flushed();
         d.reap();
         d.finish_handlers();

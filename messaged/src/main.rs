@@ -39,8 +39,8 @@ use std::time::{Duration, Instant, SystemTime};
 const STDIN: Token = Token(0);
 const STDOUT: Token = Token(1);
 const FIRST_CONTACT: usize = 2;
-/// Longest record accepted from sj-proxy.
-const MAX_RECORD: usize = 1024 * 1024;
+/// Longest record accepted from sj-proxy: the library's rule.
+const MAX_RECORD: usize = sj::framer::MAX_LINE;
 /// Longest line accepted from an `in` FIFO: escaped, it stays under the
 /// 256 KiB record limit even when every character is `<`.
 const MAX_IN_LINE: usize = 48 * 1024;
@@ -461,16 +461,10 @@ impl Daemon {
                 .fill(fd)
                 .map_err(|e| Fatal::io("read from sj-proxy", &e))?;
             let mut records = Vec::new();
-            let before = self.stdin.overlong;
             while let Some(line) = self.stdin.next_line() {
                 records.push(line.to_vec());
             }
-            if self.stdin.overlong > before {
-                sj::log::warn(&format!(
-                    "dropped {} record(s) over {MAX_RECORD} bytes from sj-proxy",
-                    self.stdin.overlong - before
-                ));
-            }
+            self.stdin.warn_overlong("sj-proxy");
             for rec in records {
                 self.record(&rec);
             }

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: mirrord [-v] [-q BYTES] -d DIR JID";
 /// Default per-client queue bound.
 const DEFAULT_BOUND: usize = 4 << 20;
-/// Longest record accepted on stdin; longer lines are skipped.
-const MAX_RECORD: usize = 1 << 20;
+/// Longest record accepted on stdin (the library's rule); longer lines
+/// are skipped.
+const MAX_RECORD: usize = sj::framer::MAX_LINE;
 /// Rescan of `DIR/clients` even without inotify.
 const TICK: Duration = Duration::from_secs(1);
 /// How long to keep flushing after EOF on stdin.
@@ -128,7 +129,6 @@ fn run() -> Result<(), Fatal> {
     let stdin = stdin.as_fd();
     sj::io::set_nonblocking(stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
     let mut reader = LineReader::new(MAX_RECORD);
-    let mut overlong = 0;
     let mut next_tick = Instant::now() + TICK;
 
     loop {
@@ -185,12 +185,7 @@ fn run() -> Result<(), Fatal> {
                     sj::log::trace(&format!("> {target:?}"), line);
                 }
             }
-            if reader.overlong != overlong {
-                overlong = reader.overlong;
-                sj::log::warn(&format!(
-                    "skipped a line over {MAX_RECORD} bytes ({overlong} so far)"
-                ));
-            }
+            reader.warn_overlong("sj-proxy");
             fan.flush_all();
             if eof {
                 if reader.pending() > 0 {

@@ -34,8 +34,8 @@ const USAGE: &str = "usage: presenced [-v] [-a] -d DIR JID";
 const CAPS_NS: &str = "http://jabber.org/protocol/caps";
 const CLIENT_NS: &str = "jabber:client";
 const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
-/// Longest record accepted on stdin (the framer's limit plus slack).
-const MAX_LINE: usize = 512 * 1024;
+/// Longest record accepted on stdin: the library's rule.
+const MAX_LINE: usize = sj::framer::MAX_LINE;
 
 fn main() -> ExitCode {
     sj::log::init("presenced");
@@ -781,6 +781,7 @@ fn run() -> Result<(), Fatal> {
                             let line = line.to_vec();
                             st.handle_record(&line);
                         }
+                        reader.warn_overlong("sj-proxy");
                     }
                     Ok(sj::io::Read::WouldBlock) => break,
                     Ok(sj::io::Read::Eof) => {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 const UPSTREAM_HIGH: usize = 4 << 20;
 /// Records kept for a daemon that is down, before the oldest are refused.
 const CHILD_QUEUE_MAX: usize = 32 << 20;
-/// Longest line accepted from a FIFO or a daemon.
-const LINE_MAX: usize = Limits::DEFAULT.max_record + 1024;
+/// Longest line accepted from a FIFO or a daemon: the library's rule.
+const LINE_MAX: usize = sj::framer::MAX_LINE;
 
 /// The four daemons, in the order they are started.
 pub const DAEMONS: [&str; 4] = ["messaged", "presenced", "iqd", "mirrord"];
@@ -250,6 +250,7 @@ impl Router {
         while let Some(l) = c.lines.next_line() {
             lines.push(l.to_vec());
         }
+        c.lines.warn_overlong(&format!("client {name}"));
         for l in lines {
             if !l.iter().all(u8::is_ascii_whitespace) {
                 self.route_local(Origin::Client(name.to_string()), &l);
@@ -510,6 +511,7 @@ impl Router {
                 while let Some(l) = self.dir_in_lines.next_line() {
                     lines.push(l.to_vec());
                 }
+                self.dir_in_lines.warn_overlong("DIR/in");
                 for l in lines {
                     if !l.iter().all(u8::is_ascii_whitespace) {
                         self.route_local(Origin::In, &l);
@@ -550,6 +552,7 @@ impl Router {
         while let Some(l) = d.lines.next_line() {
             lines.push(l.to_vec());
         }
+        d.lines.warn_overlong(d.child.name.as_str());
         let more = matches!(r, Ok(Read::Data(_)));
         if matches!(r, Ok(Read::Eof) | Err(_)) {
             d.child.stdout = None;

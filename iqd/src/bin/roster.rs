@@ -214,7 +214,7 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
         .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
         .and_then(|j| Jid::parse(&j).ok());
     let end = Instant::now() + timeout;
-    let mut reader = LineReader::new(sj::framer::Limits::DEFAULT.max_record);
+    let mut reader = LineReader::new(sj::framer::MAX_LINE);
     loop {
         while let Some(line) = reader.next_line() {
             if from_account(line, own.as_ref()) {
@@ -222,6 +222,7 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
             }
             sj::log::warn("ignored an answer not from the account's server");
         }
+        reader.warn_overlong(&fifo.display().to_string());
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Fatal::temporary(format!(

@@ -35,12 +35,13 @@ const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const MAX_AUTH_FAILURES: u32 = 3;
 /// Time allowed from connect to a bound resource.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
-/// Bytes queued toward `out` before the client is cut off.
-const OUT_LIMIT: usize = 1 << 20;
+/// Bytes queued toward `out` before the client is cut off: a MiB that
+/// sj-proxy has not read, on top of the longest record.
+const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
 /// Bytes queued toward the client before `in` stops being read.
 const CLIENT_HIGH_WATER: usize = 1 << 20;
-/// Longest line accepted from the `in` FIFO.
-const IN_LINE_MAX: usize = 300 * 1024;
+/// Longest line accepted from the `in` FIFO: the library's rule.
+const IN_LINE_MAX: usize = sj::framer::MAX_LINE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -1131,6 +1132,7 @@ impl Session {
                         while let Some(l) = c.reader.next_line() {
                             lines.push(l.to_vec());
                         }
+                        c.reader.warn_overlong(&format!("{}/in", c.name));
                     }
                     for l in lines {
                         if !l.iter().all(u8::is_ascii_whitespace) {
