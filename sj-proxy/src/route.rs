@@ -10,6 +10,7 @@ const NS_FORWARD: &str = "urn:xmpp:forward:0";
 const NS_ROSTER: &str = "jabber:iq:roster";
 const NS_HINTS: &str = "urn:xmpp:hints";
 const NS_PING: &str = "urn:xmpp:ping";
+const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
 /// Where a record may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,12 @@ pub const IN_ORIGIN: &str = "in";
 
 /// Prefix of ids sj-proxy uses for its own requests.
 pub const OWN_ID: &str = "sjp-";
+
+/// The largest stanza the server takes, counted as it reads it: 256 KiB,
+/// the default of Prosody (`c2s_stanza_size_limit`) and ejabberd
+/// (`max_stanza_size`). One larger would make it close the stream, and so
+/// end the session of every client.
+pub const SERVER_MAX: usize = sj::framer::Limits::DEFAULT.max_record;
 
 impl Account {
     /// Is `jid` the account's own bare JID (case-insensitive in local and
@@ -257,12 +264,15 @@ pub fn from_local(
         Origin::Client(_) | Origin::In => xml::set_attr(rec, "from", &acct.origin_jid(origin)),
         Origin::Daemon => rec.to_vec(),
     };
+    // The id the sender knows, should the stanza come back as an error.
+    let mut sent_id = None;
     if name == "iq" {
         if let Origin::Client(client) = origin {
             let ty = xml::attr(&rec, "type").unwrap_or_default();
             if ty == "get" || ty == "set" {
                 let id = xml::attr(&rec, "id").unwrap_or_default();
                 rec = xml::set_attr(&rec, "id", &tag_id(client, &id));
+                sent_id = Some(id);
             }
         }
     }
@@ -278,7 +288,13 @@ pub fn from_local(
             return vec![(Dest::Presenced, rec)];
         }
     }
-    let upstream = xml::remove_attr(&rec, "from");
+    // Literal line breaks toward the server: as long as the sender wrote
+    // it, which is what the server's limit counts.
+    let upstream = sj::framer::wire_form(xml::remove_attr(&rec, "from"));
+    let size = upstream.strip_suffix(b"\n").unwrap_or(&upstream).len();
+    if size > SERVER_MAX {
+        return too_large(acct, origin, &name, sent_id, &rec, size);
+    }
     let mut out = vec![(Dest::Upstream, upstream)];
     if name == "message" {
         if let Some(el) = Element::parse(&rec) {
@@ -292,6 +308,45 @@ pub fn from_local(
                 out.push((Dest::Mirror, copy));
             }
         }
+    }
+    out
+}
+
+/// A stanza too large for the server is never sent (DESIGN §8): refused
+/// with a log line, and a client that sent it gets a policy-violation
+/// error (RFC 6120 §8.3.3.12), unless it was an error itself (§8.3.1).
+fn too_large(
+    acct: &Account,
+    origin: &Origin,
+    name: &str,
+    sent_id: Option<String>,
+    rec: &[u8],
+    size: usize,
+) -> Vec<(Dest, Vec<u8>)> {
+    let who = match origin {
+        Origin::Daemon => "a daemon".to_string(),
+        Origin::In => "DIR/in".to_string(),
+        Origin::Client(n) => format!("client {n}"),
+    };
+    let why =
+        format!("a <{name}> of {size} bytes from {who}: the server takes at most {SERVER_MAX}");
+    let mut out = vec![(Dest::Drop(why), Vec::new())];
+    let is_error = xml::attr(rec, "type").as_deref() == Some("error");
+    if let (Origin::Client(_), false) = (origin, is_error) {
+        let mut e = format!("<{name} type='error'");
+        if let Some(id) = sent_id.or_else(|| xml::attr(rec, "id")) {
+            e.push_str(&format!(" id='{}'", sj::escape::attr(&id)));
+        }
+        if let Some(to) = xml::attr(rec, "to") {
+            e.push_str(&format!(" from='{}'", sj::escape::attr(&to)));
+        }
+        e.push_str(&format!(
+            " to='{}'><error type='modify'><policy-violation xmlns='{NS_STANZAS}'/>\
+             <text xmlns='{NS_STANZAS}'>stanza of {size} bytes; the server takes at most \
+             {SERVER_MAX}</text></error></{name}>\n",
+            sj::escape::attr(&acct.origin_jid(origin))
+        ));
+        out.push((Dest::Mirror, e.into_bytes()));
     }
     out
 }
@@ -405,6 +460,103 @@ mod tests {
             .expect("inner message");
         assert_eq!(inner.attr("from"), Some("alice@localhost/a"));
         assert_eq!(inner.attr("to"), Some("bob@localhost"));
+    }
+
+    /// A chat message whose body is `n` times `unit`, as a client's record.
+    fn long_message(unit: &str, n: usize) -> Vec<u8> {
+        format!(
+            "<message to='bob@localhost' type='chat' id='m1'><body>{}</body></message>\n",
+            unit.repeat(n)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn multi_line_message_goes_up_as_long_as_it_was_sent() {
+        // 120 KB as typed, 360 KB as a record with `&#10;`.
+        let rec = long_message("x&#10;", 60_000);
+        assert!(rec.len() > SERVER_MAX);
+        let out = from_local(&acct(), &Origin::Client("a".into()), &rec, |_| true);
+        assert_eq!(
+            dests(&out),
+            vec![Dest::Upstream, Dest::Messaged, Dest::Mirror]
+        );
+        let up = &out[0].1;
+        assert!(up.len() < 121_000, "{}", up.len());
+        assert_eq!(up.iter().filter(|&&b| b == b'\n').count(), 60_001);
+        // Same body for the server and in the sent copy.
+        let body = |r: &[u8], copy: bool| {
+            let el = Element::parse(r).expect("parses");
+            let el = if copy {
+                el.child("sent", NS_CARBONS)
+                    .and_then(|s| s.child("forwarded", NS_FORWARD))
+                    .and_then(|f| f.child("message", "jabber:client"))
+                    .expect("inner")
+                    .clone()
+            } else {
+                el
+            };
+            el.child("body", "jabber:client").expect("body").text()
+        };
+        assert_eq!(body(up, false), "x\n".repeat(60_000));
+        assert_eq!(body(&out[2].1, true), body(up, false));
+        // Internally the copy stays one line.
+        assert!(!out[2].1[..out[2].1.len() - 1].contains(&b'\n'));
+    }
+
+    #[test]
+    fn too_large_for_the_server_refused_with_an_error_to_the_client() {
+        // Exactly SERVER_MAX bytes as written upstream go; one more does not.
+        let envelope = long_message("", 0).len() - 1;
+        let fits = long_message("y", SERVER_MAX - envelope);
+        let out = from_local(&acct(), &Origin::Client("a".into()), &fits, |_| true);
+        assert_eq!(out[0].0, Dest::Upstream);
+        assert_eq!(out[0].1.len() - 1, SERVER_MAX);
+        let over = long_message("y", SERVER_MAX - envelope + 1);
+        let out = from_local(&acct(), &Origin::Client("a".into()), &over, |_| true);
+        assert_eq!(out.len(), 2, "refused, no copies: {:?}", dests(&out));
+        assert!(matches!(&out[0].0, Dest::Drop(why) if why.contains("client a")));
+        assert_eq!(out[1].0, Dest::Mirror);
+        let e = Element::parse(&out[1].1).expect("error parses");
+        assert_eq!(e.name, "message");
+        assert_eq!(e.attr("type"), Some("error"));
+        assert_eq!(e.attr("id"), Some("m1"));
+        assert_eq!(e.attr("to"), Some("alice@localhost/a"));
+        assert_eq!(e.attr("from"), Some("bob@localhost"));
+        let err = e.child("error", "jabber:client").expect("error child");
+        assert_eq!(err.attr("type"), Some("modify"));
+        assert!(err.child("policy-violation", NS_STANZAS).is_some());
+        // An iq gets its own id back, not the tagged one.
+        let iq = format!(
+            "<iq type='set' id='q1' to='bob@localhost'><query xmlns='x'>{}</query></iq>",
+            "z".repeat(SERVER_MAX)
+        );
+        let out = from_local(&acct(), &Origin::Client("a".into()), iq.as_bytes(), |_| {
+            true
+        });
+        let e = Element::parse(&out[1].1).expect("iq error parses");
+        assert_eq!((e.name.as_str(), e.attr("id")), ("iq", Some("q1")));
+        // No error for an error, nor for a sender that is not a client.
+        let err = format!(
+            "<message to='bob@localhost' type='error'><body>{}</body></message>",
+            "y".repeat(SERVER_MAX)
+        );
+        let out = from_local(&acct(), &Origin::Client("a".into()), err.as_bytes(), |_| {
+            true
+        });
+        assert!(
+            matches!(dests(&out)[..], [Dest::Drop(_)]),
+            "{:?}",
+            dests(&out)
+        );
+        for o in [Origin::Daemon, Origin::In] {
+            let out = from_local(&acct(), &o, &over, |_| true);
+            assert!(
+                matches!(dests(&out)[..], [Dest::Drop(_)]),
+                "{:?}",
+                dests(&out)
+            );
+        }
     }
 
     #[test]
