@@ -16,8 +16,12 @@ use std::time::{Duration, Instant};
 
 /// Stop reading local sources while this much waits for the server.
 const UPSTREAM_HIGH: usize = 4 << 20;
-/// Records kept for a daemon that is down, before the oldest are refused.
+/// Records kept for a daemon that is down, before the newest are refused.
 const CHILD_QUEUE_MAX: usize = 32 << 20;
+/// Stop reading the server while a running daemon has this much waiting:
+/// a slow daemon slows the upstream (TCP pushes back on the server)
+/// instead of losing what the server delivered.
+const CHILD_HIGH: usize = 1 << 20;
 /// Longest line accepted from a FIFO or a daemon.
 const LINE_MAX: usize = Limits::DEFAULT.max_record + 1024;
 
@@ -338,10 +342,19 @@ impl Router {
                     return Ok(());
                 }
             }
-            self.keepalive()?;
-
             // Build the poll set from what each buffer needs.
             let up_full = self.up_queue.len() >= UPSTREAM_HIGH;
+            let daemons_full = self
+                .daemons
+                .iter()
+                .any(|d| d.child.is_running() && d.queue.len() >= CHILD_HIGH);
+            if daemons_full {
+                // Not reading is not silence: the server's bytes wait in
+                // the socket, so no keepalive is due.
+                self.last_heard = Instant::now();
+                self.ping_sent = None;
+            }
+            self.keepalive()?;
             let mut fds: Vec<PollFd> = Vec::new();
             let mut kinds: Vec<Slot> = Vec::new();
             let add = |fds: &mut Vec<PollFd>,
@@ -363,13 +376,15 @@ impl Router {
                 PollFlags::POLLIN,
                 Slot::Signal,
             );
-            add(
-                &mut fds,
-                &mut kinds,
-                self.up.rfd.as_fd(),
-                PollFlags::POLLIN,
-                Slot::UpRead,
-            );
+            if !daemons_full {
+                add(
+                    &mut fds,
+                    &mut kinds,
+                    self.up.rfd.as_fd(),
+                    PollFlags::POLLIN,
+                    Slot::UpRead,
+                );
+            }
             if !self.up_queue.is_empty() {
                 add(
                     &mut fds,
