@@ -158,6 +158,25 @@ impl WriteQueue {
         self.chunks.push_back(data);
     }
 
+    /// Queue the concatenation of `parts` without the caller making a
+    /// buffer for it: copied into the last chunk when it fits.
+    pub fn push_parts(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if n == 0 {
+            return;
+        }
+        self.len += n;
+        match self.chunks.back_mut() {
+            Some(back) if back.len() + n <= CHUNK => {}
+            _ => self.chunks.push_back(Vec::with_capacity(n.max(CHUNK))),
+        }
+        if let Some(back) = self.chunks.back_mut() {
+            for p in parts {
+                back.extend_from_slice(p);
+            }
+        }
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.len
@@ -240,6 +259,22 @@ mod tests {
         r.push(b"abc\nok\n");
         assert_eq!(r.next_line(), Some(&b"ok"[..]));
         assert_eq!(r.overlong, 1);
+    }
+
+    #[test]
+    fn parts_coalesce_and_keep_order() {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        let mut q = WriteQueue::new();
+        q.push_parts(&[b"<a/>", b"\n"]);
+        q.push(b"<b/>\n".to_vec());
+        q.push_parts(&[b"<c/>", b"", b"\n"]);
+        q.push_parts(&[]);
+        assert_eq!(q.len(), 15);
+        assert!(q.flush(&wr).expect("flush"));
+        let mut buf = [0u8; 32];
+        let n = nix::unistd::read(&rd, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"<a/>\n<b/>\n<c/>\n");
     }
 
     #[test]
