@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use table::{fit, mib, quantile, size, thousands, Table};
 
-const USAGE: &str = "usage: sj-bench [-b BIN_DIR] [-f FRAMER_OUTPUT] [-r ROUNDS] [-s pipeline,server,contacts]\n       sj-bench --peak-rss PROG [ARGS...]";
+const USAGE: &str = "usage: sj-bench [-b BIN_DIR] [-f FRAMER_OUTPUT] [-r ROUNDS] [-s pipeline,server,contacts] [-c SIZE:CLIENTS]...\n       sj-bench --peak-rss PROG [ARGS...]";
 
 /// A chat message with the usual extensions is about this big.
 const TYPICAL: usize = 512;
@@ -53,6 +53,8 @@ struct Opts {
     rounds: usize,
     /// Sections to run (all by default).
     only: Vec<String>,
+    /// Pipeline cases to run (all by default): (record size, clients).
+    cases: Vec<(usize, usize)>,
 }
 
 const SECTIONS: [&str; 3] = ["pipeline", "server", "contacts"];
@@ -75,6 +77,7 @@ fn parse_args() -> Result<Opts, String> {
         framer: None,
         rounds: 3,
         only: Vec::new(),
+        cases: Vec::new(),
     };
     let usage = |e: lexopt::Error| format!("{e}\n{USAGE}");
     while let Some(arg) = p.next().map_err(usage)? {
@@ -95,6 +98,15 @@ fn parse_args() -> Result<Opts, String> {
                     }
                     o.only.push(s.to_string());
                 }
+            }
+            Short('c') => {
+                let v = p.value().map_err(usage)?.string().map_err(usage)?;
+                let case = v
+                    .split_once(':')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                    .filter(|&(s, k): &(usize, usize)| s > 0 && k > 0)
+                    .ok_or_else(|| format!("-c wants SIZE:CLIENTS, got {v:?}\n{USAGE}"))?;
+                o.cases.push(case);
             }
             Short('h') | Long("help") => return Err(USAGE.into()),
             _ => return Err(usage(arg.unexpected())),
@@ -242,17 +254,17 @@ fn records_for(size: usize, clients: usize) -> usize {
 }
 
 fn run_pipeline(o: &Opts) -> BTreeMap<(usize, usize), (Case, Best)> {
-    let mut cases: Vec<Case> = SIZES
+    let cases: Vec<Case> = SIZES
         .iter()
         .map(|&s| (s, 1))
         .chain(CLIENTS.iter().map(|&k| (TYPICAL, k)))
+        .filter(|c| o.cases.is_empty() || o.cases.contains(c))
         .map(|(size, clients)| Case {
             size,
             clients,
             records: records_for(size, clients),
         })
         .collect();
-    cases.dedup();
     let mut out: BTreeMap<(usize, usize), (Case, Best)> = cases
         .iter()
         .map(|c| ((c.size, c.clients), (*c, Best::default())))
