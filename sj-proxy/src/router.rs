@@ -338,7 +338,7 @@ impl Router {
                         self.up_queue.push(b"</stream:stream>".to_vec());
                         self.closed_sent = true;
                     }
-                    let _ = self.up_queue.flush(&self.up.wfd);
+                    let _ = self.up_queue.drain(&self.up.wfd, Duration::from_secs(2));
                     return Ok(());
                 }
             }
@@ -457,6 +457,42 @@ impl Router {
             for (slot, rev) in ready {
                 self.handle(slot, rev, &mut upbuf)?;
             }
+            self.flush_queues()?;
+        }
+    }
+
+    /// Write what this turn queued now rather than a poll later: each
+    /// queue goes out in one write per turn when its descriptor takes it
+    /// (all are non-blocking), and only a queue that would block waits for
+    /// POLLOUT. One poll and one wakeup fewer per hop.
+    fn flush_queues(&mut self) -> Result<(), Fatal> {
+        if !self.up_queue.is_empty() {
+            self.up_queue
+                .flush(&self.up.wfd)
+                .map_err(|e| Fatal::io("write to the server", &e))?;
+        }
+        // mirrord (last) first: clients wait for it, and the first write
+        // decides which reader the scheduler wakes first.
+        for i in (0..self.daemons.len()).rev() {
+            if !self.daemons[i].queue.is_empty() {
+                self.flush_daemon(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_daemon(&mut self, i: usize) {
+        let d = &mut self.daemons[i];
+        if let Some(inp) = &d.child.stdin {
+            if let Err(e) = d.queue.flush(inp) {
+                // EPIPE: it died; SIGCHLD will restart it and the queue waits.
+                sj::log::warn(&format!(
+                    "unable to write to {}: {}",
+                    d.child.name,
+                    sj::log::strerror(&e)
+                ));
+                d.child.stdin = None;
+            }
         }
     }
 
@@ -536,18 +572,7 @@ impl Router {
                 self.read_child(i);
             }
             Slot::ChildWrite(i) => {
-                let d = &mut self.daemons[i];
-                if let Some(inp) = &d.child.stdin {
-                    if let Err(e) = d.queue.flush(inp) {
-                        // EPIPE: it died; SIGCHLD will restart it and the queue waits.
-                        sj::log::warn(&format!(
-                            "unable to write to {}: {}",
-                            d.child.name,
-                            sj::log::strerror(&e)
-                        ));
-                        d.child.stdin = None;
-                    }
-                }
+                self.flush_daemon(i);
                 let _ = rev;
             }
         }

@@ -305,6 +305,7 @@ impl Upstream {
             inherit_fd(wr, "SSLWRITEFD")?
         };
         sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set SSLREADFD non-blocking", &e))?;
+        sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set SSLWRITEFD non-blocking", &e))?;
         self.rfd = rfd;
         self.wfd = wfd;
         std::mem::forget(ctl);
