@@ -577,8 +577,12 @@ fn chat_rows(
     let (mut rate_d, mut rate_p) = (f64::INFINITY, f64::INFINITY);
     for round in 1..=o.rounds {
         progress(&format!("chat round {round}/{}", o.rounds));
-        lat_d.extend(d.latency(&mut bob, LATENCY_N, round)?);
-        lat_p.extend(p.latency(&mut bob, LATENCY_N, round)?);
+        // Alternating, so both paths see the same disturbances.
+        for i in 0..LATENCY_N {
+            let id = format!("l{round}-{i}");
+            lat_d.push(d.one(&mut bob, &id)?);
+            lat_p.push(p.one(&mut bob, &id)?);
+        }
         rate_d = rate_d.min(d.flood(&mut bob, RATE_N, WINDOW, round)?);
         rate_p = rate_p.min(p.flood(&mut bob, RATE_N, WINDOW, round)?);
     }
@@ -609,7 +613,10 @@ fn chat_rows(
             format!("direct {b:.0}"),
             format!("{added:+.0} µs"),
             tgt,
-            format!("{} messages, one in flight", lat_p.len()),
+            format!(
+                "{} messages each, one in flight, the two paths alternating",
+                lat_p.len()
+            ),
         );
     }
     progress("64 clients through sj-c2s");

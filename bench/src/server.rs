@@ -305,28 +305,18 @@ impl Route<'_> {
         }
     }
 
-    /// One message in flight at a time: latency of each, in µs.
-    pub fn latency(
-        &mut self,
-        sender: &mut Conn<TcpStream>,
-        n: usize,
-        round: usize,
-    ) -> Result<Vec<f64>, String> {
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let id = format!("{}l{round}-{i}", self.tag);
-            let t = Instant::now();
-            sender.send(&chat(self.to, &id))?;
-            let end = t + Duration::from_secs(10);
-            loop {
-                let r = self.rx.record(end)?;
-                if message_id(&r).as_deref() == Some(id.as_str()) {
-                    break;
-                }
+    /// One message alone in flight: its latency in µs.
+    pub fn one(&mut self, sender: &mut Conn<TcpStream>, id: &str) -> Result<f64, String> {
+        let id = format!("{}{id}", self.tag);
+        let t = Instant::now();
+        sender.send(&chat(self.to, &id))?;
+        let end = t + Duration::from_secs(10);
+        loop {
+            let r = self.rx.record(end)?;
+            if message_id(&r).as_deref() == Some(id.as_str()) {
+                return Ok(t.elapsed().as_secs_f64() * 1e6);
             }
-            out.push(t.elapsed().as_secs_f64() * 1e6);
         }
-        Ok(out)
     }
 
     /// `n` messages with at most `window` in flight; seconds to the last.
