@@ -333,10 +333,16 @@ pub fn warnings(log: &Path) -> Vec<String> {
 }
 
 fn with_log(e: String, warnings: &[String]) -> String {
-    match warnings.first() {
-        Some(w) => format!("{e} (log: {w})"),
-        None => e,
+    let mut distinct: Vec<&str> = Vec::new();
+    for w in warnings {
+        if !distinct.contains(&w.as_str()) {
+            distinct.push(w);
+        }
     }
+    if distinct.is_empty() {
+        return e;
+    }
+    format!("{e} (log: {})", distinct.join(" / "))
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ impl Table {
     pub fn fail(&mut self, item: &'static str, measure: impl Into<String>, err: &str) {
         sj::log::warn(err);
         self.failures += 1;
-        let err: String = err.chars().take(160).collect();
+        let err: String = err.chars().take(400).collect();
         self.row(item, measure, "failed", "", "", "", err.replace('|', "/"));
     }
 
