@@ -163,6 +163,39 @@ def test_server_dies_exits_111(proxy, own_prosody):
     no_panic(p)
 
 
+def test_daemons_do_not_hold_the_server_connection(proxy):
+    """Only sj-proxy talks to the server: none of its children has the
+    socket it got as fds 6/7 (else the server would not see the session
+    end while a daemon lives on)."""
+    p = proxy("alice")
+    p.online()
+    me = p.proxy_pid()
+
+    def sockets(pid):
+        out = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                out.add(target)
+        return out
+    upstream = sockets(me)
+    assert upstream, "sj-proxy holds no socket"
+    deadline = time.monotonic() + 15
+    while True:
+        kids = {n: p.child_pids(n) for n in ("messaged", "presenced", "iqd", "mirrord")}
+        if all(kids.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for name, pids in kids.items():
+        assert pids, f"{name} not running\n{p.stderr_text()}"
+        for pid in pids:
+            assert not sockets(pid) & upstream, f"{name} holds sj-proxy's server socket"
+    no_panic(p)
+
+
 def test_killed_child_is_restarted_and_records_flow(proxy, contact):
     p = proxy("alice")
     a = p.raw_client("a")
