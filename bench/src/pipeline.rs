@@ -212,7 +212,8 @@ impl Pipeline {
         let mut drain = Drain::open(&scratch.0, c.clients)?;
         let (srv, cli) =
             UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;
-        let (pr, pw) = nix::unistd::pipe().map_err(|e| format!("unable to make a pipe: {e}"))?;
+        let (pr, pw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("unable to make a pipe: {e}"))?;
         let mut first = Command::new("cat");
         first
             .stdin(Stdio::from(OwnedFd::from(cli)))
@@ -258,8 +259,8 @@ impl Pipeline {
         let log = scratch.0.join("stderr");
         let (srv, cli) =
             UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;
-        let (ready_r, ready_w) =
-            nix::unistd::pipe().map_err(|e| format!("unable to make a pipe: {e}"))?;
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("unable to make a pipe: {e}"))?;
         let mut cmd = spawn::command(&self.bin.join("sj-proxy"), &log)?;
         cmd.arg("-d")
             .arg(&dir)

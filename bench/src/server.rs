@@ -189,8 +189,8 @@ impl Proxied {
         if !pw.wait().is_ok_and(|s| s.success()) {
             return Err("sj-passwd failed".into());
         }
-        let (ready_r, ready_w) =
-            nix::unistd::pipe().map_err(|e| format!("unable to make a pipe: {e}"))?;
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("unable to make a pipe: {e}"))?;
         let mut cmd = spawn::command(Path::new("tcpclient"), &log)?;
         cmd.args(["-RHl0", "127.0.0.1", &server.port.to_string()])
             .arg(bin.join("sj-proxy"))
