@@ -164,6 +164,39 @@ def test_server_dies_exits_111(proxy, own_prosody):
     no_panic(p)
 
 
+def test_daemons_do_not_hold_the_server_connection(proxy):
+    """Only sj-proxy talks to the server: none of its children has the
+    socket it got as fds 6/7 (else the server would not see the session
+    end while a daemon lives on)."""
+    p = proxy("alice")
+    p.online()
+    me = p.proxy_pid()
+
+    def sockets(pid):
+        out = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                out.add(target)
+        return out
+    upstream = sockets(me)
+    assert upstream, "sj-proxy holds no socket"
+    deadline = time.monotonic() + 15
+    while True:
+        kids = {n: p.child_pids(n) for n in ("messaged", "presenced", "iqd", "mirrord")}
+        if all(kids.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for name, pids in kids.items():
+        assert pids, f"{name} not running\n{p.stderr_text()}"
+        for pid in pids:
+            assert not sockets(pid) & upstream, f"{name} holds sj-proxy's server socket"
+    no_panic(p)
+
+
 def test_killed_child_is_restarted_and_records_flow(proxy, contact):
     p = proxy("alice")
     a = p.raw_client("a")
@@ -355,3 +388,59 @@ def test_password_file_open_to_others_is_warned_about(tmp_path):
         if warned:
             assert f"(mode {mode:04o}); chmod 600 it" in r.stderr
         assert "secret" not in r.stderr
+
+
+def test_stalled_daemon_holds_the_server_back_and_loses_nothing(proxy):
+    """A flood bigger than any queue while messaged cannot read: sj-proxy
+    stops reading the server (TCP holds the rest back) instead of dropping
+    messaged's records, and once messaged runs again every message is in
+    the log and at the raw client."""
+    import threading
+
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer(timeout=120.0)
+    p = scripted_proxy(proxy, srv)
+    a = p.raw_client("a")
+    srv.handshake()
+    p.online()
+    deadline = time.monotonic() + 15
+    while not p.child_pids("messaged"):
+        assert time.monotonic() < deadline, p.stderr_text()
+        time.sleep(0.05)
+    messaged = p.child_pids("messaged")[0]
+    body = "x" * 4000
+    n = 9216  # about 36 MiB: more than sj-proxy keeps for a daemon that is down
+    data = b"".join(f"<message from='bob@localhost/r' to='alice@localhost' type='chat' "
+                    f"id='m{i}'><body>{body}</body></message>".encode() for i in range(n))
+    sender = threading.Thread(target=srv.send, args=(data,), daemon=True)
+
+    def count(limit, timeout):
+        end = time.monotonic() + timeout
+        while len(a.lines) < limit and time.monotonic() < end:
+            a._fill(end - time.monotonic())
+        return sum(1 for ln in a.lines if b"<body>" in ln)
+
+    os.kill(messaged, signal.SIGSTOP)
+    try:
+        sender.start()
+        # No event says "sj-proxy stopped reading": give the flood a bounded
+        # while to run ahead of the stopped daemon. 2 MiB is past what the
+        # pipe and sj-proxy's queue for messaged hold.
+        ahead = count(512, 3.0)
+        assert ahead < 512, f"{ahead} records passed a stopped messaged"
+    finally:
+        os.kill(messaged, signal.SIGCONT)
+    assert count(n, 90.0) == n, p.stderr_text()[-2000:]
+    sender.join(30)
+    log = os.path.join(p.dir, "bob@localhost", "out")
+    deadline = time.monotonic() + 60
+    while True:
+        with open(log, "rb") as f:
+            lines = f.read().count(b"\n")
+        if lines >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert lines == n, f"{lines} of {n} messages logged\n{p.stderr_text()[-2000:]}"
+    assert "dropping a record" not in p.stderr_text()
+    no_panic(p)
+    srv.close()

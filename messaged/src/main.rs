@@ -156,6 +156,9 @@ struct Daemon {
     /// would be 640 MiB).
     scratch: Vec<u8>,
     out: WriteQueue,
+    /// Log lines of the records read so far, by contact, written once per
+    /// read from stdin (one open and one write per contact, not per line).
+    unlogged: HashMap<usize, String>,
     counter: u64,
     pid: u32,
     roster_seen: Option<(SystemTime, u64, u64)>,
@@ -213,6 +216,7 @@ impl Daemon {
             stdin: LineReader::new(MAX_RECORD),
             scratch: vec![0; 64 * 1024],
             out: WriteQueue::new(),
+            unlogged: HashMap::new(),
             counter: 0,
             pid: std::process::id(),
             roster_seen: None,
@@ -474,6 +478,7 @@ impl Daemon {
             for rec in records {
                 self.record(&rec);
             }
+            self.write_logs();
             match r {
                 Read::Data(_) => continue,
                 other => return Ok(other),
@@ -504,15 +509,25 @@ impl Daemon {
         }
         let t = e.when.unwrap_or_else(sj::time::now_secs);
         let text = sj::outlog::lines(&sj::time::local_minute(t), &e.kind, &e.text);
-        if text.is_empty() {
-            return;
+        if !text.is_empty() {
+            self.unlogged.entry(i).or_default().push_str(&text);
         }
+    }
+
+    /// Append what `log` gathered to each contact's `out`.
+    fn write_logs(&mut self) {
+        for (i, text) in std::mem::take(&mut self.unlogged) {
+            self.append(i, &text);
+        }
+    }
+
+    fn append(&mut self, i: usize, text: &str) {
         let repair = self.contacts[i].warned;
-        let mut result = sj::outlog::append(&self.contacts[i].dir.join("out"), &text, repair);
+        let mut result = sj::outlog::append(&self.contacts[i].dir.join("out"), text, repair);
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            result = sj::outlog::append(&self.contacts[i].dir.join("out"), &text, repair);
+            result = sj::outlog::append(&self.contacts[i].dir.join("out"), text, repair);
         }
         let c = &mut self.contacts[i];
         match result {

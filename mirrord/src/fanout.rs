@@ -165,9 +165,6 @@ impl Fanout {
             by_resource.get(r).map(String::as_str)
         });
         let mut report = Report::default();
-        let mut line = Vec::with_capacity(record.len() + 1);
-        line.extend_from_slice(record);
-        line.push(b'\n');
         let bound = self.bound;
         for (name, c) in self.clients.iter_mut() {
             let wanted = match &target {
@@ -199,7 +196,7 @@ impl Fanout {
                     }
                 }
             }
-            c.queue.push(line.clone());
+            c.queue.push_parts(&[record, b"\n"]);
             if c.queue.len() > bound {
                 // Give the pipe a chance before judging.
                 Self::flush_one(name, c, &mut report);

@@ -16,8 +16,12 @@ use std::time::{Duration, Instant};
 
 /// Stop reading local sources while this much waits for the server.
 const UPSTREAM_HIGH: usize = 4 << 20;
-/// Records kept for a daemon that is down, before the oldest are refused.
+/// Records kept for a daemon that is down, before the newest are refused.
 const CHILD_QUEUE_MAX: usize = 32 << 20;
+/// Stop reading the server while a running daemon has this much waiting:
+/// a slow daemon slows the upstream (TCP pushes back on the server)
+/// instead of losing what the server delivered.
+const CHILD_HIGH: usize = 1 << 20;
 /// Longest line accepted from a FIFO or a daemon.
 const LINE_MAX: usize = Limits::DEFAULT.max_record + 1024;
 
@@ -334,14 +338,23 @@ impl Router {
                         self.up_queue.push(b"</stream:stream>".to_vec());
                         self.closed_sent = true;
                     }
-                    let _ = self.up_queue.flush(&self.up.wfd);
+                    let _ = self.up_queue.drain(&self.up.wfd, Duration::from_secs(2));
                     return Ok(());
                 }
             }
-            self.keepalive()?;
-
             // Build the poll set from what each buffer needs.
             let up_full = self.up_queue.len() >= UPSTREAM_HIGH;
+            let daemons_full = self
+                .daemons
+                .iter()
+                .any(|d| d.child.is_running() && d.queue.len() >= CHILD_HIGH);
+            if daemons_full {
+                // Not reading is not silence: the server's bytes wait in
+                // the socket, so no keepalive is due.
+                self.last_heard = Instant::now();
+                self.ping_sent = None;
+            }
+            self.keepalive()?;
             let mut fds: Vec<PollFd> = Vec::new();
             let mut kinds: Vec<Slot> = Vec::new();
             let add = |fds: &mut Vec<PollFd>,
@@ -363,13 +376,15 @@ impl Router {
                 PollFlags::POLLIN,
                 Slot::Signal,
             );
-            add(
-                &mut fds,
-                &mut kinds,
-                self.up.rfd.as_fd(),
-                PollFlags::POLLIN,
-                Slot::UpRead,
-            );
+            if !daemons_full {
+                add(
+                    &mut fds,
+                    &mut kinds,
+                    self.up.rfd.as_fd(),
+                    PollFlags::POLLIN,
+                    Slot::UpRead,
+                );
+            }
             if !self.up_queue.is_empty() {
                 add(
                     &mut fds,
@@ -441,6 +456,42 @@ impl Router {
             drop(fds);
             for (slot, rev) in ready {
                 self.handle(slot, rev, &mut upbuf)?;
+            }
+            self.flush_queues()?;
+        }
+    }
+
+    /// Write what this turn queued now rather than a poll later: each
+    /// queue goes out in one write per turn when its descriptor takes it
+    /// (all are non-blocking), and only a queue that would block waits for
+    /// POLLOUT. One poll and one wakeup fewer per hop.
+    fn flush_queues(&mut self) -> Result<(), Fatal> {
+        if !self.up_queue.is_empty() {
+            self.up_queue
+                .flush(&self.up.wfd)
+                .map_err(|e| Fatal::io("write to the server", &e))?;
+        }
+        // mirrord (last) first: clients wait for it, and the first write
+        // decides which reader the scheduler wakes first.
+        for i in (0..self.daemons.len()).rev() {
+            if !self.daemons[i].queue.is_empty() {
+                self.flush_daemon(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_daemon(&mut self, i: usize) {
+        let d = &mut self.daemons[i];
+        if let Some(inp) = &d.child.stdin {
+            if let Err(e) = d.queue.flush(inp) {
+                // EPIPE: it died; SIGCHLD will restart it and the queue waits.
+                sj::log::warn(&format!(
+                    "unable to write to {}: {}",
+                    d.child.name,
+                    sj::log::strerror(&e)
+                ));
+                d.child.stdin = None;
             }
         }
     }
@@ -521,18 +572,7 @@ impl Router {
                 self.read_child(i);
             }
             Slot::ChildWrite(i) => {
-                let d = &mut self.daemons[i];
-                if let Some(inp) = &d.child.stdin {
-                    if let Err(e) = d.queue.flush(inp) {
-                        // EPIPE: it died; SIGCHLD will restart it and the queue waits.
-                        sj::log::warn(&format!(
-                            "unable to write to {}: {}",
-                            d.child.name,
-                            sj::log::strerror(&e)
-                        ));
-                        d.child.stdin = None;
-                    }
-                }
+                self.flush_daemon(i);
                 let _ = rev;
             }
         }

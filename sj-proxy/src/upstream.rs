@@ -59,7 +59,15 @@ pub fn inherit_fd(n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
     }
     // SAFETY: the descriptor is open (checked above) and nothing else in this
     // process owns it: it was inherited from the wrapper.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    // The daemons must not inherit the server connection (or any other
+    // descriptor the wrapper gave us).
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| Fatal::io(format!("set close-on-exec on fd {n} ({what})"), &e.into()))?;
+    Ok(fd)
 }
 
 fn env_fd(name: &str) -> Option<RawFd> {
@@ -305,6 +313,7 @@ impl Upstream {
             inherit_fd(wr, "SSLWRITEFD")?
         };
         sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set SSLREADFD non-blocking", &e))?;
+        sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set SSLWRITEFD non-blocking", &e))?;
         self.rfd = rfd;
         self.wfd = wfd;
         std::mem::forget(ctl);

@@ -29,28 +29,40 @@ pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
 }
 
 /// Read once from `fd`, appending to `buf`.
+///
+/// The bytes are read into `buf`'s spare capacity, never zero-filled
+/// first: clearing 64 KiB before every read cost more than reading a chat
+/// message.
 pub fn read_into(fd: impl AsFd, buf: &mut Vec<u8>) -> io::Result<Read> {
     let old = buf.len();
-    buf.resize(old + CHUNK, 0);
+    buf.reserve(CHUNK);
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(CHUNK);
     loop {
-        match nix::unistd::read(fd.as_fd(), &mut buf[old..]) {
-            Ok(0) => {
-                buf.truncate(old);
-                return Ok(Read::Eof);
-            }
-            Ok(n) => {
-                buf.truncate(old + n);
+        // SAFETY: read(2) writes at most `want` bytes into the spare
+        // capacity it is given and reads none of it; `buf` is not touched
+        // until the call returns.
+        let r = unsafe {
+            nix::libc::read(
+                fd.as_fd().as_raw_fd(),
+                spare.as_mut_ptr().cast::<nix::libc::c_void>(),
+                want,
+            )
+        };
+        match r {
+            0 => return Ok(Read::Eof),
+            n if n > 0 => {
+                let n = n as usize;
+                // SAFETY: the kernel initialised the first n bytes of the spare
+                // capacity, which follow the old length.
+                unsafe { buf.set_len(old + n) };
                 return Ok(Read::Data(n));
             }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
-                buf.truncate(old);
-                return Ok(Read::WouldBlock);
-            }
-            Err(e) => {
-                buf.truncate(old);
-                return Err(e.into());
-            }
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::EAGAIN => return Ok(Read::WouldBlock),
+                e => return Err(e.into()),
+            },
         }
     }
 }
@@ -158,6 +170,25 @@ impl WriteQueue {
         self.chunks.push_back(data);
     }
 
+    /// Queue the concatenation of `parts` without the caller making a
+    /// buffer for it: copied into the last chunk when it fits.
+    pub fn push_parts(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if n == 0 {
+            return;
+        }
+        self.len += n;
+        match self.chunks.back_mut() {
+            Some(back) if back.len() + n <= CHUNK => {}
+            _ => self.chunks.push_back(Vec::with_capacity(n.max(CHUNK))),
+        }
+        if let Some(back) = self.chunks.back_mut() {
+            for p in parts {
+                back.extend_from_slice(p);
+            }
+        }
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.len
@@ -185,6 +216,27 @@ impl WriteQueue {
             }
         }
         Ok(true)
+    }
+
+    /// Flush, waiting for the descriptor at most `max` (on the way out).
+    pub fn drain(&mut self, fd: impl AsFd, max: std::time::Duration) -> io::Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let end = std::time::Instant::now() + max;
+        loop {
+            if self.flush(fd.as_fd())? {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            }
+            let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+            match nix::poll::poll(&mut fds, t) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub fn clear(&mut self) {
@@ -240,6 +292,37 @@ mod tests {
         r.push(b"abc\nok\n");
         assert_eq!(r.next_line(), Some(&b"ok"[..]));
         assert_eq!(r.overlong, 1);
+    }
+
+    #[test]
+    fn read_into_appends_and_reports_would_block_and_eof() {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&rd).expect("nb");
+        let mut buf = b"kept:".to_vec();
+        assert_eq!(read_into(&rd, &mut buf).expect("read"), Read::WouldBlock);
+        assert_eq!(buf, b"kept:");
+        nix::unistd::write(&wr, b"abc").expect("write");
+        assert_eq!(read_into(&rd, &mut buf).expect("read"), Read::Data(3));
+        assert_eq!(buf, b"kept:abc");
+        drop(wr);
+        assert_eq!(read_into(&rd, &mut buf).expect("read"), Read::Eof);
+        assert_eq!(buf, b"kept:abc");
+    }
+
+    #[test]
+    fn parts_coalesce_and_keep_order() {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        let mut q = WriteQueue::new();
+        q.push_parts(&[b"<a/>", b"\n"]);
+        q.push(b"<b/>\n".to_vec());
+        q.push_parts(&[b"<c/>", b"", b"\n"]);
+        q.push_parts(&[]);
+        assert_eq!(q.len(), 15);
+        assert!(q.flush(&wr).expect("flush"));
+        let mut buf = [0u8; 32];
+        let n = nix::unistd::read(&rd, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"<a/>\n<b/>\n<c/>\n");
     }
 
     #[test]
