@@ -3,7 +3,7 @@
 //! clients according to `route`.
 
 use crate::route::{self, Account, Dest, Origin};
-use crate::upstream::{stream_error_condition, stream_error_exit, Upstream};
+use crate::upstream::Upstream;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::child::Child;
 use sj::exit::{Fatal, OK, TEMPORARY};
@@ -575,11 +575,8 @@ impl Router {
                     self.route_upstream(&r);
                 }
                 Ok(Some(Event::StreamError(r))) => {
-                    let c = stream_error_condition(&r);
-                    return Err(Fatal::new(
-                        stream_error_exit(&c),
-                        format!("the server closed the stream: {c}"),
-                    ));
+                    self.closed_sent = true;
+                    return Err(self.up.stream_error_fatal(&r, "closed"));
                 }
                 Ok(Some(Event::End)) => {
                     if self.stopping.is_some() {
