@@ -33,7 +33,12 @@ FORWARD = "{urn:xmpp:forward:0}"
 # -- helpers ---------------------------------------------------------------
 
 def no_panic(p):
-    assert "panicked" not in p.stderr_text(), p.stderr_text()
+    assert "panicked" not in full_err(p), p.stderr_text()
+
+
+def full_err(p):
+    """All of sj-proxy's stderr (its daemons log there too), not just the tail."""
+    return read(p.stderr_path) or ""
 
 
 def scripted_proxy(proxy, srv, **kw):
@@ -184,3 +189,196 @@ def test_server_stream_error_answering_the_header(proxy):
     assert "sj-proxy: fatal: the server closed the stream: host-unknown" in p.stderr_text()
     assert p.state().split()[0] == "offline", p.state()
     srv.close()
+
+
+# -- daemons killed under traffic ---------------------------------------------
+#
+# The daemon is stopped (SIGSTOP) and a burst is routed to it, so that its
+# stdin pipe is full and sj-proxy holds the rest in its queue for it; then it
+# is killed (SIGKILL) and a second burst follows its restart. What may be
+# lost is exactly what the dead process held: the pipe's contents (one pipe,
+# 64 KiB by default) and what it had read but not yet acted on (one read of
+# at most 64 KiB). Everything sj-proxy had not yet written into the pipe goes
+# to the new process, in order, as whole records; everything after the
+# restart arrives; the other daemons lose nothing.
+
+PIPE = 65536
+PAD = "x" * 400
+
+
+def pipe_loss_bound(max_record):
+    return 2 * PIPE + max_record
+
+
+def gap_check(indices, burst1, burst2, sizes, what):
+    """indices: the burst items (0..burst1+burst2-1) the killed daemon
+    delivered, in delivery order. Returns the lost ones."""
+    assert indices == sorted(set(indices)), f"{what}: out of order or duplicated: {indices}"
+    got = set(indices)
+    assert set(range(burst1, burst1 + burst2)) <= got, \
+        f"{what}: lost after the restart: {sorted(set(range(burst1, burst1 + burst2)) - got)}"
+    lost = sorted(set(range(burst1)) - got)
+    if lost:
+        assert lost == list(range(lost[0], lost[-1] + 1)), f"{what}: lost is not one run: {lost}"
+        lost_bytes = sum(sizes[i] for i in lost)
+        assert lost_bytes <= pipe_loss_bound(max(sizes.values())), \
+            f"{what}: lost {len(lost)} records, {lost_bytes} bytes: more than the dead pipe held"
+    return lost
+
+
+class Traffic:
+    """One burst kind per daemon; `send(range)` produces it and `delivered`
+    says which items came out of the daemon under test."""
+
+    def __init__(self, p, src, sib, bob, bound):
+        self.p, self.src, self.sib, self.bob, self.bound = p, src, sib, bob, bound
+        self.out = os.path.join(p.dir, BOB, "out")
+
+    # messages from raw client src to bob: upstream, messaged (bob's out
+    # log) and mirrord (sent copies to sib)
+    def message(self, i):
+        return f"k{i:04d} {PAD}"
+
+    def send_messages(self, rng):
+        for i in rng:
+            self.src.send(f"<message to='{BOB}' type='chat' id='k{i}'>"
+                          f"<body>{self.message(i)}</body></message>")
+
+    def logged(self):
+        return [int(t[1:5]) for n, t in said(self.out) if n == ALICE and re.match(r"k\d{4} ", t)]
+
+    def copies(self):
+        out = []
+        for el in all_records(self.sib):
+            inner = sent_inner(el)
+            if inner is not None and re.match(r"k\d{4} ", body_of(inner) or ""):
+                out.append(int(body_of(inner)[1:5]))
+        return out
+
+    # pings from bob to the account: iqd answers each one
+    def send_pings(self, rng):
+        self.bob.send_raw("".join(
+            f"<iq type='get' id='p{i:04d}-{PAD}' to='{self.bound}'><ping xmlns='urn:xmpp:ping'/></iq>"
+            for i in rng))
+
+    def answered(self):
+        return [int(s["id"][1:5]) for s in self.bob.received
+                if s.name == "iq" and s["type"] == "result" and str(s["id"]).startswith("p")]
+
+    # directed presence from bob: presenced (bob's presence file, replay
+    # cache) and mirrord (to sib)
+    def send_presences(self, rng):
+        self.bob.send_raw("".join(
+            f"<presence to='{self.bound}'><show>dnd</show><status>s{i:04d} {PAD}</status></presence>"
+            for i in rng))
+
+    def presences_seen(self):
+        out = []
+        for el in all_records(self.sib):
+            st = el.find(JC + "status")
+            if local(el.tag) == "presence" and st is not None and re.match(r"s\d{4} ", st.text or ""):
+                out.append(int(st.text[1:5]))
+        return out
+
+
+def contiguous_all(indices, n, what):
+    assert indices == list(range(n)), f"{what}: lost or reordered: {sorted(set(range(n)) - set(indices))}"
+
+
+def test_daemon_sizes_fill_the_pipe():
+    """The bursts below are big enough to fill the dead daemon's pipe and
+    leave records in sj-proxy's queue: the case under test really occurs."""
+    assert 450 * len(PAD) > 2 * PIPE
+
+
+@pytest.mark.parametrize("name", ["messaged", "mirrord", "iqd", "presenced"])
+def test_daemon_killed_under_traffic(proxy, contact, name):
+    p = proxy("alice")
+    src, sib = p.raw_client("src"), p.raw_client("sib")
+    bound = p.online()
+    bob = contact("bob")
+    t = Traffic(p, src, sib, bob, bound)
+    # Everything up and flowing, and every queue empty before the stop.
+    bob.send_message(bound, "warm-up")
+    sib.wait_record(body_is("warm-up"))
+    wait_said(t.out, (BOB, "warm-up"))
+    start = bob.mark()
+    bob.send_raw(f"<iq type='get' id='warm' to='{bound}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    bob.wait_for(lambda s: s.name == "iq" and s["id"] == "warm", start=start)
+    old = wait_pids(p, name, lambda pids: len(pids) == 1, f"{name} not running")[0]
+
+    n1, n2 = 450, 20
+    os.kill(old, signal.SIGSTOP)
+    try:
+        if name in ("messaged", "mirrord"):
+            t.send_messages(range(n1))
+            # Routed: the other path has all of it.
+            if name == "messaged":
+                sib.wait_record(lambda el: sent_inner(el) is not None
+                                and body_of(sent_inner(el)) == t.message(n1 - 1), timeout=30)
+            else:
+                wait_said(t.out, (ALICE, t.message(n1 - 1)), timeout=30)
+        elif name == "iqd":
+            t.send_pings(range(n1))
+            bob.send_message(bound, "pings-routed")
+            sib.wait_record(body_is("pings-routed"), timeout=30)
+        else:
+            t.send_presences(range(n1))
+            sib.wait_record(lambda el: (el.findtext(JC + "status") or "").startswith(f"s{n1 - 1:04d} "),
+                            timeout=30)
+    finally:
+        os.kill(old, signal.SIGKILL)
+    new = wait_pids(p, name, lambda pids: len(pids) == 1 and pids[0] != old,
+                    f"{name} not restarted")[0]
+    assert p.proc.poll() is None, "sj-proxy died with its child"
+    assert f"sj-proxy: warning: {name} (pid {old}) killed by SIGKILL; restarting" \
+        in full_err(p), p.stderr_text()[-3000:]
+
+    rng2 = range(n1, n1 + n2)
+    if name in ("messaged", "mirrord"):
+        t.send_messages(rng2)
+        wait_said(t.out, (ALICE, t.message(n1 + n2 - 1)), timeout=30)
+        sib.wait_record(lambda el: sent_inner(el) is not None
+                        and body_of(sent_inner(el)) == t.message(n1 + n2 - 1), timeout=30)
+        size = len(t.message(0)) + 330  # a sent copy's record
+        sizes = {i: size for i in range(n1 + n2)}
+        logged, copies = t.logged(), t.copies()
+        if name == "messaged":
+            lost = gap_check(logged, n1, n2, sizes, "bob's out log")
+            contiguous_all(copies, n1 + n2, "sib's sent copies")
+        else:
+            lost = gap_check(copies, n1, n2, sizes, "sib's sent copies")
+            contiguous_all(logged, n1 + n2, "bob's out log")
+        # bob got every message once: the upstream path lost nothing.
+        wait_until(lambda: len(bob.messages(lambda m: str(m["body"]).startswith("k"))) >= n1 + n2, 20)
+        got = [int(str(m["body"])[1:5]) for m in bob.messages(lambda m: str(m["body"]).startswith("k"))]
+        assert got == list(range(n1 + n2))
+    elif name == "iqd":
+        t.send_pings(rng2)
+        bob.wait_for(lambda s: s.name == "iq" and str(s["id"]).startswith(f"p{n1 + n2 - 1:04d}-"),
+                     timeout=30)
+        sizes = {i: 200 + len(PAD) for i in range(n1 + n2)}
+        lost = gap_check(t.answered(), n1, n2, sizes, "ping answers")
+    else:
+        t.send_presences(rng2)
+        last = f"s{n1 + n2 - 1:04d} {PAD}"
+        pres = os.path.join(p.dir, BOB, "presence")
+        assert wait_until(lambda: (read(pres) or "").strip() == f"dnd {last}", 20), read(pres)
+        contiguous_all(t.presences_seen(), n1 + n2, "sib's presences")
+        # The new presenced caches again: a client arriving now gets bob's
+        # current presence replayed after its own initial presence.
+        late = p.raw_client("late")
+        wait_until(lambda: "late" in os.listdir(os.path.join(p.dir, "clients")), 10)
+        late.send("<presence/>")
+        late.wait_record(lambda el: local(el.tag) == "presence"
+                         and (el.findtext(JC + "status") or "") == last, timeout=20)
+        lost = None
+    if lost is None:
+        print(f"\n{name}: killed with the pipe full; presence file and replay cache current "
+              f"after the restart")
+    else:
+        print(f"\n{name}: killed with the pipe full; {len(lost)} of {n1} queued records lost "
+              f"(the dead pipe's contents); all {n2} after the restart delivered")
+    err = "\n".join(ln for ln in full_err(p).splitlines() if ": trace: " not in ln)
+    for bad in ("does not parse", "dropping an invalid record", "panicked"):
+        assert bad not in err, err[-3000:]

@@ -285,6 +285,15 @@ impl Router {
             }
             d.child.died();
             d.lines = LineReader::new(LINE_MAX);
+            // The head of the record being written died with the pipe;
+            // its tail alone must not reach the next process.
+            let cut = d.queue.drop_partial_record();
+            if cut > 0 {
+                sj::log::warn(&format!(
+                    "{} died in the middle of a record: its other {cut} bytes are dropped",
+                    d.child.name
+                ));
+            }
         }
         if self.stopping.is_some() {
             return;
