@@ -382,3 +382,105 @@ def test_daemon_killed_under_traffic(proxy, contact, name):
     err = "\n".join(ln for ln in full_err(p).splitlines() if ": trace: " not in ln)
     for bad in ("does not parse", "dropping an invalid record", "panicked"):
         assert bad not in err, err[-3000:]
+
+
+# -- clients dying, clients not reading ----------------------------------------
+
+def copy_bodies(client):
+    return [body_of(sent_inner(el)) for el in all_records(client) if sent_inner(el) is not None]
+
+
+def test_c2s_client_cut_mid_stanza(proxy, contact):
+    from sjtest.xmpp import C2S
+    p = proxy("alice")
+    watch = p.raw_client("watch")
+    bound = p.online()
+    bob = contact("bob")
+    c2s = C2S(p.dir)
+    try:
+        other = c2s.client("other")
+        victim = c2s.client("victim")
+        start = bob.mark()
+        victim.send(f"<message to='{BOB}' type='chat'><body>victim whole</body></message>"
+                    f"<message to='{BOB}' type='chat'><body>victim partial")
+        victim.sock.shutdown(2)
+        victim.close()
+        # Its sj-c2s ends and unregisters.
+        assert wait_until(lambda: not os.path.exists(os.path.join(p.dir, "clients", "victim")),
+                          15), os.listdir(os.path.join(p.dir, "clients"))
+        other.send(f"<message to='{BOB}' type='chat'><body>after victim</body></message>")
+        bob.wait_message(lambda m: m["body"] == "after victim", start=start)
+        assert [m["body"] for m in bob.messages(lambda m: str(m["body"]).startswith(("victim", "after")),
+                                                start=start)] == ["victim whole", "after victim"]
+        watch.wait_record(lambda el: sent_inner(el) is not None
+                          and body_of(sent_inner(el)) == "after victim")
+        assert copy_bodies(watch) == ["victim whole", "after victim"]
+        wait_said(os.path.join(p.dir, BOB, "out"), (ALICE, "after victim"))
+        assert "victim partial" not in read(os.path.join(p.dir, BOB, "out"))
+        # The others go on: bob's next message reaches the raw and the c2s client.
+        bob.send_message(bound, "still here")
+        watch.wait_record(body_is("still here"))
+        other.read_until(rb"<body>still here</body>")
+        assert "client closed the connection" in c2s.log_text(), c2s.log_text()
+        assert p.proc.poll() is None
+        other.close()
+    finally:
+        c2s.stop()
+    no_panic(p)
+
+
+def test_raw_client_half_line_then_close(proxy, contact):
+    p = proxy("alice")
+    watch, half, other = p.raw_client("watch"), p.raw_client("half"), p.raw_client("other")
+    p.online()
+    bob = contact("bob")
+    start = bob.mark()
+    half.send(f"<message to='{BOB}' type='chat'><body>half whole</body></message>")
+    # Half a line, and the writer goes away.
+    os.write(half.outfd, f"<message to='{BOB}' type='chat'><body>half cut".encode())
+    os.close(half.outfd)
+    half.outfd = None
+    other.send(f"<message to='{BOB}' type='chat'><body>other fine</body></message>")
+    bob.wait_message(lambda m: m["body"] == "other fine", start=start)
+    # The same client writes again, a whole record this time: it is routed
+    # on its own, not glued to the fragment its earlier writer left.
+    half.send(f"<message to='{BOB}' type='chat'><body>half again</body></message>")
+    bob.wait_message(lambda m: m["body"] == "half again", start=start)
+    bodies = [m["body"] for m in bob.messages(lambda m: True, start=start)]
+    assert sorted(bodies) == ["half again", "half whole", "other fine"], bodies
+    watch.wait_record(lambda el: sent_inner(el) is not None
+                      and body_of(sent_inner(el)) == "half again")
+    assert not any(b"half cut" in ln for ln in watch.lines)
+    assert "half cut" not in (read(os.path.join(p.dir, BOB, "out")) or "")
+    assert "sj-proxy: warning: client half: dropped an incomplete line" in full_err(p), \
+        p.stderr_text()
+    no_panic(p)
+
+
+def test_client_fifo_without_reader_costs_nothing(proxy, contact):
+    """clients/ghost/{in,out} exist but nobody ever opens in: nothing is
+    queued for it, nobody waits for it, and when a reader turns up it gets
+    what comes from then on, not a backlog."""
+    p = proxy("alice")
+    watch = p.raw_client("watch")
+    ghost = os.path.join(p.dir, "clients", "ghost")
+    os.makedirs(ghost, mode=0o700)
+    for f in ("in", "out"):
+        os.mkfifo(os.path.join(ghost, f), 0o600)
+    bound = p.online()
+    bob = contact("bob")
+    n = 300
+    bob.send_raw("".join(f"<message to='{bound}' type='chat'><body>g{i} {PAD}</body></message>"
+                         for i in range(n)))
+    watch.wait_record(body_is(f"g{n - 1} {PAD}"), timeout=30)
+    got = [body_of(el) for el in all_records(watch) if (body_of(el) or "").startswith("g")]
+    assert got == [f"g{i} {PAD}" for i in range(n)]
+    late = p.raw_client("ghost")  # opens the existing in FIFO
+    # mirrord opens a client's FIFO when a record is due, so the next one
+    # after the reader came is its first.
+    bob.send_message(bound, "probe")
+    late.wait_record(body_is("probe"))
+    assert body_of(parse_record(late.lines[0])) == "probe", late.lines[0]
+    assert not any(b"<body>g" in ln for ln in late.lines)
+    assert "dropping client ghost" not in full_err(p)
+    no_panic(p)

@@ -7,6 +7,7 @@ use crate::upstream::Upstream;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::child::Child;
 use sj::exit::{Fatal, OK, TEMPORARY};
+use sj::fifo::LineFifo;
 use sj::framer::{canonical_record, Event, Limits};
 use sj::io::{LineReader, Read, WriteQueue};
 use std::collections::BTreeMap;
@@ -30,11 +31,6 @@ struct Daemon {
     lines: LineReader,
 }
 
-struct Client {
-    out: OwnedFd,
-    lines: LineReader,
-}
-
 pub struct Options {
     pub dir: PathBuf,
     pub verbose: bool,
@@ -49,9 +45,9 @@ pub struct Router {
     up_queue: WriteQueue,
     acct: Account,
     daemons: Vec<Daemon>,
-    dir_in: OwnedFd,
-    dir_in_lines: LineReader,
-    clients: BTreeMap<String, Client>,
+    dir_in: LineFifo,
+    /// Each client's `out` FIFO, by name.
+    clients: BTreeMap<String, LineFifo>,
     watcher: sj::fifo::ClientWatcher,
     sig: OwnedFd,
     opts: Options,
@@ -78,7 +74,7 @@ impl Router {
         let in_path = dir.join("in");
         sj::fifo::make(&in_path)
             .map_err(|e| Fatal::io(format!("create {}", in_path.display()), &e))?;
-        let dir_in = sj::fifo::open_read(&in_path)
+        let dir_in = LineFifo::open(&in_path, LINE_MAX)
             .map_err(|e| Fatal::io(format!("open {}", in_path.display()), &e))?;
         let clients_dir = dir.join("clients");
         let watcher = sj::fifo::ClientWatcher::new(&clients_dir)
@@ -110,7 +106,6 @@ impl Router {
             acct,
             daemons,
             dir_in,
-            dir_in_lines: LineReader::new(LINE_MAX),
             clients: BTreeMap::new(),
             watcher,
             sig,
@@ -206,16 +201,10 @@ impl Router {
 
     fn client_arrived(&mut self, name: &str) {
         let path = self.opts.dir.join("clients").join(name).join("out");
-        match sj::fifo::open_read(&path) {
+        match LineFifo::open(&path, LINE_MAX) {
             Ok(out) => {
                 sj::log::info(&format!("client {name} arrived"));
-                self.clients.insert(
-                    name.to_string(),
-                    Client {
-                        out,
-                        lines: LineReader::new(LINE_MAX),
-                    },
-                );
+                self.clients.insert(name.to_string(), out);
             }
             Err(e) => sj::log::warn(&format!(
                 "unable to open {}: {}",
@@ -230,7 +219,7 @@ impl Router {
             return;
         }
         // Whatever the client managed to write before leaving still counts.
-        self.read_client(name);
+        self.read_local(Origin::Client(name.to_string()));
         self.clients.remove(name);
         sj::log::info(&format!("client {name} left"));
         let gone = format!(
@@ -240,19 +229,36 @@ impl Router {
         self.deliver(Dest::Presenced, gone.into_bytes());
     }
 
-    /// One read from a client's `out` FIFO, and route what it completed.
-    fn read_client(&mut self, name: &str) {
-        let Some(c) = self.clients.get_mut(name) else {
-            return;
+    /// One read from `DIR/in` or a client's `out` FIFO, and route the
+    /// lines it completed.
+    fn read_local(&mut self, origin: Origin) {
+        let (fifo, who) = match &origin {
+            Origin::In => (&mut self.dir_in, "DIR/in".to_string()),
+            Origin::Client(n) => match self.clients.get_mut(n) {
+                Some(f) => (f, format!("client {n}")),
+                None => return,
+            },
+            Origin::Daemon => return,
         };
-        let _ = c.lines.fill(&c.out);
-        let mut lines = Vec::new();
-        while let Some(l) = c.lines.next_line() {
-            lines.push(l.to_vec());
+        let got = match fifo.read() {
+            Ok(got) => got,
+            Err(e) => {
+                sj::log::warn(&format!(
+                    "{who}: unable to read its FIFO again: {}",
+                    sj::log::strerror(&e)
+                ));
+                return;
+            }
+        };
+        if got.cut > 0 {
+            sj::log::warn(&format!(
+                "{who}: dropped an incomplete line ({} bytes) its writer left when it closed",
+                got.cut
+            ));
         }
-        for l in lines {
+        for l in got.lines {
             if !l.iter().all(u8::is_ascii_whitespace) {
-                self.route_local(Origin::Client(name.to_string()), &l);
+                self.route_local(origin.clone(), &l);
             }
         }
     }
@@ -392,21 +398,19 @@ impl Router {
                 add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::Watcher);
             }
             if !up_full && self.stopping.is_none() {
-                add(
-                    &mut fds,
-                    &mut kinds,
-                    self.dir_in.as_fd(),
-                    PollFlags::POLLIN,
-                    Slot::DirIn,
-                );
+                if let Some(fd) = self.dir_in.fd() {
+                    add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::DirIn);
+                }
                 for (name, c) in &self.clients {
-                    add(
-                        &mut fds,
-                        &mut kinds,
-                        c.out.as_fd(),
-                        PollFlags::POLLIN,
-                        Slot::Client(name.clone()),
-                    );
+                    if let Some(fd) = c.fd() {
+                        add(
+                            &mut fds,
+                            &mut kinds,
+                            fd,
+                            PollFlags::POLLIN,
+                            Slot::Client(name.clone()),
+                        );
+                    }
                 }
             }
             for (i, d) in self.daemons.iter().enumerate() {
@@ -513,19 +517,8 @@ impl Router {
                     Err(e) => return Err(Fatal::io("read from the server", &e)),
                 }
             }
-            Slot::DirIn => {
-                let _ = self.dir_in_lines.fill(&self.dir_in);
-                let mut lines = Vec::new();
-                while let Some(l) = self.dir_in_lines.next_line() {
-                    lines.push(l.to_vec());
-                }
-                for l in lines {
-                    if !l.iter().all(u8::is_ascii_whitespace) {
-                        self.route_local(Origin::In, &l);
-                    }
-                }
-            }
-            Slot::Client(name) => self.read_client(&name),
+            Slot::DirIn => self.read_local(Origin::In),
+            Slot::Client(name) => self.read_local(Origin::Client(name)),
             Slot::ChildRead(i) => {
                 self.read_child(i);
             }

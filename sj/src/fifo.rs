@@ -1,8 +1,10 @@
 //! FIFOs and the account directory's client registry.
 //!
 //! A FIFO named `in` is owned by its reader. Readers open it read-write so a
-//! writer closing never causes EOF; writers open it non-blocking write-only
-//! so that no reader is a clear error (ENXIO) instead of a hang.
+//! writer closing never causes EOF (`open_read`), or read-only and reopen
+//! it on EOF when they must notice a writer leaving in the middle of a line
+//! (`LineFifo`); writers open it non-blocking write-only so that no reader
+//! is a clear error (ENXIO) instead of a hang.
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -45,9 +47,15 @@ pub fn make_dir(path: &Path) -> io::Result<()> {
 /// Open a FIFO for reading so that it never reports EOF (read-write),
 /// non-blocking, close-on-exec. Refuses anything that is not a FIFO.
 pub fn open_read(path: &Path) -> io::Result<OwnedFd> {
+    open_reader(path, OFlag::O_RDWR)
+}
+
+/// Open a FIFO to read from with `mode` (read-write or read-only), non-blocking,
+/// close-on-exec, not through a symlink; refuse anything that is not a FIFO.
+fn open_reader(path: &Path, mode: OFlag) -> io::Result<OwnedFd> {
     let fd = open(
         path,
-        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        mode | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         Mode::empty(),
     )?;
     let st = nix::sys::stat::fstat(&fd)?;
@@ -55,6 +63,76 @@ pub fn open_read(path: &Path) -> io::Result<OwnedFd> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
     }
     Ok(fd)
+}
+
+/// A FIFO read line by line that notices its writers leaving. Read-only,
+/// so when the last writer closes the reader sees EOF: an incomplete line
+/// that writer left can never be completed (the next writer's bytes would
+/// be glued to it and the whole lost), so it is dropped, and the FIFO is
+/// opened again (the new descriptor before the old one closes, so a writer
+/// never finds no reader). Until a writer comes, a FIFO opened read-only
+/// is not readable and costs nothing to poll.
+pub struct LineFifo {
+    path: PathBuf,
+    fd: Option<OwnedFd>,
+    lines: crate::io::LineReader,
+}
+
+/// What one `LineFifo::read` produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lines {
+    /// Complete lines, without their LF.
+    pub lines: Vec<Vec<u8>>,
+    /// Bytes of an incomplete line dropped because every writer closed.
+    pub cut: usize,
+    /// Lines over the length limit skipped so far.
+    pub overlong: u64,
+}
+
+impl LineFifo {
+    pub fn open(path: &Path, max_line: usize) -> io::Result<LineFifo> {
+        Ok(LineFifo {
+            path: path.to_path_buf(),
+            fd: Some(open_reader(path, OFlag::O_RDONLY)?),
+            lines: crate::io::LineReader::new(max_line),
+        })
+    }
+
+    /// The descriptor to poll for reading; `None` once reopening failed.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// One read. An error means the FIFO could not be reopened after EOF
+    /// (it was removed, say); the caller reports it, and `fd` is `None`.
+    pub fn read(&mut self) -> io::Result<Lines> {
+        let mut out = Lines::default();
+        let Some(fd) = &self.fd else {
+            return Ok(out);
+        };
+        let r = self.lines.fill(fd);
+        while let Some(l) = self.lines.next_line() {
+            out.lines.push(l.to_vec());
+        }
+        out.overlong = self.lines.overlong;
+        match r {
+            Ok(crate::io::Read::Eof) => {
+                out.cut = self.lines.drop_partial();
+                match open_reader(&self.path, OFlag::O_RDONLY) {
+                    Ok(new) => self.fd = Some(new),
+                    Err(e) => {
+                        self.fd = None;
+                        return Err(e);
+                    }
+                }
+                Ok(out)
+            }
+            Ok(_) => Ok(out),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => Ok(out),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Open a FIFO for writing without blocking. `Ok(None)` when nobody reads it.
@@ -226,6 +304,37 @@ mod tests {
         assert_eq!(nix::unistd::read(&r, &mut buf).expect("read"), 2);
         // Writer gone: EAGAIN, never EOF.
         assert_eq!(nix::unistd::read(&r, &mut buf), Err(Errno::EAGAIN));
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn line_fifo_drops_what_a_leaving_writer_left_unfinished() {
+        let d = tmpdir("linefifo");
+        let p = d.join("out");
+        make(&p).expect("mkfifo");
+        let mut f = LineFifo::open(&p, 1024).expect("open");
+        // No writer yet: nothing to read, no EOF.
+        assert_eq!(f.read().expect("read"), Lines::default());
+        let w = open_write(&p).expect("open").expect("reader present");
+        nix::unistd::write(&w, b"one\ntw").expect("write");
+        drop(w);
+        assert_eq!(f.read().expect("read").lines, vec![b"one".to_vec()]);
+        let eof = f.read().expect("read");
+        assert_eq!((eof.lines.len(), eof.cut), (0, 2));
+        // Reopened: the next writer's line stands on its own.
+        let w = open_write(&p)
+            .expect("open")
+            .expect("reader present after EOF");
+        nix::unistd::write(&w, b"three\n").expect("write");
+        assert_eq!(f.read().expect("read").lines, vec![b"three".to_vec()]);
+        drop(w);
+        assert_eq!(f.read().expect("read").cut, 0);
+        // Removed while at EOF: an error, then nothing to poll.
+        let w = open_write(&p).expect("open").expect("reader");
+        drop(w);
+        fs::remove_file(&p).expect("rm");
+        assert!(f.read().is_err());
+        assert!(f.fd().is_none());
         fs::remove_dir_all(&d).ok();
     }
 

@@ -123,6 +123,15 @@ impl LineReader {
         }
     }
 
+    /// Forget an incomplete line (its writer is gone); returns its length
+    /// as far as it was kept.
+    pub fn drop_partial(&mut self) -> usize {
+        let n = self.pending();
+        self.buf.truncate(self.start);
+        self.skipping = false;
+        n
+    }
+
     /// Bytes of an incomplete line held.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
