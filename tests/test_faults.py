@@ -484,3 +484,76 @@ def test_client_fifo_without_reader_costs_nothing(proxy, contact):
     assert not any(b"<body>g" in ln for ln in late.lines)
     assert "dropping client ghost" not in full_err(p)
     no_panic(p)
+
+
+# -- a full disk under the out logs ------------------------------------------
+
+def mount_tmpfs(path, size):
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
+                       capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs failed: {r.stderr.strip()}")
+
+
+def fill(path):
+    """Write a file in `path` until the file system is full; return its name."""
+    filler = os.path.join(path, ".filler")
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                if os.write(fd, b"\0" * 4096) == 0:
+                    break
+            except OSError:
+                break
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_full_disk_for_the_out_log(proxy, contact):
+    from sjtest.prosody import make_workdir
+    work = make_workdir("proxy-")
+    cdir = os.path.join(work, "dir", BOB)
+    os.makedirs(cdir, mode=0o700)
+    mount_tmpfs(cdir, "128k")
+    try:
+        p = proxy("alice", workdir=work)
+        watch = p.raw_client("watch")
+        bound = p.online()
+        out = os.path.join(cdir, "out")
+        bob = contact("bob")
+        bob.send_message(bound, "before full")
+        wait_said(out, (BOB, "before full"))
+        filler = fill(cdir)
+        # Lines longer than a page: none fits in the log's last page.
+        during = [f"during {i} " + "y" * 5000 for i in range(5)]
+        for text in during:
+            bob.send_message(bound, text)
+        for text in during:
+            watch.wait_record(body_is(text))  # routing to clients goes on
+        # A barrier through messaged after all five (routed after them, on
+        # a disk with room): messaged has tried to log every one.
+        carol = contact("carol")
+        carol.send_message(bound, "barrier")
+        wait_said(os.path.join(p.dir, "carol@localhost", "out"), ("carol@localhost", "barrier"))
+        warning = f"messaged: warning: unable to append to {cdir}/out: No space left on device"
+        assert wait_until(lambda: warning in full_err(p), 15), p.stderr_text()
+        assert full_err(p).count(warning) == 1, "one line for the outage, not one per message"
+        assert not any(t.startswith("during") for _, t in said(out))
+        # Space comes back: the kept lines are written without waiting for
+        # the next message, in order, and then logging goes on.
+        os.unlink(filler)
+        wait_said(out, (BOB, during[-1]))
+        assert f"messaged: info: {cdir}/out written again (5 kept line(s))" in full_err(p)
+        bob.send_message(bound, "after space")
+        got = wait_said(out, (BOB, "after space"))
+        assert got == [(BOB, "before full")] + [(BOB, t) for t in during] + [(BOB, "after space")]
+        for line in (read(out) or "").splitlines():
+            assert LOG_LINE.match(line), f"not a whole log line: {line[:80]!r}"
+        no_panic(p)
+        p.stop()
+    finally:
+        subprocess.run(["umount", "-l", cdir], capture_output=True, timeout=20)
