@@ -557,3 +557,59 @@ def test_full_disk_for_the_out_log(proxy, contact):
         p.stop()
     finally:
         subprocess.run(["umount", "-l", cdir], capture_output=True, timeout=20)
+
+
+# -- SIGTERM under load -------------------------------------------------------
+
+def test_sigterm_under_load_sends_everything_accepted(proxy, contact):
+    """Records written into clients' out FIFOs before SIGTERM are sent
+    upstream and logged before the stream closes; sj-proxy exits 0."""
+    p = proxy("alice")
+    a, b, watch = p.raw_client("a"), p.raw_client("b"), p.raw_client("watch")
+    bound = p.online()
+    bob = contact("bob")
+    # bob's session is up on the server (his message came through), so the
+    # directed presence below reaches him, and so will its end.
+    bob.send_message(bound, "bob here")
+    watch.wait_record(body_is("bob here"))
+    start = bob.mark()
+    a.send(f"<presence to='{BOB}'/>")
+    bob.wait_presence(lambda pr: str(pr["from"]) == bound and pr["type"] != "unavailable",
+                      start=start)
+    def send(c, i):
+        c.send(f"<message to='{BOB}' type='chat'><body>{c.name}{i:04d} {PAD}</body></message>")
+    n1, n = 600, 700
+    for i in range(n1):
+        for c in (a, b):
+            send(c, i)
+    # sj-proxy has read all of those (sibling copies show it), so the FIFOs are empty.
+    for c, other in ((a, b), (b, a)):
+        other.wait_record(lambda el: sent_inner(el) is not None
+                          and (body_of(sent_inner(el)) or "").startswith(f"{c.name}{n1 - 1:04d}"),
+                          timeout=30)
+    # The last records wait in the FIFOs, unread, when the signal comes:
+    # sj-proxy is stopped while they are written (less than a FIFO holds,
+    # so every write returns) and gets SIGTERM before it runs again.
+    os.kill(p.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(n1, n):
+            for c in (a, b):
+                send(c, i)
+        os.kill(p.proc.pid, signal.SIGTERM)
+    finally:
+        os.kill(p.proc.pid, signal.SIGCONT)
+    assert p.wait_exit(30) == 0, p.stderr_text()
+    assert p.state().split()[0] == "offline"
+    bob.wait_presence(lambda pr: str(pr["from"]) == bound and pr["type"] == "unavailable",
+                      start=start, timeout=20)
+    # The server delivers in order what came before the stream's end.
+    for c in (a, b):
+        got = [str(m["body"])[:5] for m in bob.messages(lambda m: str(m["body"]).startswith(c.name),
+                                                        start=start)]
+        assert got == [f"{c.name}{i:04d}" for i in range(n)], \
+            f"{c.name}: bob got {len(got)} of {n}; missing from {next((i for i in range(n) if f'{c.name}{i:04d}' not in got), None)}"
+    logged = [t[:5] for nick, t in said(os.path.join(p.dir, BOB, "out")) if nick == ALICE]
+    for c in (a, b):
+        mine = [t for t in logged if t.startswith(c.name)]
+        assert mine == [f"{c.name}{i:04d}" for i in range(n)], f"{c.name}: {len(mine)} of {n} logged"
+    no_panic(p)

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 const UPSTREAM_HIGH: usize = 4 << 20;
 /// Records kept for a daemon that is down, before the oldest are refused.
 const CHILD_QUEUE_MAX: usize = 32 << 20;
+/// How long a stop waits for the daemons to drain and the server to take
+/// what is queued, before the stream is closed regardless.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest line accepted from a FIFO or a daemon.
 const LINE_MAX: usize = Limits::DEFAULT.max_record + 1024;
 
@@ -219,7 +222,7 @@ impl Router {
             return;
         }
         // Whatever the client managed to write before leaving still counts.
-        self.read_local(Origin::Client(name.to_string()));
+        while self.read_local(Origin::Client(name.to_string())) {}
         self.clients.remove(name);
         sj::log::info(&format!("client {name} left"));
         let gone = format!(
@@ -230,15 +233,15 @@ impl Router {
     }
 
     /// One read from `DIR/in` or a client's `out` FIFO, and route the
-    /// lines it completed.
-    fn read_local(&mut self, origin: Origin) {
+    /// lines it completed; true if it read data (more may wait).
+    fn read_local(&mut self, origin: Origin) -> bool {
         let (fifo, who) = match &origin {
             Origin::In => (&mut self.dir_in, "DIR/in".to_string()),
             Origin::Client(n) => match self.clients.get_mut(n) {
                 Some(f) => (f, format!("client {n}")),
-                None => return,
+                None => return false,
             },
-            Origin::Daemon => return,
+            Origin::Daemon => return false,
         };
         let got = match fifo.read() {
             Ok(got) => got,
@@ -247,7 +250,7 @@ impl Router {
                     "{who}: unable to read its FIFO again: {}",
                     sj::log::strerror(&e)
                 ));
-                return;
+                return false;
             }
         };
         if got.cut > 0 {
@@ -259,6 +262,22 @@ impl Router {
         for l in got.lines {
             if !l.iter().all(u8::is_ascii_whitespace) {
                 self.route_local(origin.clone(), &l);
+            }
+        }
+        got.more
+    }
+
+    /// Route everything already written into `DIR/in` and the clients'
+    /// FIFOs: a writer whose write returned has handed it over.
+    fn drain_local(&mut self) {
+        let mut origins = vec![Origin::In];
+        origins.extend(self.clients.keys().map(|n| Origin::Client(n.clone())));
+        for o in origins {
+            // Bounded: a writer that keeps writing cannot hold the stop.
+            for _ in 0..64 {
+                if !self.read_local(o.clone()) {
+                    break;
+                }
             }
         }
     }
@@ -323,11 +342,52 @@ impl Router {
         if self.stopping.is_some() {
             return;
         }
-        sj::log::info("stopping: closing the daemons' input");
+        sj::log::info("stopping: sending what was handed over, then closing the daemons' input");
+        self.drain_local();
         self.stopping = Some(Instant::now());
         for d in &mut self.daemons {
-            d.child.close_stdin();
             d.child.restart_at = None;
+        }
+        self.close_drained_stdins();
+    }
+
+    /// While stopping: a daemon whose queue is written gets its end of
+    /// input (records queued for it, such as sent copies, are not dropped).
+    fn close_drained_stdins(&mut self) {
+        for d in &mut self.daemons {
+            if d.queue.is_empty() || d.child.stdin.is_none() {
+                d.child.close_stdin();
+            }
+        }
+    }
+
+    /// The last write to the server: what is queued and the stream's end,
+    /// waiting for the socket at most `max`.
+    fn flush_upstream_before_exit(&mut self, max: Duration) {
+        let end = Instant::now() + max;
+        loop {
+            match self.up_queue.flush(&self.up.wfd) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    sj::log::warn(&format!(
+                        "unable to write to the server while stopping: {}",
+                        sj::log::strerror(&e)
+                    ));
+                    return;
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                sj::log::warn(&format!(
+                    "stopping with {} bytes the server did not take",
+                    self.up_queue.len()
+                ));
+                return;
+            }
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+            let pfd = PollFd::new(self.up.wfd.as_fd(), PollFlags::POLLOUT);
+            let _ = nix::poll::poll(&mut [pfd], PollTimeout::from(ms));
         }
     }
 
@@ -343,13 +403,14 @@ impl Router {
                 next_scan = now + Duration::from_secs(1);
             }
             if let Some(t) = self.stopping {
+                self.close_drained_stdins();
                 let drained = self.daemons.iter().all(|d| !d.child.is_running());
-                if (drained && self.up_queue.is_empty()) || t.elapsed() > Duration::from_secs(3) {
+                if (drained && self.up_queue.is_empty()) || t.elapsed() > STOP_GRACE {
                     if !self.closed_sent {
                         self.up_queue.push(b"</stream:stream>".to_vec());
                         self.closed_sent = true;
                     }
-                    let _ = self.up_queue.flush(&self.up.wfd);
+                    self.flush_upstream_before_exit(Duration::from_secs(2));
                     return Ok(());
                 }
             }
@@ -517,8 +578,12 @@ impl Router {
                     Err(e) => return Err(Fatal::io("read from the server", &e)),
                 }
             }
-            Slot::DirIn => self.read_local(Origin::In),
-            Slot::Client(name) => self.read_local(Origin::Client(name)),
+            Slot::DirIn => {
+                self.read_local(Origin::In);
+            }
+            Slot::Client(name) => {
+                self.read_local(Origin::Client(name));
+            }
             Slot::ChildRead(i) => {
                 self.read_child(i);
             }

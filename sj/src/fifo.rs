@@ -87,6 +87,8 @@ pub struct Lines {
     pub cut: usize,
     /// Lines over the length limit skipped so far.
     pub overlong: u64,
+    /// The read returned data: more may wait.
+    pub more: bool,
 }
 
 impl LineFifo {
@@ -116,6 +118,7 @@ impl LineFifo {
             out.lines.push(l.to_vec());
         }
         out.overlong = self.lines.overlong;
+        out.more = matches!(r, Ok(crate::io::Read::Data(_)));
         match r {
             Ok(crate::io::Read::Eof) => {
                 out.cut = self.lines.drop_partial();
@@ -318,7 +321,8 @@ mod tests {
         let w = open_write(&p).expect("open").expect("reader present");
         nix::unistd::write(&w, b"one\ntw").expect("write");
         drop(w);
-        assert_eq!(f.read().expect("read").lines, vec![b"one".to_vec()]);
+        let first = f.read().expect("read");
+        assert_eq!((first.lines, first.more), (vec![b"one".to_vec()], true));
         let eof = f.read().expect("read");
         assert_eq!((eof.lines.len(), eof.cut), (0, 2));
         // Reopened: the next writer's line stands on its own.
