@@ -12,6 +12,7 @@ import types
 import pytest
 
 from badserver import CASES, NS_STREAMS, BadServer
+from sjtest.poll import wait_until
 from sjtest.proxy import JC, local
 
 CARBONS = "{urn:xmpp:carbons:2}"
@@ -271,6 +272,9 @@ def test_roster_push_reaches_every_raw_client(proxy):
     p = proxy("alice")
     a, b = p.raw_client("a"), p.raw_client("b")
     p.online()
+    # The server pushes roster changes only to a session that has fetched
+    # the roster: wait for iqd's fetch (it writes DIR/roster) first.
+    assert wait_until(lambda: os.path.exists(os.path.join(p.dir, "roster")), 15), p.stderr_text()
     a.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
            "<item jid='carol@localhost' name='Carol'/></query></iq>")
 
