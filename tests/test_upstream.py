@@ -136,6 +136,10 @@ def test_sigterm_server_sees_session_end(proxy, contact):
     a = p.raw_client("a")
     bound = p.online()
     bob = contact("bob")
+    # bob's initial presence has reached the server once his next stanza
+    # has: only then does a directed presence find an available resource.
+    bob.send_message(bound, "bob is here")
+    a.wait_record(is_message_with_body("bob is here"))
     start = bob.mark()
     # Directed presence: the server sends bob unavailable when the session ends.
     a.send("<presence to='bob@localhost'/>")
