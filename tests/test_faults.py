@@ -429,6 +429,40 @@ def test_c2s_client_cut_mid_stanza(proxy, contact):
     no_panic(p)
 
 
+def test_c2s_killed_then_same_client_again(proxy, contact):
+    """sj-c2s SIGKILLed leaves clients/NAME behind; the client reconnects
+    under the same resource: the stale directory is replaced, and sj-proxy
+    reads the new out FIFO, not the old one it still held."""
+    from sjtest.xmpp import C2S
+    p = proxy("alice", verbose=False)
+    bound = p.online()
+    bob = contact("bob")
+    c2s = C2S(p.dir)
+    try:
+        for round in range(3):
+            v = c2s.client("phone")
+            pid = int(read(os.path.join(p.dir, "clients", "phone", "pid")).strip())
+            start = bob.mark()
+            v.send(f"<message to='{BOB}' type='chat'><body>from phone {round}</body></message>")
+            bob.wait_message(lambda m: m["body"] == f"from phone {round}", start=start)
+            bob.send_message(bound, f"to phone {round}")
+            v.read_until(f"<body>to phone {round}</body>".encode())
+            os.kill(pid, signal.SIGKILL)
+            v.close()
+
+            def gone():
+                try:
+                    os.kill(pid, 0)
+                    return False
+                except ProcessLookupError:
+                    return True
+            assert wait_until(gone, 10)
+        assert "removing stale client phone" in c2s.log_text(), c2s.log_text()
+    finally:
+        c2s.stop()
+    no_panic(p)
+
+
 def test_raw_client_half_line_then_close(proxy, contact):
     p = proxy("alice")
     watch, half, other = p.raw_client("watch"), p.raw_client("half"), p.raw_client("other")

@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::mkfifo;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -177,7 +177,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// The clients registered under `DIR/clients`: a subdirectory whose `in`
 /// and `out` are both FIFOs. Names are the directory names as they are.
 pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
+    client_fifos(clients_dir).into_keys().collect()
+}
+
+/// Identity of a client's registration: device and inode of its `out`.
+type OutId = (u64, u64);
+
+/// The clients under `clients_dir`, each with the identity of its `out`.
+fn client_fifos(clients_dir: &Path) -> BTreeMap<String, OutId> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = BTreeMap::new();
     let Ok(rd) = fs::read_dir(clients_dir) else {
         return found;
     };
@@ -189,13 +198,13 @@ pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
             continue;
         }
         let dir = ent.path();
-        let is_fifo = |p: PathBuf| {
+        let fifo = |p: PathBuf| {
             fs::symlink_metadata(p)
-                .map(|m| m.file_type().is_fifo())
-                .unwrap_or(false)
+                .ok()
+                .filter(|m| m.file_type().is_fifo())
         };
-        if is_fifo(dir.join("in")) && is_fifo(dir.join("out")) {
-            found.insert(name);
+        if let (Some(_), Some(out)) = (fifo(dir.join("in")), fifo(dir.join("out"))) {
+            found.insert(name, (out.dev(), out.ino()));
         }
     }
     found
@@ -207,6 +216,10 @@ pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
 pub struct ClientWatcher {
     dir: PathBuf,
     known: BTreeSet<String>,
+    /// The `out` each known client had at the last scan: a client that
+    /// left and registered again under the same name between two scans (a
+    /// client reconnecting, a stale directory replaced) has a new one.
+    ids: BTreeMap<String, OutId>,
     inotify: Option<nix::sys::inotify::Inotify>,
 }
 
@@ -218,6 +231,7 @@ impl ClientWatcher {
         let mut w = ClientWatcher {
             dir: clients_dir.to_path_buf(),
             known: BTreeSet::new(),
+            ids: BTreeMap::new(),
             inotify,
         };
         w.watch(&w.dir.clone());
@@ -256,7 +270,10 @@ impl ClientWatcher {
         }
     }
 
-    /// Clients that appeared and disappeared since the last call.
+    /// Clients that appeared and disappeared since the last call; one that
+    /// registered again is in both (handle the removals first). The new
+    /// `out` can be told from the old only while the old inode lives, which
+    /// a reader holding the old FIFO open (sj-proxy) guarantees.
     pub fn changes(&mut self) -> (Vec<String>, Vec<String>) {
         // Watch every subdirectory so FIFOs made inside it wake us too.
         if let Ok(rd) = fs::read_dir(&self.dir) {
@@ -266,10 +283,21 @@ impl ClientWatcher {
                 }
             }
         }
-        let now = list_clients(&self.dir);
-        let added = now.difference(&self.known).cloned().collect();
-        let removed = self.known.difference(&now).cloned().collect();
-        self.known = now;
+        let now = client_fifos(&self.dir);
+        let same = |n: &String, id: &OutId| self.ids.get(n) == Some(id);
+        let added = now
+            .iter()
+            .filter(|(n, id)| !same(n, id))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let removed = self
+            .ids
+            .keys()
+            .filter(|n| now.get(*n).is_none_or(|id| !same(n, id)))
+            .cloned()
+            .collect();
+        self.known = now.keys().cloned().collect();
+        self.ids = now;
         (added, removed)
     }
 
@@ -367,6 +395,16 @@ mod tests {
         );
         make(&c.join("a/out")).expect("fifo");
         assert_eq!(w.changes(), (vec!["a".to_string()], vec![]));
+        // It registers again between two scans, while the old out is
+        // still open (as sj-proxy holds it): gone and back.
+        let old_out = open_read(&c.join("a/out")).expect("open");
+        fs::remove_dir_all(c.join("a")).expect("rm");
+        make_dir(&c.join("a")).expect("mkdir");
+        make(&c.join("a/in")).expect("fifo");
+        make(&c.join("a/out")).expect("fifo");
+        assert_eq!(w.changes(), (vec!["a".to_string()], vec!["a".to_string()]));
+        drop(old_out);
+        assert_eq!(w.changes(), (vec![], vec![]));
         fs::remove_dir_all(c.join("a")).expect("rm");
         assert_eq!(w.changes(), (vec![], vec!["a".to_string()]));
         fs::remove_dir_all(&d).ok();
