@@ -38,7 +38,7 @@ from sjtest.proxy import Proxy
 from sjtest.xmpp import C2S, RawXmpp
 
 N = int(os.environ.get("SJ_LOAD_N", "100000"))
-WINDOW = 5000
+WINDOW = int(os.environ.get("SJ_LOAD_WINDOW", "5000"))
 BATCH = 500
 RAW_CLIENTS = 6
 C2S_CLIENTS = 2
