@@ -13,6 +13,7 @@ import types
 import pytest
 
 from badserver import CASES, NS_STREAMS, BadServer
+from sjtest.poll import wait_until
 from sjtest.proxy import JC, local, sj_bin
 
 CARBONS = "{urn:xmpp:carbons:2}"
@@ -136,6 +137,10 @@ def test_sigterm_server_sees_session_end(proxy, contact):
     a = p.raw_client("a")
     bound = p.online()
     bob = contact("bob")
+    # bob's initial presence has reached the server once his next stanza
+    # has: only then does a directed presence find an available resource.
+    bob.send_message(bound, "bob is here")
+    a.wait_record(is_message_with_body("bob is here"))
     start = bob.mark()
     # Directed presence: the server sends bob unavailable when the session ends.
     a.send("<presence to='bob@localhost'/>")
@@ -303,6 +308,9 @@ def test_roster_push_reaches_every_raw_client(proxy):
     p = proxy("alice")
     a, b = p.raw_client("a"), p.raw_client("b")
     p.online()
+    # The server pushes roster changes only to a session that has fetched
+    # the roster: wait for iqd's fetch (it writes DIR/roster) first.
+    assert wait_until(lambda: os.path.exists(os.path.join(p.dir, "roster")), 15), p.stderr_text()
     a.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
            "<item jid='carol@localhost' name='Carol'/></query></iq>")
 

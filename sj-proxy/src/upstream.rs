@@ -165,6 +165,19 @@ impl Upstream {
         let _ = sj::io::write_all(&self.wfd, s.as_bytes());
     }
 
+    /// The server ended the stream with `<stream:error>`: close ours too
+    /// (RFC 6120 §4.4, as for a plain `</stream:stream>`) and map the
+    /// condition to the exit code of DESIGN §7. `how` is "closed" once
+    /// online, "refused" for the stream header's answer.
+    pub fn stream_error_fatal(&self, rec: &[u8], how: &str) -> Fatal {
+        let c = stream_error_condition(rec);
+        let _ = sj::io::write_all(&self.wfd, b"</stream:stream>");
+        Fatal::new(
+            stream_error_exit(&c),
+            format!("the server {how} the stream: {c}"),
+        )
+    }
+
     /// A framing error from the server: answer it with the stream error it
     /// deserves and turn it into the fatal error that ends sj-proxy.
     pub fn refuse(&self, e: &FrameError) -> Fatal {
@@ -235,13 +248,7 @@ impl Upstream {
     fn next_record(&mut self) -> Result<Vec<u8>, Fatal> {
         match self.next_event(Instant::now() + STEP_TIMEOUT)? {
             Event::Record(r) => Ok(r),
-            Event::StreamError(r) => {
-                let c = stream_error_condition(&r);
-                Err(Fatal::new(
-                    stream_error_exit(&c),
-                    format!("the server closed the stream: {c}"),
-                ))
-            }
+            Event::StreamError(r) => Err(self.stream_error_fatal(&r, "closed")),
             Event::End => Err(Fatal::temporary("the server closed the stream")),
             Event::Header(_) => {
                 self.send_stream_error("bad-format");
@@ -270,13 +277,7 @@ impl Upstream {
                     ));
                 }
             }
-            Event::StreamError(r) => {
-                let c = stream_error_condition(&r);
-                return Err(Fatal::new(
-                    stream_error_exit(&c),
-                    format!("the server refused the stream: {c}"),
-                ));
-            }
+            Event::StreamError(r) => return Err(self.stream_error_fatal(&r, "refused")),
             _ => return Err(Fatal::protocol("the server did not send a stream header")),
         }
         let (el, _) = self.next_element()?;

@@ -135,6 +135,15 @@ impl LineReader {
         }
     }
 
+    /// Forget an incomplete line (its writer is gone); returns its length
+    /// as far as it was kept.
+    pub fn drop_partial(&mut self) -> usize {
+        let n = self.pending();
+        self.buf.truncate(self.start);
+        self.skipping = false;
+        n
+    }
+
     /// Bytes of an incomplete line held.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
@@ -239,6 +248,34 @@ impl WriteQueue {
         }
     }
 
+    /// The reader went away after taking only the head of the front
+    /// record (a pipe takes what fits, not whole records): drop that
+    /// record's tail, so a new reader starts at a record boundary instead
+    /// of reading a fragment as a line. Chunks hold whole LF-terminated
+    /// records (`push` never splits one), so the tail ends in the front
+    /// chunk. Returns the bytes dropped.
+    pub fn drop_partial_record(&mut self) -> usize {
+        if self.off == 0 {
+            return 0;
+        }
+        let Some(front) = self.chunks.front() else {
+            return 0;
+        };
+        if front[self.off - 1] == b'\n' {
+            return 0;
+        }
+        let end = memchr(b'\n', &front[self.off..]).map_or(front.len(), |i| self.off + i + 1);
+        let n = end - self.off;
+        self.len -= n;
+        if end == front.len() {
+            self.chunks.pop_front();
+            self.off = 0;
+        } else {
+            self.off = end;
+        }
+        n
+    }
+
     pub fn clear(&mut self) {
         self.chunks.clear();
         self.off = 0;
@@ -292,6 +329,48 @@ mod tests {
         r.push(b"abc\nok\n");
         assert_eq!(r.next_line(), Some(&b"ok"[..]));
         assert_eq!(r.overlong, 1);
+    }
+
+    /// A reader that dies holding the head of a record: the next reader
+    /// gets whole records only, and only the cut record is missing.
+    #[test]
+    fn partial_record_dropped_for_the_next_reader() {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        let cap = fcntl(&wr, FcntlArg::F_SETPIPE_SZ(4096)).expect("pipe size");
+        let recs: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("<r n='{i}'>{}</r>\n", "x".repeat(97 + i % 7)).into_bytes())
+            .collect();
+        let mut q = WriteQueue::new();
+        for r in &recs {
+            q.push(r.clone());
+        }
+        assert!(!q.flush(&wr).expect("flush"), "the pipe took everything");
+        let mut dead = vec![0u8; usize::try_from(cap).expect("cap") + 1];
+        let n = nix::unistd::read(&rd, &mut dead).expect("read");
+        let dead = &dead[..n];
+        assert_ne!(dead.last(), Some(&b'\n'), "the cut is inside a record");
+        drop((rd, wr));
+        let cut = q.drop_partial_record();
+        assert!(cut > 0);
+        assert_eq!(
+            q.drop_partial_record(),
+            0,
+            "once at a boundary, nothing more"
+        );
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        set_nonblocking(&rd).expect("nb");
+        let mut next = Vec::new();
+        while !q.flush(&wr).expect("flush") {
+            let _ = read_into(&rd, &mut next).expect("read");
+        }
+        while let Read::Data(_) = read_into(&rd, &mut next).expect("read") {}
+        let whole = dead.iter().filter(|&&b| b == b'\n').count();
+        let expect: Vec<u8> = recs[whole + 1..].concat();
+        assert_eq!(next, expect);
+        assert_eq!(dead.len() + cut, recs[..=whole].concat().len());
     }
 
     #[test]

@@ -74,8 +74,11 @@ pub fn lines(when: &str, kind: &Kind, text: &str) -> String {
 /// Append `text` (whole lines) to a log, creating it 0600 and never
 /// following a symlink: O_APPEND, one write for all of `text`, so lines
 /// from another writer (presenced) land between whole lines only.
-/// `repair`: an earlier write may have stopped mid-line (ENOSPC), so end
-/// that partial line first if the file does not end with LF.
+/// All or nothing: when the write fails (ENOSPC after a short write, say)
+/// the file is cut back to its length before this call, so a reader never
+/// sees half a line and the caller can retry the same text.
+/// `repair`: if even that cut failed, an earlier write may have stopped
+/// mid-line, so end that partial line first if the file does not end with LF.
 pub fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .read(repair)
@@ -84,14 +87,20 @@ pub fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
+    let len = f.metadata()?.len();
     if repair {
-        let len = f.metadata()?.len();
         let mut last = [0u8; 1];
         if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
             f.write_all(b"\n")?;
         }
     }
-    f.write_all(text.as_bytes())
+    if let Err(e) = f.write_all(text.as_bytes()) {
+        // Another writer (presenced's events) appending in this very
+        // moment would be cut too; on a full disk its write fails anyway.
+        let _ = f.set_len(len);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The last `n` lines of a log (invalid UTF-8 replaced), oldest first.
