@@ -255,7 +255,7 @@ pub fn login<S: Sock>(
 
 /// The server side of sj-proxy's login, on the socket it has as fds 6/7:
 /// SCRAM against `password`, bind to `full`, a disco#info answer without
-/// carbons. Returns once sj-proxy is online.
+/// carbons, an empty roster. Returns once sj-proxy is online.
 pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<S>, String> {
     let mut c = Conn::new(sock)?;
     let step = || Instant::now() + STEP;
@@ -337,6 +337,15 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
             c.send(
                 format!(
                     "<iq type='result' id='{}' from='{domain}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+                    sj::escape::attr(&id)
+                )
+                .as_bytes(),
+            )?;
+        } else if el.child("query", "jabber:iq:roster").is_some() {
+            // sj-proxy's own roster get, the last step before it is online.
+            c.send(
+                format!(
+                    "<iq type='result' id='{}'><query xmlns='jabber:iq:roster'/></iq>",
                     sj::escape::attr(&id)
                 )
                 .as_bytes(),
