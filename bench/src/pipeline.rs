@@ -254,8 +254,7 @@ impl Pipeline {
         let dir = scratch.0.join("dir");
         let mut drain = Drain::open(&dir, c.clients)?;
         let pwfile = scratch.0.join("password");
-        std::fs::write(&pwfile, format!("{PASSWORD}\n"))
-            .map_err(|e| format!("unable to write {}: {e}", pwfile.display()))?;
+        spawn::write_password(&pwfile, PASSWORD)?;
         let log = scratch.0.join("stderr");
         let (srv, cli) =
             UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;

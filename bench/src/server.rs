@@ -171,8 +171,7 @@ impl Proxied {
         let dir = work.join("carol");
         sj::fifo::make_dir(&dir).map_err(|e| format!("unable to create {}: {e}", dir.display()))?;
         let pwfile = work.join("carol.password");
-        std::fs::write(&pwfile, format!("{}\n", PROXIED.1))
-            .map_err(|e| format!("unable to write {}: {e}", pwfile.display()))?;
+        spawn::write_password(&pwfile, PROXIED.1)?;
         let log = work.join("proxy.stderr");
         // The local password, the way a user sets it.
         let mut pw = Command::new(bin.join("sj-passwd"))

@@ -88,6 +88,20 @@ pub fn spawn(name: &str, mut cmd: Command, fds: &[(&OwnedFd, RawFd)]) -> Result<
 }
 
 /// A command with stdin from /dev/null and stderr appended to `log`.
+/// A password file as a user makes one: the password on its first line,
+/// mode 0600 (sj-proxy warns about anything more open).
+pub fn write_password(path: &Path, password: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{password}\n").as_bytes()))
+        .map_err(|e| format!("unable to write {}: {e}", path.display()))
+}
+
 pub fn command(prog: &Path, log: &Path) -> Result<Command, String> {
     let mut cmd = Command::new(prog);
     let err = std::fs::OpenOptions::new()
