@@ -1082,9 +1082,11 @@ fn reference_end(s: &[u8], i: usize) -> Res<usize> {
         if k == from || rest.get(k) != Some(&b';') {
             return fail(Condition::NotWellFormed, "malformed character reference");
         }
+        // XML 1.0 WFC "Legal Character": a well-formedness error, not one
+        // of the features RFC 6120 §11.1 restricts.
         if !is_xml_char(v) {
             return fail(
-                Condition::RestrictedXml,
+                Condition::NotWellFormed,
                 "character reference to a non-Char",
             );
         }
@@ -1983,13 +1985,31 @@ mod tests {
             "<m><!ENTITY x 'y'></m>",
             "<m>&foo;</m>",
             "<m a='&foo;'/>",
-            "<m>&#0;</m>",
-            "<m>&#xD800;</m>",
-            "<m>&#xFFFE;</m>",
-            "<m>&#x110000;</m>",
         ] {
             assert_eq!(cond(body), Condition::RestrictedXml, "{body}");
         }
+    }
+
+    #[test]
+    fn reference_to_a_non_char_is_not_well_formed() {
+        for body in [
+            "<m>&#0;</m>",
+            "<m>&#x0;</m>",
+            "<m>&#1;</m>",
+            "<m>&#xD800;</m>",
+            "<m>&#xDFFF;</m>",
+            "<m>&#xFFFE;</m>",
+            "<m>&#xFFFF;</m>",
+            "<m>&#x110000;</m>",
+            "<m>&#99999999999999999999;</m>",
+            "<m a='&#0;'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+        assert_eq!(
+            records("<m>&#9;&#xD7FF;&#xE000;&#xFFFD;&#x10FFFF;</m>"),
+            ["<m>&#9;&#xD7FF;&#xE000;&#xFFFD;&#x10FFFF;</m>\n"]
+        );
     }
 
     #[test]
