@@ -64,13 +64,14 @@ impl Limits {
 /// Stream-level error conditions (RFC 6120 §4.9.3) the framer can detect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
-    /// Malformed XML, bad UTF-8, bad names, mismatched tags.
+    /// Malformed XML or XML-Names (RFC 6120 §4.9.3.13): bad UTF-8, bad
+    /// names, mismatched tags, undeclared prefixes.
     NotWellFormed,
     /// Comments, PIs, DTDs, non-predefined entities.
     RestrictedXml,
     /// Over a size, depth or attribute-count limit.
     PolicyViolation,
-    /// Wrong stream namespace or an undeclared prefix.
+    /// The stream element is not in the streams namespace.
     InvalidNamespace,
     /// A second stream header inside the stream, or other misuse of the stream element.
     BadFormat,
@@ -1753,8 +1754,10 @@ fn resolve<'a>(
             return Ok(h.prefixes[k].1.as_bytes());
         }
     }
+    // A Namespaces in XML constraint, so not-well-formed (RFC 6120
+    // §4.9.3.13); invalid-namespace is about the stream's namespaces.
     fail(
-        Condition::InvalidNamespace,
+        Condition::NotWellFormed,
         format!("undeclared prefix {}", String::from_utf8_lossy(p)),
     )
 }
@@ -2074,13 +2077,13 @@ mod tests {
 
     #[test]
     fn undeclared_prefix() {
-        assert_eq!(cond("<x:m/>"), Condition::InvalidNamespace);
-        assert_eq!(cond("<m x:a='1'/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<x:m/>"), Condition::NotWellFormed);
+        assert_eq!(cond("<m x:a='1'/>"), Condition::NotWellFormed);
         assert_eq!(
             cond("<m><x:b xmlns:x='u'/><x:c/></m>"),
-            Condition::InvalidNamespace
+            Condition::NotWellFormed
         );
-        assert_eq!(frag_cond("<stream:features/>"), Condition::InvalidNamespace);
+        assert_eq!(frag_cond("<stream:features/>"), Condition::NotWellFormed);
         // The xml prefix is always declared.
         assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
     }
