@@ -30,10 +30,17 @@
 //! records only; the fast path yields only what the scanner path would,
 //! and leaves every doubt to it, so errors, too, do not depend on chunking.
 //!
+//! Namespaces in XML too: declared prefixes, reserved prefixes, and no two
+//! attributes with one expanded name (`a:x` and `b:x` bound to one URI).
+//! What strict parsers downstream (Expat in clients and servers) would
+//! refuse must be refused here, or one stanza would end every sibling's
+//! stream through mirrord, or the upstream session.
+//!
 //! Lenient on purpose: whitespace before the XML declaration or the header
-//! is skipped. Not checked: namespace-aware duplicate attributes (`a:x` and
-//! `b:x` bound to the same URI) and the value of the header's default
-//! namespace (the session programs look at the header attributes).
+//! is skipped. Not checked: the value of the header's default namespace
+//! (the session programs look at the header attributes).
+
+use std::borrow::Cow;
 
 /// Limits on what one record may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1613,7 +1620,7 @@ fn check_element(
                     }
                 }
                 let mut default_ns = None;
-                let mut prefixed_attr = false;
+                let mut prefixed_attrs = 0;
                 for a in c.attrs.iter() {
                     match a.colon {
                         None if a.name.1 - a.name.0 == 5 && &s[a.name.0..a.name.1] == b"xmlns" => {
@@ -1629,7 +1636,7 @@ fn check_element(
                                 depth,
                             });
                         }
-                        Some(_) => prefixed_attr = true,
+                        Some(_) => prefixed_attrs += 1,
                     }
                 }
                 let local = match st.colon {
@@ -1640,12 +1647,25 @@ fn check_element(
                 if let Some(k) = st.colon {
                     uri = Some(resolve(s, &s[st.name.0..k], decls, header, needed)?);
                 }
-                if prefixed_attr {
+                if prefixed_attrs > 0 {
+                    // Expanded names, to catch `a:k` and `b:k` with a and b
+                    // bound to one namespace (Namespaces in XML §6.3).
+                    let mut expanded: Vec<(Cow<'_, [u8]>, &[u8])> = Vec::new();
                     for a in c.attrs.iter() {
                         if let Some(k) = a.colon {
                             let p = &s[a.name.0..k];
                             if p != b"xmlns" {
-                                resolve(s, p, decls, header, needed)?;
+                                let uri = resolve(s, p, decls, header, needed)?;
+                                if prefixed_attrs > 1 {
+                                    let key = (ns_name(uri), &s[k + 1..a.name.1]);
+                                    if expanded.contains(&key) {
+                                        return fail(
+                                            Condition::NotWellFormed,
+                                            "duplicate attribute (two prefixes, one namespace)",
+                                        );
+                                    }
+                                    expanded.push(key);
+                                }
                             }
                         }
                     }
@@ -1709,13 +1729,7 @@ const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
 /// XML parsers in clients refuse these, so a record must never carry one
 /// (RFC 6120 §4.9.3.13: XML-NAMES violations are not-well-formed).
 fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
-    let unescaped;
-    let v = if raw.contains(&b'&') {
-        unescaped = crate::xml::unescape_bytes(raw, true).unwrap_or_default();
-        unescaped.as_bytes()
-    } else {
-        raw
-    };
+    let v = &*ns_name(raw);
     let ok = match prefix {
         None => v != XML_NS && v != XMLNS_NS,
         Some(b"xml") => v == XML_NS,
@@ -1729,6 +1743,15 @@ fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
             "namespace declaration breaks the reserved-name rules",
         )
     }
+}
+
+/// A namespace name as sent (`raw`), its references resolved: rarely any.
+fn ns_name(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.contains(&b'&') {
+        let v = crate::xml::unescape_bytes(raw, true).unwrap_or_default();
+        return Cow::Owned(v.into_bytes());
+    }
+    Cow::Borrowed(raw)
 }
 
 /// The namespace of prefix `p` in scope; a prefix known only from the
@@ -2122,6 +2145,25 @@ mod tests {
                 "<m xmlns=''/>\n"
             ]
         );
+    }
+
+    #[test]
+    fn duplicate_expanded_attribute_names() {
+        for body in [
+            "<m xmlns:a='urn:u' xmlns:b='urn:u' a:k='1' b:k='2'/>",
+            "<m xmlns:a='urn:u'><n xmlns:b='urn:u' a:k='1' b:k='2'/></m>",
+            "<m xmlns:a='urn&#58;u' xmlns:b='urn:u' a:k='1' b:k='2'/>",
+            "<m xmlns:s='http://etherx.jabber.org/streams' s:k='1' stream:k='2'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+        for ok in [
+            "<m xmlns:a='urn:a' xmlns:b='urn:b' a:k='1' b:k='2'/>",
+            "<m xmlns:a='urn:a' k='1' a:k='2'/>",
+            "<m xmlns:a='urn:u' xmlns:b='urn:u' a:k='1' b:j='2'/>",
+        ] {
+            assert_eq!(records(ok), [format!("{ok}\n")], "{ok}");
+        }
     }
 
     #[test]
