@@ -603,7 +603,13 @@ impl Framer {
                     return Ok(None);
                 }
                 if let Some(h) = &self.header {
-                    if name == h.qname.as_slice() {
+                    // A second header may never end: refuse it at its start
+                    // tag, under any prefix (deeper ones: the validating pass).
+                    if name == h.qname.as_slice()
+                        || (self.depth == 0
+                            && split_qname(name).1 == b"stream"
+                            && in_streams_ns(&self.buf[start..end], h))
+                    {
                         return fail(Condition::BadFormat, "stream header inside the stream");
                     }
                 }
@@ -835,6 +841,30 @@ fn parse_decl(d: &[u8]) -> Res<()> {
         return bad();
     }
     Ok(())
+}
+
+/// Is this top-level start tag in the streams namespace (declared on the
+/// tag itself or, for a prefix, on the stream header)? A malformed tag is
+/// not: the validating pass reports it.
+fn in_streams_ns(tag: &[u8], h: &Header) -> bool {
+    let (mut attrs, mut out) = (Vec::new(), Vec::new());
+    let mut c = Checker::new(tag, usize::MAX, &mut attrs, &mut out);
+    let Ok(st) = c.start_tag() else {
+        return false;
+    };
+    let (prefix, _) = split_qname(&tag[st.name.0..st.name.1]);
+    let decl: Vec<u8> = match prefix {
+        Some(p) => [b"xmlns:".as_slice(), p].concat(),
+        None => b"xmlns".to_vec(),
+    };
+    if let Some(a) = attrs.iter().find(|a| tag[a.name.0..a.name.1] == *decl) {
+        return *ns_name(&tag[a.value.0..a.value.1]) == *STREAMS_NS;
+    }
+    prefix.is_some_and(|p| {
+        h.prefixes
+            .iter()
+            .any(|(hp, uri)| hp.as_slice() == p && uri.as_bytes() == STREAMS_NS)
+    })
 }
 
 fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)>)> {
@@ -1626,6 +1656,13 @@ fn check_element(
                         None if a.name.1 - a.name.0 == 5 && &s[a.name.0..a.name.1] == b"xmlns" => {
                             check_ns_decl(None, &s[a.value.0..a.value.1])?;
                             default_ns = Some(&s[a.value.0..a.value.1]);
+                            // An empty prefix: the default namespace, which
+                            // resolve (never asked for "") does not see.
+                            decls.push(Decl {
+                                prefix: (a.name.0, a.name.0),
+                                value: a.value,
+                                depth,
+                            });
                         }
                         None => {}
                         Some(k) if &s[a.name.0..k] == b"xmlns" => {
@@ -1646,6 +1683,19 @@ fn check_element(
                 let mut uri = None;
                 if let Some(k) = st.colon {
                     uri = Some(resolve(s, &s[st.name.0..k], decls, header, needed)?);
+                }
+                if local == b"stream" {
+                    let ns = match st.colon {
+                        Some(_) => uri,
+                        None => decls
+                            .iter()
+                            .rev()
+                            .find(|d| d.prefix.0 == d.prefix.1)
+                            .map(|d| &s[d.value.0..d.value.1]),
+                    };
+                    if ns.is_some_and(|n| *ns_name(n) == *STREAMS_NS) {
+                        return fail(Condition::BadFormat, "stream header inside the stream");
+                    }
                 }
                 if prefixed_attrs > 0 {
                     // Expanded names, to catch `a:k` and `b:k` with a and b
@@ -2173,6 +2223,23 @@ mod tests {
             Condition::BadFormat
         );
         assert_eq!(cond("<m><stream:stream>"), Condition::BadFormat);
+        // Any prefix, or none: the namespace is what counts, and a header
+        // that never ends is refused at once.
+        for body in [
+            "<s:stream xmlns:s='http://etherx.jabber.org/streams' version='1.0'>",
+            "<stream xmlns='http://etherx.jabber.org/streams'>",
+            "<stream xmlns='http://etherx.jabber.org/streams'/>",
+            "<m><s:stream xmlns:s='http://etherx.jabber.org/streams'/></m>",
+            "<m xmlns:s='http://etherx.jabber.org/streams'><s:stream/></m>",
+            "<m><x xmlns='http://etherx.jabber.org/streams'><stream/></x></m>",
+        ] {
+            assert_eq!(cond(body), Condition::BadFormat, "{body}");
+        }
+        // Other elements named stream are fine.
+        assert_eq!(
+            records("<stream xmlns='urn:x'/><m><stream/></m>"),
+            ["<stream xmlns='urn:x'/>\n", "<m><stream/></m>\n"]
+        );
     }
 
     #[test]
