@@ -156,6 +156,12 @@ pub enum Mode {
 
 const STREAMS_NS: &[u8] = b"http://etherx.jabber.org/streams";
 
+/// RFC 6120 §11.6: a stream in another encoding gets unsupported-encoding.
+/// A UTF-16 (or UTF-32) stream shows itself in its first bytes: a byte
+/// order mark, or NUL bytes around the first `<`. (A UTF-8 BOM is a
+/// character, U+FEFF, and so text before the header: not-well-formed.)
+const UTF16: &str = "the stream is not UTF-8 (UTF-16 or UTF-32)";
+
 type Res<T> = Result<T, FrameError>;
 
 fn fail<T>(condition: Condition, detail: impl Into<String>) -> Res<T> {
@@ -386,6 +392,9 @@ impl Framer {
                     if self.phase == Phase::Ended {
                         return fail(Condition::NotWellFormed, "data after the end of the stream");
                     }
+                    if self.phase == Phase::Start && matches!(self.buf[i], 0x00 | 0xFE | 0xFF) {
+                        return fail(Condition::UnsupportedEncoding, UTF16);
+                    }
                     if self.buf[i] != b'<' {
                         return fail(Condition::NotWellFormed, "text outside an element");
                     }
@@ -412,6 +421,9 @@ impl Framer {
                         return Ok(None);
                     };
                     let top = self.depth == 0;
+                    if b == 0 && self.phase == Phase::Start {
+                        return fail(Condition::UnsupportedEncoding, UTF16);
+                    }
                     match b {
                         b'/' => {
                             self.lex = Lex::Tag {
@@ -2014,6 +2026,39 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
         }
+    }
+
+    #[test]
+    fn utf16_stream_is_unsupported_encoding() {
+        let hdr =
+            "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        let le: Vec<u8> = hdr.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        let be: Vec<u8> = hdr.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        for input in [
+            [&[0xFF, 0xFE][..], &le].concat(),
+            [&[0xFE, 0xFF][..], &be].concat(),
+            le.clone(),
+            be.clone(),
+        ] {
+            // One byte at a time too: the outcome does not depend on chunking.
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            for chunks in [vec![input.as_slice()], bytes] {
+                let (_, err) = run(Mode::Stream, Limits::PRE_AUTH, &chunks);
+                assert_eq!(
+                    err.map(|e| e.condition),
+                    Some(Condition::UnsupportedEncoding),
+                    "{:?}",
+                    &input[..4]
+                );
+            }
+        }
+        let bom8 = [&b"\xEF\xBB\xBF"[..], hdr.as_bytes()].concat();
+        assert_eq!(
+            run(Mode::Stream, Limits::PRE_AUTH, &[&bom8])
+                .1
+                .map(|e| e.condition),
+            Some(Condition::NotWellFormed)
+        );
     }
 
     #[test]
