@@ -130,6 +130,13 @@ impl StreamHeader {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The content namespace is `jabber:client` (declared, or left implied):
+    /// records imply it, so a stream in any other is refused with
+    /// invalid-namespace (RFC 6120 §4.9.3.10).
+    pub fn is_jabber_client(&self) -> bool {
+        self.get("xmlns").unwrap_or("jabber:client") == "jabber:client"
+    }
 }
 
 /// What the framer found.
@@ -1926,6 +1933,23 @@ mod tests {
         );
         assert_eq!(evs[2], Event::Record(b"<presence/>\n".to_vec()));
         assert_eq!(evs[3], Event::End);
+    }
+
+    #[test]
+    fn header_content_namespace() {
+        let ns = |hdr: &[u8]| match run(Mode::Stream, Limits::PRE_AUTH, &[hdr]).0.first() {
+            Some(Event::Header(h)) => h.is_jabber_client(),
+            e => panic!("{e:?}"),
+        };
+        let s = "xmlns:stream='http://etherx.jabber.org/streams'";
+        assert!(ns(
+            format!("<stream:stream xmlns='jabber:client' {s}>").as_bytes()
+        ));
+        assert!(ns(format!("<stream:stream {s}>").as_bytes()));
+        assert!(!ns(
+            format!("<stream:stream xmlns='jabber:server' {s}>").as_bytes()
+        ));
+        assert!(!ns(format!("<stream:stream xmlns='' {s}>").as_bytes()));
     }
 
     #[test]
