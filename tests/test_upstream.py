@@ -451,4 +451,22 @@ def test_stalled_daemon_holds_the_server_back_and_loses_nothing(proxy):
     assert lines == n, f"{lines} of {n} messages logged\n{p.stderr_text()[-2000:]}"
     assert "dropping a record" not in p.stderr_text()
     no_panic(p)
+
+
+def test_overlong_fifo_line_is_dropped_with_a_log_line(proxy):
+    """A line past the reader's limit is skipped to its LF like any invalid
+    record: logged, and the next line still goes upstream."""
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    srv.handshake()
+    p.online()
+    a = p.raw_client("a")
+    big = "<message to='bob@localhost'><body>" + "x" * (400 * 1024) + "</body></message>"
+    a.send(big + "\n<message to='carol@localhost'><body>after</body></message>")
+    got = srv.read_until(rb"<body>after</body></message>")
+    assert b"xxxxxxxx" not in got
+    # Logged before the next line was routed.
+    assert "from client a: policy-violation: line over" in p.stderr_text(), p.stderr_text()
+    assert p.stop() == 0
     srv.close()
