@@ -252,6 +252,15 @@ pub fn from_local(
     if !matches!(name.as_str(), "message" | "presence" | "iq") {
         return vec![(Dest::Drop(format!("<{name}> is not a stanza")), Vec::new())];
     }
+    // Records imply jabber:client; one in another namespace is no stanza,
+    // and the server would end the whole session over it
+    // (unsupported-stanza-type from Prosody).
+    if let Some(ns) = xml::attr(rec, "xmlns").filter(|ns| ns != "jabber:client") {
+        return vec![(
+            Dest::Drop(format!("<{name}> in {ns} is not a stanza")),
+            Vec::new(),
+        )];
+    }
     // Origin stamp: what a client says about itself is never believed.
     let mut rec = match origin {
         Origin::Client(_) | Origin::In => xml::set_attr(rec, "from", &acct.origin_jid(origin)),
@@ -433,6 +442,31 @@ mod tests {
         assert_eq!(
             xml::attr(&out[0].1, "from").as_deref(),
             Some("alice@localhost/b")
+        );
+    }
+
+    #[test]
+    fn local_record_outside_jabber_client_is_dropped() {
+        for r in [
+            &b"<message xmlns='urn:evil' to='bob@localhost'/>\n"[..],
+            b"<iq xmlns='jabber:server' type='get' id='x'/>\n",
+            b"<presence xmlns=''/>\n",
+        ] {
+            for o in [Origin::Daemon, Origin::In, Origin::Client("a".into())] {
+                assert!(
+                    matches!(
+                        from_local(&acct(), &o, r, |_| true)[..],
+                        [(Dest::Drop(_), _)]
+                    ),
+                    "{}",
+                    String::from_utf8_lossy(r)
+                );
+            }
+        }
+        let ok = b"<message xmlns='jabber:client' to='bob@localhost' type='chat'/>\n";
+        assert_eq!(
+            from_local(&acct(), &Origin::In, ok, |_| true)[0].0,
+            Dest::Upstream
         );
     }
 
