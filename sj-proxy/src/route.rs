@@ -276,11 +276,12 @@ pub fn from_local(
         }
     }
     let to = xml::attr(&rec, "to");
+    // Another resource of the account that is not a client here (a device
+    // connected to the server directly) is reached through the server.
     if let Some(target) = to.as_deref().and_then(|t| acct.local_client(t)) {
         if is_client(target) {
             return vec![(Dest::Mirror, rec)];
         }
-        return vec![(Dest::Drop(format!("no local client {target}")), Vec::new())];
     }
     if name == "presence" && to.is_none() {
         if let Origin::Client(_) = origin {
@@ -477,10 +478,17 @@ mod tests {
             dests(&from_local(&acct(), &Origin::Daemon, r, |n| n == "b")),
             vec![Dest::Mirror]
         );
-        assert!(matches!(
-            from_local(&acct(), &Origin::Daemon, r, |_| false)[0].0,
-            Dest::Drop(_)
-        ));
+        // Not a client here: another device of the account, on the server.
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::Daemon, r, |_| false)),
+            vec![Dest::Upstream]
+        );
+        let err =
+            b"<iq type='error' id='p1' to='alice@localhost/phone'><error type='cancel'/></iq>\n";
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::Daemon, err, |n| n == "b")),
+            vec![Dest::Upstream]
+        );
         // The upstream resource is not a local client.
         let r = b"<message to='alice@localhost/sj' type='chat'><body>x</body></message>\n";
         assert_eq!(
