@@ -40,7 +40,8 @@ class ScriptedServer:
     def send(self, data):
         self.conn.sendall(data)
 
-    def handshake(self, jid="alice@localhost/scripted"):
+    def handshake(self, jid="alice@localhost/scripted", after=b""):
+        """`after` goes in the same write as the last reply (pipelined)."""
         self.conn, _ = self.sock.accept()
         self.conn.settimeout(self.sock.gettimeout())
         self.read_until(rb"<stream:stream[^>]*>")
@@ -58,7 +59,8 @@ class ScriptedServer:
         self.send(b"<iq type='result' id='sjp-disco' from='localhost'>"
                   b"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         self.read_until(rb"id='sjp-roster'.*?</iq>")
-        self.send(b"<iq type='result' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>")
+        self.send(b"<iq type='result' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>"
+                  + after)
 
     def close(self):
         for s in (self.conn, self.sock):

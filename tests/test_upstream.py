@@ -470,3 +470,18 @@ def test_overlong_fifo_line_is_dropped_with_a_log_line(proxy):
     assert "from client a: policy-violation: line over" in p.stderr_text(), p.stderr_text()
     assert p.stop() == 0
     srv.close()
+
+
+def test_stanza_pipelined_with_the_last_negotiation_reply_is_routed(proxy):
+    """A message in the same read as the disco#info answer reaches the
+    clients at once, not when the server next sends something."""
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    a = p.raw_client("a")  # before the session is up: mirrord finds it at start
+    srv.handshake(after=b"<message from='bob@localhost/x' to='alice@localhost/scripted' "
+                        b"type='chat'><body>pipelined</body></message>")
+    p.online()
+    a.wait_record(is_message_with_body("pipelined"))
+    assert p.stop() == 0
+    srv.close()

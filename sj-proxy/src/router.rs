@@ -395,6 +395,9 @@ impl Router {
 
     /// Run until stopped (Ok) or the upstream session ends (Err).
     pub fn run(&mut self) -> Result<(), Fatal> {
+        // What came in the same read as the last negotiation reply is in
+        // the framer already: poll would not report it again.
+        self.drain_upstream()?;
         let mut upbuf = Vec::with_capacity(64 * 1024);
         let mut next_scan = Instant::now();
         loop {
