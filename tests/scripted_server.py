@@ -40,8 +40,9 @@ class ScriptedServer:
     def send(self, data):
         self.conn.sendall(data)
 
-    def handshake(self, jid="alice@localhost/scripted", after=b""):
-        """`after` goes in the same write as the last reply (pipelined)."""
+    def handshake(self, jid="alice@localhost/scripted", after=b"", header2=None):
+        """`after` goes in the same write as the last reply (pipelined);
+        `header2` replaces the stream header sent after SASL."""
         self.conn, _ = self.sock.accept()
         self.conn.settimeout(self.sock.gettimeout())
         self.read_until(rb"<stream:stream[^>]*>")
@@ -50,7 +51,7 @@ class ScriptedServer:
         self.read_until(rb"</auth>")
         self.send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
         self.read_until(rb"<stream:stream[^>]*>")
-        self.send(HEADER % 2 + b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+        self.send((header2 or HEADER % 2) + b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
                   b"</stream:features>")
         self.read_until(rb"</iq>")
         self.send(b"<iq type='result' id='sjp-bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
