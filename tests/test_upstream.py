@@ -451,4 +451,37 @@ def test_stalled_daemon_holds_the_server_back_and_loses_nothing(proxy):
     assert lines == n, f"{lines} of {n} messages logged\n{p.stderr_text()[-2000:]}"
     assert "dropping a record" not in p.stderr_text()
     no_panic(p)
+
+
+def test_overlong_fifo_line_is_dropped_with_a_log_line(proxy):
+    """A line past the reader's limit is skipped to its LF like any invalid
+    record: logged, and the next line still goes upstream."""
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    srv.handshake()
+    p.online()
+    a = p.raw_client("a")
+    big = "<message to='bob@localhost'><body>" + "x" * (400 * 1024) + "</body></message>"
+    a.send(big + "\n<message to='carol@localhost'><body>after</body></message>")
+    got = srv.read_until(rb"<body>after</body></message>")
+    assert b"xxxxxxxx" not in got
+    # Logged before the next line was routed.
+    assert "from client a: policy-violation: line over" in p.stderr_text(), p.stderr_text()
+    assert p.stop() == 0
+    srv.close()
+
+
+def test_stanza_pipelined_with_the_last_negotiation_reply_is_routed(proxy):
+    """A message in the same read as the disco#info answer reaches the
+    clients at once, not when the server next sends something."""
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    a = p.raw_client("a")  # before the session is up: mirrord finds it at start
+    srv.handshake(after=b"<message from='bob@localhost/x' to='alice@localhost/scripted' "
+                        b"type='chat'><body>pipelined</body></message>")
+    p.online()
+    a.wait_record(is_message_with_body("pipelined"))
+    assert p.stop() == 0
     srv.close()

@@ -65,6 +65,17 @@ pub struct Router {
     closed_sent: bool,
 }
 
+/// Lines over LINE_MAX are skipped by the line reader; they are invalid
+/// records like any other, so they get the same kind of log line (DESIGN
+/// §4: an invalid line is dropped with a log line).
+fn warn_overlong(n: u64, who: &str) {
+    if n > 0 {
+        sj::log::warn(&format!(
+            "dropping {n} invalid record(s) from {who}: policy-violation: line over {LINE_MAX} bytes"
+        ));
+    }
+}
+
 fn daemon_index(d: &Dest) -> Option<usize> {
     match d {
         Dest::Messaged => Some(0),
@@ -263,6 +274,7 @@ impl Router {
                 got.cut
             ));
         }
+        warn_overlong(got.overlong, &who);
         for l in got.lines {
             if !l.iter().all(u8::is_ascii_whitespace) {
                 self.route_local(origin.clone(), &l);
@@ -383,6 +395,9 @@ impl Router {
 
     /// Run until stopped (Ok) or the upstream session ends (Err).
     pub fn run(&mut self) -> Result<(), Fatal> {
+        // What came in the same read as the last negotiation reply is in
+        // the framer already: poll would not report it again.
+        self.drain_upstream()?;
         let mut upbuf = Vec::with_capacity(64 * 1024);
         let mut next_scan = Instant::now();
         loop {
@@ -639,10 +654,12 @@ impl Router {
             return false;
         };
         let r = d.lines.fill(out);
+        let before = d.lines.overlong;
         let mut lines = Vec::new();
         while let Some(l) = d.lines.next_line() {
             lines.push(l.to_vec());
         }
+        warn_overlong(d.lines.overlong - before, "a daemon");
         let more = matches!(r, Ok(Read::Data(_)));
         if matches!(r, Ok(Read::Eof) | Err(_)) {
             d.child.stdout = None;

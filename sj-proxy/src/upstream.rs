@@ -270,6 +270,13 @@ impl Upstream {
         self.open_stream(domain, from)?;
         match self.next_event(Instant::now() + STEP_TIMEOUT)? {
             Event::Header(h) => {
+                if !h.is_jabber_client() {
+                    self.send_stream_error("invalid-namespace");
+                    return Err(Fatal::protocol(format!(
+                        "the server's stream is in {}, not jabber:client",
+                        h.get("xmlns").unwrap_or_default()
+                    )));
+                }
                 if h.get("version").is_none_or(|v| !v.starts_with('1')) {
                     self.send_stream_error("unsupported-version");
                     return Err(Fatal::protocol(

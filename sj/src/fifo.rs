@@ -85,7 +85,7 @@ pub struct Lines {
     pub lines: Vec<Vec<u8>>,
     /// Bytes of an incomplete line dropped because every writer closed.
     pub cut: usize,
-    /// Lines over the length limit skipped so far.
+    /// Lines over the length limit this read skipped (the caller logs them).
     pub overlong: u64,
     /// The read returned data: more may wait.
     pub more: bool,
@@ -114,10 +114,11 @@ impl LineFifo {
             return Ok(out);
         };
         let r = self.lines.fill(fd);
+        let before = self.lines.overlong;
         while let Some(l) = self.lines.next_line() {
             out.lines.push(l.to_vec());
         }
-        out.overlong = self.lines.overlong;
+        out.overlong = self.lines.overlong - before;
         out.more = matches!(r, Ok(crate::io::Read::Data(_)));
         match r {
             Ok(crate::io::Read::Eof) => {

@@ -473,7 +473,7 @@ impl Session {
         if h_ns.is_some() && h_ns != Some(NS_STREAM) {
             return self.stream_error("invalid-namespace", PROTOCOL, "bad stream namespace".into());
         }
-        if h.get("xmlns").unwrap_or("jabber:client") != "jabber:client" {
+        if !h.is_jabber_client() {
             return self.stream_error(
                 "invalid-namespace",
                 PROTOCOL,
