@@ -36,8 +36,14 @@ check:
 		[ -f "$$f" ] || continue; sh -n "$$f" || exit 1; \
 	done
 
+# One run, one table (BENCHMARKS.md): the framer bench's rows, then sj-bench
+# (pipeline, Prosody, memory, growth) against the release build.
 bench:
-	$(CARGO) bench -p sj --bench framer
+	tests/setup.sh
+	$(CARGO) build --release --locked --workspace
+	@mkdir -p $(TARGET_DIR)/bench
+	$(CARGO) bench --locked -p sj --bench framer > $(TARGET_DIR)/bench/framer.txt
+	$(TARGET_DIR)/release/sj-bench -b $(TARGET_DIR)/release -f $(TARGET_DIR)/bench/framer.txt
 
 # Fuzzing (fuzz/README.md): cargo-fuzz on stable Rust through RUSTC_BOOTSTRAP.
 # `make fuzz` runs each target for FUZZ_SECONDS, one after the other, one

@@ -41,6 +41,8 @@ CASES = {
         b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
         b"xmlns:stream='urn:example:not-streams' from='localhost' id='bad-2' "
         b"version='1.0' xml:lang='en'>", b"", "invalid-namespace"),
+    "wrong-content-namespace": (HEADER.replace(b"'jabber:client'", b"'jabber:server'"), b"",
+                                "invalid-namespace"),
 }
 
 

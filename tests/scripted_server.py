@@ -40,7 +40,9 @@ class ScriptedServer:
     def send(self, data):
         self.conn.sendall(data)
 
-    def handshake(self, jid="alice@localhost/scripted"):
+    def handshake(self, jid="alice@localhost/scripted", after=b"", header2=None):
+        """`after` goes in the same write as the last reply (pipelined);
+        `header2` replaces the stream header sent after SASL."""
         self.conn, _ = self.sock.accept()
         self.conn.settimeout(self.sock.gettimeout())
         self.read_until(rb"<stream:stream[^>]*>")
@@ -49,7 +51,7 @@ class ScriptedServer:
         self.read_until(rb"</auth>")
         self.send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
         self.read_until(rb"<stream:stream[^>]*>")
-        self.send(HEADER % 2 + b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+        self.send((header2 or HEADER % 2) + b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
                   b"</stream:features>")
         self.read_until(rb"</iq>")
         self.send(b"<iq type='result' id='sjp-bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
@@ -58,7 +60,8 @@ class ScriptedServer:
         self.send(b"<iq type='result' id='sjp-disco' from='localhost'>"
                   b"<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
         self.read_until(rb"id='sjp-roster'.*?</iq>")
-        self.send(b"<iq type='result' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>")
+        self.send(b"<iq type='result' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>"
+                  + after)
 
     def close(self):
         for s in (self.conn, self.sock):

@@ -323,3 +323,24 @@ def test_daemon_hostile_namespace_runs_nothing_outside(tmp_path):
         assert not (tmp_path / "ran").exists()
     finally:
         assert d.close() == 0
+
+
+def test_daemon_roster_result_believed_only_from_the_server(tmp_path):
+    """The id of iqd's roster get is predictable; a contact's 'result' for
+    it must not become DIR/roster (CVE-2017-5589's family)."""
+    d = Iqd(tmp_path)
+    try:
+        get = d.line(by_id("iqd-roster-1"))
+        assert get.get("type") == "get"
+        d.send("<iq type='result' id='iqd-roster-1' from='bob@localhost/r'>"
+               "<query xmlns='jabber:iq:roster'><item jid='eve@localhost' subscription='both'/>"
+               "</query></iq>")
+        # Still pending: the server's own answer is taken.
+        d.send("<iq type='result' id='iqd-roster-1'><query xmlns='jabber:iq:roster'>"
+               "<item jid='dave@localhost' subscription='both'/></query></iq>")
+        roster = tmp_path / "roster"
+        assert wait_until(lambda: "dave@localhost" in (read(str(roster)) or ""), 10)
+        assert "eve@localhost" not in roster.read_text()
+        assert not (tmp_path / "iq" / "iqd-roster-1").exists()
+    finally:
+        assert d.close() == 0

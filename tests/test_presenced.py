@@ -224,12 +224,9 @@ def fixture(request, name):
 
 @pytest.fixture(scope="module")
 def server(request):
-    """The harness's Prosody (accounts alice, bob, carol; passwords USER-pw),
-    or one started here from tests/sjtest when the fixture is not there."""
-    try:
-        return request.getfixturevalue("prosody")
-    except Exception:  # not defined (yet), or a scope that does not fit
-        pass
+    """A Prosody of this module's own (accounts alice, bob, carol; passwords
+    USER-pw): the end-to-end tests start from "alice and bob not subscribed",
+    which other modules' tests on the shared server do not leave alone."""
     try:
         from sjtest.prosody import Prosody
     except ImportError:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from sjtest.prosody import REPO, make_workdir
-from sjtest.proxy import JC, RawClient, bin_dir, local, sj_bin
+from sjtest.proxy import JC, RawClient, bin_dir, local, parse_record, sj_bin
 
 EXAMPLE = os.path.join(REPO, "examples", "s6", "sj-proxy")
 
@@ -227,3 +227,61 @@ def test_s6_c2s_listener(scan, prosody):
     finally:
         client.disconnect()
         bob.disconnect()
+
+
+def test_s6_messages_sent_while_down_arrive_after_restart(scan, contact):
+    """sj-proxy is SIGKILLed under s6; once the server has noticed the
+    session is gone (bob sees the account go unavailable), what bob sends
+    is kept by the server (offline storage) or reaches the new session: the
+    raw client and the out log get every message, once, in order. What the
+    server had already written to the dead session's socket is lost: there
+    is no XEP-0198 resumption yet."""
+    s = scan()
+    s.wait_up_ready()
+    bound = s.state().split()[1]
+    client = RawClient(s.dir, "watch")
+    try:
+        bob = contact("bob")
+        bob.send_message(bound, "hello before")
+        client.wait_record(body_is("hello before"), timeout=15)
+        start = bob.mark()
+        client.send("<presence to='bob@localhost'/>")
+        bob.wait_presence(lambda pr: str(pr["from"]) == bound and pr["type"] != "unavailable",
+                          start=start, timeout=15)
+        pid1 = s.pid()
+        os.kill(pid1, signal.SIGKILL)
+        bob.wait_presence(lambda pr: str(pr["from"]) == bound and pr["type"] == "unavailable",
+                          start=start, timeout=15)
+        during = [f"while down {i}" for i in range(20)]
+        for text in during:
+            bob.send_message("alice@localhost", text)
+        deadline = time.monotonic() + 20
+        while s.pid() in (-1, 0, pid1):
+            assert time.monotonic() < deadline, "sj-proxy was not restarted\n" + s.log()
+            time.sleep(0.05)
+        s.wait_up_ready()
+        bob.send_message("alice@localhost", "after restart")
+        client.wait_record(body_is("after restart"), timeout=20)
+        client.drain()
+        got = []
+        for line in client.lines:
+            el = parse_record(line)
+            b = el.find(JC + "body")
+            if local(el.tag) == "message" and b is not None and b.text.startswith(("while", "after")):
+                got.append(b.text)
+        assert got == during + ["after restart"], got
+        out = os.path.join(s.dir, "bob@localhost", "out")
+        deadline = time.monotonic() + 15
+        while True:
+            with open(out) as f:
+                text = f.read()
+            logged = [ln.split("> ", 1)[1] for ln in text.splitlines()
+                      if "<bob@localhost> " in ln]
+            if "after restart" in logged:
+                break
+            assert time.monotonic() < deadline, text[-2000:]
+            time.sleep(0.05)
+        assert [t for t in logged if t.startswith(("while", "after"))] == during + ["after restart"]
+    finally:
+        client.close()
+    s.stop()

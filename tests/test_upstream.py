@@ -13,6 +13,7 @@ import types
 import pytest
 
 from badserver import CASES, NS_STREAMS, BadServer
+from sjtest.poll import wait_until
 from sjtest.proxy import JC, local, sj_bin
 
 CARBONS = "{urn:xmpp:carbons:2}"
@@ -136,6 +137,10 @@ def test_sigterm_server_sees_session_end(proxy, contact):
     a = p.raw_client("a")
     bound = p.online()
     bob = contact("bob")
+    # bob's initial presence has reached the server once his next stanza
+    # has: only then does a directed presence find an available resource.
+    bob.send_message(bound, "bob is here")
+    a.wait_record(is_message_with_body("bob is here"))
     start = bob.mark()
     # Directed presence: the server sends bob unavailable when the session ends.
     a.send("<presence to='bob@localhost'/>")
@@ -161,6 +166,39 @@ def test_server_dies_exits_111(proxy, own_prosody):
     p.online()
     own_prosody.stop()
     assert p.wait_exit(30) == 111, p.stderr_text()
+    no_panic(p)
+
+
+def test_daemons_do_not_hold_the_server_connection(proxy):
+    """Only sj-proxy talks to the server: none of its children has the
+    socket it got as fds 6/7 (else the server would not see the session
+    end while a daemon lives on)."""
+    p = proxy("alice")
+    p.online()
+    me = p.proxy_pid()
+
+    def sockets(pid):
+        out = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:"):
+                out.add(target)
+        return out
+    upstream = sockets(me)
+    assert upstream, "sj-proxy holds no socket"
+    deadline = time.monotonic() + 15
+    while True:
+        kids = {n: p.child_pids(n) for n in ("messaged", "presenced", "iqd", "mirrord")}
+        if all(kids.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for name, pids in kids.items():
+        assert pids, f"{name} not running\n{p.stderr_text()}"
+        for pid in pids:
+            assert not sockets(pid) & upstream, f"{name} holds sj-proxy's server socket"
     no_panic(p)
 
 
@@ -270,6 +308,9 @@ def test_roster_push_reaches_every_raw_client(proxy):
     p = proxy("alice")
     a, b = p.raw_client("a"), p.raw_client("b")
     p.online()
+    # The server pushes roster changes only to a session that has fetched
+    # the roster: wait for iqd's fetch (it writes DIR/roster) first.
+    assert wait_until(lambda: os.path.exists(os.path.join(p.dir, "roster")), 15), p.stderr_text()
     a.send("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
            "<item jid='carol@localhost' name='Carol'/></query></iq>")
 
@@ -355,3 +396,92 @@ def test_password_file_open_to_others_is_warned_about(tmp_path):
         if warned:
             assert f"(mode {mode:04o}); chmod 600 it" in r.stderr
         assert "secret" not in r.stderr
+
+
+def test_stalled_daemon_holds_the_server_back_and_loses_nothing(proxy):
+    """A flood bigger than any queue while messaged cannot read: sj-proxy
+    stops reading the server (TCP holds the rest back) instead of dropping
+    messaged's records, and once messaged runs again every message is in
+    the log and at the raw client."""
+    import threading
+
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer(timeout=120.0)
+    p = scripted_proxy(proxy, srv)
+    a = p.raw_client("a")
+    srv.handshake()
+    p.online()
+    deadline = time.monotonic() + 15
+    while not p.child_pids("messaged"):
+        assert time.monotonic() < deadline, p.stderr_text()
+        time.sleep(0.05)
+    messaged = p.child_pids("messaged")[0]
+    body = "x" * 4000
+    n = 9216  # about 36 MiB: more than sj-proxy keeps for a daemon that is down
+    data = b"".join(f"<message from='bob@localhost/r' to='alice@localhost' type='chat' "
+                    f"id='m{i}'><body>{body}</body></message>".encode() for i in range(n))
+    sender = threading.Thread(target=srv.send, args=(data,), daemon=True)
+
+    def count(limit, timeout):
+        end = time.monotonic() + timeout
+        while len(a.lines) < limit and time.monotonic() < end:
+            a._fill(end - time.monotonic())
+        return sum(1 for ln in a.lines if b"<body>" in ln)
+
+    os.kill(messaged, signal.SIGSTOP)
+    try:
+        sender.start()
+        # No event says "sj-proxy stopped reading": give the flood a bounded
+        # while to run ahead of the stopped daemon. 2 MiB is past what the
+        # pipe and sj-proxy's queue for messaged hold.
+        ahead = count(512, 3.0)
+        assert ahead < 512, f"{ahead} records passed a stopped messaged"
+    finally:
+        os.kill(messaged, signal.SIGCONT)
+    assert count(n, 90.0) == n, p.stderr_text()[-2000:]
+    sender.join(30)
+    log = os.path.join(p.dir, "bob@localhost", "out")
+    deadline = time.monotonic() + 60
+    while True:
+        with open(log, "rb") as f:
+            lines = f.read().count(b"\n")
+        if lines >= n or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert lines == n, f"{lines} of {n} messages logged\n{p.stderr_text()[-2000:]}"
+    assert "dropping a record" not in p.stderr_text()
+    no_panic(p)
+
+
+def test_overlong_fifo_line_is_dropped_with_a_log_line(proxy):
+    """A line past the reader's limit is skipped to its LF like any invalid
+    record: logged, and the next line still goes upstream."""
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    srv.handshake()
+    p.online()
+    a = p.raw_client("a")
+    big = "<message to='bob@localhost'><body>" + "x" * (400 * 1024) + "</body></message>"
+    a.send(big + "\n<message to='carol@localhost'><body>after</body></message>")
+    got = srv.read_until(rb"<body>after</body></message>")
+    assert b"xxxxxxxx" not in got
+    # Logged before the next line was routed.
+    assert "from client a: policy-violation: line over" in p.stderr_text(), p.stderr_text()
+    assert p.stop() == 0
+    srv.close()
+
+
+def test_stanza_pipelined_with_the_last_negotiation_reply_is_routed(proxy):
+    """A message in the same read as the disco#info answer reaches the
+    clients at once, not when the server next sends something."""
+    from scripted_server import ScriptedServer
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    a = p.raw_client("a")  # before the session is up: mirrord finds it at start
+    srv.handshake(after=b"<message from='bob@localhost/x' to='alice@localhost/scripted' "
+                        b"type='chat'><body>pipelined</body></message>")
+    p.online()
+    a.wait_record(is_message_with_body("pipelined"))
+    assert p.stop() == 0
+    srv.close()

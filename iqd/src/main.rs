@@ -380,6 +380,15 @@ impl Iqd {
     /// A result or error: ours (roster), or for a file-system requester.
     fn response(&mut self, e: &Element, req: &Request, line: &[u8]) {
         if let Some(pos) = self.roster_pending.iter().position(|i| *i == req.id) {
+            // The id is predictable and anyone may send a result: only the
+            // server's answer is the roster (kept pending for the real one).
+            if !roster::push_believed(req.from.as_deref(), &self.jid) {
+                sj::log::warn(&format!(
+                    "ignored a roster result from {}: not from the server",
+                    req.from.as_deref().unwrap_or("(none)")
+                ));
+                return;
+            }
             self.roster_pending.remove(pos);
             if req.kind == "result" {
                 // No <query/> means "unchanged" (roster versioning).

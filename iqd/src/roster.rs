@@ -201,8 +201,9 @@ impl Roster {
     }
 }
 
-/// Whether a roster push is believed (RFC 6121 §2.1.6, CVE-2017-5589):
-/// no `from`, or `from` is exactly the account's bare JID.
+/// Whether a roster push (RFC 6121 §2.1.6, CVE-2017-5589) or the result of
+/// our roster get is believed: no `from`, or `from` is exactly the
+/// account's bare JID, as the server sends them.
 pub fn push_believed(from: Option<&str>, account: &Jid) -> bool {
     match from {
         None => true,

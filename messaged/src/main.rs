@@ -25,7 +25,7 @@ use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::Kind as PathKind;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -49,6 +49,9 @@ const QUEUE_HIGH: usize = 1024 * 1024;
 /// How often DIR/roster is checked for changes.
 const ROSTER_EVERY: Duration = Duration::from_secs(1);
 const MARKER: &str = ".groupchat";
+/// Log lines kept in memory, over all contacts, while their `out` cannot
+/// be written (a full disk); past this, lines are counted, not kept.
+const KEPT_MAX: usize = 1 << 20;
 
 const USAGE: &str = "usage: messaged [-v] -d DIR JID";
 
@@ -140,6 +143,8 @@ struct Contact {
     room: bool,
     /// A write to `out` failed and was reported; cleared on success.
     warned: bool,
+    /// Lines not yet in `out` because writing it failed, oldest first.
+    kept: Kept,
     /// Readiness not yet consumed (mio is edge-triggered).
     ready: bool,
 }
@@ -156,6 +161,10 @@ struct Daemon {
     /// would be 640 MiB).
     scratch: Vec<u8>,
     out: WriteQueue,
+    /// Contacts whose `kept` lines came from the records read so far,
+    /// written once per read from stdin (one open and one write per
+    /// contact, not per line).
+    unlogged: HashSet<usize>,
     counter: u64,
     pid: u32,
     roster_seen: Option<(SystemTime, u64, u64)>,
@@ -166,6 +175,8 @@ struct Daemon {
     fifos_open: usize,
     fifo_cap: usize,
     cap_warned: bool,
+    /// Bytes in every contact's `kept`.
+    kept_bytes: usize,
 }
 
 /// Belt and braces around sj::path: a component is one plain name.
@@ -213,6 +224,7 @@ impl Daemon {
             stdin: LineReader::new(MAX_RECORD),
             scratch: vec![0; 64 * 1024],
             out: WriteQueue::new(),
+            unlogged: HashSet::new(),
             counter: 0,
             pid: std::process::id(),
             roster_seen: None,
@@ -220,6 +232,7 @@ impl Daemon {
             fifos_open: 0,
             fifo_cap: fifo_cap(),
             cap_warned: false,
+            kept_bytes: 0,
         })
     }
 
@@ -264,6 +277,7 @@ impl Daemon {
             partial: Partial::default(),
             room: room || marked,
             warned: false,
+            kept: Kept::default(),
             ready: false,
         });
         self.by_name.insert(name, i);
@@ -420,6 +434,7 @@ impl Daemon {
             let now = Instant::now();
             if now >= next_roster {
                 self.check_roster();
+                self.retry_kept();
                 next_roster = now + ROSTER_EVERY;
             }
             let busy = !self.ready.is_empty() && self.out.len() < QUEUE_HIGH;
@@ -468,6 +483,7 @@ impl Daemon {
             for rec in records {
                 self.record(&rec);
             }
+            self.write_logs();
             match r {
                 Read::Data(_) => continue,
                 other => return Ok(other),
@@ -501,26 +517,87 @@ impl Daemon {
         if text.is_empty() {
             return;
         }
+        let room = KEPT_MAX.saturating_sub(self.kept_bytes);
+        let c = &mut self.contacts[i];
+        if c.kept.push(&text, room) {
+            self.kept_bytes += text.len();
+        } else if c.kept.lost == 1 {
+            sj::log::warn(&format!(
+                "{}/out: {KEPT_MAX} bytes of log lines kept in all; counting further lines, not keeping them",
+                c.dir.display()
+            ));
+        }
+        self.unlogged.insert(i);
+    }
+
+    /// Append what `log` gathered: one write per contact per batch read.
+    fn write_logs(&mut self) {
+        for i in std::mem::take(&mut self.unlogged) {
+            self.write_kept(i);
+        }
+    }
+
+    /// Append what a contact's log is owed: the kept lines in order, then
+    /// an event saying how many were lost past the bound. Kept on failure,
+    /// reported once per outage, retried with the next line and every
+    /// second (`retry_kept`).
+    fn write_kept(&mut self, i: usize) {
+        if self.contacts[i].kept.is_empty() {
+            return;
+        }
+        let lost = self.contacts[i].kept.lost;
+        let mut text = self.contacts[i].kept.text.clone();
+        if lost > 0 {
+            text.push_str(&sj::outlog::lines(
+                &sj::time::local_minute(sj::time::now_secs()),
+                &sj::outlog::Kind::Event,
+                &format!(
+                    "messaged: {lost} line(s) not logged here: this file could not be written"
+                ),
+            ));
+        }
+        let path = self.contacts[i].dir.join("out");
         let repair = self.contacts[i].warned;
-        let mut result = sj::outlog::append(&self.contacts[i].dir.join("out"), &text, repair);
+        let mut result = sj::outlog::append(&path, &text, repair);
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            result = sj::outlog::append(&self.contacts[i].dir.join("out"), &text, repair);
+            result = sj::outlog::append(&path, &text, repair);
         }
         let c = &mut self.contacts[i];
         match result {
-            Ok(()) => c.warned = false,
+            Ok(()) => {
+                if c.warned {
+                    sj::log::info(&format!(
+                        "{}/out written again ({} kept line(s))",
+                        c.dir.display(),
+                        c.kept.lines
+                    ));
+                }
+                c.warned = false;
+                self.kept_bytes -= c.kept.text.len();
+                c.kept = Kept::default();
+            }
             Err(err) => {
                 if !c.warned {
                     sj::log::warn(&format!(
-                        "unable to append to {}/out: {}",
+                        "unable to append to {}/out: {}; keeping its lines to retry",
                         c.dir.display(),
                         sj::log::strerror(&err)
                     ));
                     c.warned = true;
                 }
             }
+        }
+    }
+
+    /// Try again every log that is owed lines.
+    fn retry_kept(&mut self) {
+        if self.kept_bytes == 0 && !self.contacts.iter().any(|c| c.kept.lost > 0) {
+            return;
+        }
+        for i in 0..self.contacts.len() {
+            self.write_kept(i);
         }
     }
 
@@ -628,6 +705,16 @@ impl Daemon {
 
     /// Stdin ended or a signal came: hand over what is queued, then stop.
     fn drain_and_exit(&mut self) -> Result<(), Fatal> {
+        self.retry_kept();
+        for c in &self.contacts {
+            let n = c.kept.lines + c.kept.lost;
+            if n > 0 {
+                sj::log::warn(&format!(
+                    "{n} line(s) never reached {}/out: it could not be written",
+                    c.dir.display()
+                ));
+            }
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         // Lines already written into the FIFOs are sent too.
         for i in 0..self.contacts.len() {
@@ -658,6 +745,35 @@ impl Daemon {
                 let _ = nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(100u16));
             }
         }
+    }
+}
+
+/// Log lines owed to one `out` file: kept in order while they fit in the
+/// daemon's bound, counted once they do not (and from then on until the
+/// file is written again, so the count marks one gap at the end).
+#[derive(Default)]
+struct Kept {
+    text: String,
+    lines: usize,
+    lost: usize,
+}
+
+impl Kept {
+    /// Keep `text` if `room` bytes allow and nothing was lost yet; else
+    /// count its lines as lost. True when kept.
+    fn push(&mut self, text: &str, room: usize) -> bool {
+        let n = text.matches('\n').count();
+        if self.lost > 0 || text.len() > room {
+            self.lost += n;
+            return false;
+        }
+        self.text.push_str(text);
+        self.lines += n;
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines == 0 && self.lost == 0
     }
 }
 
@@ -743,6 +859,20 @@ mod tests {
         p.feed(b"0123456789\nk\n", 8, &mut lines);
         assert_eq!(lines, vec![b"k".to_vec()]);
         assert_eq!(p.overlong, 2);
+    }
+
+    #[test]
+    fn kept_lines_then_one_counted_gap() {
+        let mut k = Kept::default();
+        assert!(k.is_empty());
+        assert!(k.push("a\nb\n", 10));
+        assert!(!k.push("0123456789\n", 10), "over the room");
+        assert!(
+            !k.push("c\n", 10),
+            "nothing kept after a loss, so the gap is one"
+        );
+        assert_eq!((k.text.as_str(), k.lines, k.lost), ("a\nb\n", 2, 2));
+        assert!(!k.is_empty());
     }
 
     #[test]

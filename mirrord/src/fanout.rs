@@ -165,9 +165,6 @@ impl Fanout {
             by_resource.get(r).map(String::as_str)
         });
         let mut report = Report::default();
-        let mut line = Vec::with_capacity(record.len() + 1);
-        line.extend_from_slice(record);
-        line.push(b'\n');
         let bound = self.bound;
         for (name, c) in self.clients.iter_mut() {
             let wanted = match &target {
@@ -199,10 +196,10 @@ impl Fanout {
                     }
                 }
             }
-            c.queue.push(line.clone());
+            c.queue.push_parts(&[record, b"\n"]);
             // The bound is on what waits besides this record: a record
             // longer than the bound is no sign of a slow client.
-            let judged = bound.saturating_add(line.len());
+            let judged = bound.saturating_add(record.len() + 1);
             if c.queue.len() > judged {
                 // Give the pipe a chance before judging.
                 Self::flush_one(name, c, &mut report);

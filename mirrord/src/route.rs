@@ -99,8 +99,7 @@ pub fn target<'c>(
             }
         }
     }
-    if record.starts_with(b"<message") && memchr::memmem::find(record, CARBONS.as_bytes()).is_some()
-    {
+    if record.starts_with(b"<message") && mentions_carbons(record) {
         if let Some(origin) = sent_origin(record, account) {
             if let Some(dir) = client(&origin) {
                 return Target::AllBut(dir.to_string());
@@ -108,6 +107,17 @@ pub fn target<'c>(
         }
     }
     Target::All
+}
+
+/// Does the record mention the carbons namespace anywhere? (The searcher
+/// is built once: building it costs more than a search of a chat message.)
+fn mentions_carbons(record: &[u8]) -> bool {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER
+        .get_or_init(|| memchr::memmem::Finder::new(CARBONS))
+        .find(record)
+        .is_some()
 }
 
 /// The origin resource of a XEP-0280 sent copy made for this account:

@@ -203,6 +203,9 @@ fn run() -> Result<(), Fatal> {
     let rfd = upstream::inherit_fd(6, "reading from the server")?;
     let wfd = upstream::inherit_fd(7, "writing to the server")?;
     sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set fd 6 non-blocking", &e))?;
+    // The router never blocks on the server: fd 7 may be a pipe of its own
+    // (socat, s6-tlsc), not just the socket fd 6 shares.
+    sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set fd 7 non-blocking", &e))?;
     let tls = args.tls || upstream::wrapper_did_tls();
     let mut up = upstream::Upstream::new(rfd, wfd, tls, Arc::clone(&stop));
 

@@ -259,6 +259,15 @@ pub fn from_local(
     if !matches!(name.as_str(), "message" | "presence" | "iq") {
         return vec![(Dest::Drop(format!("<{name}> is not a stanza")), Vec::new())];
     }
+    // Records imply jabber:client; one in another namespace is no stanza,
+    // and the server would end the whole session over it
+    // (unsupported-stanza-type from Prosody).
+    if let Some(ns) = xml::attr(rec, "xmlns").filter(|ns| ns != "jabber:client") {
+        return vec![(
+            Dest::Drop(format!("<{name}> in {ns} is not a stanza")),
+            Vec::new(),
+        )];
+    }
     // Origin stamp: what a client says about itself is never believed.
     let mut rec = match origin {
         Origin::Client(_) | Origin::In => xml::set_attr(rec, "from", &acct.origin_jid(origin)),
@@ -277,11 +286,12 @@ pub fn from_local(
         }
     }
     let to = xml::attr(&rec, "to");
+    // Another resource of the account that is not a client here (a device
+    // connected to the server directly) is reached through the server.
     if let Some(target) = to.as_deref().and_then(|t| acct.local_client(t)) {
         if is_client(target) {
             return vec![(Dest::Mirror, rec)];
         }
-        return vec![(Dest::Drop(format!("no local client {target}")), Vec::new())];
     }
     if name == "presence" && to.is_none() {
         if let Origin::Client(_) = origin {
@@ -589,16 +599,48 @@ mod tests {
     }
 
     #[test]
+    fn local_record_outside_jabber_client_is_dropped() {
+        for r in [
+            &b"<message xmlns='urn:evil' to='bob@localhost'/>\n"[..],
+            b"<iq xmlns='jabber:server' type='get' id='x'/>\n",
+            b"<presence xmlns=''/>\n",
+        ] {
+            for o in [Origin::Daemon, Origin::In, Origin::Client("a".into())] {
+                assert!(
+                    matches!(
+                        from_local(&acct(), &o, r, |_| true)[..],
+                        [(Dest::Drop(_), _)]
+                    ),
+                    "{}",
+                    String::from_utf8_lossy(r)
+                );
+            }
+        }
+        let ok = b"<message xmlns='jabber:client' to='bob@localhost' type='chat'/>\n";
+        assert_eq!(
+            from_local(&acct(), &Origin::In, ok, |_| true)[0].0,
+            Dest::Upstream
+        );
+    }
+
+    #[test]
     fn stanza_to_local_client_stays_local() {
         let r = b"<presence to='alice@localhost/b' from='bob@localhost/x'/>\n";
         assert_eq!(
             dests(&from_local(&acct(), &Origin::Daemon, r, |n| n == "b")),
             vec![Dest::Mirror]
         );
-        assert!(matches!(
-            from_local(&acct(), &Origin::Daemon, r, |_| false)[0].0,
-            Dest::Drop(_)
-        ));
+        // Not a client here: another device of the account, on the server.
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::Daemon, r, |_| false)),
+            vec![Dest::Upstream]
+        );
+        let err =
+            b"<iq type='error' id='p1' to='alice@localhost/phone'><error type='cancel'/></iq>\n";
+        assert_eq!(
+            dests(&from_local(&acct(), &Origin::Daemon, err, |n| n == "b")),
+            vec![Dest::Upstream]
+        );
         // The upstream resource is not a local client.
         let r = b"<message to='alice@localhost/sj' type='chat'><body>x</body></message>\n";
         assert_eq!(

@@ -3,10 +3,11 @@
 //! clients according to `route`.
 
 use crate::route::{self, Account, Dest, Origin};
-use crate::upstream::{stream_error_condition, stream_error_exit, Upstream};
+use crate::upstream::Upstream;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::child::Child;
 use sj::exit::{Fatal, OK, TEMPORARY};
+use sj::fifo::LineFifo;
 use sj::framer::{canonical_record, Event, Limits};
 use sj::io::{LineReader, Read, WriteQueue};
 use std::collections::BTreeMap;
@@ -16,8 +17,15 @@ use std::time::{Duration, Instant};
 
 /// Stop reading local sources while this much waits for the server.
 const UPSTREAM_HIGH: usize = 4 << 20;
-/// Records kept for a daemon that is down, before the oldest are refused.
+/// Records kept for a daemon that is down, before the newest are refused.
 const CHILD_QUEUE_MAX: usize = 32 << 20;
+/// Stop reading the server while a running daemon has this much waiting:
+/// a slow daemon slows the upstream (TCP pushes back on the server)
+/// instead of losing what the server delivered.
+const CHILD_HIGH: usize = 1 << 20;
+/// How long a stop waits for the daemons to drain and the server to take
+/// what is queued, before the stream is closed regardless.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest line accepted from a FIFO or a daemon: the library's rule.
 const LINE_MAX: usize = sj::framer::MAX_LINE;
 
@@ -27,11 +35,6 @@ pub const DAEMONS: [&str; 4] = ["messaged", "presenced", "iqd", "mirrord"];
 struct Daemon {
     child: Child,
     queue: WriteQueue,
-    lines: LineReader,
-}
-
-struct Client {
-    out: OwnedFd,
     lines: LineReader,
 }
 
@@ -49,9 +52,9 @@ pub struct Router {
     up_queue: WriteQueue,
     acct: Account,
     daemons: Vec<Daemon>,
-    dir_in: OwnedFd,
-    dir_in_lines: LineReader,
-    clients: BTreeMap<String, Client>,
+    dir_in: LineFifo,
+    /// Each client's `out` FIFO, by name.
+    clients: BTreeMap<String, LineFifo>,
     watcher: sj::fifo::ClientWatcher,
     sig: OwnedFd,
     opts: Options,
@@ -78,7 +81,7 @@ impl Router {
         let in_path = dir.join("in");
         sj::fifo::make(&in_path)
             .map_err(|e| Fatal::io(format!("create {}", in_path.display()), &e))?;
-        let dir_in = sj::fifo::open_read(&in_path)
+        let dir_in = LineFifo::open(&in_path, LINE_MAX)
             .map_err(|e| Fatal::io(format!("open {}", in_path.display()), &e))?;
         let clients_dir = dir.join("clients");
         let watcher = sj::fifo::ClientWatcher::new(&clients_dir)
@@ -110,7 +113,6 @@ impl Router {
             acct,
             daemons,
             dir_in,
-            dir_in_lines: LineReader::new(LINE_MAX),
             clients: BTreeMap::new(),
             watcher,
             sig,
@@ -206,16 +208,10 @@ impl Router {
 
     fn client_arrived(&mut self, name: &str) {
         let path = self.opts.dir.join("clients").join(name).join("out");
-        match sj::fifo::open_read(&path) {
+        match LineFifo::open(&path, LINE_MAX) {
             Ok(out) => {
                 sj::log::info(&format!("client {name} arrived"));
-                self.clients.insert(
-                    name.to_string(),
-                    Client {
-                        out,
-                        lines: LineReader::new(LINE_MAX),
-                    },
-                );
+                self.clients.insert(name.to_string(), out);
             }
             Err(e) => sj::log::warn(&format!(
                 "unable to open {}: {}",
@@ -230,7 +226,7 @@ impl Router {
             return;
         }
         // Whatever the client managed to write before leaving still counts.
-        self.read_client(name);
+        while self.read_local(Origin::Client(name.to_string())) {}
         self.clients.remove(name);
         sj::log::info(&format!("client {name} left"));
         let gone = format!(
@@ -240,20 +236,53 @@ impl Router {
         self.deliver(Dest::Presenced, gone.into_bytes());
     }
 
-    /// One read from a client's `out` FIFO, and route what it completed.
-    fn read_client(&mut self, name: &str) {
-        let Some(c) = self.clients.get_mut(name) else {
-            return;
+    /// One read from `DIR/in` or a client's `out` FIFO, and route the
+    /// lines it completed; true if it read data (more may wait).
+    fn read_local(&mut self, origin: Origin) -> bool {
+        let (fifo, who) = match &origin {
+            Origin::In => (&mut self.dir_in, "DIR/in".to_string()),
+            Origin::Client(n) => match self.clients.get_mut(n) {
+                Some(f) => (f, format!("client {n}")),
+                None => return false,
+            },
+            Origin::Daemon => return false,
         };
-        let _ = c.lines.fill(&c.out);
-        let mut lines = Vec::new();
-        while let Some(l) = c.lines.next_line() {
-            lines.push(l.to_vec());
+        let got = match fifo.read() {
+            Ok(got) => got,
+            Err(e) => {
+                sj::log::warn(&format!(
+                    "{who}: unable to read its FIFO again: {}",
+                    sj::log::strerror(&e)
+                ));
+                return false;
+            }
+        };
+        if got.cut > 0 {
+            sj::log::warn(&format!(
+                "{who}: dropped an incomplete line ({} bytes) its writer left when it closed",
+                got.cut
+            ));
         }
-        c.lines.warn_overlong(&format!("client {name}"));
-        for l in lines {
+        sj::io::warn_overlong(got.overlong, LINE_MAX, &who);
+        for l in got.lines {
             if !l.iter().all(u8::is_ascii_whitespace) {
-                self.route_local(Origin::Client(name.to_string()), &l);
+                self.route_local(origin.clone(), &l);
+            }
+        }
+        got.more
+    }
+
+    /// Route everything already written into `DIR/in` and the clients'
+    /// FIFOs: a writer whose write returned has handed it over.
+    fn drain_local(&mut self) {
+        let mut origins = vec![Origin::In];
+        origins.extend(self.clients.keys().map(|n| Origin::Client(n.clone())));
+        for o in origins {
+            // Bounded: a writer that keeps writing cannot hold the stop.
+            for _ in 0..64 {
+                if !self.read_local(o.clone()) {
+                    break;
+                }
             }
         }
     }
@@ -286,6 +315,15 @@ impl Router {
             }
             d.child.died();
             d.lines = LineReader::new(LINE_MAX);
+            // The head of the record being written died with the pipe;
+            // its tail alone must not reach the next process.
+            let cut = d.queue.drop_partial_record();
+            if cut > 0 {
+                sj::log::warn(&format!(
+                    "{} died in the middle of a record: its other {cut} bytes are dropped",
+                    d.child.name
+                ));
+            }
         }
         if self.stopping.is_some() {
             return;
@@ -309,16 +347,46 @@ impl Router {
         if self.stopping.is_some() {
             return;
         }
-        sj::log::info("stopping: closing the daemons' input");
+        sj::log::info("stopping: sending what was handed over, then closing the daemons' input");
+        self.drain_local();
         self.stopping = Some(Instant::now());
         for d in &mut self.daemons {
-            d.child.close_stdin();
             d.child.restart_at = None;
+        }
+        self.close_drained_stdins();
+    }
+
+    /// While stopping: a daemon whose queue is written gets its end of
+    /// input (records queued for it, such as sent copies, are not dropped).
+    fn close_drained_stdins(&mut self) {
+        for d in &mut self.daemons {
+            if d.queue.is_empty() || d.child.stdin.is_none() {
+                d.child.close_stdin();
+            }
+        }
+    }
+
+    /// The last write to the server: what is queued and the stream's end,
+    /// waiting for the socket at most `max`.
+    fn flush_upstream_before_exit(&mut self, max: Duration) {
+        match self.up_queue.drain(&self.up.wfd, max) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => sj::log::warn(&format!(
+                "stopping with {} bytes the server did not take",
+                self.up_queue.len()
+            )),
+            Err(e) => sj::log::warn(&format!(
+                "unable to write to the server while stopping: {}",
+                sj::log::strerror(&e)
+            )),
         }
     }
 
     /// Run until stopped (Ok) or the upstream session ends (Err).
     pub fn run(&mut self) -> Result<(), Fatal> {
+        // What came in the same read as the last negotiation reply is in
+        // the framer already: poll would not report it again.
+        self.drain_upstream()?;
         let mut upbuf = Vec::with_capacity(64 * 1024);
         let mut next_scan = Instant::now();
         loop {
@@ -329,20 +397,30 @@ impl Router {
                 next_scan = now + Duration::from_secs(1);
             }
             if let Some(t) = self.stopping {
+                self.close_drained_stdins();
                 let drained = self.daemons.iter().all(|d| !d.child.is_running());
-                if (drained && self.up_queue.is_empty()) || t.elapsed() > Duration::from_secs(3) {
+                if (drained && self.up_queue.is_empty()) || t.elapsed() > STOP_GRACE {
                     if !self.closed_sent {
                         self.up_queue.push(b"</stream:stream>".to_vec());
                         self.closed_sent = true;
                     }
-                    let _ = self.up_queue.flush(&self.up.wfd);
+                    self.flush_upstream_before_exit(Duration::from_secs(2));
                     return Ok(());
                 }
             }
-            self.keepalive()?;
-
             // Build the poll set from what each buffer needs.
             let up_full = self.up_queue.len() >= UPSTREAM_HIGH;
+            let daemons_full = self
+                .daemons
+                .iter()
+                .any(|d| d.child.is_running() && d.queue.len() >= CHILD_HIGH);
+            if daemons_full {
+                // Not reading is not silence: the server's bytes wait in
+                // the socket, so no keepalive is due.
+                self.last_heard = Instant::now();
+                self.ping_sent = None;
+            }
+            self.keepalive()?;
             let mut fds: Vec<PollFd> = Vec::new();
             let mut kinds: Vec<Slot> = Vec::new();
             let add = |fds: &mut Vec<PollFd>,
@@ -364,13 +442,15 @@ impl Router {
                 PollFlags::POLLIN,
                 Slot::Signal,
             );
-            add(
-                &mut fds,
-                &mut kinds,
-                self.up.rfd.as_fd(),
-                PollFlags::POLLIN,
-                Slot::UpRead,
-            );
+            if !daemons_full {
+                add(
+                    &mut fds,
+                    &mut kinds,
+                    self.up.rfd.as_fd(),
+                    PollFlags::POLLIN,
+                    Slot::UpRead,
+                );
+            }
             if !self.up_queue.is_empty() {
                 add(
                     &mut fds,
@@ -384,21 +464,19 @@ impl Router {
                 add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::Watcher);
             }
             if !up_full && self.stopping.is_none() {
-                add(
-                    &mut fds,
-                    &mut kinds,
-                    self.dir_in.as_fd(),
-                    PollFlags::POLLIN,
-                    Slot::DirIn,
-                );
+                if let Some(fd) = self.dir_in.fd() {
+                    add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::DirIn);
+                }
                 for (name, c) in &self.clients {
-                    add(
-                        &mut fds,
-                        &mut kinds,
-                        c.out.as_fd(),
-                        PollFlags::POLLIN,
-                        Slot::Client(name.clone()),
-                    );
+                    if let Some(fd) = c.fd() {
+                        add(
+                            &mut fds,
+                            &mut kinds,
+                            fd,
+                            PollFlags::POLLIN,
+                            Slot::Client(name.clone()),
+                        );
+                    }
                 }
             }
             for (i, d) in self.daemons.iter().enumerate() {
@@ -442,6 +520,42 @@ impl Router {
             drop(fds);
             for (slot, rev) in ready {
                 self.handle(slot, rev, &mut upbuf)?;
+            }
+            self.flush_queues()?;
+        }
+    }
+
+    /// Write what this turn queued now rather than a poll later: each
+    /// queue goes out in one write per turn when its descriptor takes it
+    /// (all are non-blocking), and only a queue that would block waits for
+    /// POLLOUT. One poll and one wakeup fewer per hop.
+    fn flush_queues(&mut self) -> Result<(), Fatal> {
+        if !self.up_queue.is_empty() {
+            self.up_queue
+                .flush(&self.up.wfd)
+                .map_err(|e| Fatal::io("write to the server", &e))?;
+        }
+        // mirrord (last) first: clients wait for it, and the first write
+        // decides which reader the scheduler wakes first.
+        for i in (0..self.daemons.len()).rev() {
+            if !self.daemons[i].queue.is_empty() {
+                self.flush_daemon(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_daemon(&mut self, i: usize) {
+        let d = &mut self.daemons[i];
+        if let Some(inp) = &d.child.stdin {
+            if let Err(e) = d.queue.flush(inp) {
+                // EPIPE: it died; SIGCHLD will restart it and the queue waits.
+                sj::log::warn(&format!(
+                    "unable to write to {}: {}",
+                    d.child.name,
+                    sj::log::strerror(&e)
+                ));
+                d.child.stdin = None;
             }
         }
     }
@@ -506,35 +620,16 @@ impl Router {
                 }
             }
             Slot::DirIn => {
-                let _ = self.dir_in_lines.fill(&self.dir_in);
-                let mut lines = Vec::new();
-                while let Some(l) = self.dir_in_lines.next_line() {
-                    lines.push(l.to_vec());
-                }
-                self.dir_in_lines.warn_overlong("DIR/in");
-                for l in lines {
-                    if !l.iter().all(u8::is_ascii_whitespace) {
-                        self.route_local(Origin::In, &l);
-                    }
-                }
+                self.read_local(Origin::In);
             }
-            Slot::Client(name) => self.read_client(&name),
+            Slot::Client(name) => {
+                self.read_local(Origin::Client(name));
+            }
             Slot::ChildRead(i) => {
                 self.read_child(i);
             }
             Slot::ChildWrite(i) => {
-                let d = &mut self.daemons[i];
-                if let Some(inp) = &d.child.stdin {
-                    if let Err(e) = d.queue.flush(inp) {
-                        // EPIPE: it died; SIGCHLD will restart it and the queue waits.
-                        sj::log::warn(&format!(
-                            "unable to write to {}: {}",
-                            d.child.name,
-                            sj::log::strerror(&e)
-                        ));
-                        d.child.stdin = None;
-                    }
-                }
+                self.flush_daemon(i);
                 let _ = rev;
             }
         }
@@ -552,7 +647,7 @@ impl Router {
         while let Some(l) = d.lines.next_line() {
             lines.push(l.to_vec());
         }
-        d.lines.warn_overlong(d.child.name.as_str());
+        d.lines.warn_overlong(&d.child.name);
         let more = matches!(r, Ok(Read::Data(_)));
         if matches!(r, Ok(Read::Eof) | Err(_)) {
             d.child.stdout = None;
@@ -578,11 +673,8 @@ impl Router {
                     self.route_upstream(&r);
                 }
                 Ok(Some(Event::StreamError(r))) => {
-                    let c = stream_error_condition(&r);
-                    return Err(Fatal::new(
-                        stream_error_exit(&c),
-                        format!("the server closed the stream: {c}"),
-                    ));
+                    self.closed_sent = true;
+                    return Err(self.up.stream_error_fatal(&r, "closed"));
                 }
                 Ok(Some(Event::End)) => {
                     if self.stopping.is_some() {

@@ -59,7 +59,15 @@ pub fn inherit_fd(n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
     }
     // SAFETY: the descriptor is open (checked above) and nothing else in this
     // process owns it: it was inherited from the wrapper.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    let fd = unsafe { OwnedFd::from_raw_fd(n) };
+    // The daemons must not inherit the server connection (or any other
+    // descriptor the wrapper gave us).
+    nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| Fatal::io(format!("set close-on-exec on fd {n} ({what})"), &e.into()))?;
+    Ok(fd)
 }
 
 fn env_fd(name: &str) -> Option<RawFd> {
@@ -157,6 +165,19 @@ impl Upstream {
         let _ = sj::io::write_all(&self.wfd, s.as_bytes());
     }
 
+    /// The server ended the stream with `<stream:error>`: close ours too
+    /// (RFC 6120 §4.4, as for a plain `</stream:stream>`) and map the
+    /// condition to the exit code of DESIGN §7. `how` is "closed" once
+    /// online, "refused" for the stream header's answer.
+    pub fn stream_error_fatal(&self, rec: &[u8], how: &str) -> Fatal {
+        let c = stream_error_condition(rec);
+        let _ = sj::io::write_all(&self.wfd, b"</stream:stream>");
+        Fatal::new(
+            stream_error_exit(&c),
+            format!("the server {how} the stream: {c}"),
+        )
+    }
+
     /// A framing error from the server: answer it with the stream error it
     /// deserves and turn it into the fatal error that ends sj-proxy.
     pub fn refuse(&self, e: &FrameError) -> Fatal {
@@ -227,13 +248,7 @@ impl Upstream {
     fn next_record(&mut self) -> Result<Vec<u8>, Fatal> {
         match self.next_event(Instant::now() + STEP_TIMEOUT)? {
             Event::Record(r) => Ok(r),
-            Event::StreamError(r) => {
-                let c = stream_error_condition(&r);
-                Err(Fatal::new(
-                    stream_error_exit(&c),
-                    format!("the server closed the stream: {c}"),
-                ))
-            }
+            Event::StreamError(r) => Err(self.stream_error_fatal(&r, "closed")),
             Event::End => Err(Fatal::temporary("the server closed the stream")),
             Event::Header(_) => {
                 self.send_stream_error("bad-format");
@@ -255,6 +270,13 @@ impl Upstream {
         self.open_stream(domain, from)?;
         match self.next_event(Instant::now() + STEP_TIMEOUT)? {
             Event::Header(h) => {
+                if !h.is_jabber_client() {
+                    self.send_stream_error("invalid-namespace");
+                    return Err(Fatal::protocol(format!(
+                        "the server's stream is in {}, not jabber:client",
+                        h.get("xmlns").unwrap_or_default()
+                    )));
+                }
                 if h.get("version").is_none_or(|v| !v.starts_with('1')) {
                     self.send_stream_error("unsupported-version");
                     return Err(Fatal::protocol(
@@ -262,13 +284,7 @@ impl Upstream {
                     ));
                 }
             }
-            Event::StreamError(r) => {
-                let c = stream_error_condition(&r);
-                return Err(Fatal::new(
-                    stream_error_exit(&c),
-                    format!("the server refused the stream: {c}"),
-                ));
-            }
+            Event::StreamError(r) => return Err(self.stream_error_fatal(&r, "refused")),
             _ => return Err(Fatal::protocol("the server did not send a stream header")),
         }
         let (el, _) = self.next_element()?;
@@ -305,6 +321,7 @@ impl Upstream {
             inherit_fd(wr, "SSLWRITEFD")?
         };
         sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set SSLREADFD non-blocking", &e))?;
+        sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set SSLWRITEFD non-blocking", &e))?;
         self.rfd = rfd;
         self.wfd = wfd;
         std::mem::forget(ctl);

@@ -1,14 +1,16 @@
 //! FIFOs and the account directory's client registry.
 //!
 //! A FIFO named `in` is owned by its reader. Readers open it read-write so a
-//! writer closing never causes EOF; writers open it non-blocking write-only
-//! so that no reader is a clear error (ENXIO) instead of a hang.
+//! writer closing never causes EOF (`open_read`), or read-only and reopen
+//! it on EOF when they must notice a writer leaving in the middle of a line
+//! (`LineFifo`); writers open it non-blocking write-only so that no reader
+//! is a clear error (ENXIO) instead of a hang.
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::{Mode, SFlag};
 use nix::unistd::mkfifo;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -45,9 +47,15 @@ pub fn make_dir(path: &Path) -> io::Result<()> {
 /// Open a FIFO for reading so that it never reports EOF (read-write),
 /// non-blocking, close-on-exec. Refuses anything that is not a FIFO.
 pub fn open_read(path: &Path) -> io::Result<OwnedFd> {
+    open_reader(path, OFlag::O_RDWR)
+}
+
+/// Open a FIFO to read from with `mode` (read-write or read-only), non-blocking,
+/// close-on-exec, not through a symlink; refuse anything that is not a FIFO.
+fn open_reader(path: &Path, mode: OFlag) -> io::Result<OwnedFd> {
     let fd = open(
         path,
-        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        mode | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
         Mode::empty(),
     )?;
     let st = nix::sys::stat::fstat(&fd)?;
@@ -55,6 +63,80 @@ pub fn open_read(path: &Path) -> io::Result<OwnedFd> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
     }
     Ok(fd)
+}
+
+/// A FIFO read line by line that notices its writers leaving. Read-only,
+/// so when the last writer closes the reader sees EOF: an incomplete line
+/// that writer left can never be completed (the next writer's bytes would
+/// be glued to it and the whole lost), so it is dropped, and the FIFO is
+/// opened again (the new descriptor before the old one closes, so a writer
+/// never finds no reader). Until a writer comes, a FIFO opened read-only
+/// is not readable and costs nothing to poll.
+pub struct LineFifo {
+    path: PathBuf,
+    fd: Option<OwnedFd>,
+    lines: crate::io::LineReader,
+}
+
+/// What one `LineFifo::read` produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lines {
+    /// Complete lines, without their LF.
+    pub lines: Vec<Vec<u8>>,
+    /// Bytes of an incomplete line dropped because every writer closed.
+    pub cut: usize,
+    /// Lines over the length limit this read skipped (the caller logs them).
+    pub overlong: u64,
+    /// The read returned data: more may wait.
+    pub more: bool,
+}
+
+impl LineFifo {
+    pub fn open(path: &Path, max_line: usize) -> io::Result<LineFifo> {
+        Ok(LineFifo {
+            path: path.to_path_buf(),
+            fd: Some(open_reader(path, OFlag::O_RDONLY)?),
+            lines: crate::io::LineReader::new(max_line),
+        })
+    }
+
+    /// The descriptor to poll for reading; `None` once reopening failed.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|f| f.as_fd())
+    }
+
+    /// One read. An error means the FIFO could not be reopened after EOF
+    /// (it was removed, say); the caller reports it, and `fd` is `None`.
+    pub fn read(&mut self) -> io::Result<Lines> {
+        let mut out = Lines::default();
+        let Some(fd) = &self.fd else {
+            return Ok(out);
+        };
+        let r = self.lines.fill(fd);
+        let before = self.lines.overlong;
+        while let Some(l) = self.lines.next_line() {
+            out.lines.push(l.to_vec());
+        }
+        out.overlong = self.lines.overlong - before;
+        out.more = matches!(r, Ok(crate::io::Read::Data(_)));
+        match r {
+            Ok(crate::io::Read::Eof) => {
+                out.cut = self.lines.drop_partial();
+                match open_reader(&self.path, OFlag::O_RDONLY) {
+                    Ok(new) => self.fd = Some(new),
+                    Err(e) => {
+                        self.fd = None;
+                        return Err(e);
+                    }
+                }
+                Ok(out)
+            }
+            Ok(_) => Ok(out),
+            Err(e) if e.raw_os_error() == Some(nix::libc::EINTR) => Ok(out),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Open a FIFO for writing without blocking. `Ok(None)` when nobody reads it.
@@ -96,7 +178,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
 /// The clients registered under `DIR/clients`: a subdirectory whose `in`
 /// and `out` are both FIFOs. Names are the directory names as they are.
 pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
+    client_fifos(clients_dir).into_keys().collect()
+}
+
+/// Identity of a client's registration: device and inode of its `out`.
+type OutId = (u64, u64);
+
+/// The clients under `clients_dir`, each with the identity of its `out`.
+fn client_fifos(clients_dir: &Path) -> BTreeMap<String, OutId> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = BTreeMap::new();
     let Ok(rd) = fs::read_dir(clients_dir) else {
         return found;
     };
@@ -108,13 +199,13 @@ pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
             continue;
         }
         let dir = ent.path();
-        let is_fifo = |p: PathBuf| {
+        let fifo = |p: PathBuf| {
             fs::symlink_metadata(p)
-                .map(|m| m.file_type().is_fifo())
-                .unwrap_or(false)
+                .ok()
+                .filter(|m| m.file_type().is_fifo())
         };
-        if is_fifo(dir.join("in")) && is_fifo(dir.join("out")) {
-            found.insert(name);
+        if let (Some(_), Some(out)) = (fifo(dir.join("in")), fifo(dir.join("out"))) {
+            found.insert(name, (out.dev(), out.ino()));
         }
     }
     found
@@ -126,6 +217,10 @@ pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
 pub struct ClientWatcher {
     dir: PathBuf,
     known: BTreeSet<String>,
+    /// The `out` each known client had at the last scan: a client that
+    /// left and registered again under the same name between two scans (a
+    /// client reconnecting, a stale directory replaced) has a new one.
+    ids: BTreeMap<String, OutId>,
     inotify: Option<nix::sys::inotify::Inotify>,
 }
 
@@ -137,6 +232,7 @@ impl ClientWatcher {
         let mut w = ClientWatcher {
             dir: clients_dir.to_path_buf(),
             known: BTreeSet::new(),
+            ids: BTreeMap::new(),
             inotify,
         };
         w.watch(&w.dir.clone());
@@ -175,7 +271,10 @@ impl ClientWatcher {
         }
     }
 
-    /// Clients that appeared and disappeared since the last call.
+    /// Clients that appeared and disappeared since the last call; one that
+    /// registered again is in both (handle the removals first). The new
+    /// `out` can be told from the old only while the old inode lives, which
+    /// a reader holding the old FIFO open (sj-proxy) guarantees.
     pub fn changes(&mut self) -> (Vec<String>, Vec<String>) {
         // Watch every subdirectory so FIFOs made inside it wake us too.
         if let Ok(rd) = fs::read_dir(&self.dir) {
@@ -185,10 +284,21 @@ impl ClientWatcher {
                 }
             }
         }
-        let now = list_clients(&self.dir);
-        let added = now.difference(&self.known).cloned().collect();
-        let removed = self.known.difference(&now).cloned().collect();
-        self.known = now;
+        let now = client_fifos(&self.dir);
+        let same = |n: &String, id: &OutId| self.ids.get(n) == Some(id);
+        let added = now
+            .iter()
+            .filter(|(n, id)| !same(n, id))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let removed = self
+            .ids
+            .keys()
+            .filter(|n| now.get(*n).is_none_or(|id| !same(n, id)))
+            .cloned()
+            .collect();
+        self.known = now.keys().cloned().collect();
+        self.ids = now;
         (added, removed)
     }
 
@@ -230,6 +340,38 @@ mod tests {
     }
 
     #[test]
+    fn line_fifo_drops_what_a_leaving_writer_left_unfinished() {
+        let d = tmpdir("linefifo");
+        let p = d.join("out");
+        make(&p).expect("mkfifo");
+        let mut f = LineFifo::open(&p, 1024).expect("open");
+        // No writer yet: nothing to read, no EOF.
+        assert_eq!(f.read().expect("read"), Lines::default());
+        let w = open_write(&p).expect("open").expect("reader present");
+        nix::unistd::write(&w, b"one\ntw").expect("write");
+        drop(w);
+        let first = f.read().expect("read");
+        assert_eq!((first.lines, first.more), (vec![b"one".to_vec()], true));
+        let eof = f.read().expect("read");
+        assert_eq!((eof.lines.len(), eof.cut), (0, 2));
+        // Reopened: the next writer's line stands on its own.
+        let w = open_write(&p)
+            .expect("open")
+            .expect("reader present after EOF");
+        nix::unistd::write(&w, b"three\n").expect("write");
+        assert_eq!(f.read().expect("read").lines, vec![b"three".to_vec()]);
+        drop(w);
+        assert_eq!(f.read().expect("read").cut, 0);
+        // Removed while at EOF: an error, then nothing to poll.
+        let w = open_write(&p).expect("open").expect("reader");
+        drop(w);
+        fs::remove_file(&p).expect("rm");
+        assert!(f.read().is_err());
+        assert!(f.fd().is_none());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
     fn refuses_regular_file() {
         let d = tmpdir("reg");
         let p = d.join("in");
@@ -254,6 +396,16 @@ mod tests {
         );
         make(&c.join("a/out")).expect("fifo");
         assert_eq!(w.changes(), (vec!["a".to_string()], vec![]));
+        // It registers again between two scans, while the old out is
+        // still open (as sj-proxy holds it): gone and back.
+        let old_out = open_read(&c.join("a/out")).expect("open");
+        fs::remove_dir_all(c.join("a")).expect("rm");
+        make_dir(&c.join("a")).expect("mkdir");
+        make(&c.join("a/in")).expect("fifo");
+        make(&c.join("a/out")).expect("fifo");
+        assert_eq!(w.changes(), (vec!["a".to_string()], vec!["a".to_string()]));
+        drop(old_out);
+        assert_eq!(w.changes(), (vec![], vec![]));
         fs::remove_dir_all(c.join("a")).expect("rm");
         assert_eq!(w.changes(), (vec![], vec!["a".to_string()]));
         fs::remove_dir_all(&d).ok();

@@ -31,10 +31,17 @@
 //! records only; the fast path yields only what the scanner path would,
 //! and leaves every doubt to it, so errors, too, do not depend on chunking.
 //!
+//! Namespaces in XML too: declared prefixes, reserved prefixes, and no two
+//! attributes with one expanded name (`a:x` and `b:x` bound to one URI).
+//! What strict parsers downstream (Expat in clients and servers) would
+//! refuse must be refused here, or one stanza would end every sibling's
+//! stream through mirrord, or the upstream session.
+//!
 //! Lenient on purpose: whitespace before the XML declaration or the header
-//! is skipped. Not checked: namespace-aware duplicate attributes (`a:x` and
-//! `b:x` bound to the same URI) and the value of the header's default
-//! namespace (the session programs look at the header attributes).
+//! is skipped. Not checked: the value of the header's default namespace
+//! (the session programs look at the header attributes).
+
+use std::borrow::Cow;
 
 /// Limits on what one record may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,13 +98,14 @@ const DECL_ROOM: usize = 4096;
 /// Stream-level error conditions (RFC 6120 §4.9.3) the framer can detect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
-    /// Malformed XML, bad UTF-8, bad names, mismatched tags.
+    /// Malformed XML or XML-Names (RFC 6120 §4.9.3.13): bad UTF-8, bad
+    /// names, mismatched tags, undeclared prefixes.
     NotWellFormed,
     /// Comments, PIs, DTDs, non-predefined entities.
     RestrictedXml,
     /// Over a size, depth or attribute-count limit.
     PolicyViolation,
-    /// Wrong stream namespace or an undeclared prefix.
+    /// The stream element is not in the streams namespace.
     InvalidNamespace,
     /// A second stream header inside the stream, or other misuse of the stream element.
     BadFormat,
@@ -149,6 +157,13 @@ impl StreamHeader {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+
+    /// The content namespace is `jabber:client` (declared, or left implied):
+    /// records imply it, so a stream in any other is refused with
+    /// invalid-namespace (RFC 6120 §4.9.3.10).
+    pub fn is_jabber_client(&self) -> bool {
+        self.get("xmlns").unwrap_or("jabber:client") == "jabber:client"
+    }
 }
 
 /// What the framer found.
@@ -174,6 +189,12 @@ pub enum Mode {
 }
 
 const STREAMS_NS: &[u8] = b"http://etherx.jabber.org/streams";
+
+/// RFC 6120 §11.6: a stream in another encoding gets unsupported-encoding.
+/// A UTF-16 (or UTF-32) stream shows itself in its first bytes: a byte
+/// order mark, or NUL bytes around the first `<`. (A UTF-8 BOM is a
+/// character, U+FEFF, and so text before the header: not-well-formed.)
+const UTF16: &str = "the stream is not UTF-8 (UTF-16 or UTF-32)";
 
 type Res<T> = Result<T, FrameError>;
 
@@ -405,6 +426,9 @@ impl Framer {
                     if self.phase == Phase::Ended {
                         return fail(Condition::NotWellFormed, "data after the end of the stream");
                     }
+                    if self.phase == Phase::Start && matches!(self.buf[i], 0x00 | 0xFE | 0xFF) {
+                        return fail(Condition::UnsupportedEncoding, UTF16);
+                    }
                     if self.buf[i] != b'<' {
                         return fail(Condition::NotWellFormed, "text outside an element");
                     }
@@ -431,6 +455,9 @@ impl Framer {
                         return Ok(None);
                     };
                     let top = self.depth == 0;
+                    if b == 0 && self.phase == Phase::Start {
+                        return fail(Condition::UnsupportedEncoding, UTF16);
+                    }
                     match b {
                         b'/' => {
                             self.lex = Lex::Tag {
@@ -622,7 +649,13 @@ impl Framer {
                     return Ok(None);
                 }
                 if let Some(h) = &self.header {
-                    if name == h.qname.as_slice() {
+                    // A second header may never end: refuse it at its start
+                    // tag, under any prefix (deeper ones: the validating pass).
+                    if name == h.qname.as_slice()
+                        || (self.depth == 0
+                            && split_qname(name).1 == b"stream"
+                            && in_streams_ns(&self.buf[start..end], h))
+                    {
                         return fail(Condition::BadFormat, "stream header inside the stream");
                     }
                 }
@@ -949,6 +982,30 @@ fn parse_decl(d: &[u8]) -> Res<()> {
     Ok(())
 }
 
+/// Is this top-level start tag in the streams namespace (declared on the
+/// tag itself or, for a prefix, on the stream header)? A malformed tag is
+/// not: the validating pass reports it.
+fn in_streams_ns(tag: &[u8], h: &Header) -> bool {
+    let (mut attrs, mut out) = (Vec::new(), Vec::new());
+    let mut c = Checker::new(tag, usize::MAX, &mut attrs, &mut out);
+    let Ok(st) = c.start_tag() else {
+        return false;
+    };
+    let (prefix, _) = split_qname(&tag[st.name.0..st.name.1]);
+    let decl: Vec<u8> = match prefix {
+        Some(p) => [b"xmlns:".as_slice(), p].concat(),
+        None => b"xmlns".to_vec(),
+    };
+    if let Some(a) = attrs.iter().find(|a| tag[a.name.0..a.name.1] == *decl) {
+        return *ns_name(&tag[a.value.0..a.value.1]) == *STREAMS_NS;
+    }
+    prefix.is_some_and(|p| {
+        h.prefixes
+            .iter()
+            .any(|(hp, uri)| hp.as_slice() == p && uri.as_bytes() == STREAMS_NS)
+    })
+}
+
 fn parse_header(tag: &[u8], limits: Limits) -> Res<(Header, Vec<(String, String)>)> {
     check_text_bytes(tag)?;
     let (mut attrs, mut out) = (Vec::new(), Vec::new());
@@ -1202,9 +1259,11 @@ fn reference_end(s: &[u8], i: usize) -> Res<usize> {
         if k == from || rest.get(k) != Some(&b';') {
             return fail(Condition::NotWellFormed, "malformed character reference");
         }
+        // XML 1.0 WFC "Legal Character": a well-formedness error, not one
+        // of the features RFC 6120 §11.1 restricts.
         if !is_xml_char(v) {
             return fail(
-                Condition::RestrictedXml,
+                Condition::NotWellFormed,
                 "character reference to a non-Char",
             );
         }
@@ -1739,12 +1798,19 @@ fn check_element(
                     }
                 }
                 let mut default_ns = None;
-                let mut prefixed_attr = false;
+                let mut prefixed_attrs = 0;
                 for a in c.attrs.iter() {
                     match a.colon {
                         None if a.name.1 - a.name.0 == 5 && &s[a.name.0..a.name.1] == b"xmlns" => {
                             check_ns_decl(None, &s[a.value.0..a.value.1])?;
                             default_ns = Some(&s[a.value.0..a.value.1]);
+                            // An empty prefix: the default namespace, which
+                            // resolve (never asked for "") does not see.
+                            decls.push(Decl {
+                                prefix: (a.name.0, a.name.0),
+                                value: a.value,
+                                depth,
+                            });
                         }
                         None => {}
                         Some(k) if &s[a.name.0..k] == b"xmlns" => {
@@ -1755,7 +1821,7 @@ fn check_element(
                                 depth,
                             });
                         }
-                        Some(_) => prefixed_attr = true,
+                        Some(_) => prefixed_attrs += 1,
                     }
                 }
                 let local = match st.colon {
@@ -1766,12 +1832,38 @@ fn check_element(
                 if let Some(k) = st.colon {
                     uri = Some(resolve(s, &s[st.name.0..k], decls, header, needed)?);
                 }
-                if prefixed_attr {
+                if local == b"stream" {
+                    let ns = match st.colon {
+                        Some(_) => uri,
+                        None => decls
+                            .iter()
+                            .rev()
+                            .find(|d| d.prefix.0 == d.prefix.1)
+                            .map(|d| &s[d.value.0..d.value.1]),
+                    };
+                    if ns.is_some_and(|n| *ns_name(n) == *STREAMS_NS) {
+                        return fail(Condition::BadFormat, "stream header inside the stream");
+                    }
+                }
+                if prefixed_attrs > 0 {
+                    // Expanded names, to catch `a:k` and `b:k` with a and b
+                    // bound to one namespace (Namespaces in XML §6.3).
+                    let mut expanded: Vec<(Cow<'_, [u8]>, &[u8])> = Vec::new();
                     for a in c.attrs.iter() {
                         if let Some(k) = a.colon {
                             let p = &s[a.name.0..k];
                             if p != b"xmlns" {
-                                resolve(s, p, decls, header, needed)?;
+                                let uri = resolve(s, p, decls, header, needed)?;
+                                if prefixed_attrs > 1 {
+                                    let key = (ns_name(uri), &s[k + 1..a.name.1]);
+                                    if expanded.contains(&key) {
+                                        return fail(
+                                            Condition::NotWellFormed,
+                                            "duplicate attribute (two prefixes, one namespace)",
+                                        );
+                                    }
+                                    expanded.push(key);
+                                }
                             }
                         }
                     }
@@ -1835,13 +1927,7 @@ const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
 /// XML parsers in clients refuse these, so a record must never carry one
 /// (RFC 6120 §4.9.3.13: XML-NAMES violations are not-well-formed).
 fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
-    let unescaped;
-    let v = if raw.contains(&b'&') {
-        unescaped = crate::xml::unescape_bytes(raw, true).unwrap_or_default();
-        unescaped.as_bytes()
-    } else {
-        raw
-    };
+    let v = &*ns_name(raw);
     let ok = match prefix {
         None => v != XML_NS && v != XMLNS_NS,
         Some(b"xml") => v == XML_NS,
@@ -1855,6 +1941,15 @@ fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
             "namespace declaration breaks the reserved-name rules",
         )
     }
+}
+
+/// A namespace name as sent (`raw`), its references resolved: rarely any.
+fn ns_name(raw: &[u8]) -> Cow<'_, [u8]> {
+    if raw.contains(&b'&') {
+        let v = crate::xml::unescape_bytes(raw, true).unwrap_or_default();
+        return Cow::Owned(v.into_bytes());
+    }
+    Cow::Borrowed(raw)
 }
 
 /// The namespace of prefix `p` in scope; a prefix known only from the
@@ -1880,8 +1975,10 @@ fn resolve<'a>(
             return Ok(h.prefixes[k].1.as_bytes());
         }
     }
+    // A Namespaces in XML constraint, so not-well-formed (RFC 6120
+    // §4.9.3.13); invalid-namespace is about the stream's namespaces.
     fail(
-        Condition::InvalidNamespace,
+        Condition::NotWellFormed,
         format!("undeclared prefix {}", String::from_utf8_lossy(p)),
     )
 }
@@ -1965,6 +2062,23 @@ mod tests {
         );
         assert_eq!(evs[2], Event::Record(b"<presence/>\n".to_vec()));
         assert_eq!(evs[3], Event::End);
+    }
+
+    #[test]
+    fn header_content_namespace() {
+        let ns = |hdr: &[u8]| match run(Mode::Stream, Limits::PRE_AUTH, &[hdr]).0.first() {
+            Some(Event::Header(h)) => h.is_jabber_client(),
+            e => panic!("{e:?}"),
+        };
+        let s = "xmlns:stream='http://etherx.jabber.org/streams'";
+        assert!(ns(
+            format!("<stream:stream xmlns='jabber:client' {s}>").as_bytes()
+        ));
+        assert!(ns(format!("<stream:stream {s}>").as_bytes()));
+        assert!(!ns(
+            format!("<stream:stream xmlns='jabber:server' {s}>").as_bytes()
+        ));
+        assert!(!ns(format!("<stream:stream xmlns='' {s}>").as_bytes()));
     }
 
     #[test]
@@ -2068,6 +2182,39 @@ mod tests {
     }
 
     #[test]
+    fn utf16_stream_is_unsupported_encoding() {
+        let hdr =
+            "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams'>";
+        let le: Vec<u8> = hdr.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+        let be: Vec<u8> = hdr.encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        for input in [
+            [&[0xFF, 0xFE][..], &le].concat(),
+            [&[0xFE, 0xFF][..], &be].concat(),
+            le.clone(),
+            be.clone(),
+        ] {
+            // One byte at a time too: the outcome does not depend on chunking.
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            for chunks in [vec![input.as_slice()], bytes] {
+                let (_, err) = run(Mode::Stream, Limits::PRE_AUTH, &chunks);
+                assert_eq!(
+                    err.map(|e| e.condition),
+                    Some(Condition::UnsupportedEncoding),
+                    "{:?}",
+                    &input[..4]
+                );
+            }
+        }
+        let bom8 = [&b"\xEF\xBB\xBF"[..], hdr.as_bytes()].concat();
+        assert_eq!(
+            run(Mode::Stream, Limits::PRE_AUTH, &[&bom8])
+                .1
+                .map(|e| e.condition),
+            Some(Condition::NotWellFormed)
+        );
+    }
+
+    #[test]
     fn declaration_rules() {
         let enc = b"<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>";
         let (_, err) = run(Mode::Stream, Limits::DEFAULT, &[enc]);
@@ -2112,13 +2259,31 @@ mod tests {
             "<m><!ENTITY x 'y'></m>",
             "<m>&foo;</m>",
             "<m a='&foo;'/>",
-            "<m>&#0;</m>",
-            "<m>&#xD800;</m>",
-            "<m>&#xFFFE;</m>",
-            "<m>&#x110000;</m>",
         ] {
             assert_eq!(cond(body), Condition::RestrictedXml, "{body}");
         }
+    }
+
+    #[test]
+    fn reference_to_a_non_char_is_not_well_formed() {
+        for body in [
+            "<m>&#0;</m>",
+            "<m>&#x0;</m>",
+            "<m>&#1;</m>",
+            "<m>&#xD800;</m>",
+            "<m>&#xDFFF;</m>",
+            "<m>&#xFFFE;</m>",
+            "<m>&#xFFFF;</m>",
+            "<m>&#x110000;</m>",
+            "<m>&#99999999999999999999;</m>",
+            "<m a='&#0;'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+        assert_eq!(
+            records("<m>&#9;&#xD7FF;&#xE000;&#xFFFD;&#x10FFFF;</m>"),
+            ["<m>&#9;&#xD7FF;&#xE000;&#xFFFD;&#x10FFFF;</m>\n"]
+        );
     }
 
     #[test]
@@ -2183,13 +2348,13 @@ mod tests {
 
     #[test]
     fn undeclared_prefix() {
-        assert_eq!(cond("<x:m/>"), Condition::InvalidNamespace);
-        assert_eq!(cond("<m x:a='1'/>"), Condition::InvalidNamespace);
+        assert_eq!(cond("<x:m/>"), Condition::NotWellFormed);
+        assert_eq!(cond("<m x:a='1'/>"), Condition::NotWellFormed);
         assert_eq!(
             cond("<m><x:b xmlns:x='u'/><x:c/></m>"),
-            Condition::InvalidNamespace
+            Condition::NotWellFormed
         );
-        assert_eq!(frag_cond("<stream:features/>"), Condition::InvalidNamespace);
+        assert_eq!(frag_cond("<stream:features/>"), Condition::NotWellFormed);
         // The xml prefix is always declared.
         assert_eq!(records("<m xml:lang='en'/>"), ["<m xml:lang='en'/>\n"]);
     }
@@ -2231,12 +2396,48 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_expanded_attribute_names() {
+        for body in [
+            "<m xmlns:a='urn:u' xmlns:b='urn:u' a:k='1' b:k='2'/>",
+            "<m xmlns:a='urn:u'><n xmlns:b='urn:u' a:k='1' b:k='2'/></m>",
+            "<m xmlns:a='urn&#58;u' xmlns:b='urn:u' a:k='1' b:k='2'/>",
+            "<m xmlns:s='http://etherx.jabber.org/streams' s:k='1' stream:k='2'/>",
+        ] {
+            assert_eq!(cond(body), Condition::NotWellFormed, "{body}");
+        }
+        for ok in [
+            "<m xmlns:a='urn:a' xmlns:b='urn:b' a:k='1' b:k='2'/>",
+            "<m xmlns:a='urn:a' k='1' a:k='2'/>",
+            "<m xmlns:a='urn:u' xmlns:b='urn:u' a:k='1' b:j='2'/>",
+        ] {
+            assert_eq!(records(ok), [format!("{ok}\n")], "{ok}");
+        }
+    }
+
+    #[test]
     fn second_header_is_bad_format() {
         assert_eq!(
             cond("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>"),
             Condition::BadFormat
         );
         assert_eq!(cond("<m><stream:stream>"), Condition::BadFormat);
+        // Any prefix, or none: the namespace is what counts, and a header
+        // that never ends is refused at once.
+        for body in [
+            "<s:stream xmlns:s='http://etherx.jabber.org/streams' version='1.0'>",
+            "<stream xmlns='http://etherx.jabber.org/streams'>",
+            "<stream xmlns='http://etherx.jabber.org/streams'/>",
+            "<m><s:stream xmlns:s='http://etherx.jabber.org/streams'/></m>",
+            "<m xmlns:s='http://etherx.jabber.org/streams'><s:stream/></m>",
+            "<m><x xmlns='http://etherx.jabber.org/streams'><stream/></x></m>",
+        ] {
+            assert_eq!(cond(body), Condition::BadFormat, "{body}");
+        }
+        // Other elements named stream are fine.
+        assert_eq!(
+            records("<stream xmlns='urn:x'/><m><stream/></m>"),
+            ["<stream xmlns='urn:x'/>\n", "<m><stream/></m>\n"]
+        );
     }
 
     #[test]

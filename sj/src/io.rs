@@ -29,28 +29,40 @@ pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
 }
 
 /// Read once from `fd`, appending to `buf`.
+///
+/// The bytes are read into `buf`'s spare capacity, never zero-filled
+/// first: clearing 64 KiB before every read cost more than reading a chat
+/// message.
 pub fn read_into(fd: impl AsFd, buf: &mut Vec<u8>) -> io::Result<Read> {
     let old = buf.len();
-    buf.resize(old + CHUNK, 0);
+    buf.reserve(CHUNK);
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(CHUNK);
     loop {
-        match nix::unistd::read(fd.as_fd(), &mut buf[old..]) {
-            Ok(0) => {
-                buf.truncate(old);
-                return Ok(Read::Eof);
-            }
-            Ok(n) => {
-                buf.truncate(old + n);
+        // SAFETY: read(2) writes at most `want` bytes into the spare
+        // capacity it is given and reads none of it; `buf` is not touched
+        // until the call returns.
+        let r = unsafe {
+            nix::libc::read(
+                fd.as_fd().as_raw_fd(),
+                spare.as_mut_ptr().cast::<nix::libc::c_void>(),
+                want,
+            )
+        };
+        match r {
+            0 => return Ok(Read::Eof),
+            n if n > 0 => {
+                let n = n as usize;
+                // SAFETY: the kernel initialised the first n bytes of the spare
+                // capacity, which follow the old length.
+                unsafe { buf.set_len(old + n) };
                 return Ok(Read::Data(n));
             }
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EAGAIN) => {
-                buf.truncate(old);
-                return Ok(Read::WouldBlock);
-            }
-            Err(e) => {
-                buf.truncate(old);
-                return Err(e.into());
-            }
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                Errno::EAGAIN => return Ok(Read::WouldBlock),
+                e => return Err(e.into()),
+            },
         }
     }
 }
@@ -123,21 +135,35 @@ impl LineReader {
         }
     }
 
+    /// Forget an incomplete line (its writer is gone); returns its length
+    /// as far as it was kept.
+    pub fn drop_partial(&mut self) -> usize {
+        let n = self.pending();
+        self.buf.truncate(self.start);
+        self.skipping = false;
+        n
+    }
+
     /// Bytes of an incomplete line held.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.start
     }
 
-    /// Log the lines dropped for being over `max` since the last call, in
-    /// one line naming where they came from: no line goes silently.
+    /// Log the lines dropped for being over `max` since the last call
+    /// (see the free `warn_overlong`).
     pub fn warn_overlong(&mut self, source: &str) {
-        let n = std::mem::take(&mut self.overlong);
-        if n > 0 {
-            crate::log::warn(&format!(
-                "dropped {n} line(s) over {} bytes from {source}",
-                self.max
-            ));
-        }
+        warn_overlong(std::mem::take(&mut self.overlong), self.max, source);
+    }
+}
+
+/// Log `n` lines over `max` bytes dropped from `source`, in one line: a
+/// line too long to be a record is an invalid record like any other
+/// (DESIGN §4), never dropped silently.
+pub fn warn_overlong(n: u64, max: usize, source: &str) {
+    if n > 0 {
+        crate::log::warn(&format!(
+            "dropping {n} invalid record(s) from {source}: policy-violation: line over {max} bytes"
+        ));
     }
 }
 
@@ -170,6 +196,25 @@ impl WriteQueue {
         self.chunks.push_back(data);
     }
 
+    /// Queue the concatenation of `parts` without the caller making a
+    /// buffer for it: copied into the last chunk when it fits.
+    pub fn push_parts(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if n == 0 {
+            return;
+        }
+        self.len += n;
+        match self.chunks.back_mut() {
+            Some(back) if back.len() + n <= CHUNK => {}
+            _ => self.chunks.push_back(Vec::with_capacity(n.max(CHUNK))),
+        }
+        if let Some(back) = self.chunks.back_mut() {
+            for p in parts {
+                back.extend_from_slice(p);
+            }
+        }
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.len
@@ -197,6 +242,55 @@ impl WriteQueue {
             }
         }
         Ok(true)
+    }
+
+    /// Flush, waiting for the descriptor at most `max` (on the way out).
+    pub fn drain(&mut self, fd: impl AsFd, max: std::time::Duration) -> io::Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let end = std::time::Instant::now() + max;
+        loop {
+            if self.flush(fd.as_fd())? {
+                return Ok(());
+            }
+            let now = std::time::Instant::now();
+            if now >= end {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            }
+            let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+            match nix::poll::poll(&mut fds, t) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The reader went away after taking only the head of the front
+    /// record (a pipe takes what fits, not whole records): drop that
+    /// record's tail, so a new reader starts at a record boundary instead
+    /// of reading a fragment as a line. Chunks hold whole LF-terminated
+    /// records (`push` never splits one), so the tail ends in the front
+    /// chunk. Returns the bytes dropped.
+    pub fn drop_partial_record(&mut self) -> usize {
+        if self.off == 0 {
+            return 0;
+        }
+        let Some(front) = self.chunks.front() else {
+            return 0;
+        };
+        if front[self.off - 1] == b'\n' {
+            return 0;
+        }
+        let end = memchr(b'\n', &front[self.off..]).map_or(front.len(), |i| self.off + i + 1);
+        let n = end - self.off;
+        self.len -= n;
+        if end == front.len() {
+            self.chunks.pop_front();
+            self.off = 0;
+        } else {
+            self.off = end;
+        }
+        n
     }
 
     pub fn clear(&mut self) {
@@ -254,6 +348,79 @@ mod tests {
         assert_eq!(r.overlong, 1);
         r.warn_overlong("a test");
         assert_eq!(r.overlong, 0);
+    }
+
+    /// A reader that dies holding the head of a record: the next reader
+    /// gets whole records only, and only the cut record is missing.
+    #[test]
+    fn partial_record_dropped_for_the_next_reader() {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        let cap = fcntl(&wr, FcntlArg::F_SETPIPE_SZ(4096)).expect("pipe size");
+        let recs: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("<r n='{i}'>{}</r>\n", "x".repeat(97 + i % 7)).into_bytes())
+            .collect();
+        let mut q = WriteQueue::new();
+        for r in &recs {
+            q.push(r.clone());
+        }
+        assert!(!q.flush(&wr).expect("flush"), "the pipe took everything");
+        let mut dead = vec![0u8; usize::try_from(cap).expect("cap") + 1];
+        let n = nix::unistd::read(&rd, &mut dead).expect("read");
+        let dead = &dead[..n];
+        assert_ne!(dead.last(), Some(&b'\n'), "the cut is inside a record");
+        drop((rd, wr));
+        let cut = q.drop_partial_record();
+        assert!(cut > 0);
+        assert_eq!(
+            q.drop_partial_record(),
+            0,
+            "once at a boundary, nothing more"
+        );
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        set_nonblocking(&rd).expect("nb");
+        let mut next = Vec::new();
+        while !q.flush(&wr).expect("flush") {
+            let _ = read_into(&rd, &mut next).expect("read");
+        }
+        while let Read::Data(_) = read_into(&rd, &mut next).expect("read") {}
+        let whole = dead.iter().filter(|&&b| b == b'\n').count();
+        let expect: Vec<u8> = recs[whole + 1..].concat();
+        assert_eq!(next, expect);
+        assert_eq!(dead.len() + cut, recs[..=whole].concat().len());
+    }
+
+    #[test]
+    fn read_into_appends_and_reports_would_block_and_eof() {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&rd).expect("nb");
+        let mut buf = b"kept:".to_vec();
+        assert_eq!(read_into(&rd, &mut buf).expect("read"), Read::WouldBlock);
+        assert_eq!(buf, b"kept:");
+        nix::unistd::write(&wr, b"abc").expect("write");
+        assert_eq!(read_into(&rd, &mut buf).expect("read"), Read::Data(3));
+        assert_eq!(buf, b"kept:abc");
+        drop(wr);
+        assert_eq!(read_into(&rd, &mut buf).expect("read"), Read::Eof);
+        assert_eq!(buf, b"kept:abc");
+    }
+
+    #[test]
+    fn parts_coalesce_and_keep_order() {
+        let (rd, wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&wr).expect("nb");
+        let mut q = WriteQueue::new();
+        q.push_parts(&[b"<a/>", b"\n"]);
+        q.push(b"<b/>\n".to_vec());
+        q.push_parts(&[b"<c/>", b"", b"\n"]);
+        q.push_parts(&[]);
+        assert_eq!(q.len(), 15);
+        assert!(q.flush(&wr).expect("flush"));
+        let mut buf = [0u8; 32];
+        let n = nix::unistd::read(&rd, &mut buf).expect("read");
+        assert_eq!(&buf[..n], b"<a/>\n<b/>\n<c/>\n");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `YYYY-MM-DD HH:MM <nick> text` for what someone said,
 //! `YYYY-MM-DD HH:MM -!- text` for events, in local time at minute
 //! resolution (`crate::time::local_minute`), one line per body line,
-//! appended with O_APPEND and one write per line.
+//! appended with O_APPEND in writes of whole lines.
 
 use std::fs;
 use std::io::{self, Write};
@@ -24,15 +24,25 @@ pub enum Kind {
 /// characters other than TAB (C0, DEL, C1) and the Unicode line and
 /// paragraph separators become U+FFFD.
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}' {
-                '\u{FFFD}'
-            } else {
-                c
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    push_clean(&mut out, s);
+    out
+}
+
+/// `clean(s)` appended to `out`.
+fn push_clean(out: &mut String, s: &str) {
+    // Printable ASCII and TAB, nearly every log line, are copied as they are.
+    if s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        out.push_str(s);
+        return;
+    }
+    out.extend(s.chars().map(|c| {
+        if (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}' {
+            '\u{FFFD}'
+        } else {
+            c
+        }
+    }));
 }
 
 /// The `out` lines for one message: one line per body line, same prefix.
@@ -43,24 +53,32 @@ pub fn lines(when: &str, kind: &Kind, text: &str) -> String {
         Kind::Said { nick } => format!("{when} <{}> ", clean(nick)),
         Kind::Event => format!("{when} -!- "),
     };
-    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let text = if text.contains('\r') {
+        std::borrow::Cow::Owned(text.replace("\r\n", "\n").replace('\r', "\n"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    };
     let text = text.trim_end_matches('\n');
-    let mut out = String::new();
+    let mut out = String::with_capacity(text.len() + prefix.len() + 1);
     if text.is_empty() {
         return out;
     }
     for line in text.split('\n') {
         out.push_str(&prefix);
-        out.push_str(&clean(line));
+        push_clean(&mut out, line);
         out.push('\n');
     }
     out
 }
 
 /// Append `text` (whole lines) to a log, creating it 0600 and never
-/// following a symlink: O_APPEND, one write per line.
-/// `repair`: an earlier write may have stopped mid-line (ENOSPC), so end
-/// that partial line first if the file does not end with LF.
+/// following a symlink: O_APPEND, one write for all of `text`, so lines
+/// from another writer (presenced) land between whole lines only.
+/// All or nothing: when the write fails (ENOSPC after a short write, say)
+/// the file is cut back to its length before this call, so a reader never
+/// sees half a line and the caller can retry the same text.
+/// `repair`: if even that cut failed, an earlier write may have stopped
+/// mid-line, so end that partial line first if the file does not end with LF.
 pub fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .read(repair)
@@ -69,15 +87,18 @@ pub fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
         .open(path)?;
+    let len = f.metadata()?.len();
     if repair {
-        let len = f.metadata()?.len();
         let mut last = [0u8; 1];
         if len > 0 && f.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
             f.write_all(b"\n")?;
         }
     }
-    for line in text.split_inclusive('\n') {
-        f.write_all(line.as_bytes())?;
+    if let Err(e) = f.write_all(text.as_bytes()) {
+        // Another writer (presenced's events) appending in this very
+        // moment would be cut too; on a full disk its write fails anyway.
+        let _ = f.set_len(len);
+        return Err(e);
     }
     Ok(())
 }

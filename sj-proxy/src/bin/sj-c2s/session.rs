@@ -474,7 +474,7 @@ impl Session {
         if h_ns.is_some() && h_ns != Some(NS_STREAM) {
             return self.stream_error("invalid-namespace", PROTOCOL, "bad stream namespace".into());
         }
-        if h.get("xmlns").unwrap_or("jabber:client") != "jabber:client" {
+        if !h.is_jabber_client() {
             return self.stream_error(
                 "invalid-namespace",
                 PROTOCOL,
@@ -1022,7 +1022,7 @@ impl Session {
 
     /// Flush the client queue, waiting at most `max`.
     fn drain_client(&mut self, max: Duration) -> io::Result<()> {
-        drain(&mut self.to_client, &self.wfd, max)
+        self.to_client.drain(&self.wfd, max)
     }
 
     pub fn run(mut self) -> Result<(), Fatal> {
@@ -1099,23 +1099,6 @@ impl Session {
                 while matches!(std::io::Read::read(&mut &self.sig_rd, &mut b), Ok(n) if n > 0) {}
                 continue;
             }
-            if w_client {
-                if let Err(e) = self.to_client.flush(&self.wfd) {
-                    self.peer_closed = true;
-                    self.finish_with(Err(io_fatal("write to the client", &e)));
-                    break;
-                }
-            }
-            if w_out || hup_out {
-                if let Some(c) = self.client.as_mut() {
-                    if let Err(e) = c.outq.flush(&c.outfd) {
-                        let msg =
-                            format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
-                        self.stream_error("remote-connection-failed", TEMPORARY, msg);
-                        break;
-                    }
-                }
-            }
             if r_in {
                 if let Some(c) = self.client.as_mut() {
                     match c.reader.fill(&c.infd) {
@@ -1165,6 +1148,26 @@ impl Session {
                     }
                 }
             }
+            // Write what this turn queued now, not a poll later; a queue
+            // that would block waits for POLLOUT (all descriptors are
+            // non-blocking).
+            if w_client || !self.to_client.is_empty() {
+                if let Err(e) = self.to_client.flush(&self.wfd) {
+                    self.peer_closed = true;
+                    self.finish_with(Err(io_fatal("write to the client", &e)));
+                    break;
+                }
+            }
+            if let Some(c) = self.client.as_mut() {
+                if w_out || hup_out || !c.outq.is_empty() {
+                    if let Err(e) = c.outq.flush(&c.outfd) {
+                        let msg =
+                            format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
+                        self.stream_error("remote-connection-failed", TEMPORARY, msg);
+                        break;
+                    }
+                }
+            }
         }
         self.shutdown()
     }
@@ -1174,7 +1177,7 @@ impl Session {
             if c.tr.available {
                 c.outq.push(b"<presence type='unavailable'/>\n".to_vec());
             }
-            if let Err(e) = drain(&mut c.outq, &c.outfd, Duration::from_secs(2)) {
+            if let Err(e) = c.outq.drain(&c.outfd, Duration::from_secs(2)) {
                 sj::log::warn(&format!(
                     "unable to write {}/out: {}",
                     c.name,
@@ -1200,26 +1203,6 @@ fn is_control_passwd(rec: &[u8]) -> bool {
 enum RegisterError {
     NoReader,
     Io(&'static str, io::Error),
-}
-
-/// Flush `q` to `fd`, waiting for POLLOUT at most `max` in all.
-fn drain(q: &mut WriteQueue, fd: &OwnedFd, max: Duration) -> io::Result<()> {
-    let end = Instant::now() + max;
-    loop {
-        if q.flush(fd)? {
-            return Ok(());
-        }
-        let now = Instant::now();
-        if now >= end {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
-        }
-        let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-        match nix::poll::poll(&mut fds, t) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,98 @@
+//! messaged with many contacts: a roster of N contacts (one directory, `in`
+//! FIFO and `out` log each), then chat messages spread round-robin over
+//! them on stdin; peak RSS and time to the last line logged. messaged
+//! runs alone under `sj-bench --peak-rss`, so the peak is its own.
+
+use crate::spawn::Scratch;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+pub struct Outcome {
+    pub kib: u64,
+    pub secs: f64,
+}
+
+/// Run messaged on `contacts` contacts with `messages` messages.
+pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, String> {
+    let scratch = Scratch::new(&format!("contacts-{contacts}"))?;
+    let dir = scratch.0.join("dir");
+    sj::fifo::make_dir(&dir).map_err(|e| format!("unable to create {}: {e}", dir.display()))?;
+    let jid = |i: usize| format!("c{i}@localhost");
+    let roster: String = (0..contacts)
+        .map(|i| format!("{}\t{}\tboth\n", jid(i), jid(i)))
+        .collect();
+    std::fs::write(dir.join("roster"), roster)
+        .map_err(|e| format!("unable to write the roster: {e}"))?;
+    let mut data = Vec::with_capacity(messages * 110);
+    for i in 0..messages {
+        writeln!(
+            data,
+            "<message from='{}/r' type='chat' id='m{i}'><body>message number {i} &amp; more</body></message>",
+            jid(i % contacts)
+        )
+        .map_err(|e| format!("unable to build the messages: {e}"))?;
+    }
+    let me = std::env::current_exe().map_err(|e| format!("unable to find sj-bench itself: {e}"))?;
+    let t = Instant::now();
+    let mut child = Command::new(me)
+        .arg("--peak-rss")
+        .arg(bin.join("messaged"))
+        .arg("-d")
+        .arg(&dir)
+        .arg("alice@localhost/sj")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("unable to start messaged: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(&data)
+            .map_err(|e| format!("unable to write to messaged: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("unable to wait for messaged: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        return Err(format!("messaged ended with {}", out.status));
+    }
+    let kib = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| "no peak RSS from --peak-rss".to_string())?;
+    // Every message must be in its contact's log, or the time means nothing.
+    let logged: usize = (0..contacts)
+        .map(|i| {
+            std::fs::read(dir.join(jid(i)).join("out"))
+                .map(|b| memchr::memchr_iter(b'\n', &b).count())
+                .unwrap_or(0)
+        })
+        .sum();
+    if logged != messages {
+        return Err(format!("{logged} of {messages} messages logged"));
+    }
+    Ok(Outcome { kib, secs })
+}
+
+/// `sj-bench --peak-rss PROG ARGS...`: run PROG (stdin inherited, stdout
+/// to /dev/null) and print its peak RSS in KiB. Being PROG's only child
+/// makes RUSAGE_CHILDREN's maximum PROG's own.
+pub fn peak_rss_main(argv: &[std::ffi::OsString]) -> Result<(), String> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| "usage: sj-bench --peak-rss PROG [ARGS...]".to_string())?;
+    let st = Command::new(prog)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("unable to run {}: {e}", prog.to_string_lossy()))?;
+    if !st.success() {
+        return Err(format!("{} ended with {st}", prog.to_string_lossy()));
+    }
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map_err(|e| format!("unable to get the peak RSS: {e}"))?;
+    println!("{}", u.max_rss());
+    Ok(())
+}
