@@ -276,8 +276,8 @@ add(C, "c2s", "300k-message", out_msg(b"<body>" + b"a" * (300 * K) + b"</body>")
     "error:policy-violation")
 add(C, "fifo", "256k-line", out_msg(b"<body>" + b"a" * (256 * K) + b"</body>"), "dropped",
     log="policy-violation")
-add(C, "fifo", "400k-line-over-the-reader-limit",
-    out_msg(b"<body>" + b"a" * (400 * K) + b"</body>"), "dropped", log="line over")
+add(C, "fifo", "4357k-line-over-the-line-limit",
+    out_msg(b"<body>" + b"a" * (17 * 256 * K + 4 * K) + b"</body>"), "dropped", log="line over")
 
 # ---------------------------------------------------------------- nesting
 C = "deep nesting (64 levels after auth, 16 before)"

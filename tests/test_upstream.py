@@ -462,7 +462,8 @@ def test_overlong_fifo_line_is_dropped_with_a_log_line(proxy):
     srv.handshake()
     p.online()
     a = p.raw_client("a")
-    big = "<message to='bob@localhost'><body>" + "x" * (400 * 1024) + "</body></message>"
+    # Longer than any record can be on one line (sj::framer::MAX_LINE).
+    big = "<message to='bob@localhost'><body>" + "x" * (17 * 256 * 1024 + 4096) + "</body></message>"
     a.send(big + "\n<message to='carol@localhost'><body>after</body></message>")
     got = srv.read_until(rb"<body>after</body></message>")
     assert b"xxxxxxxx" not in got

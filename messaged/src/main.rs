@@ -760,10 +760,13 @@ struct Kept {
 
 impl Kept {
     /// Keep `text` if `room` bytes allow and nothing was lost yet; else
-    /// count its lines as lost. True when kept.
+    /// count its lines as lost. True when kept. The first text is kept
+    /// whatever its size: the bound is on what waits behind a file that
+    /// cannot be written, and one long message (a record may be 4 MiB,
+    /// sj(7)) is no sign of that.
     fn push(&mut self, text: &str, room: usize) -> bool {
         let n = text.matches('\n').count();
-        if self.lost > 0 || text.len() > room {
+        if self.lost > 0 || (text.len() > room && self.lines > 0) {
             self.lost += n;
             return false;
         }
@@ -873,6 +876,11 @@ mod tests {
         );
         assert_eq!((k.text.as_str(), k.lines, k.lost), ("a\nb\n", 2, 2));
         assert!(!k.is_empty());
+        // One message longer than the room, with nothing before it, is kept.
+        let mut k = Kept::default();
+        assert!(k.push("0123456789\n", 4));
+        assert!(!k.push("x\n", 0), "no room left behind it");
+        assert_eq!((k.lines, k.lost), (1, 1));
     }
 
     #[test]

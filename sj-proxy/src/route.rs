@@ -338,8 +338,9 @@ fn too_large(
         Origin::In => "DIR/in".to_string(),
         Origin::Client(n) => format!("client {n}"),
     };
-    let why =
-        format!("a <{name}> of {size} bytes from {who}: the server takes at most {SERVER_MAX}");
+    let why = format!(
+        "policy-violation: a <{name}> of {size} bytes from {who}, the server takes at most {SERVER_MAX}"
+    );
     let mut out = vec![(Dest::Drop(why), Vec::new())];
     let is_error = xml::attr(rec, "type").as_deref() == Some("error");
     if let (Origin::Client(_), false) = (origin, is_error) {
