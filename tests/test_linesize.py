@@ -98,6 +98,22 @@ def test_long_multi_line_message_from_contact_reaches_every_client_and_log(
     assert "line over" not in stderr_text(c2s_env)
 
 
+def test_contact_stanza_the_server_reserialised_larger_still_arrives(c2s_env, big, contact):
+    """bob sends 150 KB of apostrophes: Prosody takes it (under its 256 KiB)
+    and writes each one to us as `&apos;`, 900 KB. Refusing that would let
+    any contact end the session at will; it reaches every client."""
+    bob = contact("bob")
+    barrier(c2s_env, bob, big, "warm-up q")
+    before = state_line(c2s_env)
+    body = "'" * (150 * 1024)
+    bob.send_raw(f"<message to='{up_jid(c2s_env)}' type='chat'><body>{body}</body></message>")
+    line, _ = big["raw"].wait_record(lambda el: body_of(el) == body, timeout=30)
+    assert len(line) > SERVER_MAX, len(line)  # it came larger than it was sent
+    big["client"].wait(lambda s: body_text(s) == body, "the re-escaped message", timeout=30)
+    barrier(c2s_env, bob, big, "after q")
+    assert state_line(c2s_env) == before
+
+
 def test_long_multi_line_message_from_sj_c2s_client_reaches_contact_once(
         c2s_env, big, contact):
     bob = contact("bob")

@@ -13,16 +13,8 @@
 use sj::framer::{Event, FrameError, Framer, Limits, Mode};
 
 /// Limits small enough that fuzz inputs reach them.
-pub const SMALL: Limits = Limits {
-    max_record: 700,
-    max_depth: 3,
-    max_attrs: 4,
-};
-pub const TINY: Limits = Limits {
-    max_record: 64,
-    max_depth: 2,
-    max_attrs: 2,
-};
+pub const SMALL: Limits = Limits::new(700, 3, 4);
+pub const TINY: Limits = Limits::new(64, 2, 2);
 
 /// One framer fuzz input: a three-byte prefix chooses how to run, the rest
 /// is what the peer sends.

@@ -469,7 +469,7 @@ impl Upstream {
             }
         }
         self.authenticate(&features, creds)?;
-        self.framer.set_limits(Limits::DEFAULT);
+        self.framer.set_limits(Limits::FROM_SERVER);
         let features = self.restart(&domain, Some(&bare))?;
         if features.child("bind", NS_BIND).is_none() {
             return Err(Fatal::protocol("the server offers no resource binding"));

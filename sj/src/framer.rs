@@ -52,36 +52,58 @@ pub struct Limits {
     pub max_depth: usize,
     /// Attributes on one element.
     pub max_attrs: usize,
+    /// Bytes in the record as one line, without its LF (see `grown`).
+    pub max_line: usize,
 }
 
 impl Limits {
     /// Before authentication (DESIGN §8): 8 KiB.
-    pub const PRE_AUTH: Limits = Limits {
-        max_record: 8 * 1024,
-        max_depth: 16,
-        max_attrs: 32,
-    };
+    pub const PRE_AUTH: Limits = Limits::new(8 * 1024, 16, 32);
     /// After authentication: 256 KiB, like Prosody and ejabberd.
-    pub const DEFAULT: Limits = Limits {
-        max_record: 256 * 1024,
-        max_depth: 64,
-        max_attrs: 64,
+    pub const DEFAULT: Limits = Limits::new(256 * 1024, 64, 64);
+    /// What a server sends after authentication. A server counts its
+    /// 256 KiB on what it receives, then serialises the stanza again on the
+    /// way out: Prosody writes a `'` or `"` in text as `&apos;`/`&quot;`,
+    /// 6 bytes for 1, so a contact's 256 KiB stanza can reach us as 1.5 MiB.
+    /// Refusing it would let any contact end the session at will. Such a
+    /// stanza does not grow again on one line (no CDATA, and a byte that
+    /// became 6 is not a line break), so the lines stay within `MAX_LINE`.
+    pub const FROM_SERVER: Limits = Limits {
+        max_record: 6 * 256 * 1024,
+        max_line: MAX_LINE,
+        ..Limits::DEFAULT
     };
+
+    /// Limits whose line rule follows from `max_record` (`grown`).
+    pub const fn new(max_record: usize, max_depth: usize, max_attrs: usize) -> Limits {
+        Limits {
+            max_record,
+            max_depth,
+            max_attrs,
+            max_line: grown(max_record),
+        }
+    }
 
     /// The line-size rule of every pipe and FIFO (DESIGN §4): the longest
     /// line, without its LF, that a record framed under these limits can
-    /// be. Records grow when put on one line: a line break in character
-    /// data becomes `&#10;` and one inside CDATA `]]>&#10;<![CDATA[`, so an
-    /// element of `max_record` bytes as received can be 17 times as long;
-    /// declarations copied from the stream header come on top, and the
-    /// framer refuses (policy-violation) the record whose declarations do
-    /// not fit in `DECL_ROOM`. A reader that takes lines this long never
-    /// drops a record the framer made.
+    /// be; the framer refuses (policy-violation) a record whose line would
+    /// be longer. A reader that takes lines this long never drops a record
+    /// the framer made.
     pub const fn max_line(&self) -> usize {
-        self.max_record
-            .saturating_mul(CDATA_BREAK.len())
-            .saturating_add(DECL_ROOM)
+        self.max_line
     }
+}
+
+/// The longest line an element of `max_record` bytes as received can make.
+/// Records grow when put on one line: a line break in character data
+/// becomes `&#10;` and one inside CDATA `]]>&#10;<![CDATA[`, so 17 times as
+/// long at most; declarations copied from the stream header come on top,
+/// and the framer refuses the record whose declarations do not fit in
+/// `DECL_ROOM`.
+pub const fn grown(max_record: usize) -> usize {
+    max_record
+        .saturating_mul(CDATA_BREAK.len())
+        .saturating_add(DECL_ROOM)
 }
 
 /// The longest line a program reads from a pipe or FIFO of records: those
@@ -786,7 +808,9 @@ pub fn canonical_record(line: &[u8], limits: Limits) -> Result<Vec<u8>, FrameErr
         // A stream error is still one element: a script may log or send it.
         Some(Event::Record(r) | Event::StreamError(r)) => match f.next_event()? {
             // A raw line's lone CRs grow like LFs do.
-            None if f.buffered() == 0 && r.len() > limits.max_line() + 1 => over_line(limits),
+            None if f.buffered() == 0 && r.len() > limits.max_line().saturating_add(1) => {
+                over_line(limits)
+            }
             None if f.buffered() == 0 => Ok(r),
             _ => fail(
                 Condition::NotWellFormed,
@@ -2645,11 +2669,7 @@ mod tests {
     /// after `<!` had already arrived.
     #[test]
     fn markup_declaration_at_the_limit_is_chunking_independent() {
-        let tiny = Limits {
-            max_record: 64,
-            max_depth: 2,
-            max_attrs: 2,
-        };
+        let tiny = Limits::new(64, 2, 2);
         let mut input = b"<m>".to_vec();
         input.resize(58, b'v');
         input.extend_from_slice(b"<!v[vvvvvvvvvvvv></m>\n");
@@ -2663,11 +2683,7 @@ mod tests {
     fn linear_in_one_byte_feeds() {
         // One 4 MiB record fed a byte at a time: quadratic rescanning would
         // take minutes here.
-        let limits = Limits {
-            max_record: 8 << 20,
-            max_depth: 64,
-            max_attrs: 64,
-        };
+        let limits = Limits::new(8 << 20, 64, 64);
         let mut f = Framer::new(Mode::Fragments, limits);
         let mut input = b"<message a='x'><body>".to_vec();
         input.resize(4 << 20, b'a');
@@ -2873,11 +2889,7 @@ mod tests {
         // The first read holds a mark (after `<body>`), then the long text
         // comes a byte at a time: going on from the mark on every byte
         // would redo the whole text each time.
-        let limits = Limits {
-            max_record: 1 << 20,
-            max_depth: 64,
-            max_attrs: 64,
-        };
+        let limits = Limits::new(1 << 20, 64, 64);
         let mut input = b"<message a='x'><body>".to_vec();
         input.resize(20_000, b'a');
         input.extend_from_slice(b"</body></message>");
@@ -2944,11 +2956,7 @@ mod tests {
                 .filter(|c| c.wrapping_mul(7919).wrapping_add(x as usize) % 13 == 3)
                 .collect();
             assert_eq!(split_run(&v, &cuts), whole);
-            let small = Limits {
-                max_record: 700,
-                max_depth: 3,
-                max_attrs: 4,
-            };
+            let small = Limits::new(700, 3, 4);
             let chunks: Vec<&[u8]> = v.chunks(5).collect();
             assert_eq!(
                 run(Mode::Stream, small, &chunks),
@@ -3024,11 +3032,7 @@ mod tests {
 
     #[test]
     fn declarations_that_do_not_fit_on_the_line_are_refused() {
-        let limits = Limits {
-            max_record: 8192,
-            max_depth: 8,
-            max_attrs: 8,
-        };
+        let limits = Limits::new(8192, 8, 8);
         let uri = "u".repeat(5000);
         let hdr = format!(
             "<stream:stream xmlns='jabber:client' \
