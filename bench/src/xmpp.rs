@@ -5,7 +5,7 @@
 //! of either.
 
 use sj::framer::{Event, Framer, Limits, Mode};
-use sj::sasl::{self, Hash, ScramClient, ScramServer, StoredCredentials};
+use sj::sasl::{self, Hash, ScramClient, ScramServer, StoredCredentials, NS as NS_SASL};
 use sj::xml::Element;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,7 +14,6 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 
@@ -183,34 +182,16 @@ pub fn login<S: Sock>(
         .child("mechanisms", NS_SASL)
         .map(|m| m.elements().map(|e| e.text().trim().to_string()).collect())
         .unwrap_or_default();
-    let hash = if offered.iter().any(|m| m == "SCRAM-SHA-256") {
-        Hash::Sha256
-    } else if offered.iter().any(|m| m == "SCRAM-SHA-1") {
-        Hash::Sha1
-    } else {
-        return Err(format!("no SCRAM offered ({})", offered.join(" ")));
-    };
+    let hash = sasl::best_scram(&offered)
+        .ok_or_else(|| format!("no SCRAM offered ({})", offered.join(" ")))?;
     let mut scram = ScramClient::new(hash, user, password, None);
     let first = scram.first();
-    c.send(
-        format!(
-            "<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>",
-            hash.mechanism(),
-            sasl::b64encode(&first)
-        )
-        .as_bytes(),
-    )?;
+    c.send(sasl::element("auth", Some(hash.mechanism()), &first).as_bytes())?;
     let challenge = c.sasl_reply("challenge")?;
     let fin = scram
         .final_message(&challenge)
         .map_err(|e| format!("SCRAM: {e}"))?;
-    c.send(
-        format!(
-            "<response xmlns='{NS_SASL}'>{}</response>",
-            sasl::b64encode(&fin)
-        )
-        .as_bytes(),
-    )?;
+    c.send(sasl::element("response", None, &fin).as_bytes())?;
     let server_final = c.sasl_reply("success")?;
     scram
         .verify(&server_final)
@@ -287,25 +268,13 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
     // Few iterations: the bench measures routing, not PBKDF2.
     let creds = StoredCredentials::derive(hash, password, b"sj-bench-salt", 4096);
     let challenge = scram.server_first(&creds);
-    c.send(
-        format!(
-            "<challenge xmlns='{NS_SASL}'>{}</challenge>",
-            sasl::b64encode(&challenge)
-        )
-        .as_bytes(),
-    )?;
+    c.send(sasl::element("challenge", None, &challenge).as_bytes())?;
     let resp = c.element(step())?;
     let fin = sasl::b64decode(resp.text().trim()).map_err(|e| format!("response: {e}"))?;
     let server_final = scram
         .client_final(&fin)
         .map_err(|e| format!("SCRAM client-final: {e}"))?;
-    c.send(
-        format!(
-            "<success xmlns='{NS_SASL}'>{}</success>",
-            sasl::b64encode(&server_final)
-        )
-        .as_bytes(),
-    )?;
+    c.send(sasl::element("success", None, &server_final).as_bytes())?;
     c.framer.reset();
     c.expect_header(step())?;
     c.send(

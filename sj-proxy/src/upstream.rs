@@ -5,14 +5,13 @@
 use crate::route::OWN_ID;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
 use sj::framer::{Event, FrameError, Framer, Limits, Mode};
-use sj::sasl::{self, Hash, ScramClient};
+use sj::sasl::{self, ScramClient, NS as NS_SASL};
 use sj::xml::Element;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
@@ -344,36 +343,16 @@ impl Upstream {
             .local()
             .ok_or_else(|| Fatal::permanent("the JID has no localpart to log in with"))?;
         let has = |m: &str| offered.iter().any(|o| o == m);
-        let hash = if has("SCRAM-SHA-256") {
-            Some(Hash::Sha256)
-        } else if has("SCRAM-SHA-1") {
-            Some(Hash::Sha1)
-        } else {
-            None
-        };
-        if let Some(hash) = hash {
+        if let Some(hash) = sasl::best_scram(&offered) {
             let mut scram = ScramClient::new(hash, user, &creds.password, None);
             let first = scram.first();
-            self.send(
-                format!(
-                    "<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>",
-                    hash.mechanism(),
-                    sasl::b64encode(&first)
-                )
-                .as_bytes(),
-            )?;
+            self.send(sasl::element("auth", Some(hash.mechanism()), &first).as_bytes())?;
             let (el, _) = self.next_element()?;
             let challenge = self.sasl_step(&el, "challenge")?;
             let fin = scram
                 .final_message(&challenge)
                 .map_err(|e| Fatal::protocol(format!("SCRAM: {e}")))?;
-            self.send(
-                format!(
-                    "<response xmlns='{NS_SASL}'>{}</response>",
-                    sasl::b64encode(&fin)
-                )
-                .as_bytes(),
-            )?;
+            self.send(sasl::element("response", None, &fin).as_bytes())?;
             let (el, _) = self.next_element()?;
             let server_final = self.sasl_step(&el, "success")?;
             scram.verify(&server_final).map_err(|e| {
@@ -390,13 +369,7 @@ impl Upstream {
                 ));
             }
             let msg = sasl::plain_encode("", user, &creds.password);
-            self.send(
-                format!(
-                    "<auth xmlns='{NS_SASL}' mechanism='PLAIN'>{}</auth>",
-                    sasl::b64encode(&msg)
-                )
-                .as_bytes(),
-            )?;
+            self.send(sasl::element("auth", Some("PLAIN"), &msg).as_bytes())?;
             let (el, _) = self.next_element()?;
             self.sasl_step(&el, "success")?;
             return Ok(());

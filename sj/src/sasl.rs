@@ -33,6 +33,27 @@ impl std::fmt::Display for SaslError {
 
 impl std::error::Error for SaslError {}
 
+/// The SASL namespace of XMPP (RFC 6120 §6.4).
+pub const NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+/// One SASL element of RFC 6120 §6.4 (`auth`, `challenge`, `response`,
+/// `success`) carrying `data` in base64, with the mechanism on `auth`.
+pub fn element(name: &str, mechanism: Option<&str>, data: &[u8]) -> String {
+    let mech = mechanism
+        .map(|m| format!(" mechanism='{}'", crate::escape::attr(m)))
+        .unwrap_or_default();
+    format!("<{name} xmlns='{NS}'{mech}>{}</{name}>", b64encode(data))
+}
+
+/// The SCRAM mechanism to use among those a server offers: SCRAM-SHA-256,
+/// else SCRAM-SHA-1 (the stronger hash first), else none.
+pub fn best_scram<S: AsRef<str>>(offered: &[S]) -> Option<Hash> {
+    let has = |m: &str| offered.iter().any(|o| o.as_ref() == m);
+    [Hash::Sha256, Hash::Sha1]
+        .into_iter()
+        .find(|h| has(h.mechanism()))
+}
+
 pub fn b64encode(data: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -572,6 +593,24 @@ pub fn plain_decode(msg: &[u8]) -> Result<(String, String, String), SaslError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sasl_elements_and_mechanism_choice() {
+        assert_eq!(
+            element("auth", Some("SCRAM-SHA-1"), b"n,,"),
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>biws</auth>"
+        );
+        assert_eq!(
+            element("success", None, b""),
+            "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>"
+        );
+        assert_eq!(
+            best_scram(&["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"]),
+            Some(Hash::Sha256)
+        );
+        assert_eq!(best_scram(&["SCRAM-SHA-1", "PLAIN"]), Some(Hash::Sha1));
+        assert_eq!(best_scram(&["PLAIN", "SCRAM-SHA-256-PLUS"]), None);
+    }
 
     struct Vector {
         hash: Hash,

@@ -15,7 +15,7 @@ use sj::framer::{Event, FrameError, Framer, Limits, Mode, StreamHeader};
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::{component, Kind};
-use sj::sasl::{self, Hash, ScramServer};
+use sj::sasl::{self, Hash, ScramServer, NS as NS_SASL};
 use sj::xml::Element;
 use std::fs;
 use std::io;
@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
@@ -716,10 +715,7 @@ impl Session {
             return self.sasl_failure("not-authorized");
         };
         let first = srv.server_first(c);
-        self.send(format!(
-            "<challenge xmlns='{NS_SASL}'>{}</challenge>",
-            sasl::b64encode(&first)
-        ));
+        self.send(sasl::element("challenge", None, &first));
         self.sasl = SaslState::AwaitFinal(Box::new(srv), acct);
     }
 
@@ -732,11 +728,7 @@ impl Session {
             SaslState::AwaitFirst(hash) => self.scram_first(hash, &data),
             SaslState::AwaitFinal(mut srv, acct) => match srv.client_final(&data) {
                 Ok(v) => {
-                    let msg = format!(
-                        "<success xmlns='{NS_SASL}'>{}</success>",
-                        sasl::b64encode(&v)
-                    );
-                    self.succeed(acct, msg);
+                    self.succeed(acct, sasl::element("success", None, &v));
                 }
                 Err(e) => {
                     sj::log::info(&format!("SCRAM refused for {}: {e}", acct.bare));
