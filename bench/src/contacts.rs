@@ -1,7 +1,8 @@
 //! messaged with many contacts: a roster of N contacts (one directory, `in`
 //! FIFO and `out` log each), then chat messages spread round-robin over
-//! them on stdin; peak RSS and time to the last line logged. messaged
-//! runs alone under `sj-bench --peak-rss`, so the peak is its own.
+//! them on stdin; peak RSS and time to the last line logged, in /dev/shm
+//! (`Scratch::in_memory`). messaged runs alone under `sj-bench --peak-rss`,
+//! so the peak is its own.
 
 use crate::spawn::Scratch;
 use std::io::Write;
@@ -16,7 +17,8 @@ pub struct Outcome {
 
 /// Run messaged on `contacts` contacts with `messages` messages.
 pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, String> {
-    let scratch = Scratch::new(&format!("contacts-{contacts}"))?;
+    // The file system's cost is not messaged's: measure in memory.
+    let scratch = Scratch::in_memory(&format!("contacts-{contacts}"))?;
     let dir = scratch.0.join("dir");
     sj::fifo::make_dir(&dir).map_err(|e| format!("unable to create {}: {e}", dir.display()))?;
     let jid = |i: usize| format!("c{i}@localhost");
