@@ -55,7 +55,8 @@ pub fn classify(msg: &Element, own: &Jid) -> Vec<Entry> {
     let Some(from) = msg.attr("from").and_then(|f| Jid::parse(f).ok()) else {
         return Vec::new();
     };
-    if from.bare() == *own {
+    // Compared part by part: `from.bare() == *own` built a JID per message.
+    if from.local() == own.local() && from.domain() == own.domain() && own.is_bare() {
         if let Some(sent) = msg.child("sent", CARBONS) {
             return match forwarded(sent) {
                 Some((inner, delay)) => outgoing(inner, own, delay).into_iter().collect(),
@@ -69,7 +70,7 @@ pub fn classify(msg: &Element, own: &Jid) -> Vec<Entry> {
             };
         }
     }
-    incoming(msg, None).into_iter().collect()
+    incoming_from(msg, from, None).into_iter().collect()
 }
 
 /// The message inside `<forwarded/>`, and the forwarded wrapper's delay.
@@ -110,7 +111,7 @@ fn encrypted(m: &Element) -> bool {
     m.elements().any(|e| {
         ENCRYPTED
             .iter()
-            .any(|(n, ns)| e.local_name() == *n && e.ns == *ns)
+            .any(|(n, ns)| e.ns == *ns && e.local_name() == *n)
     })
 }
 
@@ -169,6 +170,11 @@ fn error_text(m: &Element, from: &str) -> String {
 /// A message that arrived here (or at another device of ours).
 fn incoming(m: &Element, outer_delay: Option<i64>) -> Option<Entry> {
     let from = Jid::parse(m.attr("from")?).ok()?;
+    incoming_from(m, from, outer_delay)
+}
+
+/// `incoming` with the sender's `from` already parsed.
+fn incoming_from(m: &Element, from: Jid, outer_delay: Option<i64>) -> Option<Entry> {
     let contact = from.bare();
     let when = delay(m).or(outer_delay);
     let typ = m.attr("type").unwrap_or("normal");

@@ -155,6 +155,12 @@ struct Daemon {
     poll: Poll,
     contacts: Vec<Contact>,
     by_name: HashMap<String, usize>,
+    /// The same contacts by normalised bare JID: the JID of nearly every
+    /// record was seen before, and this spares mapping it to a path
+    /// component (a JID parse, an encode) per message.
+    by_jid: HashMap<String, usize>,
+    /// The last `out` stamp made, by Unix minute (see `stamp`).
+    stamp: Option<(i64, String)>,
     ready: VecDeque<usize>,
     stdin: LineReader,
     /// One read buffer shared by all FIFOs (10,000 private 64 KiB buffers
@@ -220,6 +226,8 @@ impl Daemon {
             poll,
             contacts: Vec::new(),
             by_name: HashMap::new(),
+            by_jid: HashMap::new(),
+            stamp: None,
             ready: VecDeque::new(),
             stdin: LineReader::new(MAX_RECORD),
             scratch: vec![0; 64 * 1024],
@@ -240,6 +248,13 @@ impl Daemon {
     /// `room` marks it as a groupchat room.
     fn contact(&mut self, bare: &Jid, room: bool) -> Option<usize> {
         let jid = bare.to_string();
+        if let Some(&i) = self.by_jid.get(&jid) {
+            if room && !self.contacts[i].room {
+                self.contacts[i].room = true;
+                self.write_marker(i);
+            }
+            return Some(i);
+        }
         let name = match sj::path::component(PathKind::Contact, &jid) {
             Ok(n) if plain_component(&n) => n,
             Ok(n) => {
@@ -252,6 +267,7 @@ impl Daemon {
             }
         };
         if let Some(&i) = self.by_name.get(&name) {
+            self.by_jid.insert(jid, i);
             if room && !self.contacts[i].room {
                 self.contacts[i].room = true;
                 self.write_marker(i);
@@ -269,6 +285,7 @@ impl Daemon {
         }
         let i = self.contacts.len();
         let marked = fs::symlink_metadata(dir.join(MARKER)).is_ok();
+        self.by_jid.insert(jid.clone(), i);
         self.contacts.push(Contact {
             jid,
             dir,
@@ -475,14 +492,15 @@ impl Daemon {
                 .stdin
                 .fill(fd)
                 .map_err(|e| Fatal::io("read from sj-proxy", &e))?;
-            let mut records = Vec::new();
-            while let Some(line) = self.stdin.next_line() {
-                records.push(line.to_vec());
+            // Handled where they lie in the reader's buffer, not copied out
+            // one allocation each; the reader is lent out meanwhile
+            // (`record` never reads stdin).
+            let mut stdin = std::mem::replace(&mut self.stdin, LineReader::new(MAX_RECORD));
+            while let Some(line) = stdin.next_line() {
+                self.record(line);
             }
-            self.stdin.warn_overlong("sj-proxy");
-            for rec in records {
-                self.record(&rec);
-            }
+            stdin.warn_overlong("sj-proxy");
+            self.stdin = stdin;
             self.write_logs();
             match r {
                 Read::Data(_) => continue,
@@ -513,7 +531,8 @@ impl Daemon {
             self.attach_fifo(i);
         }
         let t = e.when.unwrap_or_else(sj::time::now_secs);
-        let text = sj::outlog::lines(&sj::time::local_minute(t), &e.kind, &e.text);
+        let when = self.stamp(t);
+        let text = sj::outlog::lines(&when, &e.kind, &e.text);
         if text.is_empty() {
             return;
         }
@@ -528,6 +547,27 @@ impl Daemon {
             ));
         }
         self.unlogged.insert(i);
+    }
+
+    /// `sj::time::local_minute(t)`, made once per minute rather than per
+    /// message (a localtime_r and a format). Keyed by the Unix minute: since
+    /// 1973 every time zone's offset is whole minutes and changes on a
+    /// minute boundary, so one Unix minute is one local minute; earlier
+    /// stamps (a `<delay/>` from long ago) are not cached.
+    fn stamp(&mut self, t: i64) -> String {
+        const CACHE_FROM: i64 = 100_000_000;
+        if t < CACHE_FROM {
+            return sj::time::local_minute(t);
+        }
+        let key = t.div_euclid(60);
+        match &self.stamp {
+            Some((k, s)) if *k == key => s.clone(),
+            _ => {
+                let s = sj::time::local_minute(t);
+                self.stamp = Some((key, s.clone()));
+                s
+            }
+        }
     }
 
     /// Append what `log` gathered: one write per contact per batch read.
@@ -546,7 +586,10 @@ impl Daemon {
             return;
         }
         let lost = self.contacts[i].kept.lost;
-        let mut text = self.contacts[i].kept.text.clone();
+        // Taken, not copied: a batch is up to a read's worth of lines. It
+        // goes back into `kept` if the write fails.
+        let mut text = std::mem::take(&mut self.contacts[i].kept.text);
+        let kept_len = text.len();
         if lost > 0 {
             text.push_str(&sj::outlog::lines(
                 &sj::time::local_minute(sj::time::now_secs()),
@@ -575,10 +618,12 @@ impl Daemon {
                     ));
                 }
                 c.warned = false;
-                self.kept_bytes -= c.kept.text.len();
+                self.kept_bytes -= kept_len;
                 c.kept = Kept::default();
             }
             Err(err) => {
+                text.truncate(kept_len);
+                c.kept.text = text;
                 if !c.warned {
                     sj::log::warn(&format!(
                         "unable to append to {}/out: {}; keeping its lines to retry",
@@ -765,7 +810,8 @@ impl Kept {
     /// cannot be written, and one long message (a record may be 4 MiB,
     /// sj(7)) is no sign of that.
     fn push(&mut self, text: &str, room: usize) -> bool {
-        let n = text.matches('\n').count();
+        // memchr's counter: `matches` searched a word at a time.
+        let n = memchr::memchr_iter(b'\n', text.as_bytes()).count();
         if self.lost > 0 || (text.len() > room && self.lines > 0) {
             self.lost += n;
             return false;

@@ -179,12 +179,16 @@ fn check_domain(d: &str) -> Result<String, JidError> {
 
 impl fmt::Display for Jid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Plain write_str: `write!` ran the format machinery per part, and
+        // JIDs are turned into strings per message.
         if let Some(l) = &self.local {
-            write!(f, "{l}@")?;
+            f.write_str(l)?;
+            f.write_str("@")?;
         }
         f.write_str(&self.domain)?;
         if let Some(r) = &self.resource {
-            write!(f, "/{r}")?;
+            f.write_str("/")?;
+            f.write_str(r)?;
         }
         Ok(())
     }
