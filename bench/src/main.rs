@@ -409,6 +409,8 @@ struct Agg {
     n: usize,
     anon: u64,
     file: u64,
+    pss: u64,
+    private: u64,
 }
 
 fn by_program(mem: &[procfs::Mem]) -> BTreeMap<String, Agg> {
@@ -420,6 +422,8 @@ fn by_program(mem: &[procfs::Mem]) -> BTreeMap<String, Agg> {
         e.n += 1;
         e.anon += p.anon;
         e.file += p.file;
+        e.pss += p.pss;
+        e.private += p.private;
     }
     m
 }
@@ -436,7 +440,7 @@ const DAEMONS: [&str; 6] = [
 fn memory_rows(t: &mut Table, idle: &[procfs::Mem], many: &[procfs::Mem], floor: &procfs::Mem) {
     let idle = by_program(idle);
     let many = by_program(many);
-    let (mut total, mut anon, mut file) = (0, 0, 0);
+    let (mut total, mut anon, mut file, mut pss, mut private) = (0, 0, 0, 0, 0);
     for d in DAEMONS {
         let Some(a) = idle.get(d) else {
             t.fail("4", format!("peak RSS idle: {d}"), "process not found");
@@ -445,6 +449,8 @@ fn memory_rows(t: &mut Table, idle: &[procfs::Mem], many: &[procfs::Mem], floor:
         total += a.big;
         anon += a.anon;
         file += a.file;
+        pss += a.pss;
+        private += a.private;
         let m = many
             .get(d)
             .map(|m| {
@@ -467,7 +473,13 @@ fn memory_rows(t: &mut Table, idle: &[procfs::Mem], many: &[procfs::Mem], floor:
             format!("sleep {}", mib(floor.hwm)),
             format!("{:.2}", a.big as f64 / floor.hwm as f64),
             "",
-            format!("now {} anon + {} file; {m}", mib(a.anon), mib(a.file)),
+            format!(
+                "now {} anon + {} file, PSS {}, private {}; {m}",
+                mib(a.anon),
+                mib(a.file),
+                mib(a.pss),
+                mib(a.private)
+            ),
         );
     }
     let limit = 10 * 1024;
@@ -482,6 +494,22 @@ fn memory_rows(t: &mut Table, idle: &[procfs::Mem], many: &[procfs::Mem], floor:
             "one sj-c2s with one client, nothing flowing; RSS now {} anon (private) + {} file-backed (libc, program text: page cache shared by all)",
             mib(anon),
             mib(file)
+        ),
+    );
+    // RSS counts libc and the other shared pages once per process; PSS
+    // divides each among the processes mapping it, so summed it is what the
+    // six cost the machine together; private pages are what stopping them
+    // would free.
+    t.row(
+        "4",
+        "PSS idle: all six together",
+        mib(pss),
+        format!("6 × sleep {}", mib(6 * floor.pss)),
+        format!("{:.2}", pss as f64 / (6 * floor.pss).max(1) as f64),
+        format!("≤ 10 MiB {}", if pss <= limit { "met" } else { "MISSED" }),
+        format!(
+            "same processes and moment as the RSS rows; private to them (freed if they stop): {}",
+            mib(private)
         ),
     );
 }

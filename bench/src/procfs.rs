@@ -14,6 +14,12 @@ pub struct Mem {
     pub hwm: u64,
     pub anon: u64,
     pub file: u64,
+    /// Proportional set size now: each shared page divided among the
+    /// processes that map it, so the PSS of several processes adds up to
+    /// what they cost the machine together (0 where smaps_rollup is missing).
+    pub pss: u64,
+    /// Pages mapped by this process alone (Private_Clean + Private_Dirty).
+    pub private: u64,
 }
 
 fn status_field(status: &str, field: &str) -> Option<u64> {
@@ -23,11 +29,15 @@ fn status_field(status: &str, field: &str) -> Option<u64> {
 
 pub fn mem(pid: i32, name: &str) -> Option<Mem> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let r = |field| status_field(&rollup, field).unwrap_or(0);
     Some(Mem {
         name: name.to_string(),
         hwm: status_field(&s, "VmHWM:")?,
         anon: status_field(&s, "RssAnon:").unwrap_or(0),
         file: status_field(&s, "RssFile:").unwrap_or(0),
+        pss: r("Pss:"),
+        private: r("Private_Clean:") + r("Private_Dirty:"),
     })
 }
 
