@@ -128,7 +128,9 @@ fn each_line(lead: &str, text: &str) -> String {
 
 /// What a message with sender/nick `nick` says: `None` when nothing is to
 /// be logged.
-fn content(m: &View, nick: &str) -> Option<(Kind, String)> {
+/// `nick` is taken by value: a said line keeps it, and the caller has just
+/// made it (a second copy per message showed in the profile).
+fn content(m: &View, nick: String) -> Option<(Kind, String)> {
     if encrypted(m) {
         return Some((Kind::Event, format!("{nick} sent an encrypted message")));
     }
@@ -136,12 +138,7 @@ fn content(m: &View, nick: &str) -> Option<(Kind, String)> {
     if m.child("replace", CORRECT).is_some() {
         return Some((Kind::Event, each_line(&format!("{nick} corrects: "), &body)));
     }
-    Some((
-        Kind::Said {
-            nick: nick.to_string(),
-        },
-        body,
-    ))
+    Some((Kind::Said { nick }, body))
 }
 
 fn error_text(m: &View, from: &str) -> String {
@@ -190,7 +187,7 @@ fn incoming_from(m: &View, from: Jid, outer_delay: Option<i64>) -> Option<Entry>
     match typ {
         "error" => entry(false, Kind::Event, error_text(m, &from.to_string())),
         "groupchat" => match from.resource() {
-            Some(nick) => match content(m, nick) {
+            Some(nick) => match content(m, nick.to_string()) {
                 Some((k, t)) => entry(true, k, t),
                 None => {
                     let subject = m.child("subject", CLIENT)?.text();
@@ -216,7 +213,7 @@ fn incoming_from(m: &View, from: Jid, outer_delay: Option<i64>) -> Option<Entry>
             }
         },
         _ => {
-            let (k, t) = content(m, &contact.to_string())?;
+            let (k, t) = content(m, contact.to_string())?;
             entry(false, k, t)
         }
     }
@@ -226,7 +223,7 @@ fn incoming_from(m: &View, from: Jid, outer_delay: Option<i64>) -> Option<Entry>
 fn outgoing(m: &View, own: &Jid, outer_delay: Option<i64>) -> Option<Entry> {
     let to = Jid::parse(m.attr("to")?).ok()?;
     let room = m.attr("type") == Some("groupchat");
-    let (kind, text) = content(m, &own.to_string())?;
+    let (kind, text) = content(m, own.to_string())?;
     Some(Entry {
         contact: to.bare(),
         room,
