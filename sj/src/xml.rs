@@ -464,8 +464,10 @@ fn unescape_cow(raw: &[u8], attr: bool) -> Option<Cow<'_, str>> {
 }
 
 fn split_qname(q: &str) -> (&str, &str) {
-    match q.split_once(':') {
-        Some((p, l)) => (p, l),
+    // A byte search: str's pattern searcher cost more than the rest of
+    // looking up a name (it runs for every element and attribute).
+    match q.bytes().position(|b| b == b':') {
+        Some(i) => (&q[..i], &q[i + 1..]),
         None => ("", q),
     }
 }
@@ -562,10 +564,9 @@ fn parse_tree(s: &[u8]) -> Option<View<'_>> {
                 let (prefix, _) = split_qname(name);
                 let ns = lookup(prefix)?;
                 for (k, _) in &attrs {
-                    if let Some((p, _)) = k.split_once(':') {
-                        if p != "xmlns" {
-                            lookup(p)?;
-                        }
+                    let (p, _) = split_qname(k);
+                    if !p.is_empty() && p != "xmlns" {
+                        lookup(p)?;
                     }
                 }
                 let start = i;
