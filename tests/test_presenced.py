@@ -388,3 +388,22 @@ def test_e2e_late_client_gets_replay(e2e):
         os.close(wfd)
     finally:
         os.close(rfd)
+
+
+def test_directed_presence_rewritten_in_place(acct):
+    # A contact's mypresence written with plain open/write (no rename), then
+    # rewritten the same way: the directory's watch sees it come, a watch
+    # on the file sees it rewritten (contact directories are not watched for
+    # IN_CLOSE_WRITE, which messaged's `out` appends would trigger).
+    d = acct / "bob@localhost"
+    d.mkdir(mode=0o700)
+    dm = Daemon(acct)
+    dm.expect(lambda x: x == "<presence/>")
+    (d / "out").write_text("")
+    (d / "mypresence").write_text("away first\n")
+    dm.expect(lambda x: x == "<presence to='bob@localhost'><show>away</show><status>first</status></presence>")
+    (d / "mypresence").write_text("dnd second\n")
+    dm.expect(lambda x: x == "<presence to='bob@localhost'><show>dnd</show><status>second</status></presence>")
+    (d / "mypresence").unlink()
+    dm.expect(lambda x: x == "<presence to='bob@localhost'/>")
+    dm.close()

@@ -15,7 +15,7 @@
 
 use sj::jid::Jid;
 use sj::outlog::Kind;
-use sj::xml::Element;
+use sj::xml::View;
 
 pub const CLIENT: &str = "jabber:client";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";
@@ -48,7 +48,7 @@ pub struct Entry {
 }
 
 /// Classify one parsed record. `own` is the account's bare JID.
-pub fn classify(msg: &Element, own: &Jid) -> Vec<Entry> {
+pub fn classify(msg: &View, own: &Jid) -> Vec<Entry> {
     if msg.local_name() != "message" || msg.ns != CLIENT {
         return Vec::new();
     }
@@ -74,13 +74,13 @@ pub fn classify(msg: &Element, own: &Jid) -> Vec<Entry> {
 }
 
 /// The message inside `<forwarded/>`, and the forwarded wrapper's delay.
-fn forwarded(carbon: &Element) -> Option<(&Element, Option<i64>)> {
+fn forwarded<'a, 'r>(carbon: &'r View<'a>) -> Option<(&'r View<'a>, Option<i64>)> {
     let fwd = carbon.child("forwarded", FORWARD)?;
     let inner = fwd.child("message", CLIENT)?;
     Some((inner, delay(fwd)))
 }
 
-fn delay(e: &Element) -> Option<i64> {
+fn delay(e: &View) -> Option<i64> {
     if let Some(d) = e.child("delay", DELAY) {
         if let Some(t) = d.attr("stamp").and_then(sj::time::parse_xmpp_datetime) {
             return Some(t);
@@ -92,7 +92,7 @@ fn delay(e: &Element) -> Option<i64> {
 }
 
 /// The body to log: the one without `xml:lang`, else the first.
-fn body(m: &Element) -> Option<String> {
+fn body(m: &View) -> Option<String> {
     let mut first = None;
     for b in m.elements() {
         if b.local_name() == "body" && b.ns == CLIENT {
@@ -107,7 +107,7 @@ fn body(m: &Element) -> Option<String> {
     first
 }
 
-fn encrypted(m: &Element) -> bool {
+fn encrypted(m: &View) -> bool {
     m.elements().any(|e| {
         ENCRYPTED
             .iter()
@@ -128,7 +128,9 @@ fn each_line(lead: &str, text: &str) -> String {
 
 /// What a message with sender/nick `nick` says: `None` when nothing is to
 /// be logged.
-fn content(m: &Element, nick: &str) -> Option<(Kind, String)> {
+/// `nick` is taken by value: a said line keeps it, and the caller has just
+/// made it (a second copy per message showed in the profile).
+fn content(m: &View, nick: String) -> Option<(Kind, String)> {
     if encrypted(m) {
         return Some((Kind::Event, format!("{nick} sent an encrypted message")));
     }
@@ -136,15 +138,10 @@ fn content(m: &Element, nick: &str) -> Option<(Kind, String)> {
     if m.child("replace", CORRECT).is_some() {
         return Some((Kind::Event, each_line(&format!("{nick} corrects: "), &body)));
     }
-    Some((
-        Kind::Said {
-            nick: nick.to_string(),
-        },
-        body,
-    ))
+    Some((Kind::Said { nick }, body))
 }
 
-fn error_text(m: &Element, from: &str) -> String {
+fn error_text(m: &View, from: &str) -> String {
     let mut cond = String::new();
     let mut text = String::new();
     if let Some(err) = m.child("error", CLIENT) {
@@ -168,13 +165,13 @@ fn error_text(m: &Element, from: &str) -> String {
 }
 
 /// A message that arrived here (or at another device of ours).
-fn incoming(m: &Element, outer_delay: Option<i64>) -> Option<Entry> {
+fn incoming(m: &View, outer_delay: Option<i64>) -> Option<Entry> {
     let from = Jid::parse(m.attr("from")?).ok()?;
     incoming_from(m, from, outer_delay)
 }
 
 /// `incoming` with the sender's `from` already parsed.
-fn incoming_from(m: &Element, from: Jid, outer_delay: Option<i64>) -> Option<Entry> {
+fn incoming_from(m: &View, from: Jid, outer_delay: Option<i64>) -> Option<Entry> {
     let contact = from.bare();
     let when = delay(m).or(outer_delay);
     let typ = m.attr("type").unwrap_or("normal");
@@ -190,7 +187,7 @@ fn incoming_from(m: &Element, from: Jid, outer_delay: Option<i64>) -> Option<Ent
     match typ {
         "error" => entry(false, Kind::Event, error_text(m, &from.to_string())),
         "groupchat" => match from.resource() {
-            Some(nick) => match content(m, nick) {
+            Some(nick) => match content(m, nick.to_string()) {
                 Some((k, t)) => entry(true, k, t),
                 None => {
                     let subject = m.child("subject", CLIENT)?.text();
@@ -216,17 +213,17 @@ fn incoming_from(m: &Element, from: Jid, outer_delay: Option<i64>) -> Option<Ent
             }
         },
         _ => {
-            let (k, t) = content(m, &contact.to_string())?;
+            let (k, t) = content(m, contact.to_string())?;
             entry(false, k, t)
         }
     }
 }
 
 /// A copy of a message the account sent (from any client or device).
-fn outgoing(m: &Element, own: &Jid, outer_delay: Option<i64>) -> Option<Entry> {
+fn outgoing(m: &View, own: &Jid, outer_delay: Option<i64>) -> Option<Entry> {
     let to = Jid::parse(m.attr("to")?).ok()?;
     let room = m.attr("type") == Some("groupchat");
-    let (kind, text) = content(m, &own.to_string())?;
+    let (kind, text) = content(m, own.to_string())?;
     Some(Entry {
         contact: to.bare(),
         room,
@@ -245,7 +242,7 @@ mod tests {
     }
 
     fn run(rec: &str) -> Vec<Entry> {
-        let e = Element::parse(rec.as_bytes()).expect("parse");
+        let e = View::parse(rec.as_bytes()).expect("parse");
         classify(&e, &own())
     }
 

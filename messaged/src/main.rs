@@ -159,6 +159,11 @@ struct Daemon {
     /// record was seen before, and this spares mapping it to a path
     /// component (a JID parse, an encode) per message.
     by_jid: HashMap<String, usize>,
+    /// The contact of the last message, which is nearly always the next
+    /// one's too: compared as a JID, it spares turning the JID into a
+    /// string and hashing it per message. Contacts are never removed or
+    /// renumbered, so an entry never goes stale.
+    last_contact: Option<(Jid, usize)>,
     /// The last `out` stamp made, by Unix minute (see `stamp`).
     stamp: Option<(i64, String)>,
     ready: VecDeque<usize>,
@@ -227,6 +232,7 @@ impl Daemon {
             contacts: Vec::new(),
             by_name: HashMap::new(),
             by_jid: HashMap::new(),
+            last_contact: None,
             stamp: None,
             ready: VecDeque::new(),
             stdin: LineReader::new(MAX_RECORD),
@@ -247,6 +253,23 @@ impl Daemon {
     /// The contact directory for a bare JID, made (with its FIFO) if new.
     /// `room` marks it as a groupchat room.
     fn contact(&mut self, bare: &Jid, room: bool) -> Option<usize> {
+        if let Some((j, i)) = &self.last_contact {
+            if j == bare {
+                let i = *i;
+                if room && !self.contacts[i].room {
+                    self.contacts[i].room = true;
+                    self.write_marker(i);
+                }
+                return Some(i);
+            }
+        }
+        let i = self.contact_slow(bare, room)?;
+        self.last_contact = Some((bare.clone(), i));
+        Some(i)
+    }
+
+    /// `contact` past the one-entry cache.
+    fn contact_slow(&mut self, bare: &Jid, room: bool) -> Option<usize> {
         let jid = bare.to_string();
         if let Some(&i) = self.by_jid.get(&jid) {
             if room && !self.contacts[i].room {
@@ -514,7 +537,7 @@ impl Daemon {
         if rec.is_empty() {
             return;
         }
-        let Some(el) = sj::xml::Element::parse(rec) else {
+        let Some(el) = sj::xml::View::parse(rec) else {
             sj::log::warn("dropping a record that does not parse");
             return;
         };

@@ -5,6 +5,8 @@
 //! returns `None`/`Err`. Edits touch only the top-level start tag and leave
 //! every other byte as it was.
 
+use std::borrow::Cow;
+
 /// A parsed element tree. `span` is the byte range of the element in the
 /// record it was parsed from, so callers can forward a subtree verbatim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +32,7 @@ pub enum Node {
 impl Element {
     /// Parse one record (with or without its trailing LF).
     pub fn parse(record: &[u8]) -> Option<Element> {
-        parse_tree(record)
+        View::parse(record).map(Element::from)
     }
     /// Local name (after any prefix).
     pub fn local_name(&self) -> &str {
@@ -100,6 +102,95 @@ impl Element {
         out.push_str("</");
         out.push_str(&self.name);
         out.push('>');
+    }
+}
+
+/// A borrowed parse of a record: names, attribute values and text point
+/// into the record where they need no unescaping, so a record that is read
+/// once (messaged's classification, per chat message) costs a few vector
+/// allocations rather than one or two per name, attribute and text. Same
+/// parser, same results as `Element` (which is made from it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View<'a> {
+    /// Qualified name as written.
+    pub name: &'a str,
+    /// Resolved namespace URI (`jabber:client` by default).
+    pub ns: Cow<'a, str>,
+    /// Attributes as written, values unescaped; `xmlns` declarations included.
+    pub attrs: Vec<(&'a str, Cow<'a, str>)>,
+    pub children: Vec<ViewNode<'a>>,
+    pub span: std::ops::Range<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewNode<'a> {
+    Element(View<'a>),
+    /// Unescaped character data.
+    Text(Cow<'a, str>),
+}
+
+impl<'a> View<'a> {
+    /// Parse one record (with or without its trailing LF).
+    pub fn parse(record: &'a [u8]) -> Option<View<'a>> {
+        parse_tree(record)
+    }
+    /// Local name (after any prefix).
+    pub fn local_name(&self) -> &'a str {
+        match self.name.bytes().rposition(|b| b == b':') {
+            Some(i) => &self.name[i + 1..],
+            None => self.name,
+        }
+    }
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_ref())
+    }
+    /// Child elements.
+    pub fn elements(&self) -> impl Iterator<Item = &View<'a>> {
+        self.children.iter().filter_map(|n| match n {
+            ViewNode::Element(e) => Some(e),
+            ViewNode::Text(_) => None,
+        })
+    }
+    /// First child element with this local name and namespace.
+    pub fn child(&self, local: &str, ns: &str) -> Option<&View<'a>> {
+        self.elements()
+            .find(|e| e.local_name() == local && e.ns == ns)
+    }
+    /// Concatenated text of the direct text children (`Element::text`).
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for n in &self.children {
+            if let ViewNode::Text(t) = n {
+                s.push_str(t);
+            }
+        }
+        s
+    }
+}
+
+impl From<View<'_>> for Element {
+    fn from(v: View<'_>) -> Element {
+        Element {
+            name: v.name.to_owned(),
+            ns: v.ns.into_owned(),
+            attrs: v
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into_owned()))
+                .collect(),
+            children: v
+                .children
+                .into_iter()
+                .map(|n| match n {
+                    ViewNode::Element(e) => Node::Element(e.into()),
+                    ViewNode::Text(t) => Node::Text(t.into_owned()),
+                })
+                .collect(),
+            span: v.span,
+        }
     }
 }
 
@@ -313,6 +404,11 @@ fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
 /// apply attribute-value normalisation to literal whitespace). `None` on
 /// invalid UTF-8, an unknown entity or a reference to a non-`Char`.
 pub(crate) fn unescape_bytes(raw: &[u8], attr: bool) -> Option<String> {
+    unescape_cow(raw, attr).map(Cow::into_owned)
+}
+
+/// `unescape_bytes`, borrowing `raw` when it holds nothing to resolve.
+fn unescape_cow(raw: &[u8], attr: bool) -> Option<Cow<'_, str>> {
     let s = std::str::from_utf8(raw).ok()?;
     // memchr scans many bytes a step; a body is hundreds of bytes and
     // nearly always plain, and this test ran a byte a step before.
@@ -322,7 +418,7 @@ pub(crate) fn unescape_bytes(raw: &[u8], attr: bool) -> Option<String> {
         memchr::memchr2(b'&', b'\r', raw).is_none()
     };
     if plain {
-        return Some(s.to_owned());
+        return Some(Cow::Borrowed(s));
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -364,32 +460,34 @@ pub(crate) fn unescape_bytes(raw: &[u8], attr: bool) -> Option<String> {
             c => out.push(c),
         }
     }
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 fn split_qname(q: &str) -> (&str, &str) {
-    match q.split_once(':') {
-        Some((p, l)) => (p, l),
+    // A byte search: str's pattern searcher cost more than the rest of
+    // looking up a name (it runs for every element and attribute).
+    match q.bytes().position(|b| b == b':') {
+        Some(i) => (&q[..i], &q[i + 1..]),
         None => ("", q),
     }
 }
 
-fn push_node(parent: &mut Element, node: Node) {
-    if let (Node::Text(t), Some(Node::Text(prev))) = (&node, parent.children.last_mut()) {
-        prev.push_str(t);
+fn push_node<'a>(parent: &mut View<'a>, node: ViewNode<'a>) {
+    if let (ViewNode::Text(t), Some(ViewNode::Text(prev))) = (&node, parent.children.last_mut()) {
+        prev.to_mut().push_str(t);
         return;
     }
     parent.children.push(node);
 }
 
-fn parse_tree(s: &[u8]) -> Option<Element> {
+fn parse_tree(s: &[u8]) -> Option<View<'_>> {
     // Namespace bindings in scope: (prefix, URI); "" is the default.
-    let mut bindings: Vec<(String, String)> = vec![
-        (String::new(), "jabber:client".to_owned()),
-        ("xml".to_owned(), XML_NS.to_owned()),
+    let mut bindings: Vec<(&str, Cow<'_, str>)> = vec![
+        ("", Cow::Borrowed("jabber:client")),
+        ("xml", Cow::Borrowed(XML_NS)),
     ];
     // Open elements with the binding count to restore when they close.
-    let mut stack: Vec<(Element, usize)> = Vec::new();
+    let mut stack: Vec<(View<'_>, usize)> = Vec::new();
     let mut i = s.iter().position(|&b| !is_ws(b))?;
     loop {
         if i >= s.len() {
@@ -398,7 +496,7 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
         if s[i] != b'<' {
             let (parent, _) = stack.last_mut()?;
             let end = memchr::memchr(b'<', &s[i..]).map_or(s.len(), |o| i + o);
-            push_node(parent, Node::Text(unescape_bytes(&s[i..end], false)?));
+            push_node(parent, ViewNode::Text(unescape_cow(&s[i..end], false)?));
             i = end;
             continue;
         }
@@ -418,7 +516,7 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 bindings.truncate(nb);
                 i = close + 1;
                 match stack.last_mut() {
-                    Some((parent, _)) => push_node(parent, Node::Element(el)),
+                    Some((parent, _)) => push_node(parent, ViewNode::Element(el)),
                     None => return finish(s, i, el),
                 }
             }
@@ -430,10 +528,12 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 let cs = i + 9;
                 let ce = cs + memchr::memmem::find(&s[cs..], b"]]>")?;
                 let t = std::str::from_utf8(&s[cs..ce]).ok()?;
-                push_node(
-                    parent,
-                    Node::Text(t.replace("\r\n", "\n").replace('\r', "\n")),
-                );
+                let t = if t.contains('\r') {
+                    Cow::Owned(t.replace("\r\n", "\n").replace('\r', "\n"))
+                } else {
+                    Cow::Borrowed(t)
+                };
+                push_node(parent, ViewNode::Text(t));
                 i = ce + 3;
             }
             b'?' => return None,
@@ -443,38 +543,35 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 let nb = bindings.len();
                 for a in scan.by_ref() {
                     let k = std::str::from_utf8(&s[i + a.name.start..i + a.name.end]).ok()?;
-                    let v = unescape_bytes(&s[i + a.value.start..i + a.value.end], true)?;
+                    let v = unescape_cow(&s[i + a.value.start..i + a.value.end], true)?;
                     if k == "xmlns" {
-                        bindings.push((String::new(), v.clone()));
+                        bindings.push(("", v.clone()));
                     } else if let Some(p) = k.strip_prefix("xmlns:") {
-                        bindings.push((p.to_owned(), v.clone()));
+                        bindings.push((p, v.clone()));
                     }
-                    attrs.push((k.to_owned(), v));
+                    attrs.push((k, v));
                 }
                 let close = i + scan.close?;
                 let self_closing = s[close] == b'/';
-                let name = std::str::from_utf8(&s[i + name.start..i + name.end])
-                    .ok()?
-                    .to_owned();
+                let name = std::str::from_utf8(&s[i + name.start..i + name.end]).ok()?;
                 let lookup = |p: &str| {
                     bindings
                         .iter()
                         .rev()
-                        .find(|(bp, _)| bp == p)
+                        .find(|(bp, _)| *bp == p)
                         .map(|(_, u)| u.clone())
                 };
-                let (prefix, _) = split_qname(&name);
+                let (prefix, _) = split_qname(name);
                 let ns = lookup(prefix)?;
                 for (k, _) in &attrs {
-                    if let Some((p, _)) = k.split_once(':') {
-                        if p != "xmlns" {
-                            lookup(p)?;
-                        }
+                    let (p, _) = split_qname(k);
+                    if !p.is_empty() && p != "xmlns" {
+                        lookup(p)?;
                     }
                 }
                 let start = i;
                 i = close + if self_closing { 2 } else { 1 };
-                let el = Element {
+                let el = View {
                     name,
                     ns,
                     attrs,
@@ -484,7 +581,7 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
                 if self_closing {
                     bindings.truncate(nb);
                     match stack.last_mut() {
-                        Some((parent, _)) => push_node(parent, Node::Element(el)),
+                        Some((parent, _)) => push_node(parent, ViewNode::Element(el)),
                         None => return finish(s, i, el),
                     }
                 } else {
@@ -496,7 +593,7 @@ fn parse_tree(s: &[u8]) -> Option<Element> {
 }
 
 /// The root closed at `i`: only whitespace (the record's LF) may follow.
-fn finish(s: &[u8], i: usize, el: Element) -> Option<Element> {
+fn finish<'a>(s: &[u8], i: usize, el: View<'a>) -> Option<View<'a>> {
     s[i..].iter().all(|&b| is_ws(b)).then_some(el)
 }
 
