@@ -195,19 +195,20 @@ fn framer_rows(t: &mut Table, path: Option<&Path>) {
             )
         }
     };
-    // "<name>   <MB/s> <records/s> <time / quick-xml>"
+    // "<name>   <MB/s> <records/s> <time / quick-xml> <MB/s / quick-xml>"
+    const COLUMNS: usize = 4;
     let rows: Vec<(String, f64)> = text
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() < 4 {
+            if f.len() <= COLUMNS {
                 return None;
             }
-            let nums: Vec<f64> = f[f.len() - 3..]
+            let nums: Vec<f64> = f[f.len() - COLUMNS..]
                 .iter()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            (nums.len() == 3).then(|| (f[..f.len() - 3].join(" "), nums[0]))
+            (nums.len() == COLUMNS).then(|| (f[..f.len() - COLUMNS].join(" "), nums[0]))
         })
         .collect();
     let Some(q) = rows
