@@ -234,7 +234,7 @@ fn framer_rows(t: &mut Table, path: Option<&Path>) {
             format!("{mbs:.0}"),
             format!("quick-xml {q:.0}"),
             format!("{:.2}", mbs / q),
-            "",
+            format!("≥ 0.80 {}", if mbs / q >= 0.8 { "met" } else { "MISSED" }),
             input.clone(),
         );
     }
