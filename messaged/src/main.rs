@@ -253,29 +253,27 @@ impl Daemon {
     /// The contact directory for a bare JID, made (with its FIFO) if new.
     /// `room` marks it as a groupchat room.
     fn contact(&mut self, bare: &Jid, room: bool) -> Option<usize> {
-        if let Some((j, i)) = &self.last_contact {
-            if j == bare {
-                let i = *i;
-                if room && !self.contacts[i].room {
-                    self.contacts[i].room = true;
-                    self.write_marker(i);
-                }
-                return Some(i);
+        let i = match &self.last_contact {
+            Some((j, i)) if j == bare => *i,
+            _ => {
+                let i = self.find_or_make(bare)?;
+                self.last_contact = Some((bare.clone(), i));
+                i
             }
+        };
+        if room && !self.contacts[i].room {
+            self.contacts[i].room = true;
+            self.write_marker(i);
         }
-        let i = self.contact_slow(bare, room)?;
-        self.last_contact = Some((bare.clone(), i));
         Some(i)
     }
 
-    /// `contact` past the one-entry cache.
-    fn contact_slow(&mut self, bare: &Jid, room: bool) -> Option<usize> {
+    /// The index of a contact past the one-entry cache: by JID, then by
+    /// path component (two JIDs the path rule maps to one name share it),
+    /// else a new directory, room or not as its marker says.
+    fn find_or_make(&mut self, bare: &Jid) -> Option<usize> {
         let jid = bare.to_string();
         if let Some(&i) = self.by_jid.get(&jid) {
-            if room && !self.contacts[i].room {
-                self.contacts[i].room = true;
-                self.write_marker(i);
-            }
             return Some(i);
         }
         let name = match sj::path::component(PathKind::Contact, &jid) {
@@ -291,10 +289,6 @@ impl Daemon {
         };
         if let Some(&i) = self.by_name.get(&name) {
             self.by_jid.insert(jid, i);
-            if room && !self.contacts[i].room {
-                self.contacts[i].room = true;
-                self.write_marker(i);
-            }
             return Some(i);
         }
         let dir = self.dir.join(&name);
@@ -315,16 +309,13 @@ impl Daemon {
             fifo: None,
             fifo_warned: false,
             partial: Partial::default(),
-            room: room || marked,
+            room: marked,
             warned: false,
             kept: Kept::default(),
             ready: false,
         });
         self.by_name.insert(name, i);
         self.attach_fifo(i);
-        if room && !marked {
-            self.write_marker(i);
-        }
         Some(i)
     }
 

@@ -3,7 +3,9 @@
 //! Nothing here does I/O: the event loop asks where a record goes and gets
 //! back a list of destinations with the (possibly edited) bytes for each.
 
+use memchr::memmem::Finder;
 use sj::xml::{self, Element};
+use std::sync::LazyLock;
 
 pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 const NS_FORWARD: &str = "urn:xmpp:forward:0";
@@ -119,22 +121,17 @@ pub fn untag_id(id: &str) -> Option<(String, &str)> {
     Some((String::from_utf8(bytes).ok()?, orig))
 }
 
-/// Does `hay` mention `needle` (one of the namespaces asked about per
-/// record)? The searchers are built once: memmem::find builds one per call,
-/// which cost more than searching a chat message (7% of sj-proxy's time in
-/// the pipeline bench).
-fn contains(hay: &[u8], needle: &'static str) -> bool {
-    use memchr::memmem::Finder;
-    use std::sync::OnceLock;
-    static FINDERS: [OnceLock<Finder<'static>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let slot = match needle {
-        NS_CARBONS => &FINDERS[0],
-        NS_ROSTER => &FINDERS[1],
-        NS_PING => &FINDERS[2],
-        _ => return memchr::memmem::find(hay, needle.as_bytes()).is_some(),
-    };
-    slot.get_or_init(|| Finder::new(needle)).find(hay).is_some()
+/// Searchers for the namespaces asked about per record, built once:
+/// memmem::find builds one per call, which cost more than searching a chat
+/// message (7% of sj-proxy's time in the pipeline bench).
+type Searcher = LazyLock<Finder<'static>>;
+static CARBONS: Searcher = LazyLock::new(|| Finder::new(NS_CARBONS));
+static ROSTER: Searcher = LazyLock::new(|| Finder::new(NS_ROSTER));
+static PING: Searcher = LazyLock::new(|| Finder::new(NS_PING));
+
+/// Does `hay` mention the namespace `ns` searches for?
+fn mentions(hay: &[u8], ns: &Searcher) -> bool {
+    ns.find(hay).is_some()
 }
 
 /// Does the record carry a carbon (`<sent/>` or `<received/>` in
@@ -149,7 +146,7 @@ pub fn from_upstream(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
     let name = xml::name(rec).unwrap_or("");
     match name {
         "message" => {
-            if contains(rec, NS_CARBONS) {
+            if mentions(rec, &CARBONS) {
                 if let Some(el) = Element::parse(rec) {
                     if carbon_child(&el) && !acct.is_own_bare(el.attr("from")) {
                         let from = el.attr("from").unwrap_or("(none)");
@@ -191,14 +188,14 @@ fn from_upstream_iq(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
         }
         "get" | "set" => {
             let from = xml::attr(rec, "from");
-            if ty == "set" && contains(rec, NS_ROSTER) {
+            if ty == "set" && mentions(rec, &ROSTER) {
                 let is_push =
                     Element::parse(rec).is_some_and(|e| e.child("query", NS_ROSTER).is_some());
                 if is_push && (from.is_none() || acct.is_own_bare(from.as_deref())) {
                     return vec![(Dest::Iqd, rec.to_vec()), (Dest::Mirror, rec.to_vec())];
                 }
             }
-            if ty == "get" && contains(rec, NS_PING) {
+            if ty == "get" && mentions(rec, &PING) {
                 let from_server = match from.as_deref() {
                     None => true,
                     Some(f) => f == acct.domain || acct.is_own_bare(Some(f)),
