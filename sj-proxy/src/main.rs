@@ -220,7 +220,7 @@ fn run() -> Result<(), Fatal> {
         Err(e) => {
             write_state(&dir, "offline", &bare.to_string());
             // Every way out closes the stream (a no-op where it is closed).
-            up.close(&mut sj::io::WriteQueue::new(), b"</stream:stream>");
+            up.close(&mut sj::io::WriteQueue::new(), b"</stream:stream>", false);
             if e.code == OK {
                 return Ok(());
             }

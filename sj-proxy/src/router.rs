@@ -65,6 +65,8 @@ pub struct Router {
     /// How the stream to the server ends, once that is decided: a stream
     /// error and/or `</stream:stream>`, or nothing (the server is gone).
     tail: Option<Vec<u8>>,
+    /// The server closed its stream first.
+    peer_ended: bool,
     drops: DropLog,
 }
 
@@ -177,6 +179,7 @@ impl Router {
             ping_seq: 0,
             stopping: None,
             tail: None,
+            peer_ended: false,
             drops: DropLog::new(),
         })
     }
@@ -477,7 +480,7 @@ impl Router {
     pub fn run(&mut self) -> Result<(), Fatal> {
         let r = self.run_loop();
         let tail = self.tail.take().unwrap_or_default();
-        self.up.close(&mut self.up_queue, &tail);
+        self.up.close(&mut self.up_queue, &tail, self.peer_ended);
         self.hand_over(STOP_GRACE);
         self.drops.flush();
         r
@@ -811,10 +814,12 @@ impl Router {
                 Ok(Some(Event::Dropped(d))) => self.on_dropped(d),
                 Ok(Some(Event::StreamError(r))) => {
                     self.end_stream(b"</stream:stream>");
+                    self.peer_ended = true;
                     return Err(crate::upstream::server_error(&r, "closed"));
                 }
                 Ok(Some(Event::End)) => {
                     self.end_stream(b"</stream:stream>");
+                    self.peer_ended = true;
                     if self.stopping.is_some() {
                         return Err(Fatal::new(OK, "stream closed"));
                     }

@@ -204,8 +204,9 @@ impl Upstream {
     /// The one way the stream to the server ends, on every path: what
     /// `queue` holds, then `tail` (a stream error and/or
     /// `</stream:stream>`, or nothing when the server is gone), then the
-    /// lingering close of `sj::io::close_stream`. Once only.
-    pub fn close(&mut self, queue: &mut WriteQueue, tail: &[u8]) {
+    /// lingering close of `sj::io::close_stream` (`peer_ended`: the server
+    /// closed its stream first). Once only.
+    pub fn close(&mut self, queue: &mut WriteQueue, tail: &[u8], peer_ended: bool) {
         if self.closed {
             return;
         }
@@ -214,7 +215,13 @@ impl Upstream {
             sj::log::trace(">>", tail);
             queue.push(tail.to_vec());
         }
-        let c = sj::io::close_stream(&self.rfd, &mut self.wfd, queue, sj::io::Linger::DEFAULT);
+        let c = sj::io::close_stream(
+            &self.rfd,
+            &mut self.wfd,
+            queue,
+            sj::io::Linger::DEFAULT,
+            peer_ended,
+        );
         if c.unsent > 0 {
             sj::log::warn(&format!(
                 "closing the stream with {} bytes the server did not take",
@@ -226,13 +233,13 @@ impl Upstream {
     /// Send a stream error and close the stream (negotiation: nothing else
     /// is queued); the exit code is the caller's.
     pub fn send_stream_error(&mut self, condition: &str) {
-        self.close(&mut WriteQueue::new(), &error_tail(condition));
+        self.close(&mut WriteQueue::new(), &error_tail(condition), false);
     }
 
     /// The server ended the stream with `<stream:error>`: close ours too
     /// (RFC 6120 §4.4, as for a plain `</stream:stream>`).
     pub fn stream_error_fatal(&mut self, rec: &[u8], how: &str) -> Fatal {
-        self.close(&mut WriteQueue::new(), b"</stream:stream>");
+        self.close(&mut WriteQueue::new(), b"</stream:stream>", true);
         server_error(rec, how)
     }
 
@@ -311,7 +318,7 @@ impl Upstream {
                 Event::Dropped(d) => sj::log::warn(&describe_dropped(&d)),
                 Event::StreamError(r) => return Err(self.stream_error_fatal(&r, "closed")),
                 Event::End => {
-                    self.close(&mut WriteQueue::new(), b"</stream:stream>");
+                    self.close(&mut WriteQueue::new(), b"</stream:stream>", true);
                     return Err(Fatal::temporary("the server closed the stream"));
                 }
                 Event::Header(_) => {

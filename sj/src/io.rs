@@ -347,11 +347,16 @@ pub struct Closed {
 /// wrapper sees EOF and the caller's descriptor stays valid). The caller
 /// must hold no other descriptor of that pipe. Both descriptors are
 /// non-blocking.
+///
+/// `peer_ended`: the peer closed its stream first (`</stream:stream>` or a
+/// stream error), so ours is the answer and nothing more is waited for
+/// once it is written; input already here is still read first.
 pub fn close_stream(
     rfd: impl AsFd,
     wfd: &mut std::os::fd::OwnedFd,
     queue: &mut WriteQueue,
     linger: Linger,
+    peer_ended: bool,
 ) -> Closed {
     use nix::poll::{PollFd, PollFlags, PollTimeout};
     use std::time::Instant;
@@ -372,6 +377,18 @@ pub fn close_stream(
             shut = true;
         }
         if (shut && eof) || discarded > linger.bytes {
+            break;
+        }
+        if shut && peer_ended {
+            // Read what is here (a reset would drop our answer), no more.
+            sink.clear();
+            while let Ok(Read::Data(n)) = read_into(rfd.as_fd(), &mut sink) {
+                discarded += n;
+                sink.clear();
+                if discarded > linger.bytes {
+                    break;
+                }
+            }
             break;
         }
         let now = Instant::now();
@@ -537,7 +554,7 @@ mod tests {
         });
         let mut q = WriteQueue::new();
         q.push(b"<stream:error/></stream:stream>".to_vec());
-        let c = close_stream(&ours, &mut wfd, &mut q, Linger::DEFAULT);
+        let c = close_stream(&ours, &mut wfd, &mut q, Linger::DEFAULT, false);
         let (sent, read, got) = writer.join().expect("peer");
         assert!(sent && read, "the peer's write and read both ended well");
         assert_eq!(got, b"<stream:error/></stream:stream>");
@@ -562,7 +579,15 @@ mod tests {
             time: std::time::Duration::from_millis(300),
             bytes: 1 << 20,
         };
-        let c = close_stream(&our_rd, &mut our_wr, &mut q, linger);
+        let c = close_stream(&our_rd, &mut our_wr, &mut q, linger, false);
+        assert!(!c.peer_closed);
+        // When the peer ended its stream first, nothing is waited for.
+        let (our_rd, _peer_wr) = nix::unistd::pipe().expect("pipe");
+        let (_peer_rd, mut our_wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&our_rd).expect("nb");
+        let t2 = std::time::Instant::now();
+        close_stream(&our_rd, &mut our_wr, &mut WriteQueue::new(), linger, true);
+        assert!(t2.elapsed() < linger.time);
         let took = t.elapsed();
         assert!(took >= linger.time && took < linger.time * 5, "{took:?}");
         assert!(!c.peer_closed);

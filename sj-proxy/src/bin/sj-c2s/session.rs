@@ -130,6 +130,8 @@ pub struct Session {
     term: Arc<AtomicBool>,
     sig_rd: std::os::unix::net::UnixStream,
     peer_closed: bool,
+    /// The client closed its stream first (`</stream:stream>`, stream error).
+    peer_ended_stream: bool,
 }
 
 fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
@@ -394,6 +396,7 @@ impl Session {
             term,
             sig_rd,
             peer_closed: false,
+            peer_ended_stream: false,
         })
     }
 
@@ -1002,6 +1005,7 @@ impl Session {
                         String::from_utf8_lossy(&rec).trim_end()
                     ));
                     self.send("</stream:stream>");
+                    self.peer_ended_stream = true;
                     return self.finish_with(Ok(()));
                 }
                 // Client streams never skip (their limits are fatal): the
@@ -1014,6 +1018,7 @@ impl Session {
                         self.header_sent = true;
                     }
                     self.send("</stream:stream>");
+                    self.peer_ended_stream = true;
                     return self.finish_with(Ok(()));
                 }
             }
@@ -1195,6 +1200,7 @@ impl Session {
             &mut self.wfd,
             &mut self.to_client,
             sj::io::Linger::DEFAULT,
+            self.peer_ended_stream,
         );
         if c.unsent > 0 && !self.peer_closed {
             sj::log::warn(&format!(
