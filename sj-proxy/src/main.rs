@@ -220,7 +220,11 @@ fn run() -> Result<(), Fatal> {
         Err(e) => {
             write_state(&dir, "offline", &bare.to_string());
             // Every way out closes the stream (a no-op where it is closed).
-            up.close(&mut sj::io::WriteQueue::new(), b"</stream:stream>", false);
+            up.close(
+                &mut sj::io::WriteQueue::new(),
+                b"</stream:stream>",
+                sj::io::End::Close,
+            );
             if e.code == OK {
                 return Ok(());
             }

@@ -65,8 +65,8 @@ pub struct Router {
     /// How the stream to the server ends, once that is decided: a stream
     /// error and/or `</stream:stream>`, or nothing (the server is gone).
     tail: Option<Vec<u8>>,
-    /// The server closed its stream first.
-    peer_ended: bool,
+    /// Who ends the stream (`sj::io::End`), with `tail`.
+    end: sj::io::End,
     drops: DropLog,
 }
 
@@ -179,7 +179,7 @@ impl Router {
             ping_seq: 0,
             stopping: None,
             tail: None,
-            peer_ended: false,
+            end: sj::io::End::Close,
             drops: DropLog::new(),
         })
     }
@@ -467,9 +467,10 @@ impl Router {
     }
 
     /// Decide how the stream ends (the first decision holds).
-    fn end_stream(&mut self, tail: &[u8]) {
+    fn end_stream(&mut self, tail: &[u8], end: sj::io::End) {
         if self.tail.is_none() {
             self.tail = Some(tail.to_vec());
+            self.end = end;
         }
     }
 
@@ -480,7 +481,7 @@ impl Router {
     pub fn run(&mut self) -> Result<(), Fatal> {
         let r = self.run_loop();
         let tail = self.tail.take().unwrap_or_default();
-        self.up.close(&mut self.up_queue, &tail, self.peer_ended);
+        self.up.close(&mut self.up_queue, &tail, self.end);
         self.hand_over(STOP_GRACE);
         self.drops.flush();
         r
@@ -542,7 +543,7 @@ impl Router {
                 self.close_drained_stdins();
                 let drained = self.daemons.iter().all(|d| !d.child.is_running());
                 if (drained && self.up_queue.is_empty()) || t.elapsed() > STOP_GRACE {
-                    self.end_stream(b"</stream:stream>");
+                    self.end_stream(b"</stream:stream>", sj::io::End::Close);
                     return Ok(());
                 }
             }
@@ -704,7 +705,7 @@ impl Router {
         }
         if let Some(t) = self.ping_sent {
             if t.elapsed() >= self.opts.keepalive_timeout {
-                self.end_stream(b"</stream:stream>");
+                self.end_stream(b"</stream:stream>", sj::io::End::Close);
                 return Err(Fatal::temporary(format!(
                     "the server did not answer a keepalive ping in {} seconds",
                     self.opts.keepalive_timeout.as_secs()
@@ -813,24 +814,28 @@ impl Router {
                 }
                 Ok(Some(Event::Dropped(d))) => self.on_dropped(d),
                 Ok(Some(Event::StreamError(r))) => {
-                    self.end_stream(b"</stream:stream>");
-                    self.peer_ended = true;
+                    self.end_stream(b"</stream:stream>", sj::io::End::Answer);
                     return Err(crate::upstream::server_error(&r, "closed"));
                 }
                 Ok(Some(Event::End)) => {
-                    self.end_stream(b"</stream:stream>");
-                    self.peer_ended = true;
+                    self.end_stream(b"</stream:stream>", sj::io::End::Answer);
                     if self.stopping.is_some() {
                         return Err(Fatal::new(OK, "stream closed"));
                     }
                     return Err(Fatal::new(TEMPORARY, "the server closed the stream"));
                 }
                 Ok(Some(Event::Header(_))) => {
-                    self.end_stream(&crate::upstream::error_tail("bad-format"));
+                    self.end_stream(
+                        &crate::upstream::error_tail("bad-format"),
+                        sj::io::End::Close,
+                    );
                     return Err(Fatal::protocol("the server sent a second stream header"));
                 }
                 Err(e) => {
-                    self.end_stream(&crate::upstream::error_tail(e.condition.as_str()));
+                    self.end_stream(
+                        &crate::upstream::error_tail(e.condition.as_str()),
+                        sj::io::End::Close,
+                    );
                     return Err(crate::upstream::refused(&e));
                 }
             }

@@ -204,9 +204,9 @@ impl Upstream {
     /// The one way the stream to the server ends, on every path: what
     /// `queue` holds, then `tail` (a stream error and/or
     /// `</stream:stream>`, or nothing when the server is gone), then the
-    /// lingering close of `sj::io::close_stream` (`peer_ended`: the server
-    /// closed its stream first). Once only.
-    pub fn close(&mut self, queue: &mut WriteQueue, tail: &[u8], peer_ended: bool) {
+    /// lingering close of `sj::io::close_stream` (`end`: who ends it).
+    /// Once only.
+    pub fn close(&mut self, queue: &mut WriteQueue, tail: &[u8], end: sj::io::End) {
         if self.closed {
             return;
         }
@@ -220,7 +220,7 @@ impl Upstream {
             &mut self.wfd,
             queue,
             sj::io::Linger::DEFAULT,
-            peer_ended,
+            end,
         );
         if c.unsent > 0 {
             sj::log::warn(&format!(
@@ -233,13 +233,21 @@ impl Upstream {
     /// Send a stream error and close the stream (negotiation: nothing else
     /// is queued); the exit code is the caller's.
     pub fn send_stream_error(&mut self, condition: &str) {
-        self.close(&mut WriteQueue::new(), &error_tail(condition), false);
+        self.close(
+            &mut WriteQueue::new(),
+            &error_tail(condition),
+            sj::io::End::Close,
+        );
     }
 
     /// The server ended the stream with `<stream:error>`: close ours too
     /// (RFC 6120 §4.4, as for a plain `</stream:stream>`).
     pub fn stream_error_fatal(&mut self, rec: &[u8], how: &str) -> Fatal {
-        self.close(&mut WriteQueue::new(), b"</stream:stream>", true);
+        self.close(
+            &mut WriteQueue::new(),
+            b"</stream:stream>",
+            sj::io::End::Answer,
+        );
         server_error(rec, how)
     }
 
@@ -318,7 +326,11 @@ impl Upstream {
                 Event::Dropped(d) => sj::log::warn(&describe_dropped(&d)),
                 Event::StreamError(r) => return Err(self.stream_error_fatal(&r, "closed")),
                 Event::End => {
-                    self.close(&mut WriteQueue::new(), b"</stream:stream>", true);
+                    self.close(
+                        &mut WriteQueue::new(),
+                        b"</stream:stream>",
+                        sj::io::End::Answer,
+                    );
                     return Err(Fatal::temporary("the server closed the stream"));
                 }
                 Event::Header(_) => {

@@ -317,6 +317,18 @@ impl Linger {
     };
 }
 
+/// Who ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed its stream first (`</stream:stream>`, a stream
+    /// error): ours is the answer, and nothing more is waited for once it
+    /// is written (input already here is still read).
+    Answer,
+    /// We end it (a stream error, or `</stream:stream>`): the peer is
+    /// waited for.
+    Close,
+}
+
 /// How a `close_stream` went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Closed {
@@ -348,38 +360,38 @@ pub struct Closed {
 /// must hold no other descriptor of that pipe. Both descriptors are
 /// non-blocking.
 ///
-/// `peer_ended`: the peer closed its stream first (`</stream:stream>` or a
-/// stream error), so ours is the answer and nothing more is waited for
-/// once it is written; input already here is still read first.
+/// `end` says who ends the stream (`End`).
 pub fn close_stream(
     rfd: impl AsFd,
     wfd: &mut std::os::fd::OwnedFd,
     queue: &mut WriteQueue,
     linger: Linger,
-    peer_ended: bool,
+    end: End,
 ) -> Closed {
     use nix::poll::{PollFd, PollFlags, PollTimeout};
     use std::time::Instant;
-    let end = Instant::now() + linger.time;
+    let deadline = Instant::now() + linger.time;
+    let mut flushed = false;
     let mut shut = false;
     let mut eof = false;
     let mut discarded = 0usize;
     let mut sink = Vec::with_capacity(CHUNK);
     loop {
-        if !shut
-            && queue.flush(wfd.as_fd()).unwrap_or_else(|_| {
+        if !flushed {
+            flushed = queue.flush(wfd.as_fd()).unwrap_or_else(|_| {
                 // The peer is gone for writing: nothing more will go out.
                 queue.clear();
                 true
-            })
-        {
+            });
+        }
+        if flushed && !shut {
             shut_write(wfd);
             shut = true;
         }
         if (shut && eof) || discarded > linger.bytes {
             break;
         }
-        if shut && peer_ended {
+        if shut && end == End::Answer {
             // Read what is here (a reset would drop our answer), no more.
             sink.clear();
             while let Ok(Read::Data(n)) = read_into(rfd.as_fd(), &mut sink) {
@@ -392,15 +404,15 @@ pub fn close_stream(
             break;
         }
         let now = Instant::now();
-        if now >= end {
+        if now >= deadline {
             break;
         }
-        let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
+        let t = PollTimeout::try_from(deadline - now).unwrap_or(PollTimeout::NONE);
         let mut fds = Vec::with_capacity(2);
         if !eof {
             fds.push(PollFd::new(rfd.as_fd(), PollFlags::POLLIN));
         }
-        if !shut {
+        if !flushed {
             fds.push(PollFd::new(wfd.as_fd(), PollFlags::POLLOUT));
         }
         match nix::poll::poll(&mut fds, t) {
@@ -554,7 +566,7 @@ mod tests {
         });
         let mut q = WriteQueue::new();
         q.push(b"<stream:error/></stream:stream>".to_vec());
-        let c = close_stream(&ours, &mut wfd, &mut q, Linger::DEFAULT, false);
+        let c = close_stream(&ours, &mut wfd, &mut q, Linger::DEFAULT, End::Close);
         let (sent, read, got) = writer.join().expect("peer");
         assert!(sent && read, "the peer's write and read both ended well");
         assert_eq!(got, b"<stream:error/></stream:stream>");
@@ -579,14 +591,20 @@ mod tests {
             time: std::time::Duration::from_millis(300),
             bytes: 1 << 20,
         };
-        let c = close_stream(&our_rd, &mut our_wr, &mut q, linger, false);
+        let c = close_stream(&our_rd, &mut our_wr, &mut q, linger, End::Close);
         assert!(!c.peer_closed);
         // When the peer ended its stream first, nothing is waited for.
         let (our_rd, _peer_wr) = nix::unistd::pipe().expect("pipe");
         let (_peer_rd, mut our_wr) = nix::unistd::pipe().expect("pipe");
         set_nonblocking(&our_rd).expect("nb");
         let t2 = std::time::Instant::now();
-        close_stream(&our_rd, &mut our_wr, &mut WriteQueue::new(), linger, true);
+        close_stream(
+            &our_rd,
+            &mut our_wr,
+            &mut WriteQueue::new(),
+            linger,
+            End::Answer,
+        );
         assert!(t2.elapsed() < linger.time);
         let took = t.elapsed();
         assert!(took >= linger.time && took < linger.time * 5, "{took:?}");

@@ -130,8 +130,8 @@ pub struct Session {
     term: Arc<AtomicBool>,
     sig_rd: std::os::unix::net::UnixStream,
     peer_closed: bool,
-    /// The client closed its stream first (`</stream:stream>`, stream error).
-    peer_ended_stream: bool,
+    /// Who ends the stream (`sj::io::End`).
+    end: sj::io::End,
 }
 
 fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
@@ -396,7 +396,7 @@ impl Session {
             term,
             sig_rd,
             peer_closed: false,
-            peer_ended_stream: false,
+            end: sj::io::End::Close,
         })
     }
 
@@ -438,6 +438,7 @@ impl Session {
         self.send(format!(
             "<stream:error><{cond} xmlns='{NS_STREAMS_ERR}'/></stream:error></stream:stream>"
         ));
+        self.end = sj::io::End::Close;
         let r = if code == 0 {
             Ok(())
         } else {
@@ -1005,7 +1006,7 @@ impl Session {
                         String::from_utf8_lossy(&rec).trim_end()
                     ));
                     self.send("</stream:stream>");
-                    self.peer_ended_stream = true;
+                    self.end = sj::io::End::Answer;
                     return self.finish_with(Ok(()));
                 }
                 // Client streams never skip (their limits are fatal): the
@@ -1018,7 +1019,7 @@ impl Session {
                         self.header_sent = true;
                     }
                     self.send("</stream:stream>");
-                    self.peer_ended_stream = true;
+                    self.end = sj::io::End::Answer;
                     return self.finish_with(Ok(()));
                 }
             }
@@ -1200,7 +1201,7 @@ impl Session {
             &mut self.wfd,
             &mut self.to_client,
             sj::io::Linger::DEFAULT,
-            self.peer_ended_stream,
+            self.end,
         );
         if c.unsent > 0 && !self.peer_closed {
             sj::log::warn(&format!(
