@@ -23,9 +23,14 @@ flood       a session of its own: many records, bounded
 
 expect      meaning
 --------    ---------------------------------------------------------------
-error:COND  a stream error <COND/> (urn:ietf:params:xml:ns:xmpp-streams) on
-            that stream and exit 1 (a protocol error by the peer)
-dropped     not delivered to any client; the log line opts['log'] appears
+error:COND  the peer receives a stream error <COND/>
+            (urn:ietf:params:xml:ns:xmpp-streams) and then a clean end of the
+            connection (FIN, never a reset: RFC 6120 §4.4), and the process
+            exits 1 (a protocol error by the peer); opts['trailer'] bytes
+            more are written right behind the payload, without waiting
+dropped     not delivered to any client; the log line opts['log'] appears;
+            the session stays up (the next row's marker is delivered); with
+            opts['answer'], the sender gets a policy-violation stanza error
 refused:C   an iq error <C/> goes back upstream; nothing reaches a client
 delivered   every client gets it; the raw client gets exactly opts['want']
             (default: `data` itself), byte for byte
@@ -119,6 +124,10 @@ def add(category, side, name, data, expect, **opts):
 C = "restricted XML (comments, PIs, DTDs, entities, CDATA)"
 add(C, "server", "comment-top-level", b"<!-- hi -->", "error:restricted-xml")
 add(C, "server", "comment-in-stanza", body(b"a<!-- c -->b"), "error:restricted-xml")
+add(C, "server", "comment-in-stanza-then-1m", body(b"a<!-- c -->b"), "error:restricted-xml",
+    trailer=1024 * 1024)
+add(C, "server", "comment-in-1m-stanza", body(b"a" * (1024 * 1024) + b"<!-- c -->b"),
+    "error:restricted-xml", trailer=1024 * 1024)
 add(C, "server", "comment-split-dashes", body(b"a<!-"), "error:restricted-xml")
 add(C, "server", "pi-top-level", b"<?foo bar?>", "error:restricted-xml")
 add(C, "server", "pi-in-stanza", body(b"a<?foo?>b"), "error:restricted-xml")
@@ -146,6 +155,8 @@ add(C, "c2s-pre", "doctype-before-header", b"<!DOCTYPE stream>" + C2S_HDR,
 add(C, "c2s-pre", "entity-in-header", hdr_c2s(to=b"&foo;"), "error:restricted-xml")
 add(C, "c2s-pre", "comment-after-header", C2S_HDR + b"<!-- x -->", "error:restricted-xml")
 add(C, "c2s", "comment-in-stanza", out_msg(b"<body>a<!--x-->b</body>"), "error:restricted-xml")
+add(C, "c2s", "comment-in-stanza-then-1m", out_msg(b"<body>a<!--x-->b</body>"),
+    "error:restricted-xml", trailer=1024 * 1024)
 add(C, "c2s", "pi-in-stanza", out_msg(b"<?pi x?>"), "error:restricted-xml")
 add(C, "c2s", "doctype", b"<!DOCTYPE x [<!ENTITY a 'b'>]>", "error:restricted-xml")
 add(C, "c2s", "undefined-entity", out_msg(b"<body>&xxe;</body>"), "error:restricted-xml")
@@ -237,6 +248,12 @@ add(C, "server", "ref-0-in-attribute", msg(b"", attrs=b" id='&#0;'"), "error:not
 add(C, "server", "ref-0-in-from", msg(b"", frm=b"bob&#0;@localhost"), "error:not-well-formed")
 add(C, "server", "ref-malformed", body(b"&#x;"), "error:not-well-formed")
 add(C, "server", "bare-ampersand", body(b"a & b"), "error:not-well-formed")
+add(C, "server", "bare-ampersand-then-1m", body(b"a & b"), "error:not-well-formed",
+    trailer=1024 * 1024)
+add(C, "server", "control-in-65-levels-then-1m", msg(nested(64, b"a\x01b")),
+    "error:not-well-formed", trailer=1024 * 1024)
+add(C, "server", "control-in-1700k-body", body(b"a" * (1700 * 1024) + b"\x01"),
+    "error:not-well-formed")
 add(C, "live", "legal-edge-refs-kept", body(b"&#9;&#xD7FF;&#xE000;&#xFFFD;&#x10FFFF;"),
     "delivered")
 add(C, "c2s-pre", "control-in-header", hdr_c2s(to=b"local\x01host"), "error:not-well-formed")
@@ -250,21 +267,33 @@ add(C, "fifo", "u+fffe", out_msg(b"<body>\xef\xbf\xbe</body>"), "dropped",
     log="not-well-formed")
 
 # ---------------------------------------------------------------- oversize
-C = "oversize stanzas (1.5 MiB from the server and 256 KiB from a client after auth, 8 KiB before)"
+C = ("oversize stanzas (from the server after auth: 1.5 MiB + 64 KiB delivered, over it dropped, "
+     "over 16 MiB a stream error; 256 KiB from a client after auth, 8 KiB before)")
 K = 1024
-add(C, "server", "1600k-body", body(b"a" * (1600 * K)), "error:policy-violation")
-add(C, "server", "1600k-unterminated", msg(b"<body>" + b"a" * (1600 * K)), "error:policy-violation",
-    partial=True)
-add(C, "server", "1600k-attribute-value", msg(b"", attrs=b" id='" + b"a" * (1600 * K) + b"'"),
+M = 1024 * K
+LOG_DROP = "dropping a stanza from the server: policy-violation"
+# A contact's stanza over the limits is the contact's, not the server's: it
+# is dropped and the session stays up (issue 17).
+add(C, "live", "1600k-body-dropped", body(b"a" * (1600 * K)), "dropped", log=LOG_DROP,
+    answer=True)
+add(C, "live", "1600k-attribute-value-dropped",
+    msg(b"", attrs=b" id='" + b"a" * (1600 * K) + b"'"), "dropped", log=LOG_DROP)
+add(C, "live", "1700k-in-4k-chunks-dropped", body(b"b" * (1700 * K)), "dropped", log=LOG_DROP,
+    chunk=4096, answer=True)
+add(C, "live", "5m-body-dropped", body(b"e" * (5 * M)), "dropped", log=LOG_DROP, answer=True)
+add(C, "server", "17m-body", body(b"a" * (17 * M)), "error:policy-violation")
+add(C, "server", "17m-unterminated", msg(b"<body>" + b"a" * (17 * M)), "error:policy-violation")
+add(C, "server", "17m-unterminated-start-tag", b"<message id='" + b"a" * (17 * M),
     "error:policy-violation")
-add(C, "server", "1600k-unterminated-start-tag", b"<message id='" + b"a" * (1600 * K),
-    "error:policy-violation", partial=True)
-add(C, "server", "1537k-in-4k-chunks", body(b"b" * (1537 * K)), "error:policy-violation",
+add(C, "server", "17m-in-4k-chunks", body(b"b" * (17 * M)), "error:policy-violation",
     chunk=4096)
 add(C, "live", "200k-body-delivered", body(b"c" * (200 * K)), "delivered")
-# The server may re-serialise a client's 256 KiB stanza larger (Prosody writes
-# ' as &apos;), so from the server sj-proxy takes up to 1.5 MiB.
+# The server may re-serialise a contact's 256 KiB stanza larger (Prosody and
+# ejabberd write ' as &apos;) and stamp it with a long from: all delivered.
 add(C, "live", "1400k-body-delivered", body(b"d" * (1400 * K)), "delivered")
+add(C, "live", "256k-apostrophes-as-the-server-writes-them-delivered",
+    msg(b"<body>" + b"&apos;" * (256 * K) + b"</body>", frm=b"bob@localhost/" + b"r" * 1023),
+    "delivered")
 add(C, "server-pre", "9k-features",
     SERVER_HDR + b"<stream:features>" + b"<x/>" * (9 * K // 4) + b"</stream:features>",
     "error:policy-violation")
@@ -277,6 +306,11 @@ add(C, "c2s-pre", "9k-unterminated-start-tag", C2S_HDR + b"<auth a='" + b"A" * (
 add(C, "c2s-pre", "9k-header", hdr_c2s(id=b"i" * (9 * K)), "error:policy-violation")
 add(C, "c2s", "300k-message", out_msg(b"<body>" + b"a" * (300 * K) + b"</body>"),
     "error:policy-violation")
+add(C, "c2s", "300k-message-then-1m", out_msg(b"<body>" + b"a" * (300 * K) + b"</body>"),
+    "error:policy-violation", trailer=M)
+add(C, "c2s-pre", "10k-auth-then-1m",
+    C2S_HDR + b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+    + b"A" * (10 * K) + b"</auth>", "error:policy-violation", trailer=M)
 add(C, "fifo", "256k-line", out_msg(b"<body>" + b"a" * (256 * K) + b"</body>"), "dropped",
     log="policy-violation")
 add(C, "fifo", "4357k-line-over-the-line-limit",
@@ -284,9 +318,9 @@ add(C, "fifo", "4357k-line-over-the-line-limit",
 
 # ---------------------------------------------------------------- nesting
 C = "deep nesting (64 levels after auth, 16 before)"
-add(C, "server", "65-levels", msg(nested(64)), "error:policy-violation")
-add(C, "server", "100000-levels-unterminated", msg(b"<a>" * 100000), "error:policy-violation",
-    partial=True)
+add(C, "live", "65-levels-dropped", msg(nested(64)), "dropped", log=LOG_DROP, answer=True)
+add(C, "live", "100000-levels-dropped", msg(nested(100000)), "dropped", log=LOG_DROP)
+add(C, "server", "6m-levels-unterminated", msg(b"<a>" * (6 * M)), "error:policy-violation")
 add(C, "live", "64-levels-delivered", msg(nested(63)), "delivered")
 add(C, "server-pre", "17-levels-in-features",
     SERVER_HDR + b"<stream:features>" + nested(16) + b"</stream:features>",
@@ -301,10 +335,12 @@ add(C, "fifo", "65-levels", out_msg(nested(64)), "dropped", log="policy-violatio
 
 # ---------------------------------------------------------------- attribute floods
 C = "attribute floods (64 per element after auth, 32 before)"
-add(C, "server", "65-attributes", msg(b"", attrs=attrs(62)), "error:policy-violation")
-add(C, "server", "65-attributes-on-child", msg(b"<x" + attrs(65) + b"/>"),
-    "error:policy-violation")
-add(C, "server", "10000-attributes", msg(b"<x" + attrs(10000) + b"/>"), "error:policy-violation")
+add(C, "live", "65-attributes-dropped", msg(b"", attrs=attrs(62)), "dropped", log=LOG_DROP,
+    answer=True)
+add(C, "live", "65-attributes-on-child-dropped", msg(b"<x" + attrs(65) + b"/>"), "dropped",
+    log=LOG_DROP, answer=True)
+add(C, "live", "10000-attributes-dropped", msg(b"<x" + attrs(10000) + b"/>"), "dropped",
+    log=LOG_DROP, answer=True)
 add(C, "live", "64-attributes-delivered", msg(b"<x" + attrs(64) + b"/>"), "delivered")
 add(C, "server-pre", "33-attributes-in-features",
     SERVER_HDR + b"<stream:features><x" + attrs(33) + b"/></stream:features>",

@@ -20,6 +20,19 @@ if [ -n "$missing" ]; then
 	fi
 fi
 
+# ejabberd, the second real server (tests/sjtest/ejabberd.py runs its own).
+if ! dpkg -s ejabberd >/dev/null 2>&1; then
+	echo "setup.sh: installing the Debian package ejabberd" >&2
+	SUDO=
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	$SUDO apt-get update
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y ejabberd
+	# The package starts a system ejabberd (and epmd); the tests run their own.
+	if command -v systemctl >/dev/null 2>&1; then
+		$SUDO systemctl disable --now ejabberd >/dev/null 2>&1 || true
+	fi
+fi
+
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import slixmpp, pytest, pytest_timeout' >/dev/null 2>&1; then
 	echo "setup.sh: installing Python packages slixmpp pytest pytest-timeout" >&2

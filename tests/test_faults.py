@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import types
@@ -167,6 +168,32 @@ def test_server_stream_error_online(proxy, condition):
     assert code == STREAM_ERRORS[condition], p.stderr_text()
     assert f"sj-proxy: fatal: the server closed the stream: {condition}" in p.stderr_text()
     assert p.state().split()[0] == "offline", p.state()
+    srv.close()
+    no_panic(p)
+
+
+def test_stanza_in_the_same_read_as_a_fatal_error_is_still_delivered(proxy):
+    """A whole stanza, then bytes the framer refuses, in one write: the
+    stanza was routed to the daemons' queues when the error came; it still
+    reaches the raw client (mirrord) and the out log (messaged), as on a
+    stop, and the server receives the stream error (issue 17)."""
+    srv = ScriptedServer()
+    p = scripted_proxy(proxy, srv)
+    a = p.raw_client("a")
+    srv.handshake()
+    p.online()
+    full = "alice@localhost/scripted"
+    srv.send(f"<message from='{BOB}/x' to='{full}' type='chat'><body>warm</body></message>"
+             .encode())
+    a.wait_record(body_is("warm"))
+    srv.send(f"<message from='{BOB}/x' to='{full}' type='chat' id='v1'><body>valid</body>"
+             f"</message><message from='{BOB}/x'><body>a\x01b</body></message>".encode())
+    got = srv.read_until(rb"</stream:stream>")
+    assert b"<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in got, got
+    srv.conn.shutdown(socket.SHUT_WR)
+    assert p.wait_exit(20) == 1, p.stderr_text()
+    a.wait_record(body_is("valid"), timeout=10)
+    wait_said(os.path.join(p.dir, BOB, "out"), (BOB, "valid"))
     srv.close()
     no_panic(p)
 

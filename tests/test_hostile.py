@@ -147,18 +147,47 @@ def scripted_proxy(srv, workdir, **kw):
 
 
 def read_to_eof(conn, timeout=WAIT):
+    """What the peer sends until it closes, and how it closed: "eof" (a FIN,
+    the clean end), "reset" (a TCP reset: the kernel may have dropped what
+    was not read yet) or "timeout"."""
     conn.settimeout(timeout)
     got = b""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
             chunk = conn.recv(65536)
-        except (socket.timeout, OSError):
-            break
+        except socket.timeout:
+            return got, "timeout"
+        except OSError:
+            return got, "reset"
         if not chunk:
-            break
+            return got, "eof"
         got += chunk
-    return got
+    return got, "timeout"
+
+
+def payload(c):
+    """The row's bytes, with opts['trailer'] bytes of valid stanzas behind."""
+    n = c.opts.get("trailer", 0)
+    if not n:
+        return c.data
+    one = b"<message to='x@y'><body>" + b"t" * 1000 + b"</body></message>"
+    return c.data + (one * (n // len(one) + 1))[:n]
+
+
+def send_all(sock_send, data, step):
+    """Write `data` in `step`-byte writes without waiting for an answer; a
+    peer that refused it and closed may cut the writes short."""
+    try:
+        for i in range(0, len(data), step):
+            sock_send(data[i:i + step])
+    except OSError:
+        pass
+
+
+def ended_cleanly(how, problems):
+    if how != "eof":
+        problems.append(f"the connection ended with a {how}, not a clean close")
 
 
 # ------------------------------------------------------------------ server rows
@@ -181,13 +210,16 @@ def run_server(c, base):
         else:
             srv.handshake(jid=UP.decode())
             p.online()
-        step = c.opts.get("chunk") or len(c.data)
+        data = payload(c)
+        send_all(srv.send, data, c.opts.get("chunk") or len(data))
+        got, how = read_to_eof(srv.conn)
+        got = srv.buf + got
+        ended_cleanly(how, problems)
+        # The server's side of the closing handshake: sj-proxy waits for it.
         try:
-            for i in range(0, len(c.data), step):
-                srv.send(c.data[i:i + step])
+            srv.conn.shutdown(socket.SHUT_WR)
         except OSError:
-            pass  # refused mid-way: the error is already on its way
-        got = srv.buf + read_to_eof(srv.conn)
+            pass
         code = p.wait_exit(WAIT)
     finally:
         srv.close()
@@ -196,7 +228,7 @@ def run_server(c, base):
     if not stream_error(got, cond):
         problems.append(f"no <{cond}/> in {got[-300:]!r}")
     common(problems, p.stderr_text(), code, 1, snap.created())
-    record(c, f"stream error {conditions(got)}, exit {code}", problems)
+    record(c, f"stream error {conditions(got)} received, {how}, exit {code}", problems)
 
 
 @pytest.fixture(scope="module")
@@ -317,9 +349,9 @@ class C2SConn:
         return self
 
     def rest(self):
-        got = self.buf + read_to_eof(self.s)
-        self.buf = b""
-        return got
+        got, how = read_to_eof(self.s)
+        got, self.buf = self.buf + got, b""
+        return got, how
 
     def close(self):
         try:
@@ -552,7 +584,7 @@ def run_live_case(live, c):
     srv_start = live.srv.mark()
     iq_before = set(os.listdir(os.path.join(live.dir, "iq"))) \
         if os.path.isdir(os.path.join(live.dir, "iq")) else set()
-    live.srv.send(c.data)
+    send_all(live.srv.send, c.data, c.opts.get("chunk") or len(c.data))
     exp = c.expect
     rid = c.opts.get("id")
     if exp.startswith("refused:") or exp == "answered":
@@ -602,6 +634,18 @@ def run_live_case(live, c):
         want_log = c.opts["log"]
         if not wait_until(lambda: want_log in live.stderr()[log_start:], 10):
             problems.append(f"no log line with {want_log!r}: {live.stderr()[log_start:][-500:]!r}")
+    if c.opts.get("answer"):
+        # The sender (bob) learns it was not delivered; the error is the
+        # stanza's kind, to its from, and carries nothing of it.
+        try:
+            m = live.srv.wait_for(rb"<message type='error' to='bob@localhost/x'[^>]*>"
+                                  rb"<error type='modify'><policy-violation [^>]*/>.*?</message>",
+                                  srv_start, timeout=10)
+            if len(m.group(0)) > 1000:
+                problems.append(f"the error answer is {len(m.group(0))} bytes")
+            observed += ", policy-violation error to the sender"
+        except TimeoutError as e:
+            problems.append(f"no policy-violation error to the sender: {e}")
     if exp == "stored":
         iqdir = os.path.join(live.dir, "iq")
 
@@ -774,7 +818,8 @@ def run_c2s_bind(c, listener, live):
             == os.path.realpath(os.path.join(live.dir, "clients"))):
         problems.append(f"no client directory {cdir}")
     conn.send(b"</stream:stream>")
-    conn.rest()
+    _, how = conn.rest()
+    ended_cleanly(how, problems)
     conn.close()
     code = listener.exit_code(conn.local_port)
     return f"bound {'kept' if c.expect == 'kept' else 'generated'} name", problems, code, 0
@@ -784,17 +829,20 @@ def run_c2s(c, listener, k):
     problems = []
     log_start = len(listener.text())
     conn = C2SConn(listener.port)
+    how = None
     try:
         if c.side == "c2s":
             conn.login(f"h{k}")
-        conn.send(c.data)
+        send_all(conn.send, payload(c), c.opts.get("chunk") or len(payload(c)))
         if c.expect == "accepted":
             got = conn.read_until(rb"</stream:features>")
             conn.close()
         else:
-            got = conn.rest()
-    except OSError:
-        got = conn.buf
+            got, how = conn.rest()
+            # The client's side of the closing handshake.
+            conn.s.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        got, how = conn.buf, f"error ({e})"
     finally:
         conn.close()
     code = listener.exit_code(conn.local_port)
@@ -808,8 +856,9 @@ def run_c2s(c, listener, k):
         cond = c.expect.split(":", 1)[1]
         if not stream_error(got, cond):
             problems.append(f"no <{cond}/> in {got[-300:]!r}")
+        ended_cleanly(how, problems)
         want_code = 1
-        observed = f"stream error {conditions(got)}, exit {code}"
+        observed = f"stream error {conditions(got)} received, {how}, exit {code}"
     return observed, problems, text, code, want_code
 
 
@@ -994,7 +1043,10 @@ def expect_text(c, details=False):
         return expect_text(c) + "; " + files_text(c.opts["files"])
     e = c.expect
     if e.startswith("error:"):
-        return f"stream error {e[6:]}, exit 1"
+        more = ", 1 MiB more written behind" if c.opts.get("trailer") else ""
+        return f"stream error {e[6:]} received, clean close{more}, exit 1"
+    if e == "dropped" and c.opts.get("answer"):
+        return "dropped, log line, session up, error to the sender"
     if e == "dropped":
         return "dropped, log line"
     if e.startswith("refused:"):

@@ -134,6 +134,8 @@ impl<S: Sock> Conn<S> {
             )),
             Event::End => Err("the peer closed the stream".into()),
             Event::Header(_) => Err("the peer sent a stream header out of turn".into()),
+            // Only under limits that skip, which this client does not use.
+            Event::Dropped(d) => Err(format!("the peer sent a stanza over a limit: {}", d.reason)),
         }
     }
 

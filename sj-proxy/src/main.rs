@@ -219,8 +219,13 @@ fn run() -> Result<(), Fatal> {
         Ok(s) => s,
         Err(e) => {
             write_state(&dir, "offline", &bare.to_string());
+            // Every way out closes the stream (a no-op where it is closed).
+            up.close(
+                &mut sj::io::WriteQueue::new(),
+                b"</stream:stream>",
+                sj::io::End::Close,
+            );
             if e.code == OK {
-                let _ = sj::io::write_all(&up.wfd, b"</stream:stream>");
                 return Ok(());
             }
             return Err(e);

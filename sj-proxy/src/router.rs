@@ -8,7 +8,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::child::Child;
 use sj::exit::{Fatal, OK, TEMPORARY};
 use sj::fifo::LineFifo;
-use sj::framer::{canonical_record, Event, Limits};
+use sj::framer::{canonical_record, Dropped, Event, Limits};
 use sj::io::{LineReader, Read, WriteQueue};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -62,7 +62,64 @@ pub struct Router {
     ping_sent: Option<Instant>,
     ping_seq: u64,
     stopping: Option<Instant>,
-    closed_sent: bool,
+    /// How the stream to the server ends, once that is decided: a stream
+    /// error and/or `</stream:stream>`, or nothing (the server is gone).
+    tail: Option<Vec<u8>>,
+    /// Who ends the stream (`sj::io::End`), with `tail`.
+    end: sj::io::End,
+    drops: DropLog,
+}
+
+/// Stanzas dropped for a limit are logged one line each, up to
+/// `DROP_LINES` a minute; past that they are counted, and the count is
+/// logged when the minute is over: a flood cannot flood the log.
+struct DropLog {
+    since: Instant,
+    lines: u32,
+    quiet: u64,
+}
+
+const DROP_LINES: u32 = 10;
+const DROP_WINDOW: Duration = Duration::from_secs(60);
+
+impl DropLog {
+    fn new() -> DropLog {
+        DropLog {
+            since: Instant::now(),
+            lines: 0,
+            quiet: 0,
+        }
+    }
+
+    /// Log `line`, or count it if this minute had its share.
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        self.roll();
+        if self.lines < DROP_LINES {
+            self.lines += 1;
+            sj::log::warn(&line());
+        } else {
+            self.quiet += 1;
+        }
+    }
+
+    /// A new minute: say how many went unlogged in the last.
+    fn roll(&mut self) {
+        if self.since.elapsed() < DROP_WINDOW {
+            return;
+        }
+        self.flush();
+        self.since = Instant::now();
+        self.lines = 0;
+    }
+
+    fn flush(&mut self) {
+        if self.quiet > 0 {
+            sj::log::warn(&format!(
+                "dropped {} more stanza(s) from the server for a limit (policy-violation), not logged one by one",
+                std::mem::take(&mut self.quiet)
+            ));
+        }
+    }
 }
 
 fn daemon_index(d: &Dest) -> Option<usize> {
@@ -121,7 +178,9 @@ impl Router {
             ping_sent: None,
             ping_seq: 0,
             stopping: None,
-            closed_sent: false,
+            tail: None,
+            end: sj::io::End::Close,
+            drops: DropLog::new(),
         })
     }
 
@@ -178,6 +237,47 @@ impl Router {
             // A keepalive answer: hearing anything already reset the timer.
             self.ping_sent = None;
         }
+    }
+
+    /// A stanza the framer skipped for a limit (it came from a third
+    /// party the server relays, not from the server): one log line, and
+    /// for a message or an iq request from someone else than the account
+    /// and its server, a `policy-violation` stanza error (RFC 6120 §8.3.3),
+    /// so the sender learns it did not arrive. Never an answer to an
+    /// error, to groupchat (a room may eject an occupant that bounces its
+    /// traffic) or to presence.
+    fn on_dropped(&mut self, d: Dropped) {
+        self.drops.note(|| crate::upstream::describe_dropped(&d));
+        let answer = match (d.name.as_str(), d.kind.as_deref()) {
+            ("iq", Some("get" | "set")) => true,
+            ("message", k) => !matches!(k, Some("error" | "groupchat")),
+            _ => false,
+        };
+        let Some(from) = d.from.as_deref() else {
+            return;
+        };
+        let own = match sj::jid::Jid::parse(from) {
+            Ok(j) => j.bare().to_string() == self.acct.bare || j.to_string() == self.acct.domain,
+            // Not a JID: nobody to answer.
+            Err(_) => true,
+        };
+        if !answer || own {
+            return;
+        }
+        let id =
+            d.id.as_deref()
+                .map(|i| format!(" id='{}'", sj::escape::attr(i)))
+                .unwrap_or_default();
+        let err = format!(
+            "<{name} type='error' to='{to}'{id}><error type='modify'>\
+             <policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>{text}</text></error></{name}>\n",
+            name = d.name,
+            to = sj::escape::attr(from),
+            text = sj::escape::text(&format!("not delivered: {}", d.reason.detail)),
+        );
+        sj::log::trace(">>", err.as_bytes());
+        self.up_queue.push(err.into_bytes());
     }
 
     fn route_upstream(&mut self, rec: &[u8]) {
@@ -366,24 +466,67 @@ impl Router {
         }
     }
 
-    /// The last write to the server: what is queued and the stream's end,
-    /// waiting for the socket at most `max`.
-    fn flush_upstream_before_exit(&mut self, max: Duration) {
-        match self.up_queue.drain(&self.up.wfd, max) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => sj::log::warn(&format!(
-                "stopping with {} bytes the server did not take",
-                self.up_queue.len()
-            )),
-            Err(e) => sj::log::warn(&format!(
-                "unable to write to the server while stopping: {}",
-                sj::log::strerror(&e)
-            )),
+    /// Decide how the stream ends (the first decision holds).
+    fn end_stream(&mut self, tail: &[u8], end: sj::io::End) {
+        if self.tail.is_none() {
+            self.tail = Some(tail.to_vec());
+            self.end = end;
         }
     }
 
-    /// Run until stopped (Ok) or the upstream session ends (Err).
+    /// Run until stopped (Ok) or the upstream session ends (Err); either
+    /// way the stream is closed (`Upstream::close`: what is queued, the
+    /// tail, the lingering close) and the daemons get what was routed to
+    /// them (`hand_over`) before the caller closes their input.
     pub fn run(&mut self) -> Result<(), Fatal> {
+        let r = self.run_loop();
+        let tail = self.tail.take().unwrap_or_default();
+        self.up.close(&mut self.up_queue, &tail, self.end);
+        self.hand_over(STOP_GRACE);
+        self.drops.flush();
+        r
+    }
+
+    /// Write what the daemons' queues hold, waiting for their pipes at
+    /// most `max` in all: records routed from the same read as a fatal
+    /// error are delivered, as on a stop.
+    fn hand_over(&mut self, max: Duration) {
+        let end = Instant::now() + max;
+        loop {
+            for i in 0..self.daemons.len() {
+                if !self.daemons[i].queue.is_empty() {
+                    self.flush_daemon(i);
+                }
+            }
+            let waiting: Vec<PollFd> = self
+                .daemons
+                .iter()
+                .filter(|d| !d.queue.is_empty())
+                .filter_map(|d| d.child.stdin.as_ref())
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLOUT))
+                .collect();
+            let now = Instant::now();
+            if waiting.is_empty() || now >= end {
+                for d in self.daemons.iter().filter(|d| !d.queue.is_empty()) {
+                    sj::log::warn(&format!(
+                        "stopping with {} bytes {} did not take",
+                        d.queue.len(),
+                        d.child.name
+                    ));
+                }
+                return;
+            }
+            let mut fds = waiting;
+            let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
+            if let Err(e) = nix::poll::poll(&mut fds, t) {
+                if e != nix::errno::Errno::EINTR {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run_loop(&mut self) -> Result<(), Fatal> {
         // What came in the same read as the last negotiation reply is in
         // the framer already: poll would not report it again.
         self.drain_upstream()?;
@@ -400,11 +543,7 @@ impl Router {
                 self.close_drained_stdins();
                 let drained = self.daemons.iter().all(|d| !d.child.is_running());
                 if (drained && self.up_queue.is_empty()) || t.elapsed() > STOP_GRACE {
-                    if !self.closed_sent {
-                        self.up_queue.push(b"</stream:stream>".to_vec());
-                        self.closed_sent = true;
-                    }
-                    self.flush_upstream_before_exit(Duration::from_secs(2));
+                    self.end_stream(b"</stream:stream>", sj::io::End::Close);
                     return Ok(());
                 }
             }
@@ -566,6 +705,7 @@ impl Router {
         }
         if let Some(t) = self.ping_sent {
             if t.elapsed() >= self.opts.keepalive_timeout {
+                self.end_stream(b"</stream:stream>", sj::io::End::Close);
                 return Err(Fatal::temporary(format!(
                     "the server did not answer a keepalive ping in {} seconds",
                     self.opts.keepalive_timeout.as_secs()
@@ -672,25 +812,32 @@ impl Router {
                     sj::log::trace("<<", &r);
                     self.route_upstream(&r);
                 }
+                Ok(Some(Event::Dropped(d))) => self.on_dropped(d),
                 Ok(Some(Event::StreamError(r))) => {
-                    self.closed_sent = true;
-                    return Err(self.up.stream_error_fatal(&r, "closed"));
+                    self.end_stream(b"</stream:stream>", sj::io::End::Answer);
+                    return Err(crate::upstream::server_error(&r, "closed"));
                 }
                 Ok(Some(Event::End)) => {
+                    self.end_stream(b"</stream:stream>", sj::io::End::Answer);
                     if self.stopping.is_some() {
                         return Err(Fatal::new(OK, "stream closed"));
-                    }
-                    if !self.closed_sent {
-                        let _ = sj::io::write_all(&self.up.wfd, b"</stream:stream>");
-                        self.closed_sent = true;
                     }
                     return Err(Fatal::new(TEMPORARY, "the server closed the stream"));
                 }
                 Ok(Some(Event::Header(_))) => {
-                    self.up.send_stream_error("bad-format");
+                    self.end_stream(
+                        &crate::upstream::error_tail("bad-format"),
+                        sj::io::End::Close,
+                    );
                     return Err(Fatal::protocol("the server sent a second stream header"));
                 }
-                Err(e) => return Err(self.up.refuse(&e)),
+                Err(e) => {
+                    self.end_stream(
+                        &crate::upstream::error_tail(e.condition.as_str()),
+                        sj::io::End::Close,
+                    );
+                    return Err(crate::upstream::refused(&e));
+                }
             }
         }
     }

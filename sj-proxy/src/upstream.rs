@@ -4,7 +4,8 @@
 
 use crate::route::OWN_ID;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
-use sj::framer::{Event, FrameError, Framer, Limits, Mode};
+use sj::framer::{Dropped, Event, FrameError, Framer, Limits, Mode};
+use sj::io::WriteQueue;
 use sj::sasl::{self, ScramClient, NS as NS_SASL};
 use sj::xml::Element;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -28,6 +29,8 @@ pub struct Upstream {
     pub tls: bool,
     /// Set by the signal handler: stop negotiating.
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The stream was ended (`close`): nothing more is written.
+    closed: bool,
 }
 
 /// What negotiation produced.
@@ -124,6 +127,47 @@ pub fn stream_error_exit(condition: &str) -> u8 {
     }
 }
 
+/// What sj-proxy writes to end the stream with a stream error.
+pub fn error_tail(condition: &str) -> Vec<u8> {
+    format!(
+        "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    )
+    .into_bytes()
+}
+
+/// The fatal error for a framing error in the server's stream (the
+/// caller ends the stream with `error_tail` of its condition).
+pub fn refused(e: &FrameError) -> Fatal {
+    Fatal::new(PROTOCOL, format!("unable to read from the server: {e}"))
+}
+
+/// The fatal error for a `<stream:error>` from the server: the exit code
+/// of DESIGN §7 for its condition. `how` is "closed" once online,
+/// "refused" for the stream header's answer.
+pub fn server_error(rec: &[u8], how: &str) -> Fatal {
+    let c = stream_error_condition(rec);
+    Fatal::new(
+        stream_error_exit(&c),
+        format!("the server {how} the stream: {c}"),
+    )
+}
+
+/// The log line for a stanza the framer skipped, what is known of it
+/// included.
+pub fn describe_dropped(d: &Dropped) -> String {
+    let mut who = format!("<{}>", d.name);
+    for (k, v) in [("from", &d.from), ("id", &d.id), ("type", &d.kind)] {
+        if let Some(v) = v {
+            let v: String = v.chars().take(200).collect();
+            who.push_str(&format!(" {k} '{}'", v.escape_debug()));
+        }
+    }
+    format!(
+        "dropping a stanza from the server: {}: {who}, {} bytes",
+        d.reason, d.bytes
+    )
+}
+
 /// The condition element of a `<stream:error>` record.
 pub fn stream_error_condition(rec: &[u8]) -> String {
     Element::parse(rec)
@@ -148,6 +192,7 @@ impl Upstream {
             framer: Framer::new(Mode::Stream, Limits::PRE_AUTH),
             tls,
             stop,
+            closed: false,
         }
     }
 
@@ -156,32 +201,61 @@ impl Upstream {
         sj::io::write_all(&self.wfd, data).map_err(|e| Fatal::io("write to the server", &e))
     }
 
-    /// Send a stream error and close the stream; the exit code is the caller's.
-    pub fn send_stream_error(&self, condition: &str) {
-        let s = format!(
-            "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    /// The one way the stream to the server ends, on every path: what
+    /// `queue` holds, then `tail` (a stream error and/or
+    /// `</stream:stream>`, or nothing when the server is gone), then the
+    /// lingering close of `sj::io::close_stream` (`end`: who ends it).
+    /// Once only.
+    pub fn close(&mut self, queue: &mut WriteQueue, tail: &[u8], end: sj::io::End) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if !tail.is_empty() {
+            sj::log::trace(">>", tail);
+            queue.push(tail.to_vec());
+        }
+        let c = sj::io::close_stream(
+            &self.rfd,
+            &mut self.wfd,
+            queue,
+            sj::io::Linger::DEFAULT,
+            end,
         );
-        let _ = sj::io::write_all(&self.wfd, s.as_bytes());
+        if c.unsent > 0 {
+            sj::log::warn(&format!(
+                "closing the stream with {} bytes the server did not take",
+                c.unsent
+            ));
+        }
+    }
+
+    /// Send a stream error and close the stream (negotiation: nothing else
+    /// is queued); the exit code is the caller's.
+    pub fn send_stream_error(&mut self, condition: &str) {
+        self.close(
+            &mut WriteQueue::new(),
+            &error_tail(condition),
+            sj::io::End::Close,
+        );
     }
 
     /// The server ended the stream with `<stream:error>`: close ours too
-    /// (RFC 6120 §4.4, as for a plain `</stream:stream>`) and map the
-    /// condition to the exit code of DESIGN §7. `how` is "closed" once
-    /// online, "refused" for the stream header's answer.
-    pub fn stream_error_fatal(&self, rec: &[u8], how: &str) -> Fatal {
-        let c = stream_error_condition(rec);
-        let _ = sj::io::write_all(&self.wfd, b"</stream:stream>");
-        Fatal::new(
-            stream_error_exit(&c),
-            format!("the server {how} the stream: {c}"),
-        )
+    /// (RFC 6120 §4.4, as for a plain `</stream:stream>`).
+    pub fn stream_error_fatal(&mut self, rec: &[u8], how: &str) -> Fatal {
+        self.close(
+            &mut WriteQueue::new(),
+            b"</stream:stream>",
+            sj::io::End::Answer,
+        );
+        server_error(rec, how)
     }
 
     /// A framing error from the server: answer it with the stream error it
     /// deserves and turn it into the fatal error that ends sj-proxy.
-    pub fn refuse(&self, e: &FrameError) -> Fatal {
+    pub fn refuse(&mut self, e: &FrameError) -> Fatal {
         self.send_stream_error(e.condition.as_str());
-        Fatal::new(PROTOCOL, format!("unable to read from the server: {e}"))
+        refused(e)
     }
 
     fn open_stream(&self, domain: &str, from: Option<&str>) -> Result<(), Fatal> {
@@ -245,13 +319,24 @@ impl Upstream {
 
     /// The next record, with stream errors and stream end as fatal errors.
     fn next_record(&mut self) -> Result<Vec<u8>, Fatal> {
-        match self.next_event(Instant::now() + STEP_TIMEOUT)? {
-            Event::Record(r) => Ok(r),
-            Event::StreamError(r) => Err(self.stream_error_fatal(&r, "closed")),
-            Event::End => Err(Fatal::temporary("the server closed the stream")),
-            Event::Header(_) => {
-                self.send_stream_error("bad-format");
-                Err(Fatal::protocol("the server sent a second stream header"))
+        loop {
+            match self.next_event(Instant::now() + STEP_TIMEOUT)? {
+                Event::Record(r) => return Ok(r),
+                // Negotiation is short: each is logged, none answered.
+                Event::Dropped(d) => sj::log::warn(&describe_dropped(&d)),
+                Event::StreamError(r) => return Err(self.stream_error_fatal(&r, "closed")),
+                Event::End => {
+                    self.close(
+                        &mut WriteQueue::new(),
+                        b"</stream:stream>",
+                        sj::io::End::Answer,
+                    );
+                    return Err(Fatal::temporary("the server closed the stream"));
+                }
+                Event::Header(_) => {
+                    self.send_stream_error("bad-format");
+                    return Err(Fatal::protocol("the server sent a second stream header"));
+                }
             }
         }
     }

@@ -54,6 +54,11 @@ pub struct Limits {
     pub max_attrs: usize,
     /// Bytes in the record as one line, without its LF (see `grown`).
     pub max_line: usize,
+    /// 0: breaking any limit above is a stream error. Otherwise an element
+    /// that breaks one is skipped (checked on the way, never buffered) and
+    /// reported as `Event::Dropped`, as long as it is at most this many
+    /// bytes; past that it is a stream error (policy-violation).
+    pub max_skip: usize,
 }
 
 impl Limits {
@@ -63,14 +68,23 @@ impl Limits {
     pub const DEFAULT: Limits = Limits::new(256 * 1024, 64, 64);
     /// What a server sends after authentication. A server counts its
     /// 256 KiB on what it receives, then serialises the stanza again on the
-    /// way out: Prosody writes a `'` or `"` in text as `&apos;`/`&quot;`,
-    /// 6 bytes for 1, so a contact's 256 KiB stanza can reach us as 1.5 MiB.
-    /// Refusing it would let any contact end the session at will. Such a
-    /// stanza does not grow again on one line (no CDATA, and a byte that
-    /// became 6 is not a line break), so the lines stay within `MAX_LINE`.
+    /// way out: Prosody and ejabberd write a `'` or `"` in text as
+    /// `&apos;`/`&quot;`, 6 bytes for 1, so a contact's 256 KiB stanza can
+    /// reach us as 1.5 MiB, plus what the server adds (a `from` with a
+    /// 1023-byte resource, itself escaped, stanza-id, delay, a carbons or
+    /// archive wrapper): 64 KiB of room for that. Such a stanza does not
+    /// grow again on one line (no CDATA, and a byte that became 6 is not a
+    /// line break), so the lines stay within `MAX_LINE`.
+    ///
+    /// Anything past these limits was sent by a third party the server
+    /// relays, not by the server: it is skipped (`Event::Dropped`), never
+    /// a stream error, or any contact could end the session at will, and a
+    /// stored offline message could end every later one. 16 MiB in one
+    /// element is past anything a server forwards: a stream error.
     pub const FROM_SERVER: Limits = Limits {
-        max_record: 6 * 256 * 1024,
+        max_record: 6 * 256 * 1024 + 64 * 1024,
         max_line: MAX_LINE,
+        max_skip: 16 << 20,
         ..Limits::DEFAULT
     };
 
@@ -81,6 +95,7 @@ impl Limits {
             max_depth,
             max_attrs,
             max_line: grown(max_record),
+            max_skip: 0,
         }
     }
 
@@ -200,6 +215,24 @@ pub enum Event {
     StreamError(Vec<u8>),
     /// `</stream:stream>`.
     End,
+    /// An element skipped for breaking a limit (`Limits::max_skip`).
+    Dropped(Dropped),
+}
+
+/// What is known of a skipped element: why, and what its top-level start
+/// tag said (raw attribute values as sent, when short enough to keep).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// The limit it broke (always policy-violation).
+    pub reason: FrameError,
+    /// Its qualified name, e.g. `message`.
+    pub name: String,
+    pub from: Option<String>,
+    pub id: Option<String>,
+    /// Its `type` attribute.
+    pub kind: Option<String>,
+    /// Its size as received.
+    pub bytes: usize,
 }
 
 /// Whether the input is an XMPP stream or a sequence of bare records
@@ -285,6 +318,9 @@ pub struct Framer {
     /// `scratch` holds the validating pass over the element at `item` up
     /// to its mark.
     pending: Option<Pending>,
+    /// The element being skipped (`Limits::max_skip`): the bytes before
+    /// `pos` went to it, none are kept.
+    skip: Option<Box<Skip>>,
     /// Bytes handed to the validating pass, at most: the tests bound it.
     #[cfg(test)]
     pass_bytes: usize,
@@ -315,6 +351,7 @@ impl Framer {
             err: None,
             scratch: Scratch::default(),
             pending: None,
+            skip: None,
             #[cfg(test)]
             pass_bytes: 0,
         };
@@ -343,6 +380,7 @@ impl Framer {
         self.header = None;
         self.err = None;
         self.pending = None;
+        self.skip = None;
     }
 
     /// Append bytes read from the peer.
@@ -385,11 +423,66 @@ impl Framer {
         if let Some(e) = &self.err {
             return Err(e.clone());
         }
-        match self.step() {
+        let r = match self.skip.is_some() {
+            true => self.skip_step(),
+            false => match self.step() {
+                Err(e) if self.skippable(&e) => {
+                    self.begin_skip(e);
+                    self.skip_step()
+                }
+                r => r,
+            },
+        };
+        match r {
             Ok(ev) => Ok(ev),
             Err(e) => {
                 self.err = Some(e.clone());
                 Err(e)
+            }
+        }
+    }
+
+    /// A limit broken by an element inside the stream, where the limits
+    /// say to skip it. Every limit error is raised while `item` marks the
+    /// element's start.
+    fn skippable(&self, e: &FrameError) -> bool {
+        e.condition == Condition::PolicyViolation
+            && self.limits.max_skip > 0
+            && self.phase == Phase::Body
+            && self.item.is_some()
+    }
+
+    /// Hand the element at `item` to a skipper, from its first byte: the
+    /// skipper checks all of it, so where the limit was noticed does not
+    /// matter, and the element's bytes are let go as they are checked.
+    fn begin_skip(&mut self, reason: FrameError) {
+        let start = self.item.take().unwrap_or(self.pos);
+        self.skip = Some(Box::new(Skip::new(
+            reason,
+            self.limits.max_skip,
+            self.header.as_ref(),
+        )));
+        self.pos = start;
+        self.scan = start;
+        self.depth = 0;
+        self.lex = Lex::Idle;
+        self.pending = None;
+    }
+
+    fn skip_step(&mut self) -> Res<Option<Event>> {
+        let Some(sk) = self.skip.as_mut() else {
+            return Ok(None);
+        };
+        match sk.feed(&self.buf[self.pos..])? {
+            Some(n) => {
+                self.pos += n;
+                self.scan = self.pos;
+                Ok(self.skip.take().map(|sk| Event::Dropped(sk.into_dropped())))
+            }
+            None => {
+                self.pos = self.buf.len();
+                self.scan = self.pos;
+                Ok(None)
             }
         }
     }
@@ -699,7 +792,8 @@ impl Framer {
     }
 
     fn finish_record(&mut self, end: usize) -> Res<Event> {
-        let start = self.item.take().unwrap_or(self.pos);
+        // `item` stays until the record is made: a limit error may skip it.
+        let start = self.item.unwrap_or(self.pos);
         let resume = self.pending.take().is_some_and(|p| p.limits == self.limits);
         #[cfg(test)]
         {
@@ -712,6 +806,7 @@ impl Framer {
             &mut self.scratch,
             resume,
         )?;
+        self.item = None;
         self.pos = end;
         Ok(c.into_event())
     }
@@ -788,6 +883,498 @@ impl Framer {
                 }
                 None
             }
+        }
+    }
+}
+
+/// Levels of a skipped element whose end tags are matched by name: deeper
+/// ones are only counted, so memory stays bounded whatever the depth.
+const SKIP_NAMED_LEVELS: usize = 1024;
+/// Attributes of one tag of a skipped element checked for duplicates.
+const SKIP_ATTR_NAMES: usize = 256;
+/// Longest attribute value of a skipped element's top-level tag kept for
+/// `Dropped` (a `from` with a 1023-byte localpart, domain and resource).
+const SKIP_KEEP_VALUE: usize = 3 * 1024 + 2;
+/// Longest name kept while skipping (to compare with the stream header's
+/// and to name the element); longer names are hashed only.
+const SKIP_KEEP_NAME: usize = 256;
+/// Longest reference (`&...;`) taken while skipping.
+const SKIP_MAX_REF: usize = 64;
+
+/// Where the skipper is, one character at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SkLex {
+    Text,
+    /// In a reference; `quote` is the attribute value's quote, 0 in text.
+    Ref {
+        quote: u8,
+    },
+    Lt,
+    /// After `<!`: how much of `[CDATA[` matched.
+    Bang(u8),
+    Cdata,
+    StartName,
+    InTag {
+        ws: bool,
+    },
+    AttrName,
+    AttrEq,
+    AttrQuote,
+    AttrValue(u8),
+    Slash,
+    EndName,
+    EndWs,
+}
+
+/// The top-level attributes `Dropped` reports.
+const SKIP_ATTRS: [&[u8]; 3] = [b"from", b"id", b"type"];
+
+/// Skips one element that broke a limit without keeping it: a streaming
+/// check, one character at a time, of what the validating pass checks
+/// that does not need the whole element: strict UTF-8 and `Char`s, names,
+/// tag and attribute syntax, duplicate attributes (the first
+/// `SKIP_ATTR_NAMES` of a tag), references, CDATA, restricted XML, end
+/// tags matching start tags (the first `SKIP_NAMED_LEVELS` levels) and no
+/// nested stream header. Not checked: namespace prefixes. Its memory is
+/// bounded by the constants above, not by the element.
+struct Skip {
+    reason: FrameError,
+    max: usize,
+    bytes: usize,
+    lx: SkLex,
+    depth: usize,
+    /// `]` in a row, up to 2 (for `]]>`).
+    brackets: u8,
+    /// UTF-8 decoding: the code point so far, continuation bytes to come,
+    /// and the range the next one must be in.
+    cp: u32,
+    need: u8,
+    lo: u8,
+    hi: u8,
+    /// Hashes of the open elements' names.
+    names: Vec<u64>,
+    /// The name being read: hash, bytes kept, colons, and whether the last
+    /// character was a colon.
+    nh: u64,
+    nbuf: Vec<u8>,
+    nlen: usize,
+    colons: u8,
+    after_colon: bool,
+    /// Hash of the name of the tag being read.
+    tag_hash: u64,
+    /// Hashes of the attribute names of the tag being read.
+    attrs: Vec<u64>,
+    refbuf: Vec<u8>,
+    /// In the element's own start tag.
+    top: bool,
+    /// The stream header's qualified name.
+    header: Option<Vec<u8>>,
+    name: Vec<u8>,
+    /// Which of `SKIP_ATTRS` the value being read is, and the values.
+    capture: Option<usize>,
+    vals: [Option<Vec<u8>>; 3],
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(h: u64, c: char) -> u64 {
+    (h ^ c as u64).wrapping_mul(0x100_0000_01b3)
+}
+
+fn is_xml_ws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+impl Skip {
+    fn new(reason: FrameError, max: usize, header: Option<&Header>) -> Skip {
+        Skip {
+            reason,
+            max,
+            bytes: 0,
+            lx: SkLex::Text,
+            depth: 0,
+            brackets: 0,
+            cp: 0,
+            need: 0,
+            lo: 0,
+            hi: 0,
+            names: Vec::new(),
+            nh: FNV_OFFSET,
+            tag_hash: 0,
+            nbuf: Vec::new(),
+            nlen: 0,
+            colons: 0,
+            after_colon: false,
+            attrs: Vec::new(),
+            refbuf: Vec::new(),
+            top: false,
+            header: header.map(|h| h.qname.clone()),
+            name: Vec::new(),
+            capture: None,
+            vals: [None, None, None],
+        }
+    }
+
+    /// Take bytes of the element (from its `<` on). `Some(n)`: it ended
+    /// after `data[..n]`.
+    fn feed(&mut self, data: &[u8]) -> Res<Option<usize>> {
+        for (i, &b) in data.iter().enumerate() {
+            self.bytes += 1;
+            if self.bytes > self.max {
+                return fail(
+                    Condition::PolicyViolation,
+                    format!("element exceeds {} bytes", self.max),
+                );
+            }
+            let Some(c) = self.decode(b)? else {
+                continue;
+            };
+            if !is_xml_char(c as u32) {
+                return fail(Condition::NotWellFormed, "control character");
+            }
+            if self.char(c)? {
+                return Ok(Some(i + 1));
+            }
+        }
+        Ok(None)
+    }
+
+    fn decode(&mut self, b: u8) -> Res<Option<char>> {
+        let bad = || fail(Condition::NotWellFormed, "invalid UTF-8");
+        if self.need == 0 {
+            if b < 0x80 {
+                return Ok(Some(b as char));
+            }
+            let (need, cp, lo, hi) = match b {
+                0xC2..=0xDF => (1, b & 0x1F, 0x80, 0xBF),
+                0xE0 => (2, 0, 0xA0, 0xBF),
+                0xE1..=0xEC | 0xEE..=0xEF => (2, b & 0x0F, 0x80, 0xBF),
+                0xED => (2, 0x0D, 0x80, 0x9F),
+                0xF0 => (3, 0, 0x90, 0xBF),
+                0xF1..=0xF3 => (3, b & 0x07, 0x80, 0xBF),
+                0xF4 => (3, 4, 0x80, 0x8F),
+                _ => return bad(),
+            };
+            (self.need, self.cp, self.lo, self.hi) = (need, cp as u32, lo, hi);
+            return Ok(None);
+        }
+        if b < self.lo || b > self.hi {
+            return bad();
+        }
+        self.cp = (self.cp << 6) | (b & 0x3F) as u32;
+        self.need -= 1;
+        (self.lo, self.hi) = (0x80, 0xBF);
+        if self.need > 0 {
+            return Ok(None);
+        }
+        match char::from_u32(self.cp) {
+            Some(c) => Ok(Some(c)),
+            None => bad(),
+        }
+    }
+
+    fn name_begin(&mut self, c: char) -> Res<()> {
+        if c == ':' || !is_name_start(c) {
+            return fail(Condition::NotWellFormed, "invalid name");
+        }
+        self.nh = FNV_OFFSET;
+        self.nbuf.clear();
+        self.nlen = 0;
+        self.colons = 0;
+        self.after_colon = false;
+        self.name_push(c);
+        Ok(())
+    }
+
+    fn name_push(&mut self, c: char) {
+        self.nh = fnv(self.nh, c);
+        self.nlen += c.len_utf8();
+        if self.nbuf.len() < SKIP_KEEP_NAME {
+            let mut b = [0u8; 4];
+            self.nbuf
+                .extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+        }
+    }
+
+    /// Whether `c` goes on the name being read (else the name ended).
+    fn name_more(&mut self, c: char) -> Res<bool> {
+        if c == ':' {
+            self.colons += 1;
+            if self.colons > 1 {
+                return fail(Condition::NotWellFormed, "invalid qualified name");
+            }
+            self.after_colon = true;
+        } else if is_name_char(c) {
+            if self.after_colon && !is_name_start(c) {
+                return fail(Condition::NotWellFormed, "invalid qualified name");
+            }
+            self.after_colon = false;
+        } else {
+            if self.after_colon {
+                return fail(Condition::NotWellFormed, "invalid qualified name");
+            }
+            return Ok(false);
+        }
+        self.name_push(c);
+        Ok(true)
+    }
+
+    /// The name just read, if it was kept whole.
+    fn whole_name(&self) -> Option<&[u8]> {
+        (self.nlen == self.nbuf.len()).then_some(self.nbuf.as_slice())
+    }
+
+    /// A start tag ended; true when it was the element's own, self-closing.
+    fn open(&mut self, self_closing: bool) -> bool {
+        self.top = false;
+        self.capture = None;
+        self.lx = SkLex::Text;
+        if self_closing {
+            return self.depth == 0;
+        }
+        self.depth += 1;
+        if self.depth <= SKIP_NAMED_LEVELS {
+            self.names.push(self.tag_hash);
+        }
+        false
+    }
+
+    /// An end tag ended; true when it closed the element.
+    fn close(&mut self) -> Res<bool> {
+        if self.depth == 0 {
+            return fail(Condition::NotWellFormed, "end tag without a start tag");
+        }
+        if self.depth <= SKIP_NAMED_LEVELS && self.names.pop() != Some(self.nh) {
+            return fail(Condition::NotWellFormed, "mismatched end tag");
+        }
+        self.depth -= 1;
+        self.lx = SkLex::Text;
+        Ok(self.depth == 0)
+    }
+
+    /// The start tag's name ended.
+    fn tag_named(&mut self) -> Res<()> {
+        if self.header.is_some() && self.whole_name() == self.header.as_deref() {
+            return fail(Condition::BadFormat, "stream header inside the stream");
+        }
+        self.tag_hash = self.nh;
+        self.attrs.clear();
+        if self.top {
+            self.name = self.nbuf.clone();
+        }
+        Ok(())
+    }
+
+    /// An attribute's name ended.
+    fn attr_named(&mut self) -> Res<()> {
+        let seen = &self.attrs[..self.attrs.len().min(SKIP_ATTR_NAMES)];
+        if seen.contains(&self.nh) {
+            return fail(Condition::NotWellFormed, "duplicate attribute");
+        }
+        if self.attrs.len() < SKIP_ATTR_NAMES {
+            self.attrs.push(self.nh);
+        }
+        self.capture = None;
+        if self.top {
+            if let Some(name) = self.whole_name() {
+                self.capture = SKIP_ATTRS.iter().position(|a| *a == name);
+                if let Some(k) = self.capture {
+                    self.vals[k] = Some(Vec::new());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep `c` of a top-level value being captured, up to the bound.
+    fn keep(&mut self, c: char) {
+        if let Some(k) = self.capture {
+            let over = match &mut self.vals[k] {
+                Some(v) if v.len() + c.len_utf8() <= SKIP_KEEP_VALUE => {
+                    let mut b = [0u8; 4];
+                    v.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+                    false
+                }
+                _ => true,
+            };
+            if over {
+                self.vals[k] = None;
+                self.capture = None;
+            }
+        }
+    }
+
+    /// A reference ended (at `;`) or went wrong: check what it holds.
+    fn reference(&mut self) -> Res<()> {
+        match reference_end(&self.refbuf, 0) {
+            Ok(end) if end == self.refbuf.len() => Ok(()),
+            Ok(_) => fail(Condition::NotWellFormed, "'&' not starting a reference"),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One character; true when it ended the element.
+    fn char(&mut self, c: char) -> Res<bool> {
+        match self.lx {
+            SkLex::Text => match c {
+                '<' => self.lx = SkLex::Lt,
+                '&' => {
+                    self.refbuf.clear();
+                    self.refbuf.push(b'&');
+                    self.lx = SkLex::Ref { quote: 0 };
+                }
+                ']' => self.brackets = (self.brackets + 1).min(2),
+                '>' if self.brackets == 2 => {
+                    return fail(Condition::NotWellFormed, "']]>' in character data")
+                }
+                _ => self.brackets = 0,
+            },
+            SkLex::Ref { quote } => {
+                if quote != 0 {
+                    self.keep(c);
+                }
+                let mut b = [0u8; 4];
+                self.refbuf
+                    .extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+                if c == ';' || !(c == '#' || is_name_char(c)) || self.refbuf.len() > SKIP_MAX_REF {
+                    self.reference()?;
+                    self.brackets = 0;
+                    self.lx = match quote {
+                        0 => SkLex::Text,
+                        q => SkLex::AttrValue(q),
+                    };
+                }
+            }
+            SkLex::Lt => match c {
+                '/' => {
+                    self.nlen = 0;
+                    self.lx = SkLex::EndName;
+                }
+                '!' => self.lx = SkLex::Bang(0),
+                '?' => return fail(Condition::RestrictedXml, "processing instruction"),
+                _ => {
+                    self.top = self.depth == 0;
+                    self.name_begin(c)?;
+                    self.lx = SkLex::StartName;
+                }
+            },
+            SkLex::Bang(k) => {
+                const CDATA: &[u8] = b"[CDATA[";
+                if c as u32 == CDATA[k as usize] as u32 {
+                    self.lx = if k as usize + 1 == CDATA.len() {
+                        self.brackets = 0;
+                        SkLex::Cdata
+                    } else {
+                        SkLex::Bang(k + 1)
+                    };
+                } else {
+                    let what = if k == 0 && c == '-' {
+                        "comment"
+                    } else {
+                        "DTD or markup declaration"
+                    };
+                    return fail(Condition::RestrictedXml, what);
+                }
+            }
+            SkLex::Cdata => match c {
+                ']' => self.brackets = (self.brackets + 1).min(2),
+                '>' if self.brackets == 2 => {
+                    self.brackets = 0;
+                    self.lx = SkLex::Text;
+                }
+                _ => self.brackets = 0,
+            },
+            SkLex::StartName => {
+                if !self.name_more(c)? {
+                    self.tag_named()?;
+                    self.lx = SkLex::InTag { ws: false };
+                    return self.char(c);
+                }
+            }
+            SkLex::InTag { ws } => match c {
+                _ if is_xml_ws(c) => self.lx = SkLex::InTag { ws: true },
+                '>' => return Ok(self.open(false)),
+                '/' => self.lx = SkLex::Slash,
+                _ if !ws => {
+                    return fail(
+                        Condition::NotWellFormed,
+                        "missing whitespace before attribute",
+                    )
+                }
+                _ => {
+                    self.name_begin(c)?;
+                    self.lx = SkLex::AttrName;
+                }
+            },
+            SkLex::AttrName => {
+                if !self.name_more(c)? {
+                    self.attr_named()?;
+                    self.lx = SkLex::AttrEq;
+                    return self.char(c);
+                }
+            }
+            SkLex::AttrEq => match c {
+                _ if is_xml_ws(c) => {}
+                '=' => self.lx = SkLex::AttrQuote,
+                _ => {
+                    return fail(
+                        Condition::NotWellFormed,
+                        "expected '=' after attribute name",
+                    )
+                }
+            },
+            SkLex::AttrQuote => match c {
+                _ if is_xml_ws(c) => {}
+                '\'' | '"' => self.lx = SkLex::AttrValue(c as u8),
+                _ => return fail(Condition::NotWellFormed, "unquoted attribute value"),
+            },
+            SkLex::AttrValue(q) => match c {
+                _ if c as u32 == q as u32 => {
+                    self.capture = None;
+                    self.lx = SkLex::InTag { ws: false };
+                }
+                '<' => return fail(Condition::NotWellFormed, "'<' in attribute value"),
+                '&' => {
+                    self.keep(c);
+                    self.refbuf.clear();
+                    self.refbuf.push(b'&');
+                    self.lx = SkLex::Ref { quote: q };
+                }
+                _ => self.keep(c),
+            },
+            SkLex::Slash => match c {
+                '>' => return Ok(self.open(true)),
+                _ => return fail(Condition::NotWellFormed, "expected '>' after '/'"),
+            },
+            SkLex::EndName => {
+                if self.nlen == 0 {
+                    self.name_begin(c)?;
+                } else if !self.name_more(c)? {
+                    self.lx = SkLex::EndWs;
+                    return self.char(c);
+                }
+            }
+            SkLex::EndWs => match c {
+                _ if is_xml_ws(c) => {}
+                '>' => return self.close(),
+                _ => return fail(Condition::NotWellFormed, "expected '>' in end tag"),
+            },
+        }
+        Ok(false)
+    }
+
+    fn into_dropped(self) -> Dropped {
+        let text = |v: &Option<Vec<u8>>| {
+            v.as_deref()
+                .and_then(|raw| crate::xml::unescape_bytes(raw, true))
+        };
+        Dropped {
+            name: String::from_utf8_lossy(&self.name).into_owned(),
+            from: text(&self.vals[0]),
+            id: text(&self.vals[1]),
+            kind: text(&self.vals[2]),
+            bytes: self.bytes,
+            reason: self.reason,
         }
     }
 }
@@ -2518,6 +3105,244 @@ mod tests {
             .err()
             .map(|e| e.condition)
             .unwrap_or_else(|| panic!("accepted {line}"))
+    }
+
+    /// Feed `input` after the header in chunks of `step` bytes under
+    /// `Limits::FROM_SERVER`; the events after the header, or the error.
+    fn from_server(body: &[u8], step: usize) -> (Vec<Event>, Option<FrameError>) {
+        let mut input = HDR.as_bytes().to_vec();
+        input.extend_from_slice(body);
+        let chunks: Vec<&[u8]> = input.chunks(step.max(1)).collect();
+        let (mut evs, err) = run(Mode::Stream, Limits::FROM_SERVER, &chunks);
+        assert!(matches!(evs.first(), Some(Event::Header(_))));
+        evs.remove(0);
+        (evs, err)
+    }
+
+    fn dropped(ev: &Event) -> &Dropped {
+        match ev {
+            Event::Dropped(d) => d,
+            e => panic!("not dropped: {e:?}"),
+        }
+    }
+
+    const NEXT: &[u8] = b"<message from='c@d/e'><body>next</body></message>";
+
+    #[test]
+    fn from_server_over_a_limit_is_dropped_and_the_stream_goes_on() {
+        let head = "<message from='bob@example.org/r&apos;1' id='x&amp;y' type='chat'>";
+        let deep = format!("{head}{}{}</message>", "<a>".repeat(64), "</a>".repeat(64));
+        let attrs: String = (0..65).map(|i| format!(" a{i}='v'")).collect();
+        let wide = format!("{head}<x{attrs}/></message>");
+        let big = format!("{head}<body>{}</body></message>", "'".repeat(1700 * 1024));
+        let one_tag = format!(
+            "<message from='bob@example.org/r&apos;1' id='x&amp;y' type='chat' v='{}'/>",
+            "v".repeat(1700 * 1024)
+        );
+        for (what, el) in [
+            ("nesting deeper than 64", &deep),
+            ("more than 64 attributes", &wide),
+            ("element exceeds 1638400 bytes", &big),
+            ("element exceeds 1638400 bytes", &one_tag),
+        ] {
+            let mut body = el.as_bytes().to_vec();
+            body.extend_from_slice(NEXT);
+            let want_bytes = el.len();
+            for step in [body.len(), 65536, 4096, 1499, 7] {
+                if step < 1000 && el.len() > 100_000 {
+                    continue;
+                }
+                let (evs, err) = from_server(&body, step);
+                assert_eq!(err, None, "{what} in {step}-byte reads");
+                assert_eq!(evs.len(), 2, "{what} in {step}-byte reads: {evs:?}");
+                let d = dropped(&evs[0]);
+                assert_eq!(d.reason.condition, Condition::PolicyViolation);
+                assert_eq!(d.reason.detail, what);
+                assert_eq!(d.name, "message");
+                assert_eq!(d.from.as_deref(), Some("bob@example.org/r'1"));
+                assert_eq!(d.id.as_deref(), Some("x&y"));
+                assert_eq!(d.kind.as_deref(), Some("chat"));
+                assert_eq!(d.bytes, want_bytes);
+                assert_eq!(evs[1], Event::Record([NEXT, b"\n"].concat()));
+            }
+        }
+        // What is under the limits is delivered as always.
+        let fits = format!(
+            "<message>{}{}</message>",
+            "<a>".repeat(63),
+            "</a>".repeat(63)
+        );
+        let (evs, err) = from_server(fits.as_bytes(), 4096);
+        assert_eq!(err, None);
+        assert!(matches!(&evs[..], [Event::Record(_)]));
+    }
+
+    #[test]
+    fn skipping_holds_no_more_than_a_read() {
+        let mut f = Framer::new(Mode::Stream, Limits::FROM_SERVER);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        f.feed(b"<message><body>");
+        let chunk = vec![b'q'; 65536];
+        // Up to the record limit it is buffered, as any element; once
+        // skipping, a read at a time.
+        let mut most = 0;
+        for _ in 0..(10 << 20) / chunk.len() {
+            let skipping = f.skip.is_some();
+            f.feed(&chunk);
+            if skipping {
+                most = most.max(f.buf.len());
+            }
+            assert_eq!(f.next_event(), Ok(None));
+        }
+        assert!(f.skip.is_some());
+        assert!(most <= 2 * chunk.len(), "held {most} bytes while skipping");
+        f.feed(b"</body></message><presence/>");
+        assert!(matches!(f.next_event(), Ok(Some(Event::Dropped(_)))));
+        assert_eq!(
+            f.next_event(),
+            Ok(Some(Event::Record(b"<presence/>\n".to_vec())))
+        );
+    }
+
+    #[test]
+    fn past_the_skip_bound_is_a_stream_error() {
+        let mut f = Framer::new(Mode::Stream, Limits::FROM_SERVER);
+        f.feed(HDR.as_bytes());
+        assert!(matches!(f.next_event(), Ok(Some(Event::Header(_)))));
+        f.feed(b"<message><body>");
+        let chunk = vec![b'q'; 1 << 20];
+        let e = loop {
+            f.feed(&chunk);
+            match f.next_event() {
+                Ok(None) => {}
+                Ok(Some(e)) => panic!("{e:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.condition, Condition::PolicyViolation);
+        assert_eq!(e.detail, format!("element exceeds {} bytes", 16 << 20));
+        // Deep and unterminated: the same bound.
+        let deep = b"<a>".repeat(6 << 20);
+        let (_, err) = from_server(&deep, 65536);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+    }
+
+    /// The skipper refuses what the validating pass refuses (other than
+    /// namespace prefixes), wherever the reads cut the element.
+    #[test]
+    fn malformed_skipped_elements_are_still_stream_errors() {
+        let deep = |inner: &str| {
+            format!(
+                "<message>{}{inner}{}</message>",
+                "<a>".repeat(65),
+                "</a>".repeat(65)
+            )
+        };
+        let big = |inner: &str| {
+            format!(
+                "<message><body>{}</body>{inner}</message>",
+                "b".repeat(1700 * 1024)
+            )
+        };
+        let cases: Vec<(&str, Condition)> = vec![
+            ("<!-- c -->", Condition::RestrictedXml),
+            ("<?pi x?>", Condition::RestrictedXml),
+            ("<!DOCTYPE x>", Condition::RestrictedXml),
+            ("&nbsp;", Condition::RestrictedXml),
+            ("&#0;", Condition::NotWellFormed),
+            ("a & b", Condition::NotWellFormed),
+            ("a]]>b", Condition::NotWellFormed),
+            ("\u{1}", Condition::NotWellFormed),
+            ("<x>\u{FFFE}</x>", Condition::NotWellFormed),
+            ("<b></c>", Condition::NotWellFormed),
+            ("<1b/>", Condition::NotWellFormed),
+            ("<b a='1' a='2'/>", Condition::NotWellFormed),
+            ("<b a='1'c='2'/>", Condition::NotWellFormed),
+            ("<b a=1/>", Condition::NotWellFormed),
+            ("<b a='<'/>", Condition::NotWellFormed),
+            ("<a:b:c/>", Condition::NotWellFormed),
+            ("<stream:stream>", Condition::BadFormat),
+        ];
+        for (inner, want) in cases {
+            for el in [deep(inner), big(inner)] {
+                for step in [el.len(), 65536, 4093] {
+                    let (_, err) = from_server(el.as_bytes(), step);
+                    assert_eq!(
+                        err.as_ref().map(|e| e.condition),
+                        Some(want),
+                        "{inner:?} in {step}-byte reads: {err:?}"
+                    );
+                }
+            }
+        }
+        // Invalid UTF-8, split over reads or not.
+        for bad in [
+            &b"\xc0\xaf"[..],
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"\xe2\x82<",
+        ] {
+            let mut el = deep("").into_bytes();
+            let at = el.len() - 20;
+            el.splice(at..at, bad.iter().copied());
+            for step in [el.len(), 1, 2, 3] {
+                let (_, err) = from_server(&el, step);
+                assert_eq!(err.map(|e| e.condition), Some(Condition::NotWellFormed));
+            }
+        }
+    }
+
+    #[test]
+    fn well_formed_oddities_in_a_skipped_element() {
+        let inner = "<x a=\"'>\" b='&lt;&#x1F600;&apos;'>é😀]]&gt;<![CDATA[ ]] > ]]]>\
+            &#65;&amp;</x><y\n/><z\t></z   >\r\n";
+        let el = format!(
+            "<message type='headline'>{}{inner}{}</message>",
+            "<a>".repeat(65),
+            "</a>".repeat(65)
+        );
+        let mut body = el.clone().into_bytes();
+        body.extend_from_slice(NEXT);
+        for step in [body.len(), 1, 2, 5, 64] {
+            let (evs, err) = from_server(&body, step);
+            assert_eq!(err, None, "{step}-byte reads");
+            let d = dropped(&evs[0]);
+            assert_eq!((d.from.as_deref(), d.id.as_deref()), (None, None));
+            assert_eq!(d.kind.as_deref(), Some("headline"));
+            assert_eq!(evs[1], Event::Record([NEXT, b"\n"].concat()));
+        }
+    }
+
+    #[test]
+    fn over_the_line_rule_is_dropped_where_limits_skip() {
+        let limits = Limits {
+            max_record: 200,
+            max_line: 150,
+            max_skip: 10_000,
+            ..Limits::DEFAULT
+        };
+        let grows = format!("<m><![CDATA[{}]]></m><n/>", "\n".repeat(20));
+        let (evs, err) = run(Mode::Fragments, limits, &[grows.as_bytes()]);
+        assert_eq!(err, None);
+        assert!(matches!(&evs[..], [Event::Dropped(_), Event::Record(r)] if r == b"<n/>\n"));
+        // Without max_skip it is the stream error it always was.
+        let fatal = Limits {
+            max_skip: 0,
+            ..limits
+        };
+        let (_, err) = run(Mode::Fragments, fatal, &[grows.as_bytes()]);
+        assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+    }
+
+    #[test]
+    fn before_auth_and_by_default_limits_stay_fatal() {
+        for l in [Limits::PRE_AUTH, Limits::DEFAULT] {
+            assert_eq!(l.max_skip, 0);
+            let deep = format!("{HDR}<m>{}</m>", "<a>".repeat(70));
+            let (_, err) = run(Mode::Stream, l, &[deep.as_bytes()]);
+            assert_eq!(err.map(|e| e.condition), Some(Condition::PolicyViolation));
+        }
     }
 
     #[test]

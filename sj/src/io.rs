@@ -300,6 +300,161 @@ impl WriteQueue {
     }
 }
 
+/// How long, and how much of the peer's input, a closing stream waits for
+/// the peer to close its side (`close_stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linger {
+    pub time: std::time::Duration,
+    pub bytes: usize,
+}
+
+impl Linger {
+    /// 2 s and 4 MiB: enough for a peer that was in the middle of a large
+    /// write to finish it and read what we wrote.
+    pub const DEFAULT: Linger = Linger {
+        time: std::time::Duration::from_secs(2),
+        bytes: 4 << 20,
+    };
+}
+
+/// Who ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed its stream first (`</stream:stream>`, a stream
+    /// error): ours is the answer, and nothing more is waited for once it
+    /// is written (input already here is still read).
+    Answer,
+    /// We end it (a stream error, or `</stream:stream>`): the peer is
+    /// waited for.
+    Close,
+}
+
+/// How a `close_stream` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// Bytes of the queue the peer did not take in time.
+    pub unsent: usize,
+    /// Bytes the peer sent after the end, read and thrown away.
+    pub discarded: usize,
+    /// The peer closed its side (EOF) within the bounds.
+    pub peer_closed: bool,
+}
+
+/// End a stream (RFC 6120 §4.4): write what `queue` holds (its last bytes
+/// are the caller's stream error and `</stream:stream>`), shut down the
+/// write side so the peer sees the end, then read and throw away what the
+/// peer still sends until it closes or `linger` is used up, and only then
+/// let the descriptors close.
+///
+/// Closing a socket that has unread input makes the kernel send a TCP
+/// reset, and a reset makes the peer's kernel drop what it had received
+/// and not yet read, the stream error with it; and a peer blocked writing
+/// to us never reads at all. So input is read all along, the queue is
+/// written as the peer takes it, and the socket is closed only once
+/// nothing is left unread.
+///
+/// `wfd` may be the socket `rfd` is (tcpclient, tcpserver: it is shut
+/// down for writing) or a pipe of its own to a wrapper (socat, s6-tlsc,
+/// UCSPI-TLS: it is closed, by putting /dev/null in its place, so the
+/// wrapper sees EOF and the caller's descriptor stays valid). The caller
+/// must hold no other descriptor of that pipe. Both descriptors are
+/// non-blocking.
+///
+/// `end` says who ends the stream (`End`).
+pub fn close_stream(
+    rfd: impl AsFd,
+    wfd: &mut std::os::fd::OwnedFd,
+    queue: &mut WriteQueue,
+    linger: Linger,
+    end: End,
+) -> Closed {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    use std::time::Instant;
+    let deadline = Instant::now() + linger.time;
+    let mut flushed = false;
+    let mut shut = false;
+    let mut eof = false;
+    let mut discarded = 0usize;
+    let mut sink = Vec::with_capacity(CHUNK);
+    loop {
+        if !flushed {
+            flushed = queue.flush(wfd.as_fd()).unwrap_or_else(|_| {
+                // The peer is gone for writing: nothing more will go out.
+                queue.clear();
+                true
+            });
+        }
+        if flushed && !shut {
+            shut_write(wfd);
+            shut = true;
+        }
+        if (shut && eof) || discarded > linger.bytes {
+            break;
+        }
+        if shut && end == End::Answer {
+            // Read what is here (a reset would drop our answer), no more.
+            sink.clear();
+            while let Ok(Read::Data(n)) = read_into(rfd.as_fd(), &mut sink) {
+                discarded += n;
+                sink.clear();
+                if discarded > linger.bytes {
+                    break;
+                }
+            }
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let t = PollTimeout::try_from(deadline - now).unwrap_or(PollTimeout::NONE);
+        let mut fds = Vec::with_capacity(2);
+        if !eof {
+            fds.push(PollFd::new(rfd.as_fd(), PollFlags::POLLIN));
+        }
+        if !flushed {
+            fds.push(PollFd::new(wfd.as_fd(), PollFlags::POLLOUT));
+        }
+        match nix::poll::poll(&mut fds, t) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        drop(fds);
+        if !eof {
+            sink.clear();
+            match read_into(rfd.as_fd(), &mut sink) {
+                Ok(Read::Data(n)) => discarded += n,
+                Ok(Read::WouldBlock) => {}
+                Ok(Read::Eof) | Err(_) => eof = true,
+            }
+        }
+    }
+    if !shut {
+        shut_write(wfd);
+    }
+    Closed {
+        unsent: queue.len(),
+        discarded,
+        peer_closed: eof,
+    }
+}
+
+/// Let the peer see the end of what we write: `shutdown(SHUT_WR)` on a
+/// socket, closing a pipe.
+fn shut_write(wfd: &mut std::os::fd::OwnedFd) {
+    use nix::sys::stat::{fstat, SFlag};
+    let is_socket = fstat(wfd.as_fd())
+        .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK)
+        .unwrap_or(false);
+    if is_socket {
+        let _ = nix::sys::socket::shutdown(wfd.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+        return;
+    }
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(&null, wfd);
+    }
+}
+
 /// Write all of `data` to a blocking descriptor (small control messages).
 pub fn write_all(fd: impl AsFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
@@ -390,6 +545,79 @@ mod tests {
         let expect: Vec<u8> = recs[whole + 1..].concat();
         assert_eq!(next, expect);
         assert_eq!(dead.len() + cut, recs[..=whole].concat().len());
+    }
+
+    /// The peer is in the middle of a large write and reads only once it
+    /// is done: it still gets all we queued, then a clean end (FIN, not a
+    /// reset), and our close waits for its own.
+    #[test]
+    fn close_stream_lets_a_writing_peer_read_the_end() {
+        use std::io::{Read as _, Write as _};
+        use std::os::unix::net::UnixStream;
+        let (ours, mut peer) = UnixStream::pair().expect("socketpair");
+        ours.set_nonblocking(true).expect("nb");
+        let mut wfd: std::os::fd::OwnedFd = ours.try_clone().expect("dup").into();
+        let writer = std::thread::spawn(move || {
+            let sent = peer.write_all(&vec![b'x'; 1 << 20]);
+            let mut got = Vec::new();
+            let read = peer.read_to_end(&mut got);
+            drop(peer);
+            (sent.is_ok(), read.is_ok(), got)
+        });
+        let mut q = WriteQueue::new();
+        q.push(b"<stream:error/></stream:stream>".to_vec());
+        let c = close_stream(&ours, &mut wfd, &mut q, Linger::DEFAULT, End::Close);
+        let (sent, read, got) = writer.join().expect("peer");
+        assert!(sent && read, "the peer's write and read both ended well");
+        assert_eq!(got, b"<stream:error/></stream:stream>");
+        assert_eq!(c.unsent, 0);
+        assert_eq!(c.discarded, 1 << 20);
+        assert!(c.peer_closed);
+    }
+
+    /// A wrapper's pipe is closed, so the wrapper sees EOF after the tail;
+    /// a peer that never closes is waited for no longer than the bound.
+    #[test]
+    fn close_stream_closes_a_pipe_and_is_bounded() {
+        let (our_rd, _peer_wr) = nix::unistd::pipe().expect("pipe");
+        let (peer_rd, mut our_wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&our_rd).expect("nb");
+        set_nonblocking(&our_wr).expect("nb");
+        set_nonblocking(&peer_rd).expect("nb");
+        let mut q = WriteQueue::new();
+        q.push(b"</stream:stream>".to_vec());
+        let t = std::time::Instant::now();
+        let linger = Linger {
+            time: std::time::Duration::from_millis(300),
+            bytes: 1 << 20,
+        };
+        let c = close_stream(&our_rd, &mut our_wr, &mut q, linger, End::Close);
+        assert!(!c.peer_closed);
+        // When the peer ended its stream first, nothing is waited for.
+        let (our_rd, _peer_wr) = nix::unistd::pipe().expect("pipe");
+        let (_peer_rd, mut our_wr) = nix::unistd::pipe().expect("pipe");
+        set_nonblocking(&our_rd).expect("nb");
+        let t2 = std::time::Instant::now();
+        close_stream(
+            &our_rd,
+            &mut our_wr,
+            &mut WriteQueue::new(),
+            linger,
+            End::Answer,
+        );
+        assert!(t2.elapsed() < linger.time);
+        let took = t.elapsed();
+        assert!(took >= linger.time && took < linger.time * 5, "{took:?}");
+        assert!(!c.peer_closed);
+        let mut got = Vec::new();
+        loop {
+            match read_into(&peer_rd, &mut got).expect("read") {
+                Read::Data(_) => {}
+                Read::Eof => break,
+                Read::WouldBlock => panic!("the write end is still open"),
+            }
+        }
+        assert_eq!(got, b"</stream:stream>");
     }
 
     #[test]

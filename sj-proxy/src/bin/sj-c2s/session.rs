@@ -130,6 +130,8 @@ pub struct Session {
     term: Arc<AtomicBool>,
     sig_rd: std::os::unix::net::UnixStream,
     peer_closed: bool,
+    /// Who ends the stream (`sj::io::End`).
+    end: sj::io::End,
 }
 
 fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
@@ -302,14 +304,19 @@ fn claim_name(
 
 impl Session {
     pub fn new(opts: Opts) -> Result<Session, Fatal> {
-        let rfd = io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| io_fatal("dup fd 0", &e))?;
-        let wfd = io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| io_fatal("dup fd 1", &e))?;
+        // Owned, not copies: closing fd 1 when it is a pipe must close the
+        // last descriptor of it in this process (`sj::io::close_stream`).
+        for n in [0, 1] {
+            // SAFETY: only asks whether the descriptor is open.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
+            if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) {
+                return Err(io_fatal(format!("use fd {n}"), &e.into()));
+            }
+        }
+        // SAFETY: fds 0 and 1 are the wrapper's connection, open (checked
+        // above) and used by nothing else here: nothing in sj-c2s prints
+        // to stdout.
+        let (rfd, wfd) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
         sj::io::set_nonblocking(&rfd).map_err(|e| io_fatal("set fd 0 non-blocking", &e))?;
         sj::io::set_nonblocking(&wfd).map_err(|e| io_fatal("set fd 1 non-blocking", &e))?;
 
@@ -389,6 +396,7 @@ impl Session {
             term,
             sig_rd,
             peer_closed: false,
+            end: sj::io::End::Close,
         })
     }
 
@@ -430,6 +438,7 @@ impl Session {
         self.send(format!(
             "<stream:error><{cond} xmlns='{NS_STREAMS_ERR}'/></stream:error></stream:stream>"
         ));
+        self.end = sj::io::End::Close;
         let r = if code == 0 {
             Ok(())
         } else {
@@ -997,8 +1006,12 @@ impl Session {
                         String::from_utf8_lossy(&rec).trim_end()
                     ));
                     self.send("</stream:stream>");
+                    self.end = sj::io::End::Answer;
                     return self.finish_with(Ok(()));
                 }
+                // Client streams never skip (their limits are fatal): the
+                // client is the peer itself.
+                Event::Dropped(d) => return self.on_frame_error(d.reason),
                 Event::End => {
                     if !self.header_sent {
                         let h = self.header();
@@ -1006,6 +1019,7 @@ impl Session {
                         self.header_sent = true;
                     }
                     self.send("</stream:stream>");
+                    self.end = sj::io::End::Answer;
                     return self.finish_with(Ok(()));
                 }
             }
@@ -1179,8 +1193,21 @@ impl Session {
             sj::log::info(&format!("{} left", c.tr.full));
             drop(c);
         }
-        if !self.peer_closed {
-            let _ = self.drain_client(Duration::from_secs(2));
+        // Every close path ends here: what is queued (the stream error and
+        // `</stream:stream>` among it), then the lingering close. A peer
+        // that is gone makes it short (EOF, or EPIPE on write).
+        let c = sj::io::close_stream(
+            &self.rfd,
+            &mut self.wfd,
+            &mut self.to_client,
+            sj::io::Linger::DEFAULT,
+            self.end,
+        );
+        if c.unsent > 0 && !self.peer_closed {
+            sj::log::warn(&format!(
+                "closing the stream with {} bytes the client did not take",
+                c.unsent
+            ));
         }
         self.done.take().unwrap_or(Ok(()))
     }
