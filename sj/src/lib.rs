@@ -13,6 +13,7 @@
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
 
+pub mod archive;
 pub mod child;
 pub mod daemon;
 pub mod escape;
