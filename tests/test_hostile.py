@@ -768,7 +768,7 @@ def live_runs(base, request):
             end_problems.append(f"daemons restarted: {live.pids} -> {after}")
         if not stat.S_ISFIFO(os.stat(os.path.join(live.dir, "in")).st_mode):
             end_problems.append("DIR/in is no longer a FIFO")
-        if not (file_text(os.path.join(live.dir, "state")) or "").startswith("online "):
+        if not (file_text(os.path.join(live.dir, "state")) or "").startswith("online\t"):
             end_problems.append("DIR/state is not online")
         with open(os.path.join(live.dir, "passwd"), "rb") as f:
             if f.read() != live.passwd:

@@ -183,7 +183,7 @@ def test_hostile_contact_names_stay_in_dir(proxy, contact):
     assert set(os.listdir(parent)) == before
     assert not os.path.exists(os.path.join(parent, "escape"))
     reserved = {"in", "out", "state", "mypresence", "roster", "passwd", "iq", "iq.d",
-                "clients", "presence", "subscriptions"}
+                "clients", "presence", "subscriptions", "lock", "auth-failures"}
     real = os.path.realpath(p.dir)
     for name in os.listdir(p.dir):
         path = os.path.join(p.dir, name)

@@ -18,7 +18,7 @@ from sjtest.proxy import JC, local, sj_bin
 
 CARBONS = "{urn:xmpp:carbons:2}"
 FORWARD = "{urn:xmpp:forward:0}"
-STATE_RE = re.compile(r"^online (alice@localhost/\S+) "
+STATE_RE = re.compile(r"^online\t(alice@localhost/[^\t\n]+)\t"
                       r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)\n?$")
 
 

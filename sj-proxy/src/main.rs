@@ -12,6 +12,8 @@ mod router;
 mod upstream;
 
 use sj::exit::{Fatal, OK};
+use sj::jid::Jid;
+use sj::state::Word;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -131,10 +133,8 @@ fn prompt_password() -> Result<String, Fatal> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn write_state(dir: &std::path::Path, state: &str, jid: &str) {
-    let now = sj::time::utc_iso(std::time::SystemTime::now());
-    let line = format!("{state} {jid} {now}\n");
-    if let Err(e) = sj::fifo::write_atomic(&dir.join("state"), line.as_bytes()) {
+fn write_state(dir: &std::path::Path, word: Word, jid: &Jid) {
+    if let Err(e) = sj::state::write(dir, word, jid) {
         sj::log::warn(&format!(
             "unable to write {}/state: {}",
             dir.display(),
@@ -147,7 +147,10 @@ fn run() -> Result<(), Fatal> {
     sj::log::init("sj-proxy");
     let args = parse_args()?;
     sj::log::set_verbose(args.verbose);
-    let jid = sj::jid::Jid::parse(&args.jid)
+    let mut fds = vec![6, 7];
+    fds.extend(args.notify_fd);
+    let inherited = upstream::Inherited::claim(&fds)?;
+    let jid = Jid::parse(&args.jid)
         .map_err(|e| Fatal::permanent(format!("unable to use {}: {e}", args.jid)))?;
     let bare = jid.bare();
     let dir = match &args.dir {
@@ -159,7 +162,26 @@ fn run() -> Result<(), Fatal> {
         }
     };
     sj::fifo::make_dir(&dir).map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
-    let password = read_password(&args)?;
+    // One owner per DIR, for our whole life: a second sj-proxy (or a
+    // supervisor's twin) stops here. Then the state is made truthful
+    // before anything else can fail: whatever an earlier owner left
+    // (`online` after a SIGKILL) is replaced.
+    let _lock = sj::lock::acquire(&dir)?;
+    write_state(&dir, Word::Connecting, &bare);
+    let result = session(&args, &jid, &dir, inherited);
+    write_state(&dir, Word::Offline, &bare);
+    result
+}
+
+/// Everything after the lock: the password, the upstream session, the
+/// daemons and the routing, until the session ends.
+fn session(
+    args: &Args,
+    jid: &Jid,
+    dir: &std::path::Path,
+    mut inherited: upstream::Inherited,
+) -> Result<(), Fatal> {
+    let password = read_password(args)?;
     let resource = args
         .resource
         .clone()
@@ -200,8 +222,8 @@ fn run() -> Result<(), Fatal> {
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
         .map_err(|e| Fatal::io("set a signal handler", &e))?;
 
-    let rfd = upstream::inherit_fd(6, "reading from the server")?;
-    let wfd = upstream::inherit_fd(7, "writing to the server")?;
+    let rfd = inherited.take(6, "reading from the server")?;
+    let wfd = inherited.take(7, "writing to the server")?;
     sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set fd 6 non-blocking", &e))?;
     // The router never blocks on the server: fd 7 may be a pipe of its own
     // (socat, s6-tlsc), not just the socket fd 6 shares.
@@ -209,7 +231,6 @@ fn run() -> Result<(), Fatal> {
     let tls = args.tls || upstream::wrapper_did_tls();
     let mut up = upstream::Upstream::new(rfd, wfd, tls, Arc::clone(&stop));
 
-    write_state(&dir, "connecting", &bare.to_string());
     let creds = upstream::Credentials {
         jid: jid.clone(),
         password,
@@ -218,7 +239,6 @@ fn run() -> Result<(), Fatal> {
     let session = match up.negotiate(&creds) {
         Ok(s) => s,
         Err(e) => {
-            write_state(&dir, "offline", &bare.to_string());
             // Every way out closes the stream (a no-op where it is closed).
             up.close(
                 &mut sj::io::WriteQueue::new(),
@@ -243,22 +263,21 @@ fn run() -> Result<(), Fatal> {
         domain: session.full.domain().to_string(),
     };
     let opts = router::Options {
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         verbose: args.verbose,
         keepalive: Duration::from_secs(args.keepalive),
         keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),
     };
     let mut router = router::Router::new(up, acct, sig_r, opts)?;
     router.start_daemons();
-    write_state(&dir, "online", &full);
+    write_state(dir, Word::Online, &session.full);
     if let Some(fd) = args.notify_fd {
-        let owned = upstream::inherit_fd(fd, "the readiness notification")?;
+        let owned = inherited.take(fd, "the readiness notification")?;
         let _ = sj::io::write_all(&owned, b"\n");
     }
     router.route_early(session.early);
     let result = router.run();
     router.shutdown_children();
-    write_state(router.dir(), "offline", &bare.to_string());
     match result {
         Err(e) if e.code == OK => Ok(()),
         r => r,

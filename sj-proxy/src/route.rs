@@ -144,6 +144,17 @@ fn carbon_child(el: &Element) -> bool {
 /// Routing of a record that came from upstream.
 pub fn from_upstream(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
     let name = xml::name(rec).unwrap_or("");
+    // The control contact lives in sj-c2s and never on the server: anything
+    // the server sends in its name (a bounce of a stanza that leaked, or a
+    // forgery) would reach clients as if the proxy had said it.
+    if let Some(from) = xml::attr(rec, "from").filter(|f| sj::jid::is_control(f)) {
+        return vec![(
+            Dest::Drop(format!(
+                "<{name}> from {from} (the control contact) from the server"
+            )),
+            Vec::new(),
+        )];
+    }
     match name {
         "message" => {
             if mentions(rec, &CARBONS) {
@@ -279,6 +290,18 @@ pub fn from_local(
             Vec::new(),
         )];
     }
+    // The control contact answers in sj-c2s and is never on the server: a
+    // stanza to it from a raw client, DIR/in or a daemon would go upstream
+    // (and into the out log as a sent message) for nothing.
+    if let Some(to) = xml::attr(rec, "to").filter(|t| sj::jid::is_control(t)) {
+        return vec![(
+            Dest::Drop(format!(
+                "<{name}> to {to} (the control contact) from {}: it answers clients of sj-c2s only",
+                who(origin)
+            )),
+            Vec::new(),
+        )];
+    }
     // Origin stamp: what a client says about itself is never believed.
     let mut rec = match origin {
         Origin::Client(_) | Origin::In => xml::set_attr(rec, "from", &acct.origin_jid(origin)),
@@ -333,6 +356,15 @@ pub fn from_local(
     out
 }
 
+/// The sender of a local record, for log lines.
+fn who(origin: &Origin) -> String {
+    match origin {
+        Origin::Daemon => "a daemon".to_string(),
+        Origin::In => "DIR/in".to_string(),
+        Origin::Client(n) => format!("client {n}"),
+    }
+}
+
 /// A stanza too large for the server is never sent (DESIGN §8): refused
 /// with a log line, and a client that sent it gets a policy-violation
 /// error (RFC 6120 §8.3.3.12), unless it was an error itself (§8.3.1).
@@ -344,13 +376,9 @@ fn too_large(
     rec: &[u8],
     size: usize,
 ) -> Vec<(Dest, Vec<u8>)> {
-    let who = match origin {
-        Origin::Daemon => "a daemon".to_string(),
-        Origin::In => "DIR/in".to_string(),
-        Origin::Client(n) => format!("client {n}"),
-    };
     let why = format!(
-        "policy-violation: a <{name}> of {size} bytes from {who}, the server takes at most {SERVER_MAX}"
+        "policy-violation: a <{name}> of {size} bytes from {}, the server takes at most {SERVER_MAX}",
+        who(origin)
     );
     let mut out = vec![(Dest::Drop(why), Vec::new())];
     let is_error = xml::attr(rec, "type").as_deref() == Some("error");
@@ -631,6 +659,44 @@ mod tests {
         let ok = b"<message xmlns='jabber:client' to='bob@localhost' type='chat'/>\n";
         assert_eq!(
             from_local(&acct(), &Origin::In, ok, |_| true)[0].0,
+            Dest::Upstream
+        );
+    }
+
+    #[test]
+    fn control_contact_never_crosses_the_upstream_link() {
+        for r in [
+            &b"<message from='sj-proxy@control.invalid' to='alice@localhost/sj' type='error'><body>status</body></message>\n"[..],
+            b"<message from='SJ-Proxy@Control.Invalid/x' type='chat'><body>kicked</body></message>\n",
+            b"<presence from='sj-proxy@control.invalid'/>\n",
+            b"<iq type='get' id='v' from='sj-proxy@control.invalid/r'><query xmlns='jabber:iq:version'/></iq>\n",
+        ] {
+            assert!(
+                matches!(&from_upstream(&acct(), r)[..], [(Dest::Drop(why), _)] if why.contains("control contact")),
+                "{}",
+                String::from_utf8_lossy(r)
+            );
+        }
+        let to =
+            b"<message to='sj-proxy@control.invalid' type='chat'><body>status</body></message>\n";
+        for o in [Origin::Daemon, Origin::In, Origin::Client("raw".into())] {
+            assert!(
+                matches!(
+                    &from_local(&acct(), &o, to, |_| true)[..],
+                    [(Dest::Drop(_), _)]
+                ),
+                "{o:?}"
+            );
+        }
+        let p = b"<presence to='sj-proxy@control.invalid/x' type='subscribe'/>\n";
+        assert!(matches!(
+            &from_local(&acct(), &Origin::In, p, |_| true)[..],
+            [(Dest::Drop(_), _)]
+        ));
+        // Look-alikes are ordinary contacts.
+        let r = b"<message to='sj-proxy@control.invalid.example' type='chat'><body>x</body></message>\n";
+        assert_eq!(
+            from_local(&acct(), &Origin::In, r, |_| true)[0].0,
             Dest::Upstream
         );
     }

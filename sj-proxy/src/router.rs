@@ -12,7 +12,7 @@ use sj::framer::{canonical_record, Dropped, Event, Limits};
 use sj::io::{LineReader, Read, WriteQueue};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Stop reading local sources while this much waits for the server.
@@ -847,10 +847,6 @@ impl Router {
         for r in early {
             self.route_upstream(&r);
         }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.opts.dir
     }
 
     /// On the way out (any reason): stop the daemons, give them a moment.

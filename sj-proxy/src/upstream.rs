@@ -49,15 +49,24 @@ pub struct Credentials {
 
 /// Take ownership of a descriptor number inherited from the wrapper.
 pub fn inherit_fd(n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
+    own_fd(n, what)?.ok_or_else(|| not_given(n, what))
+}
+
+fn not_given(n: RawFd, what: &str) -> Fatal {
+    Fatal::permanent(format!(
+        "unable to use fd {n} ({what}): not open; run sj-proxy under a UCSPI client (tcpclient, s6-tlsc, socat ...,fdin=6,fdout=7)"
+    ))
+}
+
+/// The descriptor `n` if it is open, made close-on-exec.
+fn own_fd(n: RawFd, what: &str) -> Result<Option<OwnedFd>, Fatal> {
     if nix::fcntl::fcntl(
         unsafe { BorrowedFd::borrow_raw(n) },
         nix::fcntl::FcntlArg::F_GETFD,
     )
     .is_err()
     {
-        return Err(Fatal::permanent(format!(
-            "unable to use fd {n} ({what}): not open; run sj-proxy under a UCSPI client (tcpclient, s6-tlsc, socat ...,fdin=6,fdout=7)"
-        )));
+        return Ok(None);
     }
     // SAFETY: the descriptor is open (checked above) and nothing else in this
     // process owns it: it was inherited from the wrapper.
@@ -69,7 +78,33 @@ pub fn inherit_fd(n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|e| Fatal::io(format!("set close-on-exec on fd {n} ({what})"), &e.into()))?;
-    Ok(fd)
+    Ok(Some(fd))
+}
+
+/// The descriptors the wrapper hands over by number (6, 7, the readiness
+/// fd), taken before this process opens any of its own: a descriptor of
+/// ours (DIR/lock, a signal pipe) could otherwise get a number the wrapper
+/// left closed and pass for the server connection. A missing one is an
+/// error only when it is asked for, so errors keep their order.
+pub struct Inherited(Vec<(RawFd, Option<OwnedFd>)>);
+
+impl Inherited {
+    pub fn claim(numbers: &[RawFd]) -> Result<Inherited, Fatal> {
+        let mut v = Vec::with_capacity(numbers.len());
+        for &n in numbers {
+            v.push((n, own_fd(n, "an inherited descriptor")?));
+        }
+        Ok(Inherited(v))
+    }
+
+    /// The descriptor `n` claimed at startup.
+    pub fn take(&mut self, n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
+        self.0
+            .iter_mut()
+            .find(|(m, _)| *m == n)
+            .and_then(|(_, fd)| fd.take())
+            .ok_or_else(|| not_given(n, what))
+    }
 }
 
 fn env_fd(name: &str) -> Option<RawFd> {

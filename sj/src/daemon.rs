@@ -12,13 +12,16 @@ use std::path::PathBuf;
 ///
 /// JID: the argument, else a non-empty `SJ_JID`. DIR: `-d`, else a
 /// non-empty `SJ_DIR`, else `$HOME/xmpp/BARE`. Errors are permanent (exit
-/// 100) and end with `usage`.
+/// 100) and end with `usage`. A DIR that a live sj-proxy other than our
+/// parent owns is refused with exit 111 (`sj::lock::check_daemon`).
 pub fn resolve(
     dir: Option<PathBuf>,
     jid: Option<String>,
     usage: &str,
 ) -> Result<(PathBuf, Jid), Fatal> {
-    resolve_from(dir, jid, usage, &|k| std::env::var_os(k))
+    let (dir, jid) = resolve_from(dir, jid, usage, &|k| std::env::var_os(k))?;
+    crate::lock::check_daemon(&dir)?;
+    Ok((dir, jid))
 }
 
 /// The JID text alone: the argument, else a non-empty `SJ_JID` (for a
@@ -28,9 +31,11 @@ pub fn jid(jid: Option<String>, usage: &str) -> Result<String, Fatal> {
 }
 
 /// The account directory alone: `-d`, else a non-empty `SJ_DIR`, else
-/// `$HOME/xmpp/BARE`.
+/// `$HOME/xmpp/BARE`; refused like `resolve`'s when another sj-proxy owns it.
 pub fn dir(dir: Option<PathBuf>, bare: &str, usage: &str) -> Result<PathBuf, Fatal> {
-    dir_from(dir, bare, usage, &|k| std::env::var_os(k))
+    let dir = dir_from(dir, bare, usage, &|k| std::env::var_os(k))?;
+    crate::lock::check_daemon(&dir)?;
+    Ok(dir)
 }
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;

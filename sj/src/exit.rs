@@ -59,12 +59,16 @@ impl fmt::Display for Fatal {
 impl std::error::Error for Fatal {}
 
 /// The one place a `main` turns its outcome into an exit code: `Ok` is 0, a
-/// `Fatal` is logged as `prog: fatal: msg` and exits with its code.
+/// `Fatal` is logged as `prog: fatal: msg` and exits with its code. A
+/// `Fatal` with an empty message exits without a line: what it ends was
+/// logged already, or deliberately not (rate-limited lines).
 pub fn finish(result: Result<(), Fatal>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(OK),
         Err(e) => {
-            crate::log::fatal(&e.msg);
+            if !e.msg.is_empty() {
+                crate::log::fatal(&e.msg);
+            }
             ExitCode::from(e.code)
         }
     }

@@ -157,22 +157,119 @@ pub fn chmod_private(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
 }
 
-/// Write `data` to `path` atomically: temp file in the same directory with
-/// mode 0600, then rename over the old one.
+/// Write `data` to `path` atomically: a temporary file in the same
+/// directory, then a rename over the old one, so a reader sees the old
+/// file or the new one, never half of one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    drop(f);
-    fs::rename(&tmp, path)
+    replace(path, data, false)
+}
+
+/// `write_atomic`, durable: the file is synced before the rename and the
+/// directory after it (for credentials, which must survive a crash).
+pub fn write_durable(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// The one way a file in DIR is replaced. The temporary file is created
+/// `O_CREAT|O_EXCL|O_NOFOLLOW|O_CLOEXEC`, mode 0600, under a name with 64
+/// random bits: nothing planted in the directory (a symlink, a FIFO, a
+/// file of someone else's) is ever opened or written through, and the
+/// temporary file is removed on any failure.
+fn replace(path: &Path, data: &[u8], durable: bool) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let (tmp, fd) = create_temp(path, name)?;
+    let result = (|| {
+        crate::io::write_all(&fd, data)?;
+        if durable {
+            nix::unistd::fsync(&fd)?;
+        }
+        drop(fd);
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if durable {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Create `path` holding `data` unless something is there already: the
+/// file appears whole or not at all (a temporary file, then `link(2)`,
+/// which never replaces). `Ok(false)` when `path` existed.
+pub fn write_new(path: &Path, data: &[u8]) -> io::Result<bool> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let (tmp, fd) = create_temp(path, name)?;
+    let result = crate::io::write_all(&fd, data)
+        .and_then(|()| nix::unistd::fsync(&fd).map_err(io::Error::from))
+        .and_then(|()| fs::hard_link(&tmp, path));
+    drop(fd);
+    let _ = fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A new temporary file beside `path`, opened for writing; its path.
+fn create_temp(path: &Path, name: &str) -> io::Result<(PathBuf, OwnedFd)> {
+    let mut last = io::Error::from(io::ErrorKind::AlreadyExists);
+    for _ in 0..8 {
+        let tmp = path.with_file_name(format!(
+            ".{name}.tmp.{}.{:016x}",
+            std::process::id(),
+            unique()
+        ));
+        match open(
+            &tmp,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_EXCL
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => {
+                // The mode asked for, whatever the umask took away.
+                nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o600))?;
+                return Ok((tmp, fd));
+            }
+            // Someone else's file under our name: try another name.
+            Err(Errno::EEXIST) => last = Errno::EEXIST.into(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last)
+}
+
+/// 64 bits no other process can guess: the OS generator, or if it fails the
+/// time and a counter (O_EXCL still refuses whatever is in the way).
+fn unique() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_ok() {
+        return u64::from_le_bytes(b);
+    }
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(48)
 }
 
 /// The clients registered under `DIR/clients`: a subdirectory whose `in`
@@ -368,6 +465,38 @@ mod tests {
         fs::remove_file(&p).expect("rm");
         assert!(f.read().is_err());
         assert!(f.fd().is_none());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn write_atomic_never_writes_through_what_is_planted() {
+        let d = tmpdir("atomic");
+        let target = d.join("target");
+        fs::write(&target, b"untouched").expect("write");
+        // Every name a pid-only scheme could pick, planted as a symlink.
+        let planted = d.join(format!(".state.tmp.{}", std::process::id()));
+        std::os::unix::fs::symlink(&target, &planted).expect("symlink");
+        write_atomic(&d.join("state"), b"new\n").expect("write");
+        assert_eq!(fs::read(&target).expect("read"), b"untouched");
+        assert_eq!(fs::read(d.join("state")).expect("read"), b"new\n");
+        let meta = fs::symlink_metadata(d.join("state")).expect("stat");
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        write_durable(&d.join("state"), b"again\n").expect("write");
+        assert_eq!(fs::read(d.join("state")).expect("read"), b"again\n");
+        // Nothing left behind but what was planted.
+        let mut names: Vec<_> = fs::read_dir(&d)
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        // A failed write removes its temporary file: a directory in the way.
+        fs::create_dir(d.join("blocked")).expect("mkdir");
+        fs::write(d.join("blocked/x"), b"").expect("w");
+        assert!(write_atomic(&d.join("blocked"), b"x").is_err());
+        let after = fs::read_dir(&d).expect("ls").count();
+        assert_eq!(after, 4);
         fs::remove_dir_all(&d).ok();
     }
 

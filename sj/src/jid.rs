@@ -177,6 +177,112 @@ fn check_domain(d: &str) -> Result<String, JidError> {
     Ok(lower)
 }
 
+/// The control contact's reserved JID: `.invalid` never resolves (RFC
+/// 2606), so nothing addressed to it can mean a real entity. sj-c2s answers
+/// it; sj-proxy never lets a stanza to or from it cross the upstream link.
+pub const CONTROL: &str = "sj-proxy@control.invalid";
+
+impl Jid {
+    /// Is this the control contact (any resource)?
+    pub fn is_control(&self) -> bool {
+        self.local.as_deref() == Some("sj-proxy") && self.domain == "control.invalid"
+    }
+}
+
+/// Is `jid` (a JID as written in a stanza) the control contact, any case,
+/// any resource?
+pub fn is_control(jid: &str) -> bool {
+    Jid::parse(jid).is_ok_and(|j| j.is_control())
+}
+
+/// The rule for a resource a client asks to bind: the part of PRECIS
+/// OpaqueString (RFC 8265 §4.2, as RFC 7622 §3.4 uses it) that needs no
+/// Unicode tables, refusing where PRECIS would map, so that what is bound
+/// is exactly what another client sees.
+///
+/// Refused: control characters; format characters (zero-width spaces and
+/// joiners, bidi embeddings, overrides and isolates, the BOM, tags, ...) and
+/// the other default-ignorable code points (variation selectors, Hangul
+/// fillers, ...), which show as nothing; private-use code points and
+/// noncharacters; white space other than U+0020, and U+0020 at either end
+/// (PRECIS would map or keep them invisible); and characters that NFC would
+/// change, which make two look-alike names of one: the combining marks of
+/// the Latin, Greek and Cyrillic scripts (U+0300-U+036F, U+1AB0-U+1AFF,
+/// U+1DC0-U+1DFF, U+20D0-U+20FF, U+FE20-U+FE2F: write `é`, not `e` +
+/// U+0301), Hangul conjoining jamo (PRECIS disallows them), and the
+/// canonical singletons and composition exclusions (the ohm, kelvin and
+/// angstrom signs, CJK compatibility ideographs, ...). Not checked, for
+/// want of tables: unassigned code points, and marks of other scripts that
+/// NFC would compose (a name with them is bound as it is, byte for byte).
+pub fn resource_allowed(r: &str) -> Result<(), JidError> {
+    check_resource(r)?;
+    if r.starts_with(' ') || r.ends_with(' ') {
+        return Err(JidError("space at either end of resourcepart"));
+    }
+    for c in r.chars() {
+        if c != ' ' && c.is_whitespace() {
+            return Err(JidError("white space other than U+0020 in resourcepart"));
+        }
+        let why = match u32::from(c) {
+            _ if c.is_control() => "control character in resourcepart",
+            n if invisible(n) => {
+                "invisible (format or default-ignorable) character in resourcepart"
+            }
+            0xE000..=0xF8FF | 0xF0000..=0xFFFFD | 0x100000..=0x10FFFD => {
+                "private-use character in resourcepart"
+            }
+            0xFDD0..=0xFDEF => "noncharacter in resourcepart",
+            n if n & 0xFFFE == 0xFFFE => "noncharacter in resourcepart",
+            n if combining(n) => "combining mark in resourcepart (use the precomposed character)",
+            0x1100..=0x11FF | 0xA960..=0xA97F | 0xD7B0..=0xD7FF => {
+                "Hangul conjoining jamo in resourcepart"
+            }
+            n if nfc_changes(n) => "character that NFC replaces in resourcepart",
+            _ => continue,
+        };
+        return Err(JidError(why));
+    }
+    Ok(())
+}
+
+/// General category Cf and the other Default_Ignorable_Code_Point
+/// characters (Unicode 15): they render as nothing.
+fn invisible(n: u32) -> bool {
+    matches!(n,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5
+        | 0x180B..=0x180F | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F
+        | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB
+        | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890 | 0x0891 | 0x08E2
+        | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// Combining marks of the scripts with precomposed letters.
+fn combining(n: u32) -> bool {
+    matches!(n,
+        0x0300..=0x036F | 0x0483..=0x0489 | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF
+        | 0x20D0..=0x20FF | 0x302A..=0x302F | 0x3099 | 0x309A | 0xFE20..=0xFE2F)
+}
+
+/// Characters NFC replaces by others on their own (canonical singletons
+/// and composition exclusions outside the ranges refused above).
+fn nfc_changes(n: u32) -> bool {
+    matches!(n,
+        0x0340 | 0x0341 | 0x0343 | 0x0344 | 0x0374 | 0x037E | 0x0387
+        | 0x0958..=0x095F | 0x09DC | 0x09DD | 0x09DF | 0x0A33 | 0x0A36
+        | 0x0A59..=0x0A5B | 0x0A5E | 0x0B5C | 0x0B5D | 0x0F43 | 0x0F4D
+        | 0x0F52 | 0x0F57 | 0x0F5C | 0x0F69 | 0x0F73 | 0x0F75 | 0x0F76
+        | 0x0F78 | 0x0F81 | 0x0F93 | 0x0F9D | 0x0FA2 | 0x0FA7 | 0x0FAC
+        | 0x0FB9 | 0x1F71 | 0x1F73 | 0x1F75 | 0x1F77 | 0x1F79 | 0x1F7B
+        | 0x1F7D | 0x1FBB | 0x1FBE | 0x1FC9 | 0x1FCB | 0x1FD3 | 0x1FDB
+        | 0x1FE3 | 0x1FEB | 0x1FEE | 0x1FEF | 0x1FF9 | 0x1FFB | 0x1FFD
+        | 0x2000 | 0x2001 | 0x2126 | 0x212A | 0x212B | 0x2329 | 0x232A
+        | 0x2ADC | 0xF900..=0xFA0D | 0xFA10 | 0xFA12 | 0xFA15..=0xFA1E
+        | 0xFA20 | 0xFA22 | 0xFA25 | 0xFA26 | 0xFA2A..=0xFAD9
+        | 0xFB1D | 0xFB1F | 0xFB2A..=0xFB4E | 0x1D15E..=0x1D164
+        | 0x1D1BB..=0x1D1C0 | 0x2F800..=0x2FA1D)
+}
+
 impl fmt::Display for Jid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Plain write_str: `write!` ran the format machinery per part, and
@@ -326,6 +432,59 @@ mod tests {
             assert_eq!(ok(&j.to_string()), j, "{s}");
         }
         assert_eq!(ok("a@\u{212A}.example").domain(), "k.example");
+    }
+
+    #[test]
+    fn resource_rule_refuses_invisible_and_look_alike_names() {
+        for good in [
+            "phone",
+            "Phone-2",
+            "телефон",
+            "my laptop",
+            "caf\u{e9}",
+            "\u{d55c}\u{ad6d}",
+            "\u{3a9}mega",
+            "emoji \u{1f600}",
+            "a/b",
+        ] {
+            assert_eq!(resource_allowed(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            " lead",
+            "trail ",
+            "a\u{a0}b",
+            "a\u{3000}b",
+            "a\u{2028}b",
+            "a\tb",
+            "zero\u{200b}width",
+            "joiner\u{200d}",
+            "\u{feff}bom",
+            "\u{202e}txet",
+            "\u{2067}iso",
+            "soft\u{ad}hyphen",
+            "vs\u{fe0f}",
+            "tag\u{e0041}",
+            "cafe\u{301}",
+            "\u{1112}\u{1161}\u{11ab}",
+            "\u{2126}",
+            "\u{212b}ngstrom",
+            "\u{e000}",
+            "\u{fdd0}",
+            "\u{1fffe}",
+            "\u{f900}",
+        ] {
+            assert!(resource_allowed(bad).is_err(), "{bad:?} allowed");
+        }
+    }
+
+    #[test]
+    fn control_contact_any_case_any_resource() {
+        assert!(is_control(CONTROL));
+        assert!(is_control("SJ-Proxy@Control.Invalid/x y"));
+        assert!(!is_control("sj-proxy@control.invalid.example"));
+        assert!(!is_control("control.invalid"));
+        assert!(!is_control("bob@localhost"));
     }
 
     #[test]

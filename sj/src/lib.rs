@@ -7,13 +7,15 @@
 //! credential file (`passwd`), FIFOs and non-blocking line I/O (`fifo`,
 //! `io`), child processes on a pipe pair (`child`), and one-line errors with
 //! the skarnet exit codes (`exit`, `log`), the daemons' shared command
-//! line (`daemon`), dates and times (`time`), and the contact `out` log
-//! format (`outlog`).
+//! line (`daemon`), dates and times (`time`), the contact `out` log
+//! format (`outlog`), `DIR/state` and the owner's lock (`state`, `lock`),
+//! and the per-account record of failed logins (`authfail`).
 //!
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
 
 pub mod archive;
+pub mod authfail;
 pub mod child;
 pub mod daemon;
 pub mod escape;
@@ -22,10 +24,12 @@ pub mod fifo;
 pub mod framer;
 pub mod io;
 pub mod jid;
+pub mod lock;
 pub mod log;
 pub mod outlog;
 pub mod passwd;
 pub mod path;
 pub mod sasl;
+pub mod state;
 pub mod time;
 pub mod xml;

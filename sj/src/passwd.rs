@@ -5,8 +5,7 @@
 //! e.g. `SCRAM-SHA-256 4096 c2FsdA== ... ...`. Written atomically, mode 0600.
 
 use crate::sasl::{b64decode, b64encode, Hash, StoredCredentials, MAX_ITERATIONS};
-use std::io::{Error, ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Error, ErrorKind};
 use std::path::Path;
 
 /// Iterations for new entries.
@@ -78,47 +77,6 @@ pub fn format(creds: &[StoredCredentials]) -> String {
         .collect()
 }
 
-/// Write `contents` to `path` atomically: a temporary file in the same
-/// directory created with mode 0600, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut suffix = [0u8; 6];
-    getrandom::fill(&mut suffix).map_err(|e| Error::other(format!("no random numbers: {e}")))?;
-    let tmp_name = format!(
-        ".{}.tmp.{}.{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        suffix
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    let tmp = path.with_file_name(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // Make the rename itself durable.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Derive SCRAM-SHA-1 and SCRAM-SHA-256 entries for `password` with fresh
 /// salts and write them atomically (tmp file, fsync, rename), mode 0600.
 ///
@@ -140,7 +98,41 @@ pub fn write(path: &Path, password: &str) -> std::io::Result<()> {
         getrandom::fill(&mut salt).map_err(|e| Error::other(format!("no random numbers: {e}")))?;
         creds.push(StoredCredentials::derive(hash, password, &salt, ITERATIONS));
     }
-    write_atomic(path, format(&creds).as_bytes())
+    crate::fifo::write_durable(path, format(&creds).as_bytes())
+}
+
+/// Name of the key file, in DIR (or sj-c2s's ROOT), from which the salts
+/// of users without credentials are made (`salt_key`).
+pub const SALT_KEY: &str = ".salt-key";
+
+/// The key that makes salts for names that have no credentials here, so an
+/// unknown user gets a challenge like a known one's, the same on every try
+/// (`sasl::fake_salt`). Read from `dir/.salt-key`; made on first use
+/// (32 random bytes in base64, mode 0600). Delete the file to change the key.
+pub fn salt_key(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let path = dir.join(SALT_KEY);
+    for _ in 0..2 {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return b64decode(text.trim())
+                    .ok()
+                    .filter(|k| k.len() >= 16)
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidData, "not a base64 key"));
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key)
+                    .map_err(|e| Error::other(format!("no random numbers: {e}")))?;
+                let text = format!("{}\n", b64encode(&key));
+                // Whoever links it first wins; the other reads theirs.
+                if crate::fifo::write_new(&path, text.as_bytes())? {
+                    return Ok(key.to_vec());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::other("the key file came and went"))
 }
 
 /// The entry for one mechanism.
@@ -259,6 +251,21 @@ mod tests {
             assert!(err.to_string().starts_with("line 2:"), "{err}");
         }
         assert_eq!(parse("").expect("empty"), vec![]);
+    }
+
+    #[test]
+    fn salt_key_made_once_then_read() {
+        let dir = TempDir::new("key");
+        let k = salt_key(&dir.0).expect("made");
+        assert_eq!(k.len(), 32);
+        assert_eq!(salt_key(&dir.0).expect("read"), k);
+        let mode = std::fs::metadata(dir.0.join(SALT_KEY))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(dir.0.join(SALT_KEY), "zz\n").expect("w");
+        assert!(salt_key(&dir.0).is_err());
     }
 
     #[test]

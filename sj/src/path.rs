@@ -21,6 +21,8 @@ pub const RESERVED: &[&str] = &[
     "clients",
     "presence",
     "subscriptions",
+    "lock",
+    "auth-failures",
 ];
 
 /// What kind of name is being mapped (contacts must be valid bare JIDs).

@@ -288,6 +288,35 @@ impl StoredCredentials {
     }
 }
 
+/// The salt shown to a name that has no credentials for `hash` here: made
+/// from a secret key (`passwd::salt_key`) and the name, so it is the same
+/// on every try and looks like a real one (16 bytes, as `passwd` makes).
+pub fn fake_salt(key: &[u8], hash: Hash, name: &str) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(name.len() + 32);
+    msg.extend_from_slice(b"sj-c2s fake salt\0");
+    msg.extend_from_slice(hash.mechanism().as_bytes());
+    msg.push(0);
+    msg.extend_from_slice(name.as_bytes());
+    let mut salt = Hash::Sha256.hmac(key, &msg);
+    salt.truncate(16);
+    salt
+}
+
+impl StoredCredentials {
+    /// Credentials no password matches (random keys), for the exchange of a
+    /// user that does not exist: it fails at the last step, exactly as a
+    /// wrong password does.
+    pub fn unmatchable(hash: Hash, salt: Vec<u8>, iterations: u32) -> Self {
+        StoredCredentials {
+            hash,
+            salt,
+            iterations,
+            stored_key: random_bytes(hash.output_len()),
+            server_key: random_bytes(hash.output_len()),
+        }
+    }
+}
+
 enum ClientState {
     Initial,
     First { first_bare: String },
@@ -864,6 +893,31 @@ mod tests {
         let mut c = ScramClient::new(Hash::Sha1, "user", "pencil", Some(RFC5802.cnonce));
         assert!(c.final_message(RFC5802.server_first.as_bytes()).is_err());
         assert!(c.verify(RFC5802.server_final.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn sasl_unknown_user_fails_at_the_last_step() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let salt = fake_salt(key, Hash::Sha256, "mallory@localhost");
+        assert_eq!(salt.len(), 16);
+        assert_eq!(salt, fake_salt(key, Hash::Sha256, "mallory@localhost"));
+        assert_ne!(salt, fake_salt(key, Hash::Sha1, "mallory@localhost"));
+        assert_ne!(salt, fake_salt(key, Hash::Sha256, "eve@localhost"));
+        assert_ne!(
+            salt,
+            fake_salt(b"another key", Hash::Sha256, "mallory@localhost")
+        );
+        let creds = StoredCredentials::unmatchable(Hash::Sha256, salt.clone(), 4096);
+        let mut c = ScramClient::new(Hash::Sha256, "mallory", "guess", None);
+        let mut s = ScramServer::new(Hash::Sha256, None);
+        s.client_first(&c.first()).expect("client-first");
+        let sf = s.server_first(&creds);
+        assert!(String::from_utf8_lossy(&sf).contains(&format!(",s={},i=4096", b64encode(&salt))));
+        let cf = c.final_message(&sf).expect("client-final");
+        assert_eq!(
+            s.client_final(&cf),
+            Err(SaslError("invalid client proof".into()))
+        );
     }
 
     #[test]

@@ -271,7 +271,9 @@ class Proxy:
         """Wait for readiness and the online state; returns the bound full JID."""
         self.wait_ready(timeout)
         line = self.wait_state("online", timeout)
-        return line.split()[1]
+        # WORD<TAB>JID<TAB>SINCE (sj::state); older builds separated by spaces.
+        line = line.rstrip("\n")
+        return line.split("\t")[1] if "\t" in line else line.split()[1]
 
     def raw_client(self, name):
         c = RawClient(self.dir, name)

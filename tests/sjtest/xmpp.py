@@ -134,8 +134,10 @@ class C2S:
     """sj-c2s under tcpserver on 127.0.0.1 for account directory `d`, with the
     local password set through sj-passwd."""
 
-    def __init__(self, d, password="local-pw", log_path=None):
+    def __init__(self, d, password="local-pw", log_path=None, args=(), mode="-d"):
         self.dir = d
+        # mode "-R": serve every account in d's parent directory.
+        self.root = os.path.dirname(d) if mode == "-R" else None
         self.password = password
         r = subprocess.run([sj_bin("sj-passwd"), "-d", d], input=password + "\n",
                            capture_output=True, text=True, timeout=20)
@@ -145,7 +147,8 @@ class C2S:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PATH=bin_dir() + os.pathsep + os.environ["PATH"])
         self.proc = subprocess.Popen(
-            ["tcpserver", "-RHl0", "127.0.0.1", str(self.port), sj_bin("sj-c2s"), "-d", d],
+            ["tcpserver", "-RHl0", "127.0.0.1", str(self.port), sj_bin("sj-c2s"), *args,
+             mode, self.root or d],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
             start_new_session=True)
         wait_port("127.0.0.1", self.port, 15, self.proc)

@@ -209,10 +209,7 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
     }
     drop(w);
 
-    let own = std::fs::read_to_string(dir.join("state"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).map(str::to_string))
-        .and_then(|j| Jid::parse(&j).ok());
+    let own = sj::state::read(dir).map(|s| s.jid);
     let end = Instant::now() + timeout;
     let mut reader = LineReader::new(sj::framer::MAX_LINE);
     loop {

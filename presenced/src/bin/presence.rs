@@ -2,8 +2,9 @@
 //!
 //! What it does: writes `DIR/mypresence` (show, status, priority) and
 //! `DIR/<contact>/mypresence` (directed presence) atomically, prints them,
-//! lists the contacts' `presence` files, and sends subscription stanzas
-//! through the `DIR/in` FIFO.
+//! lists the contacts' `presence` files, sends subscription stanzas
+//! through the `DIR/in` FIFO, and tells the account's connection state
+//! (`DIR/state`, believed only while its sj-proxy runs).
 //!
 //! What it does not do: talk to the server or to presenced directly;
 //! presenced notices the files with inotify.
@@ -26,7 +27,8 @@ const USAGE: &str = "usage: presence [-d DIR] show [online|chat|away|xa|dnd|offl
        presence [-d DIR] priority [N]
        presence [-d DIR] to CONTACT [SHOW [status...] | -]
        presence [-d DIR] subscribe|subscribed|unsubscribe|unsubscribed CONTACT
-       presence [-d DIR] list";
+       presence [-d DIR] list
+       presence [-d DIR] state";
 
 fn main() -> ExitCode {
     sj::log::init("presence");
@@ -34,7 +36,7 @@ fn main() -> ExitCode {
 }
 
 const SHORT_USAGE: &str =
-    "usage: presence [-d DIR] show|priority|to|subscribe|subscribed|unsubscribe|unsubscribed|list [ARGS]";
+    "usage: presence [-d DIR] show|priority|to|subscribe|subscribed|unsubscribe|unsubscribed|list|state [ARGS]";
 
 fn usage(why: impl std::fmt::Display) -> Fatal {
     Fatal::permanent(format!("{why}; {SHORT_USAGE}"))
@@ -79,6 +81,7 @@ fn run() -> Result<(), Fatal> {
             cmd_subscription(&dir, cmd, rest)
         }
         "list" if rest.is_empty() => cmd_list(&dir),
+        "state" if rest.is_empty() => cmd_state(&dir),
         _ => Err(usage(format!("unknown command: {cmd}"))),
     }
 }
@@ -213,6 +216,19 @@ fn cmd_subscription(dir: &Path, typ: &str, words: &[String]) -> Result<(), Fatal
     // non-blocking, so wait for room rather than fail.
     sj::io::write_all(&fd, rec.as_bytes())
         .map_err(|e| Fatal::io(format_args!("write {}", path.display()), &e))
+}
+
+/// One line: the state to believe first (`online`, `connecting`,
+/// `offline`), then what DIR/state says and whether its sj-proxy runs.
+/// Exit 0 when online, 111 otherwise, so scripts can test it.
+fn cmd_state(dir: &Path) -> Result<(), Fatal> {
+    let report = sj::state::report(dir);
+    print(&report.to_string())?;
+    if report.word() == sj::state::Word::Online {
+        Ok(())
+    } else {
+        std::process::exit(i32::from(sj::exit::TEMPORARY))
+    }
 }
 
 fn cmd_list(dir: &Path) -> Result<(), Fatal> {

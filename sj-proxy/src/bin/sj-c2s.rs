@@ -17,7 +17,10 @@ use sj::exit::Fatal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: sj-c2s [-v] [-t] [-d DIR | -R ROOT]";
+const USAGE: &str = "usage: sj-c2s [-v] [-t] [-a SECS] [-d DIR | -R ROOT]";
+
+/// Time from connect to a successful authentication, unless `-a` says.
+const AUTH_TIMEOUT: u64 = 10;
 
 /// Where the accounts are.
 #[derive(Debug, Clone)]
@@ -34,6 +37,8 @@ pub struct Opts {
     /// The wrapper already encrypted the connection (direct TLS).
     pub tls: bool,
     pub place: Where,
+    /// Time allowed from connect to a successful authentication.
+    pub auth_timeout: std::time::Duration,
 }
 
 fn parse_args() -> Result<Opts, Fatal> {
@@ -42,6 +47,7 @@ fn parse_args() -> Result<Opts, Fatal> {
     let mut tls = false;
     let mut dir: Option<PathBuf> = None;
     let mut root: Option<PathBuf> = None;
+    let mut auth_timeout = AUTH_TIMEOUT;
     let mut p = lexopt::Parser::from_env();
     let usage = |e: String| Fatal::permanent(format!("{e}\n{USAGE}"));
     while let Some(arg) = p.next().map_err(|e| usage(e.to_string()))? {
@@ -50,6 +56,16 @@ fn parse_args() -> Result<Opts, Fatal> {
             Short('t') | Long("tls") => tls = true,
             Short('d') | Long("dir") => {
                 dir = Some(PathBuf::from(p.value().map_err(|e| usage(e.to_string()))?))
+            }
+            Short('a') | Long("auth-timeout") => {
+                auth_timeout = p
+                    .value()
+                    .map_err(|e| usage(e.to_string()))?
+                    .parse()
+                    .map_err(|e: lexopt::Error| usage(e.to_string()))?;
+                if auth_timeout == 0 {
+                    return Err(usage("-a takes at least 1 second".into()));
+                }
             }
             Short('R') | Long("root") => {
                 root = Some(PathBuf::from(p.value().map_err(|e| usage(e.to_string()))?))
@@ -78,6 +94,7 @@ fn parse_args() -> Result<Opts, Fatal> {
         verbose,
         tls,
         place,
+        auth_timeout: std::time::Duration::from_secs(auth_timeout),
     })
 }
 

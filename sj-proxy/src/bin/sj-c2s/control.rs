@@ -10,7 +10,7 @@ const MAX_HISTORY: usize = 200;
 
 pub const HELP: &str = "commands:
 help                  this text
-status                connection state and number of clients
+status                connection state (and whether sj-proxy runs), number of clients
 clients               connected clients
 kick NAME             disconnect client NAME
 passwd NEWPASSWORD    change the password clients log in with
@@ -35,10 +35,9 @@ pub fn run(dir: &Path, me: &str, text: &str) -> String {
 }
 
 fn status(dir: &Path) -> String {
-    let state = fs::read_to_string(dir.join("state"))
-        .ok()
-        .and_then(|s| s.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown (no state file)".to_string());
+    // DIR/state with its owner's liveness: after a crash it still says
+    // online, and only the lock tells.
+    let state = sj::state::report(dir);
     let n = sj::fifo::list_clients(&dir.join("clients")).len();
     format!("{state}\nclients: {n}")
 }
@@ -141,7 +140,7 @@ mod tests {
         let d = tmp("a");
         fs::write(
             d.join("state"),
-            "online alice@localhost/sj-proxy 1700000000\n",
+            "online\talice@localhost/sj-proxy\t2023-11-14T22:13:20Z\n",
         )
         .expect("w");
         for n in ["phone", "laptop"] {
@@ -150,9 +149,25 @@ mod tests {
             sj::fifo::make(&c.join("in")).expect("fifo");
             sj::fifo::make(&c.join("out")).expect("fifo");
         }
+        // No sj-proxy holds DIR/lock: the line is not believed.
         let s = run(&d, "phone", "status");
-        assert!(s.starts_with("online alice@localhost/sj-proxy"));
+        assert!(
+            s.starts_with("offline alice@localhost/sj-proxy: no sj-proxy holds DIR/lock"),
+            "{s}"
+        );
         assert!(s.ends_with("clients: 2"));
+        let lock = sj::lock::acquire(&d).expect("lock");
+        let s = run(&d, "phone", "status");
+        assert!(
+            s.starts_with(
+                "online alice@localhost/sj-proxy since 2023-11-14T22:13:20Z (sj-proxy pid "
+            ),
+            "{s}"
+        );
+        drop(lock);
+        assert!(
+            run(&d, "phone", "status").contains(") is not running; DIR/state still says online")
+        );
         assert_eq!(run(&d, "phone", " clients "), "laptop\nphone (this client)");
         let bob = d.join(component(Kind::Contact, "bob@localhost").expect("c"));
         fs::create_dir_all(&bob).expect("mkdir");

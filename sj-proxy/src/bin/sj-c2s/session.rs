@@ -3,19 +3,23 @@
 //! Header → Features (STARTTLS, SASL) → stream restart → Bind → Online.
 //! Nothing here blocks except three bounded waits: flushing `<proceed/>`
 //! before TLS starts, waiting (≤ 5 s) for sj-proxy to open the new client's
-//! `out` FIFO, and the final flush (≤ 2 s) on the way out.
+//! `out` FIFO, and the final flush (≤ 2 s) on the way out. The answer to a
+//! checked password may be held back (the account's failure record,
+//! `sj::authfail`); the loop goes on polling meanwhile, without reading
+//! the client.
 
 use crate::control;
 use crate::translate::{self, Action, Inbound, Translator};
 use crate::{Opts, Where};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
+use sj::authfail::{Failures, Gate};
 use sj::escape;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
 use sj::framer::{Event, FrameError, Framer, Limits, Mode, StreamHeader};
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::{component, Kind};
-use sj::sasl::{self, Hash, ScramServer, NS as NS_SASL};
+use sj::sasl::{self, Hash, ScramServer, StoredCredentials, NS as NS_SASL};
 use sj::xml::Element;
 use std::fs;
 use std::io;
@@ -24,7 +28,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -32,8 +36,13 @@ const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
 /// SASL attempts before the stream is closed.
 const MAX_AUTH_FAILURES: u32 = 3;
-/// Time allowed from connect to a bound resource.
-const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time allowed from authentication to a bound resource.
+const BIND_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a held answer keeps back from the authentication deadline, so the
+/// answer is on the wire before the deadline's stream error would be.
+const HOLD_MARGIN: Duration = Duration::from_millis(250);
+/// Under -R, the failure record of names that are no account there.
+const ROOT_FAILURES: &str = ".auth-failures";
 /// Bytes queued toward `out` before the client is cut off: a MiB that
 /// sj-proxy has not read, on top of the longest record.
 const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
@@ -63,10 +72,23 @@ enum SaslState {
     None,
     /// `<auth/>` without an initial response: waiting for client-first.
     AwaitFirst(Hash),
-    /// server-first sent.
-    AwaitFinal(Box<ScramServer>, Account),
+    /// server-first sent: to the account, or (None) a made-up challenge to
+    /// a name with no credentials here, which fails at the next step.
+    AwaitFinal(Box<ScramServer>, Option<Account>, String),
     /// Success computed and sent; waiting for the restart.
     Done,
+}
+
+/// The outcome of a checked password, until the account's failure record
+/// lets it be told.
+enum Verdict {
+    Success(Account, String),
+    Failure(&'static str),
+}
+
+struct Held {
+    until: Instant,
+    verdict: Verdict,
 }
 
 /// The registered client: `DIR/clients/NAME`, removed on drop.
@@ -123,6 +145,8 @@ pub struct Session {
     starttls: Option<Tls>,
     sasl: SaslState,
     failures: u32,
+    /// A checked password's answer, held back until its slot.
+    held: Option<Held>,
     authed: Option<Account>,
     client: Option<Client>,
     done: Option<Result<(), Fatal>>,
@@ -132,6 +156,8 @@ pub struct Session {
     peer_closed: bool,
     /// Who ends the stream (`sj::io::End`).
     end: sj::io::End,
+    /// The client's input ended (EOF); it is not read any more.
+    input_closed: bool,
 }
 
 fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
@@ -194,11 +220,11 @@ fn env_fd(name: &str) -> Option<i32> {
         .filter(|&n| n >= 0)
 }
 
-/// The second field of DIR/state: the upstream session's full JID.
+/// The JID of DIR/state: the upstream session's full JID once online.
 pub fn read_state_jid(dir: &Path) -> Option<Jid> {
-    let s = fs::read_to_string(dir.join("state")).ok()?;
-    let field = s.lines().next()?.split_whitespace().nth(1)?;
-    Jid::parse(field).ok().filter(|j| j.local().is_some())
+    sj::state::read(dir)
+        .map(|s| s.jid)
+        .filter(|j| j.local().is_some())
 }
 
 /// The account of DIR: DIR/state's JID, or DIR's name if it is a JID.
@@ -237,10 +263,24 @@ fn root_has_domain(root: &Path, domain: &str) -> bool {
 
 /// Is `name` usable as a resource and a client directory name as it is?
 pub fn valid_name(name: &str, upstream: Option<&str>) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && component(Kind::Client, name).is_ok_and(|c| c == name)
-        && Some(name) != upstream
+    name_problem(name, upstream).is_none()
+}
+
+/// Why `name` cannot be bound as it is, if it cannot.
+fn name_problem(name: &str, upstream: Option<&str>) -> Option<String> {
+    if let Err(e) = sj::jid::resource_allowed(name) {
+        return Some(e.0.to_string());
+    }
+    if name.len() > 64 {
+        return Some("longer than 64 bytes".into());
+    }
+    if component(Kind::Client, name).map_or(true, |c| c != name) {
+        return Some("not a client directory name as it is".into());
+    }
+    if Some(name) == upstream {
+        return Some("the upstream session's resource".into());
+    }
+    None
 }
 
 /// A client directory left by an sj-c2s that was killed: its pid file names
@@ -374,6 +414,7 @@ impl Session {
                 None
             }
         };
+        let auth_deadline = Instant::now() + opts.auth_timeout;
         Ok(Session {
             opts,
             framer: Framer::new(Mode::Stream, Limits::PRE_AUTH),
@@ -389,14 +430,16 @@ impl Session {
             starttls,
             sasl: SaslState::None,
             failures: 0,
+            held: None,
             authed: None,
             client: None,
             done: None,
-            deadline: Some(Instant::now() + NEGOTIATION_TIMEOUT),
+            deadline: Some(auth_deadline),
             term,
             sig_rd,
             peer_closed: false,
             end: sj::io::End::Close,
+            input_closed: false,
         })
     }
 
@@ -609,35 +652,129 @@ impl Session {
         self.phase = Phase::Header;
     }
 
+    /// Send a SASL failure; the third in a connection ends the stream.
+    /// Logging is the caller's (through the failure record).
     fn sasl_failure(&mut self, cond: &str) {
         self.failures += 1;
         self.send(format!("<failure xmlns='{NS_SASL}'><{cond}/></failure>"));
-        if cond != "aborted" {
-            sj::log::info(&format!("authentication failed ({cond})"));
-        }
         if self.failures >= MAX_AUTH_FAILURES {
-            self.stream_error(
-                "not-authorized",
-                PERMANENT,
-                "authentication failed too often".into(),
-            );
+            // No line of its own: the failures were logged, within the
+            // account's limit, and one line per connection would undo it.
+            self.stream_error("not-authorized", PERMANENT, String::new());
         }
+    }
+
+    /// The failure record a login to `acct` counts in: the account's, or
+    /// for a name that is no account here, DIR's (-d) or the root's (-R).
+    fn record(&self, acct: Option<&Account>) -> Failures {
+        match (acct, &self.opts.place) {
+            (Some(a), _) => Failures::of(&a.dir),
+            (None, Where::Dir(d)) => Failures::of(d),
+            (None, Where::Root(r)) => Failures::at(r.join(ROOT_FAILURES)),
+        }
+    }
+
+    /// One failure log line, when the record's limit lets it through.
+    fn log_failure(log: Option<u64>, what: &str) {
+        match log {
+            Some(0) => sj::log::info(&format!("authentication failed: {what}")),
+            Some(n) => sj::log::info(&format!(
+                "authentication failed: {what} ({n} more since the last such line, not logged)"
+            )),
+            None => {}
+        }
+    }
+
+    /// A failure that checked no password (malformed, wrong mechanism or
+    /// authorization identity): answered at once, logged within the limit.
+    fn refuse(&mut self, acct: Option<&Account>, cond: &'static str, what: String) {
+        let rec = self.record(acct);
+        let log = rec.refused(SystemTime::now()).unwrap_or_else(|e| {
+            Self::record_error(&rec, &e);
+            Some(0)
+        });
+        Self::log_failure(log, &what);
+        self.sasl_failure(cond);
+    }
+
+    fn record_error(rec: &Failures, e: &io::Error) {
+        sj::log::warn(&format!(
+            "unable to update {}: {}",
+            rec.path().display(),
+            sj::log::strerror(e)
+        ));
+    }
+
+    /// A password was checked: its answer waits for the account's next
+    /// slot (`sj::authfail`), success and failure alike, so that neither
+    /// the answer nor its delay tells anything before the slot.
+    fn checked(&mut self, acct: Option<&Account>, verdict: Verdict, what: String) {
+        let ok = matches!(verdict, Verdict::Success(..));
+        let now = Instant::now();
+        let max_wait = self
+            .deadline
+            .map_or(Duration::MAX, |d| d.saturating_duration_since(now))
+            .saturating_sub(HOLD_MARGIN);
+        let rec = self.record(acct);
+        let gate = rec
+            .attempt(ok, SystemTime::now(), max_wait)
+            .unwrap_or_else(|e| {
+                Self::record_error(&rec, &e);
+                Gate::Answer {
+                    wait: Duration::ZERO,
+                    log: (!ok).then_some(0),
+                }
+            });
+        match gate {
+            Gate::Busy { log } => {
+                let n = rec.count();
+                Self::log_failure(
+                    log,
+                    &format!("{what}: refused unchecked, {n} failures in a row"),
+                );
+                self.sasl_failure("temporary-auth-failure");
+            }
+            Gate::Answer { wait, log } => {
+                if !ok {
+                    Self::log_failure(log, &what);
+                }
+                if wait.is_zero() {
+                    self.release(verdict);
+                } else {
+                    self.held = Some(Held {
+                        until: now + wait,
+                        verdict,
+                    });
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Success(acct, msg) => self.succeed(acct, msg),
+            Verdict::Failure(cond) => self.sasl_failure(cond),
+        }
+    }
+
+    /// The bare JID a SASL username claims: `user@domain` of this stream.
+    fn claimed(&self, authcid: &str) -> Option<Jid> {
+        let domain = match (&self.opts.place, &self.dir_account) {
+            (Where::Dir(_), Some(a)) => a.bare.domain().to_string(),
+            (Where::Dir(_), None) => return None,
+            (Where::Root(_), _) => self.domain.clone()?,
+        };
+        Jid::parse(&format!("{authcid}@{domain}"))
+            .ok()
+            .filter(|j| j.is_bare() && j.local().is_some())
     }
 
     /// The account `authcid` names, if it may log in here.
     fn resolve(&self, authcid: &str) -> Option<Account> {
+        let bare = self.claimed(authcid)?;
         match &self.opts.place {
-            Where::Dir(_) => {
-                let a = self.dir_account.clone()?;
-                let want = Jid::parse(&format!("{authcid}@{}", a.bare.domain())).ok()?;
-                (want.bare() == a.bare).then_some(a)
-            }
+            Where::Dir(_) => self.dir_account.clone().filter(|a| a.bare == bare),
             Where::Root(root) => {
-                let domain = self.domain.as_deref()?;
-                let bare = Jid::parse(&format!("{authcid}@{domain}")).ok()?;
-                if bare.resource().is_some() || bare.local().is_none() {
-                    return None;
-                }
                 let c = component(Kind::Contact, &bare.to_string()).ok()?;
                 let dir = root.join(c);
                 dir.join("passwd")
@@ -645,6 +782,36 @@ impl Session {
                     .then_some(Account { bare, dir })
             }
         }
+    }
+
+    /// The authorization identity rule of RFC 6120 §6.3.8, the same for
+    /// every mechanism: none, or exactly the bare JID the username claims;
+    /// anything else is `invalid-authzid` (§6.5.6), decided before any
+    /// account is looked up so the answer tells nothing about accounts.
+    fn authzid_ok(authzid: Option<&str>, claimed: Option<&Jid>) -> bool {
+        match authzid.filter(|a| !a.is_empty()) {
+            None => true,
+            Some(a) => claimed.is_some_and(|c| Jid::parse(a).ok().as_ref() == Some(c)),
+        }
+    }
+
+    /// The key for made-up salts: DIR's or the root's `.salt-key`, or, when
+    /// it cannot be read or made, one for this process (the salts then
+    /// change between connections).
+    fn salt_key(&self) -> Vec<u8> {
+        let dir = match &self.opts.place {
+            Where::Dir(d) | Where::Root(d) => d,
+        };
+        sj::passwd::salt_key(dir).unwrap_or_else(|e| {
+            sj::log::warn(&format!(
+                "unable to use {}/{}: {}",
+                dir.display(),
+                sj::passwd::SALT_KEY,
+                sj::log::strerror(&e)
+            ));
+            static OWN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            OWN.get_or_init(|| random_hex(32).into_bytes()).clone()
+        })
     }
 
     fn credentials(acct: &Account) -> Vec<sasl::StoredCredentials> {
@@ -673,11 +840,11 @@ impl Session {
     fn on_auth(&mut self, el: &Element) {
         if !matches!(self.sasl, SaslState::None) {
             self.sasl = SaslState::None;
-            return self.sasl_failure("malformed-request");
+            return self.refuse(None, "malformed-request", "second <auth/>".into());
         }
         let mech = el.attr("mechanism").unwrap_or("");
         let Some(data) = Self::payload(el) else {
-            return self.sasl_failure("incorrect-encoding");
+            return self.refuse(None, "incorrect-encoding", "bad base64 in <auth/>".into());
         };
         match mech {
             "SCRAM-SHA-256" | "SCRAM-SHA-1" => {
@@ -694,7 +861,10 @@ impl Session {
                 }
             }
             "PLAIN" if self.plain_allowed() => self.plain(&data),
-            _ => self.sasl_failure("invalid-mechanism"),
+            _ => {
+                let what = format!("mechanism {:?} not offered", mech);
+                self.refuse(None, "invalid-mechanism", what)
+            }
         }
     }
 
@@ -703,74 +873,118 @@ impl Session {
         let user = match srv.client_first(data) {
             Ok(u) => u,
             Err(e) => {
-                sj::log::info(&format!("SCRAM client-first refused: {e}"));
                 self.sasl = SaslState::None;
-                return self.sasl_failure("malformed-request");
+                return self.refuse(
+                    None,
+                    "malformed-request",
+                    format!("SCRAM client-first: {e}"),
+                );
             }
         };
-        let Some(acct) = self.resolve(&user) else {
-            sj::log::info(&format!("unknown user {user:?}"));
+        let claimed = self.claimed(&user);
+        if !Self::authzid_ok(srv.authzid(), claimed.as_ref()) {
             self.sasl = SaslState::None;
-            return self.sasl_failure("not-authorized");
+            let what = format!(
+                "user {user:?} asked to act as {:?}",
+                srv.authzid().unwrap_or("")
+            );
+            return self.refuse(None, "invalid-authzid", what);
+        }
+        let acct = self.resolve(&user);
+        let creds = acct.as_ref().and_then(|a| {
+            let all = Self::credentials(a);
+            sj::passwd::find(&all, hash).cloned()
+        });
+        let (creds, what) = match (creds, &acct) {
+            (Some(c), Some(a)) => (c, format!("wrong password for {}", a.bare)),
+            // No such user, or no credentials of this hash: a challenge
+            // like a real one, the same on every try, that no password
+            // passes. The exchange then fails where a wrong password does.
+            (_, a) => {
+                let name = claimed.as_ref().map_or(user.clone(), Jid::to_string);
+                let salt = sasl::fake_salt(&self.salt_key(), hash, &name);
+                let what = match a {
+                    Some(a) => format!("no {} credentials for {}", hash.mechanism(), a.bare),
+                    None => format!("unknown user {user:?}"),
+                };
+                (
+                    StoredCredentials::unmatchable(hash, salt, sj::passwd::ITERATIONS),
+                    what,
+                )
+            }
         };
-        let creds = Self::credentials(&acct);
-        let Some(c) = sj::passwd::find(&creds, hash) else {
-            sj::log::info(&format!(
-                "no {} credentials for {}",
-                hash.mechanism(),
-                acct.bare
-            ));
-            self.sasl = SaslState::None;
-            return self.sasl_failure("not-authorized");
-        };
-        let first = srv.server_first(c);
+        let first = srv.server_first(&creds);
         self.send(sasl::element("challenge", None, &first));
-        self.sasl = SaslState::AwaitFinal(Box::new(srv), acct);
+        self.sasl = SaslState::AwaitFinal(Box::new(srv), acct, what);
     }
 
     fn on_response(&mut self, el: &Element) {
         let Some(data) = Self::payload(el) else {
             self.sasl = SaslState::None;
-            return self.sasl_failure("incorrect-encoding");
+            return self.refuse(
+                None,
+                "incorrect-encoding",
+                "bad base64 in <response/>".into(),
+            );
         };
         match std::mem::replace(&mut self.sasl, SaslState::None) {
             SaslState::AwaitFirst(hash) => self.scram_first(hash, &data),
-            SaslState::AwaitFinal(mut srv, acct) => match srv.client_final(&data) {
-                Ok(v) => {
-                    self.succeed(acct, sasl::element("success", None, &v));
+            SaslState::AwaitFinal(mut srv, acct, what) => match (srv.client_final(&data), acct) {
+                (Ok(v), Some(a)) => {
+                    let msg = sasl::element("success", None, &v);
+                    self.checked(Some(&a.clone()), Verdict::Success(a, msg), String::new());
                 }
-                Err(e) => {
-                    sj::log::info(&format!("SCRAM refused for {}: {e}", acct.bare));
-                    self.sasl_failure("not-authorized");
+                (Ok(_), None) => {
+                    // Unreachable: no proof matches random keys.
+                    self.checked(None, Verdict::Failure("not-authorized"), what);
+                }
+                (Err(e), acct) => {
+                    let what = format!("{what} (SCRAM: {e})");
+                    self.checked(acct.as_ref(), Verdict::Failure("not-authorized"), what);
                 }
             },
-            _ => self.sasl_failure("malformed-request"),
+            _ => self.refuse(None, "malformed-request", "<response/> out of order".into()),
         }
     }
 
     fn plain(&mut self, data: &[u8]) {
         let Ok((authzid, authcid, pw)) = sasl::plain_decode(data) else {
-            return self.sasl_failure("malformed-request");
+            return self.refuse(None, "malformed-request", "malformed PLAIN message".into());
         };
-        let Some(acct) = self.resolve(&authcid) else {
-            sj::log::info(&format!("unknown user {authcid:?}"));
-            return self.sasl_failure("not-authorized");
-        };
-        if !authzid.is_empty() && Jid::parse(&authzid).ok().as_ref() != Some(&acct.bare) {
-            return self.sasl_failure("invalid-authzid");
+        let claimed = self.claimed(&authcid);
+        if !Self::authzid_ok(Some(&authzid), claimed.as_ref()) {
+            let what = format!("user {authcid:?} asked to act as {authzid:?}");
+            return self.refuse(None, "invalid-authzid", what);
         }
-        let creds = Self::credentials(&acct);
-        if creds.iter().any(|c| c.verify_plain(&pw)) {
-            self.succeed(acct, format!("<success xmlns='{NS_SASL}'/>"));
-        } else {
-            sj::log::info(&format!("PLAIN refused for {}", acct.bare));
-            self.sasl_failure("not-authorized");
+        let acct = self.resolve(&authcid);
+        let ok = match &acct {
+            Some(a) => Self::credentials(a).iter().any(|c| c.verify_plain(&pw)),
+            None => {
+                // The same work as a real check, so the time tells nothing.
+                let salt = vec![0u8; 16];
+                StoredCredentials::unmatchable(Hash::Sha256, salt, sj::passwd::ITERATIONS)
+                    .verify_plain(&pw)
+            }
+        };
+        match (ok, acct) {
+            (true, Some(a)) => {
+                let msg = format!("<success xmlns='{NS_SASL}'/>");
+                self.checked(Some(&a.clone()), Verdict::Success(a, msg), String::new());
+            }
+            (_, a) => {
+                let what = match &a {
+                    Some(a) => format!("wrong password for {} (PLAIN)", a.bare),
+                    None => format!("unknown user {authcid:?} (PLAIN)"),
+                };
+                self.checked(a.as_ref(), Verdict::Failure("not-authorized"), what);
+            }
         }
     }
 
     fn succeed(&mut self, acct: Account, msg: String) {
         sj::log::info(&format!("authenticated as {}", acct.bare));
         self.send(msg);
+        self.deadline = Some(Instant::now() + BIND_TIMEOUT);
         self.domain = Some(acct.bare.domain().to_string());
         self.authed = Some(acct);
         self.sasl = SaslState::Done;
@@ -807,7 +1021,17 @@ impl Session {
         match self.register(&acct, requested.as_deref()) {
             Ok(client) => {
                 let full = client.tr.full.to_string();
-                sj::log::info(&format!("bound {full}"));
+                match requested.as_deref().filter(|r| *r != client.name) {
+                    // A refused name is replaced, not an error (RFC 6120
+                    // §7.6.1 lets the server pick): the client goes on with
+                    // the JID the result names.
+                    Some(r) => {
+                        let up = client.tr.upstream.as_ref().and_then(Jid::resource);
+                        let why = name_problem(r, up).unwrap_or_else(|| "in use".into());
+                        sj::log::info(&format!("bound {full} instead of {r:?}: {why}"));
+                    }
+                    None => sj::log::info(&format!("bound {full}")),
+                }
                 self.send(format!(
                     "<iq type='result' id='{}'><bind xmlns='{}'><jid>{}</jid></bind></iq>",
                     escape::attr(&id),
@@ -955,7 +1179,8 @@ impl Session {
 
     fn on_client_data(&mut self) {
         loop {
-            if self.done.is_some() {
+            // A held answer comes before anything the client sent after it.
+            if self.done.is_some() || self.held.is_some() {
                 return;
             }
             let ev = match self.framer.next_event() {
@@ -1026,6 +1251,17 @@ impl Session {
         }
     }
 
+    /// The client's end of input: the session ends (a failure once
+    /// authenticated; a probe that never logged in is none).
+    fn end_of_input(&mut self) {
+        let r = if self.authed.is_some() {
+            Err(Fatal::temporary("client closed the connection"))
+        } else {
+            Ok(())
+        };
+        self.finish_with(r);
+    }
+
     /// Flush the client queue, waiting at most `max`.
     fn drain_client(&mut self, max: Duration) -> io::Result<()> {
         self.to_client.drain(&self.wfd, max)
@@ -1042,18 +1278,44 @@ impl Session {
                 }
                 break;
             }
+            if self
+                .held
+                .as_ref()
+                .is_some_and(|h| Instant::now() >= h.until)
+            {
+                if let Some(h) = self.held.take() {
+                    self.release(h.verdict);
+                }
+                // What the client pipelined behind it goes on now.
+                self.on_client_data();
+                if self.input_closed && self.held.is_none() {
+                    self.end_of_input();
+                }
+                if self.done.is_some() {
+                    break;
+                }
+            }
             let timeout = match self.deadline {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        self.stream_error(
-                            "connection-timeout",
-                            TEMPORARY,
-                            "no resource bound in time".into(),
-                        );
+                        let why = if self.authed.is_some() {
+                            "no resource bound in time".to_string()
+                        } else {
+                            format!(
+                                "not authenticated within {} s",
+                                self.opts.auth_timeout.as_secs()
+                            )
+                        };
+                        self.stream_error("connection-timeout", TEMPORARY, why);
                         break;
                     }
-                    PollTimeout::try_from(d - now).unwrap_or(PollTimeout::NONE)
+                    let wake = match &self.held {
+                        Some(h) => d.min(h.until),
+                        None => d,
+                    };
+                    PollTimeout::try_from(wake.saturating_duration_since(now))
+                        .unwrap_or(PollTimeout::NONE)
                 }
                 None => PollTimeout::NONE,
             };
@@ -1061,7 +1323,18 @@ impl Session {
             let (r_client, w_client, r_in, w_out, r_sig, hup_out) = {
                 let mut fds = Vec::with_capacity(5);
                 fds.push(PollFd::new(self.sig_rd.as_fd(), PollFlags::POLLIN));
-                fds.push(PollFd::new(self.rfd.as_fd(), PollFlags::POLLIN));
+                // The client is not read while an answer is held back (a
+                // hangup still shows), nor after its end of input.
+                let mut rc = None;
+                if !self.input_closed {
+                    rc = Some(fds.len());
+                    let events = if self.held.is_some() {
+                        PollFlags::empty()
+                    } else {
+                        PollFlags::POLLIN
+                    };
+                    fds.push(PollFd::new(self.rfd.as_fd(), events));
+                }
                 let mut wc = None;
                 if !self.to_client.is_empty() {
                     wc = Some(fds.len());
@@ -1092,7 +1365,7 @@ impl Session {
                         .is_some_and(|r| r.intersects(PollFlags::POLLERR))
                 };
                 (
-                    ready(Some(1)),
+                    ready(rc),
                     ready(wc),
                     ready(ri),
                     ready(wo),
@@ -1139,14 +1412,14 @@ impl Session {
                     }
                     Ok(Read::WouldBlock) => {}
                     Ok(Read::Eof) => {
-                        self.peer_closed = true;
-                        // A probe that never opened a stream is no failure.
-                        let r = if self.authed.is_some() {
-                            Err(Fatal::temporary("client closed the connection"))
-                        } else {
-                            Ok(())
-                        };
-                        self.finish_with(r);
+                        self.input_closed = true;
+                        if self.held.is_none() {
+                            self.peer_closed = true;
+                            self.end_of_input();
+                        }
+                        // Else the held answer, and what the client sent
+                        // after it, are still answered (a client may close
+                        // its sending side and read on): then the end.
                     }
                     Err(e) => {
                         self.peer_closed = true;

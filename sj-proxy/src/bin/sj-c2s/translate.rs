@@ -10,7 +10,7 @@ use sj::xml::{self, Element};
 use std::collections::{HashSet, VecDeque};
 
 /// The control contact's reserved JID (`.invalid` never resolves, RFC 2606).
-pub const CONTROL: &str = "sj-proxy@control.invalid";
+pub const CONTROL: &str = sj::jid::CONTROL;
 
 pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 pub const NS_CARBONS_RULES: &str = "urn:xmpp:carbons:rules:0";
@@ -175,7 +175,7 @@ impl Translator {
     }
 
     fn is_control(j: Option<&Jid>) -> bool {
-        j.map(|j| j.bare().to_string() == CONTROL).unwrap_or(false)
+        j.is_some_and(Jid::is_control)
     }
 
     /// An iq result to the client for one of its requests answered locally.
