@@ -126,7 +126,7 @@ def test_contact_rows_leave_the_session_up(server, proxy):
         if want == "dropped":
             assert LOG_DROP in text, (name, text[-600:])
             assert mid not in " ".join(ln.decode(errors="replace") for ln in raw.lines), name
-    assert p.proc.pid == pid and p.state().startswith("online "), p.state()
+    assert p.proc.pid == pid and p.state().startswith("online\t"), p.state()
     b.close()
 
 
@@ -153,5 +153,5 @@ def test_poison_stored_offline_does_not_end_the_next_login(server, proxy):
     wait_until(lambda: LOG_DROP in (read(p.stderr_path) or ""), 10)
     assert LOG_DROP in read(p.stderr_path), p.stderr_text()
     marker(b, p, raw, "after the offline poison")
-    assert p.proc.poll() is None and p.state().startswith("online "), p.stderr_text()
+    assert p.proc.poll() is None and p.state().startswith("online\t"), p.stderr_text()
     b.close()
