@@ -161,8 +161,30 @@ fn history(dir: &Path, args: &str) -> String {
     } else {
         String::new()
     };
-    out.push_str(&t.lines.join("\n"));
+    out.push_str(
+        &t.lines
+            .iter()
+            .map(|l| xml_safe(l))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
     out
+}
+
+/// A log line as text a reply can carry: whatever the file holds (a log
+/// written by hand, a stray NUL), no character XML forbids, no control
+/// character (`sj::outlog::clean`).
+fn xml_safe(line: &str) -> String {
+    sj::outlog::clean(line)
+        .chars()
+        .map(|c| {
+            if sj::escape::is_xml_char(c) {
+                c
+            } else {
+                '\u{FFFD}'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
