@@ -137,6 +137,8 @@ struct Contact {
     /// Normalised bare JID, as written in messages.
     jid: String,
     dir: PathBuf,
+    /// `NAME/out`, the log relative to DIR.
+    out: PathBuf,
     /// `None` while the FIFO cannot be made or opened (e.g. EMFILE).
     fifo: Option<OwnedFd>,
     fifo_warned: bool,
@@ -153,6 +155,8 @@ struct Contact {
 
 struct Daemon {
     dir: PathBuf,
+    /// DIR held open: logs are opened beneath it, never through a link.
+    root: sj::fifo::Root,
     own: Jid,
     poll: Poll,
     contacts: Vec<Contact>,
@@ -227,8 +231,11 @@ impl Daemon {
         let _ = poll
             .registry()
             .register(&mut SourceFd(&1), STDOUT, Interest::WRITABLE);
+        let root = sj::fifo::Root::open(&dir)
+            .map_err(|e| Fatal::io(format_args!("open {}", dir.display()), &e))?;
         Ok(Daemon {
             dir,
+            root,
             own,
             poll,
             contacts: Vec::new(),
@@ -308,6 +315,7 @@ impl Daemon {
         self.contacts.push(Contact {
             jid,
             dir,
+            out: Path::new(&name).join("out"),
             fifo: None,
             fifo_warned: false,
             partial: Partial::default(),
@@ -617,19 +625,17 @@ impl Daemon {
                 ),
             ));
         }
-        let dir = &self.contacts[i].dir;
-        let path = dir.join("out");
+        let rel = &self.contacts[i].out;
         let repair = self.contacts[i].warned;
-        // The directory is checked again before every write: one replaced
-        // by a symbolic link since it was made is never written through.
-        let append = |dir: &Path| {
-            sj::fifo::check_dir(dir).and_then(|()| sj::outlog::append(&path, &text, repair))
-        };
-        let mut result = append(dir);
+        // Opened beneath DIR with no link followed: a contact directory
+        // replaced by a symbolic link since it was made is never written
+        // through.
+        let mut result = sj::outlog::append_beneath(&self.root, rel, &text, repair);
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            result = append(&self.contacts[i].dir);
+            let rel = &self.contacts[i].out;
+            result = sj::outlog::append_beneath(&self.root, rel, &text, repair);
         }
         let c = &mut self.contacts[i];
         match result {

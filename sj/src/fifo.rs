@@ -77,10 +77,85 @@ pub(crate) fn open_stat(
     want: SFlag,
 ) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
     let all = flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let fd = match open(path, all, mode) {
-        Ok(fd) => fd,
-        Err(e) => return Err(explain(path, e, want)),
-    };
+    match open(path, all, mode) {
+        Ok(fd) => check_kind(fd, want),
+        Err(e) => Err(explain(path, e, want)),
+    }
+}
+
+/// DIR, held open (following it if it is a symbolic link: where the
+/// account lives is its owner's choice) to open files beneath it with
+/// `open_stat_beneath`.
+pub struct Root {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            path: path.to_path_buf(),
+            fd,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `open_stat` for `root/rel`, where no component of `rel` may be a
+/// symbolic link (the directories under DIR and the file itself): one
+/// `openat2` with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, so the check
+/// costs nothing and no race can defeat it; where the kernel lacks
+/// `openat2` (or a sandbox refuses it), `check_dir` on each directory of
+/// `rel`, then `open_stat`.
+pub(crate) fn open_stat_beneath(
+    root: &Root,
+    rel: &Path,
+    flags: OFlag,
+    mode: Mode,
+    want: SFlag,
+) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
+    let full = root.path.join(rel);
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .mode(mode)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(&root.fd, rel, how) {
+            Ok(fd) => return check_kind(fd, want),
+            Err(Errno::ENOSYS | Errno::EPERM) => {}
+            Err(Errno::ELOOP) => {
+                // Which component: a directory (a link out of DIR) or
+                // the file itself.
+                let mut at = root.path.clone();
+                for c in rel.parent().into_iter().flat_map(Path::components) {
+                    at.push(c);
+                    check_dir(&at)?;
+                }
+                return Err(explain(&full, Errno::ELOOP, want));
+            }
+            Err(e) => return Err(explain(&full, e, want)),
+        }
+    }
+    let mut at = root.path.clone();
+    for c in rel.parent().into_iter().flat_map(Path::components) {
+        at.push(c);
+        check_dir(&at)?;
+    }
+    open_stat(&full, flags, mode, want)
+}
+
+/// The stat of `fd`, if it is `want`; else what it is instead.
+fn check_kind(fd: OwnedFd, want: SFlag) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
     let st = nix::sys::stat::fstat(&fd)?;
     let found = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
     if found != want {

@@ -110,17 +110,44 @@ pub fn lines(when: &str, kind: &Kind, text: &str) -> String {
 /// `repair`: if even that cut failed, an earlier write may have stopped
 /// mid-line, so end that partial line first if the file does not end with LF.
 pub fn append(path: &Path, text: &str, repair: bool) -> io::Result<()> {
+    let (fd, st) = crate::fifo::open_stat(path, flags(repair), mode(), SFlag::S_IFREG)?;
+    write_appended(fd, st, text, repair)
+}
+
+/// `append` to `root/rel` (`bob@example.org/out`), where the contact
+/// directory, too, is never a symbolic link: checked by the same open
+/// (`sj::fifo::open_stat_beneath`), at no extra cost per line.
+pub fn append_beneath(
+    root: &crate::fifo::Root,
+    rel: &Path,
+    text: &str,
+    repair: bool,
+) -> io::Result<()> {
+    let (fd, st) =
+        crate::fifo::open_stat_beneath(root, rel, flags(repair), mode(), SFlag::S_IFREG)?;
+    write_appended(fd, st, text, repair)
+}
+
+fn flags(repair: bool) -> OFlag {
     let rw = if repair {
         OFlag::O_RDWR
     } else {
         OFlag::O_WRONLY
     };
-    let (fd, st) = crate::fifo::open_stat(
-        path,
-        rw | OFlag::O_APPEND | OFlag::O_CREAT,
-        Mode::from_bits_truncate(0o600),
-        SFlag::S_IFREG,
-    )?;
+    rw | OFlag::O_APPEND | OFlag::O_CREAT
+}
+
+fn mode() -> Mode {
+    Mode::from_bits_truncate(0o600)
+}
+
+/// The write of `append`, on the descriptor it opened.
+fn write_appended(
+    fd: std::os::fd::OwnedFd,
+    st: nix::sys::stat::FileStat,
+    text: &str,
+    repair: bool,
+) -> io::Result<()> {
     let mut f = fs::File::from(fd);
     let len = u64::try_from(st.st_size).unwrap_or(0);
     if repair {
@@ -355,6 +382,40 @@ mod tests {
         assert_eq!(crate::log::strerror(&e), "is a FIFO, not a regular file");
         drop(r);
         assert!(tail(&f, 1, 1024).is_err());
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn append_beneath_never_through_a_link() {
+        let d = std::env::temp_dir().join(format!("sj-outlog-beneath-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        let (dir, elsewhere) = (d.join("dir"), d.join("elsewhere"));
+        crate::fifo::make_dir(&dir.join("bob")).expect("mkdir");
+        crate::fifo::make_dir(&elsewhere).expect("mkdir");
+        // DIR itself through a link is the owner's choice.
+        std::os::unix::fs::symlink(&dir, d.join("link-to-dir")).expect("symlink");
+        let root = crate::fifo::Root::open(&d.join("link-to-dir")).expect("root");
+        append_beneath(&root, Path::new("bob/out"), "a\n", false).expect("append");
+        assert_eq!(
+            fs::read_to_string(dir.join("bob/out")).expect("read"),
+            "a\n"
+        );
+        // A contact directory that is a link, a log that is a link or a FIFO.
+        std::os::unix::fs::symlink(&elsewhere, dir.join("carol")).expect("symlink");
+        let e = append_beneath(&root, Path::new("carol/out"), "x\n", false).expect_err("link");
+        assert_eq!(
+            crate::log::strerror(&e),
+            "is a symbolic link, not a directory"
+        );
+        std::os::unix::fs::symlink(elsewhere.join("f"), dir.join("bob/link")).expect("symlink");
+        let e = append_beneath(&root, Path::new("bob/link"), "x\n", false).expect_err("link");
+        assert_eq!(crate::log::strerror(&e), "is a symbolic link");
+        crate::fifo::make(&dir.join("bob/fifo")).expect("mkfifo");
+        let e = append_beneath(&root, Path::new("bob/fifo"), "x\n", false).expect_err("fifo");
+        assert_eq!(crate::log::strerror(&e), "is a FIFO, not a regular file");
+        let e = append_beneath(&root, Path::new("dave/out"), "x\n", false).expect_err("none");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(fs::read_dir(&elsewhere).expect("ls").next().is_none());
         let _ = fs::remove_dir_all(&d);
     }
 
