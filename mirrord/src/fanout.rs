@@ -38,9 +38,6 @@ fn ino_of_fd(fd: &OwnedFd) -> Option<Ino> {
         .map(|st| (st.st_dev as u64, st.st_ino as u64))
 }
 
-/// Name of the marker a drop leaves in `DIR/clients/NAME/` (mirrord(8)).
-pub const DROPPED: &str = "dropped";
-
 /// One registered client.
 struct Client {
     /// `DIR/clients/NAME/in`.
@@ -81,7 +78,7 @@ impl Client {
 
     /// `DIR/clients/NAME/dropped`.
     fn marker(&self) -> PathBuf {
-        self.path.with_file_name(DROPPED)
+        self.path.with_file_name(sj::fifo::DROPPED)
     }
 
     /// Over the bound: mark the drop, close, forget the queue, remember
@@ -404,7 +401,7 @@ mod tests {
         assert!(f.is_dropped("stuck"));
         // The marker says why, for the reader that sees its end of input.
         assert_eq!(
-            std::fs::read_to_string(c.join("stuck").join(DROPPED)).expect("marker"),
+            std::fs::read_to_string(c.join("stuck").join(sj::fifo::DROPPED)).expect("marker"),
             format!("queue over {bound} bytes\n")
         );
         assert_eq!(got.len(), n);
@@ -424,7 +421,10 @@ mod tests {
         let rs = sj::fifo::open_read(&c.join("stuck/in")).expect("open");
         f.sync(&sj::fifo::list_clients(&c));
         assert!(!f.is_dropped("stuck"));
-        assert!(!c.join("stuck").join(DROPPED).exists(), "marker gone");
+        assert!(
+            !c.join("stuck").join(sj::fifo::DROPPED).exists(),
+            "marker gone"
+        );
         f.deliver(b"<presence/>");
         f.flush_all();
         assert_eq!(drain(&rs), vec!["<presence/>"]);

@@ -28,6 +28,11 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The marker mirrord leaves in `DIR/clients/NAME/` when it drops the
+/// client for falling behind (mirrord(8)); its reader (sj-c2s) looks for
+/// it when mirrord closes `in`.
+pub const DROPPED: &str = "dropped";
+
 /// An entry refused by the rules: `InvalidInput`, with what was found.
 fn refused(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what)
@@ -122,7 +127,6 @@ pub(crate) fn open_stat_beneath(
     mode: Mode,
     want: SFlag,
 ) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
-    let full = root.path.join(rel);
     #[cfg(target_os = "linux")]
     {
         use nix::fcntl::{openat2, OpenHow, ResolveFlag};
@@ -133,25 +137,28 @@ pub(crate) fn open_stat_beneath(
         match openat2(&root.fd, rel, how) {
             Ok(fd) => return check_kind(fd, want),
             Err(Errno::ENOSYS | Errno::EPERM) => {}
-            Err(Errno::ELOOP) => {
-                // Which component: a directory (a link out of DIR) or
-                // the file itself.
-                let mut at = root.path.clone();
-                for c in rel.parent().into_iter().flat_map(Path::components) {
-                    at.push(c);
-                    check_dir(&at)?;
+            Err(e) => {
+                // Which component: a directory (a link out of DIR) or the
+                // file itself.
+                if e == Errno::ELOOP {
+                    check_dirs(root, rel)?;
                 }
-                return Err(explain(&full, Errno::ELOOP, want));
+                return Err(explain(&root.path.join(rel), e, want));
             }
-            Err(e) => return Err(explain(&full, e, want)),
         }
     }
+    check_dirs(root, rel)?;
+    open_stat(&root.path.join(rel), flags, mode, want)
+}
+
+/// `check_dir` on each directory of `rel` under `root`.
+fn check_dirs(root: &Root, rel: &Path) -> io::Result<()> {
     let mut at = root.path.clone();
     for c in rel.parent().into_iter().flat_map(Path::components) {
         at.push(c);
         check_dir(&at)?;
     }
-    open_stat(&full, flags, mode, want)
+    Ok(())
 }
 
 /// The stat of `fd`, if it is `want`; else what it is instead.

@@ -95,7 +95,7 @@ struct Client {
     name: String,
     account: Account,
     /// `clients/NAME/in`, read-only so that mirrord closing its end shows
-    /// (as POLLHUP, then end of input): see `in_ended`.
+    /// (as POLLHUP, then end of input): see `dropped_by_mirrord`.
     infifo: LineFifo,
     /// `clients/NAME`, where mirrord leaves its `dropped` marker.
     cdir: PathBuf,
@@ -1210,7 +1210,8 @@ impl Session {
         let Some(c) = self.client.as_ref() else {
             return false;
         };
-        let marked = fs::symlink_metadata(c.cdir.join("dropped")).is_ok_and(|m| m.is_file());
+        let marked =
+            fs::symlink_metadata(c.cdir.join(sj::fifo::DROPPED)).is_ok_and(|m| m.is_file());
         if marked {
             let msg = format!(
                 "{}: mirrord dropped this client: it fell more than mirrord's queue bound behind",
