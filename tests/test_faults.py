@@ -590,21 +590,24 @@ def test_full_disk_for_the_out_log(proxy, contact):
         subprocess.run(["umount", "-l", cdir], capture_output=True, timeout=20)
 
 
-def test_full_disk_for_a_presence_file(proxy, contact):
+def test_full_disk_for_a_presence_file(proxy, contact, own_prosody):
     """presenced cannot replace DIR/bob/presence on a full disk: it says so
     once, keeps the latest content it wants there, and writes it within a
-    second or two of space coming back, with no new presence from bob."""
+    second or two of space coming back, with no new presence from bob.
+    (A Prosody of its own: on the shared one alice may be subscribed to
+    bob, and bob's presence sent in answer to alice's initial one could
+    replace a directed one in the file.)"""
     from sjtest.prosody import make_workdir
     work = make_workdir("proxy-")
     cdir = os.path.join(work, "dir", BOB)
     os.makedirs(cdir, mode=0o700)
     mount_tmpfs(cdir, "128k")
     try:
-        p = proxy("alice", workdir=work)
+        p = proxy("alice", workdir=work, server=own_prosody)
         bound = p.online()
         pres = os.path.join(cdir, "presence")
         carol_pres = os.path.join(p.dir, "carol@localhost", "presence")
-        bob, carol = contact("bob"), contact("carol")
+        bob, carol = contact("bob", server=own_prosody), contact("carol", server=own_prosody)
 
         def directed(who, show, status):
             who.send_raw(f"<presence to='{bound}'><show>{show}</show><status>{status}</status></presence>")

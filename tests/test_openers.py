@@ -13,6 +13,10 @@ a symbolic link (its owner's choice), and so may handlers in DIR/iq.d.
 The programs run for real: sj-proxy under tcpclient against Prosody with
 its four daemons, sj-c2s under tcpserver, the presence and roster tools.
 tests/openers.md lists each opener with its rule and the test here.
+Tests that check a contact's presence file exactly run on a Prosody of
+their own: on the shared one, earlier tests leave alice subscribed to bob,
+and the server's answer to alice's initial presence (bob's own presence)
+may land after a directed one and replace it.
 
 Run: python3 -m pytest -q tests/test_openers.py
 """
@@ -96,7 +100,7 @@ def no_panic(p):
 
 # -- contact directories (messaged, presenced) --------------------------------
 
-def test_contact_directory_symlink_is_never_followed(proxy, contact):
+def test_contact_directory_symlink_is_never_followed(proxy, contact, own_prosody):
     """DIR/bob@localhost is a symbolic link to a directory outside DIR from
     the start: neither messaged (out, in) nor presenced (presence, out
     events) writes through it. presenced used to write bob's presence file
@@ -104,9 +108,9 @@ def test_contact_directory_symlink_is_never_followed(proxy, contact):
     def setup(d, outside):
         os.makedirs(os.path.join(outside, "bob"))
         os.symlink(os.path.join(outside, "bob"), os.path.join(d, BOB))
-    p, outside = prepared(proxy, setup)
+    p, outside = prepared(proxy, setup, server=own_prosody)
     bound = p.online()
-    bob, carol = contact("bob"), contact("carol")
+    bob, carol = contact("bob", server=own_prosody), contact("carol", server=own_prosody)
     directed(bob, bound, "away", "b1")
     bob.send_message(bound, "to a link")
     # Barriers through presenced and messaged, which handle records in order.
@@ -123,14 +127,14 @@ def test_contact_directory_symlink_is_never_followed(proxy, contact):
     no_panic(p)
 
 
-def test_contact_directory_replaced_by_a_symlink_later(proxy, contact):
+def test_contact_directory_replaced_by_a_symlink_later(proxy, contact, own_prosody):
     """messaged made DIR/bob@localhost and logged into it; then the
     directory is moved away and a symbolic link to a directory outside DIR
     put in its place. messaged checks it again before every write: it used
     to go on appending through the link."""
-    p = proxy("alice")
+    p = proxy("alice", server=own_prosody)
     bound = p.online()
-    bob, carol = contact("bob"), contact("carol")
+    bob, carol = contact("bob", server=own_prosody), contact("carol", server=own_prosody)
     bob.send_message(bound, "first")
     directed(bob, bound, "away", "b1")
     out = os.path.join(p.dir, BOB, "out")
@@ -212,12 +216,12 @@ def test_roster_is_a_fifo(proxy, contact):
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])
-def test_mypresence_files_unreadable(proxy, contact, kind):
+def test_mypresence_files_unreadable(proxy, contact, own_prosody, kind):
     """DIR/mypresence and DIR/bob@localhost/mypresence are FIFOs (presenced
     used to block reading them) or symbolic links to a file outside DIR
     saying dnd (presenced used to follow them and send it). Each is ignored
     with one log line; presence goes on."""
-    bob = contact("bob")  # online first: a directed presence at start reaches it
+    bob = contact("bob", server=own_prosody)  # online first: a directed presence at start reaches it
 
     def setup(d, outside):
         os.makedirs(os.path.join(d, BOB), mode=0o700)
@@ -235,7 +239,7 @@ def test_mypresence_files_unreadable(proxy, contact, kind):
             with open(os.path.join(outside, "presence"), "w") as f:
                 f.write("untouched\n")
             os.symlink(os.path.join(outside, "presence"), os.path.join(d, BOB, "presence"))
-    p, outside = prepared(proxy, setup)
+    p, outside = prepared(proxy, setup, server=own_prosody)
     start = bob.mark()
     bound = p.online()
     what = "is a FIFO, not a regular file" if kind == "fifo" else "is a symbolic link"
