@@ -617,6 +617,56 @@ def test_full_disk_for_the_out_log(proxy, contact):
         subprocess.run(["umount", "-l", cdir], capture_output=True, timeout=20)
 
 
+def test_full_disk_for_a_presence_file(proxy, contact, own_prosody):
+    """presenced cannot replace DIR/bob/presence on a full disk: it says so
+    once, keeps the latest content it wants there, and writes it within a
+    second or two of space coming back, with no new presence from bob.
+    (A Prosody of its own: on the shared one alice may be subscribed to
+    bob, and bob's presence sent in answer to alice's initial one could
+    replace a directed one in the file.)"""
+    from sjtest.prosody import make_workdir
+    work = make_workdir("proxy-")
+    cdir = os.path.join(work, "dir", BOB)
+    os.makedirs(cdir, mode=0o700)
+    mount_tmpfs(cdir, "128k")
+    try:
+        p = proxy("alice", workdir=work, server=own_prosody)
+        bound = p.online()
+        pres = os.path.join(cdir, "presence")
+        carol_pres = os.path.join(p.dir, "carol@localhost", "presence")
+        bob, carol = contact("bob", server=own_prosody), contact("carol", server=own_prosody)
+
+        def directed(who, show, status):
+            who.send_raw(f"<presence to='{bound}'><show>{show}</show><status>{status}</status></presence>")
+
+        directed(bob, "away", "before full")
+        assert wait_until(lambda: (read(pres) or "").strip() == "away before full", 15), read(pres)
+        filler = fill(cdir)
+        directed(bob, "dnd", "during 1")
+        directed(bob, "xa", "during 2")
+        # A barrier through presenced, on a disk with room: it has handled
+        # both of bob's presences before carol's.
+        directed(carol, "chat", "barrier")
+        assert wait_until(lambda: (read(carol_pres) or "").strip() == "chat barrier", 15)
+        warning = (f"presenced: warning: unable to write {cdir}/presence: No space left on device; "
+                   f"keeping its latest content to retry")
+        assert wait_until(lambda: warning in full_err(p), 15), p.stderr_text()
+        assert full_err(p).count(warning) == 1, "one line for the outage, not one per presence"
+        assert (read(pres) or "").strip() == "away before full", "a half-written presence file"
+        # Space comes back: the latest content is written without waiting
+        # for bob's next presence.
+        os.unlink(filler)
+        assert wait_until(lambda: (read(pres) or "").strip() == "xa during 2", 10), read(pres)
+        assert f"presenced: info: {cdir}/presence written again" in full_err(p), p.stderr_text()
+        # And writing goes on as before.
+        directed(bob, "chat", "after space")
+        assert wait_until(lambda: (read(pres) or "").strip() == "chat after space", 15), read(pres)
+        no_panic(p)
+        p.stop()
+    finally:
+        subprocess.run(["umount", "-l", cdir], capture_output=True, timeout=20)
+
+
 # -- SIGTERM under load -------------------------------------------------------
 
 def test_sigterm_under_load_sends_everything_accepted(proxy, contact):

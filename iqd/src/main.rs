@@ -128,9 +128,17 @@ struct Iqd {
 
 fn run() -> Result<(), Fatal> {
     let o = parse_args()?;
+    // DIR itself must exist; DIR/iq is made again before each answer is
+    // written there, so one that cannot be made now only costs those.
+    sj::fifo::make_dir(&o.dir).map_err(|e| Fatal::io(format!("create {}", o.dir.display()), &e))?;
     let iq_dir = o.dir.join("iq");
-    sj::fifo::make_dir(&iq_dir)
-        .map_err(|e| Fatal::io(format!("create {}", iq_dir.display()), &e))?;
+    if let Err(e) = sj::fifo::make_subdir(&iq_dir) {
+        sj::log::warn(&format!(
+            "unable to create {}: {}",
+            iq_dir.display(),
+            sj::log::strerror(&e)
+        ));
+    }
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stdin = stdin.as_fd();
@@ -144,7 +152,14 @@ fn run() -> Result<(), Fatal> {
     signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
         .map_err(|e| Fatal::io("catch SIGCHLD", &e))?;
 
-    let roster_text = std::fs::read_to_string(o.dir.join("roster")).unwrap_or_default();
+    let roster_text = iqd::roster::read_file(&o.dir).unwrap_or_else(|e| {
+        sj::log::warn(&format!(
+            "unable to read {}: {}",
+            o.dir.join("roster").display(),
+            sj::log::strerror(&e)
+        ));
+        String::new()
+    });
     let mut d = Iqd {
         bare: o.jid.bare(),
         dir: o.dir,
@@ -408,6 +423,17 @@ impl Iqd {
             sj::log::warn("dropped an iq result whose id cannot name a file");
             return;
         };
+        // DIR/iq is a real directory (never a symbolic link out of DIR).
+        let iq_dir = self.dir.join("iq");
+        if let Err(e) = sj::fifo::make_subdir(&iq_dir) {
+            sj::log::warn(&format!(
+                "dropped the answer to {}: unable to create {}: {}",
+                req.id,
+                iq_dir.display(),
+                sj::log::strerror(&e)
+            ));
+            return;
+        }
         let mut data = line.to_vec();
         data.push(b'\n');
         let is_fifo = std::fs::symlink_metadata(&path)

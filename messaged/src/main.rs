@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,8 @@ const MAX_IN_LINE: usize = 48 * 1024;
 const QUEUE_HIGH: usize = 1024 * 1024;
 /// How often DIR/roster is checked for changes.
 const ROSTER_EVERY: Duration = Duration::from_secs(1);
+/// The largest `DIR/roster` read.
+const ROSTER_MAX: u64 = 64 << 20;
 const MARKER: &str = ".groupchat";
 /// Log lines kept in memory, over all contacts, while their `out` cannot
 /// be written (a full disk); past this, lines are counted, not kept.
@@ -135,6 +137,8 @@ struct Contact {
     /// Normalised bare JID, as written in messages.
     jid: String,
     dir: PathBuf,
+    /// `NAME/out`, the log relative to DIR.
+    out: PathBuf,
     /// `None` while the FIFO cannot be made or opened (e.g. EMFILE).
     fifo: Option<OwnedFd>,
     fifo_warned: bool,
@@ -151,6 +155,8 @@ struct Contact {
 
 struct Daemon {
     dir: PathBuf,
+    /// DIR held open: logs are opened beneath it, never through a link.
+    root: sj::fifo::Root,
     own: Jid,
     poll: Poll,
     contacts: Vec<Contact>,
@@ -225,8 +231,11 @@ impl Daemon {
         let _ = poll
             .registry()
             .register(&mut SourceFd(&1), STDOUT, Interest::WRITABLE);
+        let root = sj::fifo::Root::open(&dir)
+            .map_err(|e| Fatal::io(format_args!("open {}", dir.display()), &e))?;
         Ok(Daemon {
             dir,
+            root,
             own,
             poll,
             contacts: Vec::new(),
@@ -306,6 +315,7 @@ impl Daemon {
         self.contacts.push(Contact {
             jid,
             dir,
+            out: Path::new(&name).join("out"),
             fifo: None,
             fifo_warned: false,
             partial: Partial::default(),
@@ -374,14 +384,7 @@ impl Daemon {
 
     fn write_marker(&self, i: usize) {
         let p = self.contacts[i].dir.join(MARKER);
-        if let Err(e) = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&p)
-        {
+        if let Err(e) = sj::fifo::write_marker(&p, b"") {
             sj::log::warn(&format!(
                 "unable to create {}: {}",
                 p.display(),
@@ -420,7 +423,7 @@ impl Daemon {
     /// Make a directory for every roster item when DIR/roster changed.
     fn check_roster(&mut self) {
         let path = self.dir.join("roster");
-        let Ok(meta) = fs::metadata(&path) else {
+        let Ok(meta) = fs::symlink_metadata(&path) else {
             return;
         };
         let seen = (
@@ -432,8 +435,17 @@ impl Daemon {
             return;
         }
         self.roster_seen = Some(seen);
-        let Ok(text) = fs::read(&path) else {
-            return;
+        let text = match sj::fifo::read_file(&path, ROSTER_MAX) {
+            Ok(t) => t,
+            Err(e) => {
+                // Said once per change of the file (`roster_seen`).
+                sj::log::warn(&format!(
+                    "unable to read {}: {}",
+                    path.display(),
+                    sj::log::strerror(&e)
+                ));
+                return;
+            }
         };
         for line in String::from_utf8_lossy(&text).lines() {
             let first = line.split('\t').next().unwrap_or("").trim();
@@ -613,13 +625,17 @@ impl Daemon {
                 ),
             ));
         }
-        let path = self.contacts[i].dir.join("out");
+        let rel = &self.contacts[i].out;
         let repair = self.contacts[i].warned;
-        let mut result = sj::outlog::append(&path, &text, repair);
+        // Opened beneath DIR with no link followed: a contact directory
+        // replaced by a symbolic link since it was made is never written
+        // through.
+        let mut result = sj::outlog::append_beneath(&self.root, rel, &text, repair);
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            result = sj::outlog::append(&path, &text, repair);
+            let rel = &self.contacts[i].out;
+            result = sj::outlog::append_beneath(&self.root, rel, &text, repair);
         }
         let c = &mut self.contacts[i];
         match result {
@@ -879,13 +895,7 @@ impl Partial {
 /// Make `dir` (mode 0700, a real directory, not a symlink) and an empty
 /// `out` in it unless there is one, so `tail -f out` works from the start.
 fn make_contact_dir(dir: &Path) -> io::Result<()> {
-    sj::fifo::make_dir(dir)?;
-    if !fs::symlink_metadata(dir)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a directory",
-        ));
-    }
+    sj::fifo::make_subdir(dir)?;
     // Best effort: a failure shows (and is reported) on the first append.
     let _ = sj::outlog::append(&dir.join("out"), "", false);
     Ok(())

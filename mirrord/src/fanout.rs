@@ -4,7 +4,9 @@
 //! record is due and only if it has a reader; each has its own bounded
 //! queue, flushed when the descriptor is writable. A client whose queue
 //! passes the bound is dropped until it registers again (its directory or
-//! its `in` FIFO is made anew).
+//! its `in` FIFO is made anew). Dropping writes the marker `dropped` into
+//! the client's directory before closing the FIFO, so its reader, which
+//! sees the end of input next, can tell a drop from mirrord stopping.
 
 use crate::route::{self, Account, Target};
 use nix::fcntl::OFlag;
@@ -18,6 +20,10 @@ use std::path::{Path, PathBuf};
 /// Identity of a FIFO: device and inode.
 type Ino = (u64, u64);
 
+fn fs_is_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
 fn ino_of(path: &Path) -> Option<Ino> {
     std::fs::symlink_metadata(path)
         .ok()
@@ -30,13 +36,6 @@ fn ino_of_fd(fd: &OwnedFd) -> Option<Ino> {
     nix::sys::stat::fstat(fd)
         .ok()
         .map(|st| (st.st_dev as u64, st.st_ino as u64))
-}
-
-fn is_fifo(fd: &OwnedFd) -> bool {
-    nix::sys::stat::fstat(fd).is_ok_and(|st| {
-        nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
-            == nix::sys::stat::SFlag::S_IFIFO
-    })
 }
 
 /// One registered client.
@@ -55,6 +54,8 @@ struct Client {
     /// from: not a writer, but it keeps that inode alive so a FIFO made
     /// anew in its place cannot get the same inode number.
     pin: Option<OwnedFd>,
+    /// Why its `in` could not be opened last time, logged once.
+    refused: Option<String>,
 }
 
 impl Client {
@@ -66,6 +67,7 @@ impl Client {
             ino: None,
             dropped: false,
             pin: None,
+            refused: None,
         }
     }
 
@@ -74,8 +76,15 @@ impl Client {
         self.queue.clear();
     }
 
-    /// Over the bound: close, forget the queue, remember which FIFO it was.
-    fn drop_until_new(&mut self) {
+    /// `DIR/clients/NAME/dropped`.
+    fn marker(&self) -> PathBuf {
+        self.path.with_file_name(sj::fifo::DROPPED)
+    }
+
+    /// Over the bound: mark the drop, close, forget the queue, remember
+    /// which FIFO it was. The marker is written before the FIFO closes, so
+    /// a reader that sees the end of input finds it.
+    fn drop_until_new(&mut self, name: &str, bound: usize) {
         let pin = nix::fcntl::open(
             &self.path,
             OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -91,6 +100,14 @@ impl Client {
             }
         }
         self.pin = pin;
+        let why = format!("queue over {bound} bytes\n");
+        if let Err(e) = sj::fifo::write_marker(&self.marker(), why.as_bytes()) {
+            sj::log::warn(&format!(
+                "client {name}: unable to write {}: {}",
+                self.marker().display(),
+                sj::log::strerror(&e)
+            ));
+        }
         self.close();
         self.dropped = true;
     }
@@ -141,6 +158,12 @@ impl Fanout {
                     c.ino = None;
                     if c.dropped {
                         sj::log::info(&format!("client {name} registered again"));
+                        // Its drop is over; a marker left by it would
+                        // mislead the new reader.
+                        let m = c.marker();
+                        if fs_is_file(&m) {
+                            let _ = std::fs::remove_file(&m);
+                        }
                     }
                     c.dropped = false;
                     c.pin = None;
@@ -178,19 +201,20 @@ impl Fanout {
             }
             if c.fd.is_none() {
                 match sj::fifo::open_write(&c.path) {
-                    Ok(Some(fd)) if is_fifo(&fd) => {
+                    Ok(Some(fd)) => {
                         c.ino = ino_of_fd(&fd);
                         c.fd = Some(fd);
+                        c.refused = None;
                     }
-                    // Replaced by something else since the scan: never
-                    // write records into a regular file.
-                    Ok(Some(_)) => continue,
                     // No reader: nothing to keep for it.
                     Ok(None) => continue,
+                    // Replaced by something that is not a FIFO since the
+                    // scan (never written into), or removed: said once.
                     Err(e) => {
-                        if sj::log::verbose() {
-                            let why = sj::log::strerror(&e);
-                            sj::log::info(&format!("client {name}: unable to open in: {why}"));
+                        let why = sj::log::strerror(&e);
+                        if c.refused.as_deref() != Some(why.as_str()) {
+                            sj::log::warn(&format!("client {name}: unable to open in: {why}"));
+                            c.refused = Some(why);
                         }
                         continue;
                     }
@@ -205,7 +229,7 @@ impl Fanout {
                 Self::flush_one(name, c, &mut report);
                 if c.queue.len() > judged {
                     sj::log::warn(&format!("dropping client {name}: queue over {bound} bytes"));
-                    c.drop_until_new();
+                    c.drop_until_new(name, bound);
                     report.dropped.push(name.clone());
                 }
             }
@@ -375,6 +399,11 @@ mod tests {
         got.extend(drain(&rf));
         assert_eq!(dropped, vec!["stuck".to_string()], "dropped exactly once");
         assert!(f.is_dropped("stuck"));
+        // The marker says why, for the reader that sees its end of input.
+        assert_eq!(
+            std::fs::read_to_string(c.join("stuck").join(sj::fifo::DROPPED)).expect("marker"),
+            format!("queue over {bound} bytes\n")
+        );
         assert_eq!(got.len(), n);
         for (i, l) in got.iter().enumerate() {
             assert!(
@@ -392,6 +421,10 @@ mod tests {
         let rs = sj::fifo::open_read(&c.join("stuck/in")).expect("open");
         f.sync(&sj::fifo::list_clients(&c));
         assert!(!f.is_dropped("stuck"));
+        assert!(
+            !c.join("stuck").join(sj::fifo::DROPPED).exists(),
+            "marker gone"
+        );
         f.deliver(b"<presence/>");
         f.flush_all();
         assert_eq!(drain(&rs), vec!["<presence/>"]);

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: mirrord [-v] [-q BYTES] -d DIR JID";
 /// Default per-client queue bound.
 const DEFAULT_BOUND: usize = 4 << 20;
+/// The environment variable that sets the bound when `-q` is not given.
+const QUEUE_ENV: &str = "SJ_MIRRORD_QUEUE";
 /// Longest record accepted on stdin (the library's rule); longer lines
 /// are skipped.
 const MAX_RECORD: usize = sj::framer::MAX_LINE;
@@ -60,7 +62,13 @@ fn parse_args() -> Result<Opts, Fatal> {
     let usage = |m: String| Fatal::permanent(format!("{m}\n{USAGE}"));
     let mut parser = lexopt::Parser::from_env();
     let mut verbose = false;
-    let mut bound = DEFAULT_BOUND;
+    // sj-proxy passes its environment on: this is how a bound reaches a
+    // mirrord it starts (mirrord(8), ENVIRONMENT).
+    let mut bound = match std::env::var(QUEUE_ENV) {
+        Ok(v) if !v.is_empty() => parse_size(&v)
+            .ok_or_else(|| usage(format!("invalid queue bound in {QUEUE_ENV}: {v}")))?,
+        _ => DEFAULT_BOUND,
+    };
     let mut dir: Option<PathBuf> = None;
     let mut jid: Option<String> = None;
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {

@@ -19,7 +19,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sj::exit::Fatal;
 use sj::jid::Jid;
 use sj::path::Kind;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
 mod common;
+mod owed;
 use common::{one_line, MyPresence, Show};
 
 const USAGE: &str = "usage: presenced [-v] [-a] -d DIR JID";
@@ -36,6 +37,10 @@ const CLIENT_NS: &str = "jabber:client";
 const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 /// Longest record accepted on stdin: the library's rule.
 const MAX_LINE: usize = sj::framer::MAX_LINE;
+/// The largest `mypresence` file read (a show word, a status, a priority).
+const MYPRESENCE_MAX: u64 = 64 * 1024;
+/// How often writes that failed are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     sj::log::init("presenced");
@@ -327,12 +332,15 @@ struct State {
     seq: u64,
     /// Records to write to stdout.
     out: Vec<Vec<u8>>,
+    /// Every write into DIR, and the ones still owed.
+    files: owed::Writer,
+    /// `mypresence` files that could not be read, logged once each.
+    unreadable: BTreeSet<PathBuf>,
 }
 
 impl State {
     fn new(dir: PathBuf, full: Jid, auto_approve: bool) -> State {
         State {
-            dir,
             bare: full.bare(),
             full,
             auto_approve,
@@ -344,6 +352,9 @@ impl State {
             last_broadcast: None,
             seq: 0,
             out: Vec::new(),
+            files: owed::Writer::new(&dir),
+            unreadable: BTreeSet::new(),
+            dir,
         }
     }
 
@@ -352,25 +363,16 @@ impl State {
         self.out.push(rec);
     }
 
-    /// The contact's directory, created 0700 if missing.
-    fn contact_dir(&self, bare: &str) -> Option<PathBuf> {
-        let comp = match sj::path::component(Kind::Contact, bare) {
-            Ok(c) => c,
+    /// A file in the contact's directory (made when written, never through
+    /// a symbolic link: `owed::Writer`); `None` when the JID cannot name one.
+    fn contact_file(&self, bare: &str, file: &str) -> Option<PathBuf> {
+        match sj::path::component(Kind::Contact, bare) {
+            Ok(c) => Some(self.dir.join(c).join(file)),
             Err(e) => {
                 sj::log::warn(&format!("no directory for {bare}: {e}"));
-                return None;
+                None
             }
-        };
-        let d = self.dir.join(comp);
-        if let Err(e) = sj::fifo::make_dir(&d) {
-            sj::log::warn(&format!(
-                "unable to create {}: {}",
-                d.display(),
-                sj::log::strerror(&e)
-            ));
-            return None;
         }
-        Some(d)
     }
 
     fn handle_record(&mut self, rec: &[u8]) {
@@ -497,17 +499,10 @@ impl State {
             Some(m) => aggregate(m.values()),
             None => "offline".to_string(),
         };
-        let Some(d) = self.contact_dir(bare) else {
+        let Some(path) = self.contact_file(bare, "presence") else {
             return;
         };
-        let path = d.join("presence");
-        if let Err(e) = sj::fifo::write_atomic(&path, format!("{line}\n").as_bytes()) {
-            sj::log::warn(&format!(
-                "unable to write {}: {}",
-                path.display(),
-                sj::log::strerror(&e)
-            ));
-        }
+        self.files.replace(path, format!("{line}\n").into_bytes());
     }
 
     fn subscription(&mut self, bare: &str, typ: &str) {
@@ -519,7 +514,7 @@ impl State {
             "{bare} {typ} {}\n",
             sj::time::utc_iso(std::time::SystemTime::now())
         );
-        append(&self.dir.join("subscriptions"), &line);
+        self.files.append(self.dir.join("subscriptions"), &line);
         if auto {
             let rec = format!(
                 "<presence to='{}' type='subscribed'/>\n",
@@ -530,20 +525,20 @@ impl State {
     }
 
     /// Append `YYYY-MM-DD HH:MM -!- text` to the contact's `out` log.
-    fn event(&self, bare: &str, text: &str) {
-        let Some(d) = self.contact_dir(bare) else {
+    fn event(&mut self, bare: &str, text: &str) {
+        let Some(path) = self.contact_file(bare, "out") else {
             return;
         };
         let when = sj::time::local_minute(sj::time::now_secs());
         let line = sj::outlog::lines(&when, &sj::outlog::Kind::Event, &one_line(text));
-        append(&d.join("out"), &line);
+        self.files.append(path, &line);
     }
 
     /// Re-read `DIR/mypresence` and every `DIR/<contact>/mypresence`; send
     /// what changed. Each contact directory is watched before its file is
     /// read, so a file written just after the read still wakes us.
     fn rescan(&mut self, mut watcher: Option<&mut Watcher>) {
-        match read_mypresence(&self.dir.join("mypresence")) {
+        match self.read_mypresence(&self.dir.join("mypresence")) {
             Some(m) => {
                 self.mine = m;
                 self.mine_bad = false;
@@ -571,7 +566,7 @@ impl State {
                     w.watch(&ent.path());
                 }
                 let f = ent.path().join("mypresence");
-                if !f.exists() {
+                if fs::symlink_metadata(&f).is_err() {
                     continue;
                 }
                 if let Some(w) = watcher.as_deref_mut() {
@@ -580,7 +575,7 @@ impl State {
                 let Some(jid) = sj::path::decode(&name) else {
                     continue;
                 };
-                match read_mypresence(&f) {
+                match self.read_mypresence(&f) {
                     Some(m) => {
                         seen.insert(name, (jid, m));
                     }
@@ -619,35 +614,41 @@ impl State {
     }
 
     /// At start: contacts' presence files from an earlier run are stale.
-    fn reset_presence_files(&self) {
+    fn reset_presence_files(&mut self) {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return;
         };
         for ent in rd.flatten() {
             let p = ent.path().join("presence");
-            if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) && p.is_file() {
-                let _ = sj::fifo::write_atomic(&p, b"offline\n");
+            let is_file = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+            if ent.file_type().is_ok_and(|t| t.is_dir()) && is_file(&p) {
+                self.files.replace(p, b"offline\n".to_vec());
             }
         }
     }
-}
 
-/// Read a mypresence file; missing means online, unreadable keeps default.
-fn read_mypresence(path: &Path) -> Option<MyPresence> {
-    match fs::read(path) {
-        Ok(b) => MyPresence::parse(&String::from_utf8_lossy(&b)),
-        Err(_) => Some(MyPresence::default()),
-    }
-}
-
-/// Append one line with one write (O_APPEND), creating the file 0600.
-fn append(path: &Path, line: &str) {
-    if let Err(e) = sj::outlog::append(path, line, false) {
-        sj::log::warn(&format!(
-            "unable to append to {}: {}",
-            path.display(),
-            sj::log::strerror(&e)
-        ));
+    /// Read a mypresence file; missing means online. One that cannot be
+    /// read (a symbolic link, a FIFO, a directory: the opening rules of
+    /// `sj::fifo`) counts as missing, with one log line until it can be.
+    fn read_mypresence(&mut self, path: &Path) -> Option<MyPresence> {
+        match sj::fifo::read_file(path, MYPRESENCE_MAX) {
+            Ok(b) => {
+                self.unreadable.remove(path);
+                MyPresence::parse(&String::from_utf8_lossy(&b))
+            }
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound
+                    && self.unreadable.insert(path.to_path_buf())
+                {
+                    sj::log::warn(&format!(
+                        "ignoring {}: unable to read it: {}",
+                        path.display(),
+                        sj::log::strerror(&e)
+                    ));
+                }
+                Some(MyPresence::default())
+            }
+        }
     }
 }
 
@@ -756,6 +757,7 @@ fn run() -> Result<(), Fatal> {
     let mut reader = sj::io::LineReader::new(MAX_LINE);
     let mut queue = sj::io::WriteQueue::new();
     let mut last_scan = Instant::now();
+    let mut last_retry = Instant::now();
 
     loop {
         for r in st.out.drain(..) {
@@ -766,7 +768,11 @@ fn run() -> Result<(), Fatal> {
                 .flush(&stdout)
                 .map_err(|e| Fatal::io("write to stdout", &e))?;
         }
-        let timeout = if watcher.is_some() {
+        if st.files.owes() && last_retry.elapsed() >= RETRY_EVERY {
+            last_retry = Instant::now();
+            st.files.retry();
+        }
+        let timeout = if watcher.is_some() && !st.files.owes() {
             PollTimeout::NONE
         } else {
             PollTimeout::from(1000u16)

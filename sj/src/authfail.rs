@@ -185,7 +185,7 @@ impl Failures {
 
     /// Failures since the last success (0 without a file).
     pub fn count(&self) -> u32 {
-        std::fs::read_to_string(&self.path)
+        crate::fifo::read_text(&self.path, 4096)
             .map(|t| Record::parse(&t).count)
             .unwrap_or(0)
     }

@@ -1,10 +1,21 @@
-//! FIFOs and the account directory's client registry.
+//! FIFOs, the rules for opening anything under the account directory, and
+//! the client registry.
 //!
 //! A FIFO named `in` is owned by its reader. Readers open it read-write so a
 //! writer closing never causes EOF (`open_read`), or read-only and reopen
 //! it on EOF when they must notice a writer leaving in the middle of a line
 //! (`LineFifo`); writers open it non-blocking write-only so that no reader
 //! is a clear error (ENXIO) instead of a hang.
+//!
+//! Every opener here follows the same rules (SECURITY.md, "Opening files"):
+//! the last component is never followed when it is a symbolic link
+//! (O_NOFOLLOW); what was opened is checked to be the kind of file wanted
+//! (a FIFO, a regular file, a directory), so a FIFO replaced by a regular
+//! file or a directory, or a file replaced by a FIFO, is refused with an
+//! error that says what was found, never written into or waited on; and a
+//! directory under DIR (`make_subdir`, `check_dir`) is a real directory,
+//! never a symbolic link that would lead out of DIR. DIR itself may be a
+//! symbolic link: where the account lives is its owner's choice.
 
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
@@ -17,31 +28,232 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// The marker mirrord leaves in `DIR/clients/NAME/` when it drops the
+/// client for falling behind (mirrord(8)); its reader (sj-c2s) looks for
+/// it when mirrord closes `in`.
+pub const DROPPED: &str = "dropped";
+
+/// An entry refused by the rules: `InvalidInput`, with what was found.
+fn refused(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what)
+}
+
+/// What kind of file a mode is, for messages.
+fn kind_of(mode: SFlag) -> &'static str {
+    match mode & SFlag::S_IFMT {
+        SFlag::S_IFREG => "a regular file",
+        SFlag::S_IFDIR => "a directory",
+        SFlag::S_IFLNK => "a symbolic link",
+        SFlag::S_IFIFO => "a FIFO",
+        SFlag::S_IFSOCK => "a socket",
+        _ => "a device",
+    }
+}
+
+fn kind_of_type(t: fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }
+}
+
+/// Open `path` with `flags` plus O_NOFOLLOW, O_NONBLOCK and O_CLOEXEC, and
+/// check that it is `want` (S_IFIFO, S_IFREG). Never blocks: a FIFO where
+/// a file was expected opens at once (or fails with ENXIO) and is refused.
+fn open_checked(path: &Path, flags: OFlag, mode: Mode, want: SFlag) -> io::Result<OwnedFd> {
+    open_stat(path, flags, mode, want).map(|(fd, _)| fd)
+}
+
+/// `open_checked`, also returning the descriptor's stat (one fstat for
+/// both the check and the caller's use of its size).
+pub(crate) fn open_stat(
+    path: &Path,
+    flags: OFlag,
+    mode: Mode,
+    want: SFlag,
+) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
+    let all = flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    match open(path, all, mode) {
+        Ok(fd) => check_kind(fd, want),
+        Err(e) => Err(explain(path, e, want)),
+    }
+}
+
+/// DIR, held open (following it if it is a symbolic link: where the
+/// account lives is its owner's choice) to open files beneath it with
+/// `open_stat_beneath`.
+pub struct Root {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let fd = open(
+            path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root {
+            path: path.to_path_buf(),
+            fd,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `open_stat` for `root/rel`, where no component of `rel` may be a
+/// symbolic link (the directories under DIR and the file itself): one
+/// `openat2` with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, so the check
+/// costs nothing and no race can defeat it; where the kernel lacks
+/// `openat2` (or a sandbox refuses it), `check_dir` on each directory of
+/// `rel`, then `open_stat`.
+pub(crate) fn open_stat_beneath(
+    root: &Root,
+    rel: &Path,
+    flags: OFlag,
+    mode: Mode,
+    want: SFlag,
+) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::fcntl::{openat2, OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
+            .mode(mode)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(&root.fd, rel, how) {
+            Ok(fd) => return check_kind(fd, want),
+            Err(Errno::ENOSYS | Errno::EPERM) => {}
+            Err(e) => {
+                // Which component: a directory (a link out of DIR) or the
+                // file itself.
+                if e == Errno::ELOOP {
+                    check_dirs(root, rel)?;
+                }
+                return Err(explain(&root.path.join(rel), e, want));
+            }
+        }
+    }
+    check_dirs(root, rel)?;
+    open_stat(&root.path.join(rel), flags, mode, want)
+}
+
+/// `check_dir` on each directory of `rel` under `root`.
+fn check_dirs(root: &Root, rel: &Path) -> io::Result<()> {
+    let mut at = root.path.clone();
+    for c in rel.parent().into_iter().flat_map(Path::components) {
+        at.push(c);
+        check_dir(&at)?;
+    }
+    Ok(())
+}
+
+/// The stat of `fd`, if it is `want`; else what it is instead.
+fn check_kind(fd: OwnedFd, want: SFlag) -> io::Result<(OwnedFd, nix::sys::stat::FileStat)> {
+    let st = nix::sys::stat::fstat(&fd)?;
+    let found = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if found != want {
+        return Err(refused(format!(
+            "is {}, not {}",
+            kind_of(found),
+            kind_of(want)
+        )));
+    }
+    Ok((fd, st))
+}
+
+/// Turn an open's errno into what the path really is, when the errno only
+/// hints at it: ELOOP from O_NOFOLLOW (a symbolic link), ENXIO or EISDIR
+/// where a regular file was wanted (a FIFO, a directory).
+fn explain(path: &Path, e: Errno, want: SFlag) -> io::Error {
+    if matches!(e, Errno::ELOOP | Errno::ENXIO | Errno::EISDIR) {
+        if let Ok(m) = fs::symlink_metadata(path) {
+            let t = m.file_type();
+            if t.is_symlink() {
+                return refused("is a symbolic link".to_string());
+            }
+            let fifo_wanted = want == SFlag::S_IFIFO;
+            if (e == Errno::ENXIO && t.is_fifo() && !fifo_wanted)
+                || (e == Errno::EISDIR && t.is_dir())
+            {
+                return refused(format!("is {}, not {}", kind_of_type(t), kind_of(want)));
+            }
+        }
+    }
+    e.into()
+}
+
 /// Create `path` as a FIFO with mode 0600 unless a FIFO is already there.
 pub fn make(path: &Path) -> io::Result<()> {
     match mkfifo(path, Mode::from_bits_truncate(0o600)) {
         Ok(()) => Ok(()),
         Err(Errno::EEXIST) => {
-            let meta = fs::symlink_metadata(path)?;
-            if meta.file_type().is_fifo() {
+            let t = fs::symlink_metadata(path)?.file_type();
+            if t.is_fifo() {
                 Ok(())
             } else {
-                Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    "exists and is not a FIFO",
-                ))
+                Err(refused(format!("is {}, not a FIFO", kind_of_type(t))))
             }
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// Create a directory (and its parents) with mode 0700.
+/// Create a directory (and its parents) with mode 0700. For DIR itself,
+/// which may be a symbolic link (its owner's choice); a directory under
+/// DIR is made with `make_subdir`.
 pub fn make_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
+}
+
+/// Create a directory under DIR (`DIR/<contact>`, `DIR/clients`, `DIR/iq`)
+/// with mode 0700, its parent with `make_dir` if missing. One that exists
+/// must be a real directory: a symbolic link there, wherever it points, is
+/// refused, so nothing is ever written through it out of DIR.
+pub fn make_subdir(path: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_dir(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => make_dir(parent)?,
+                _ => return Err(e),
+            }
+            match fs::DirBuilder::new().mode(0o700).create(path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_dir(path),
+                other => other,
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A directory under DIR is a real directory, not a symbolic link to one.
+/// Checked again before writing into a directory made earlier, since it
+/// may have been replaced since.
+pub fn check_dir(path: &Path) -> io::Result<()> {
+    let t = fs::symlink_metadata(path)?.file_type();
+    if t.is_dir() {
+        Ok(())
+    } else {
+        Err(refused(format!("is {}, not a directory", kind_of_type(t))))
+    }
 }
 
 /// Open a FIFO for reading so that it never reports EOF (read-write),
@@ -53,16 +265,45 @@ pub fn open_read(path: &Path) -> io::Result<OwnedFd> {
 /// Open a FIFO to read from with `mode` (read-write or read-only), non-blocking,
 /// close-on-exec, not through a symlink; refuse anything that is not a FIFO.
 fn open_reader(path: &Path, mode: OFlag) -> io::Result<OwnedFd> {
-    let fd = open(
-        path,
-        mode | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )?;
-    let st = nix::sys::stat::fstat(&fd)?;
-    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a FIFO"));
+    open_checked(path, mode, Mode::empty(), SFlag::S_IFIFO)
+}
+
+/// Open a small regular file for reading (`state`, `pid`, `roster`,
+/// `mypresence`), never through a symbolic link and never waiting: a FIFO
+/// in its place is refused, not read from.
+pub fn open_file(path: &Path) -> io::Result<fs::File> {
+    open_checked(path, OFlag::O_RDONLY, Mode::empty(), SFlag::S_IFREG).map(fs::File::from)
+}
+
+/// The contents of a regular file (`open_file`) of at most `max` bytes;
+/// a larger one is an error, not read.
+pub fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_file(path)?;
+    let mut data = Vec::new();
+    f.take(max.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(refused(format!("is larger than {max} bytes")));
     }
-    Ok(fd)
+    Ok(data)
+}
+
+/// A small text file under DIR, by the same rules as `read_file`.
+pub fn read_text(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_file(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))
+}
+
+/// Create or rewrite in place a small file of ours that is not read by a
+/// concurrent reader as a whole (a marker such as `DIR/<room>/.groupchat`
+/// or `DIR/clients/NAME/dropped`): mode 0600, never through a symbolic
+/// link, never into a FIFO (which would block or feed its reader).
+pub fn write_marker(path: &Path, data: &[u8]) -> io::Result<()> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT;
+    let fd = open_checked(path, flags, Mode::from_bits_truncate(0o600), SFlag::S_IFREG)?;
+    let f = fs::File::from(fd);
+    f.set_len(0)?;
+    crate::io::write_all(&f, data)
 }
 
 /// A FIFO read line by line that notices its writers leaving. Read-only,
@@ -140,15 +381,13 @@ impl LineFifo {
 }
 
 /// Open a FIFO for writing without blocking. `Ok(None)` when nobody reads it.
+/// Refuses anything that is not a FIFO (a regular file put in its place
+/// would otherwise be written into).
 pub fn open_write(path: &Path) -> io::Result<Option<OwnedFd>> {
-    match open(
-        path,
-        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    ) {
+    match open_checked(path, OFlag::O_WRONLY, Mode::empty(), SFlag::S_IFIFO) {
         Ok(fd) => Ok(Some(fd)),
-        Err(Errno::ENXIO) => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -275,18 +514,23 @@ fn unique() -> u64 {
 /// The clients registered under `DIR/clients`: a subdirectory whose `in`
 /// and `out` are both FIFOs. Names are the directory names as they are.
 pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
-    client_fifos(clients_dir).into_keys().collect()
+    client_fifos(clients_dir).0.into_keys().collect()
 }
 
 /// Identity of a client's registration: device and inode of its `out`.
 type OutId = (u64, u64);
 
-/// The clients under `clients_dir`, each with the identity of its `out`.
-fn client_fifos(clients_dir: &Path) -> BTreeMap<String, OutId> {
+/// The clients under `clients_dir`, each with the identity of its `out`;
+/// and the entries refused as clients, with why: a symbolic link (to a
+/// directory elsewhere, whose FIFOs would take records out of DIR), or an
+/// `in` or `out` that is there but not a FIFO. A directory still being
+/// made (no `in` or `out` yet) is neither.
+fn client_fifos(clients_dir: &Path) -> (BTreeMap<String, OutId>, BTreeMap<String, String>) {
     use std::os::unix::fs::MetadataExt;
     let mut found = BTreeMap::new();
+    let mut refused = BTreeMap::new();
     let Ok(rd) = fs::read_dir(clients_dir) else {
-        return found;
+        return (found, refused);
     };
     for ent in rd.flatten() {
         let Ok(name) = ent.file_name().into_string() else {
@@ -295,17 +539,36 @@ fn client_fifos(clients_dir: &Path) -> BTreeMap<String, OutId> {
         if name.starts_with('.') {
             continue;
         }
+        // The entry's own type, not its target's.
+        match ent.file_type() {
+            Ok(t) if t.is_dir() => {}
+            Ok(t) if t.is_symlink() => {
+                refused.insert(name, "is a symbolic link".to_string());
+                continue;
+            }
+            _ => continue,
+        }
         let dir = ent.path();
-        let fifo = |p: PathBuf| {
-            fs::symlink_metadata(p)
-                .ok()
-                .filter(|m| m.file_type().is_fifo())
-        };
-        if let (Some(_), Some(out)) = (fifo(dir.join("in")), fifo(dir.join("out"))) {
-            found.insert(name, (out.dev(), out.ino()));
+        let (i, o) = (
+            fs::symlink_metadata(dir.join("in")),
+            fs::symlink_metadata(dir.join("out")),
+        );
+        match (&i, &o) {
+            (Ok(i), Ok(o)) if i.file_type().is_fifo() && o.file_type().is_fifo() => {
+                found.insert(name, (o.dev(), o.ino()));
+            }
+            _ => {
+                let bad = [("in", &i), ("out", &o)].into_iter().find_map(|(f, m)| {
+                    let t = m.as_ref().ok()?.file_type();
+                    (!t.is_fifo()).then(|| format!("{f} is {}, not a FIFO", kind_of_type(t)))
+                });
+                if let Some(why) = bad {
+                    refused.insert(name, why);
+                }
+            }
         }
     }
-    found
+    (found, refused)
 }
 
 /// Notices clients arriving and leaving under `DIR/clients`. Rescans are
@@ -318,18 +581,21 @@ pub struct ClientWatcher {
     /// left and registered again under the same name between two scans (a
     /// client reconnecting, a stale directory replaced) has a new one.
     ids: BTreeMap<String, OutId>,
+    /// Entries refused as clients, with why, logged once each.
+    refused: BTreeMap<String, String>,
     inotify: Option<nix::sys::inotify::Inotify>,
 }
 
 impl ClientWatcher {
     pub fn new(clients_dir: &Path) -> io::Result<Self> {
         use nix::sys::inotify::{InitFlags, Inotify};
-        make_dir(clients_dir)?;
+        make_subdir(clients_dir)?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
         let mut w = ClientWatcher {
             dir: clients_dir.to_path_buf(),
             known: BTreeSet::new(),
             ids: BTreeMap::new(),
+            refused: BTreeMap::new(),
             inotify,
         };
         w.watch(&w.dir.clone());
@@ -381,7 +647,13 @@ impl ClientWatcher {
                 }
             }
         }
-        let now = client_fifos(&self.dir);
+        let (now, refused) = client_fifos(&self.dir);
+        for (name, why) in &refused {
+            if self.refused.get(name) != Some(why) {
+                crate::log::warn(&format!("not a client: clients/{name}: {why}"));
+            }
+        }
+        self.refused = refused;
         let same = |n: &String, id: &OutId| self.ids.get(n) == Some(id);
         let added = now
             .iter()
@@ -507,6 +779,113 @@ mod tests {
         fs::write(&p, b"").expect("write");
         assert!(make(&p).is_err());
         assert!(open_read(&p).is_err());
+        fs::remove_dir_all(&d).ok();
+    }
+
+    fn why(r: io::Result<impl std::fmt::Debug>) -> String {
+        sj_err(r.expect_err("refused"))
+    }
+
+    fn sj_err(e: io::Error) -> String {
+        crate::log::strerror(&e)
+    }
+
+    #[test]
+    fn openers_say_what_they_found_and_never_wait() {
+        let d = tmpdir("openers");
+        let (file, dir, fifo, link) = (d.join("f"), d.join("d"), d.join("p"), d.join("l"));
+        fs::write(&file, b"x\n").expect("write");
+        make_dir(&dir).expect("mkdir");
+        make(&fifo).expect("mkfifo");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        // FIFO openers: a regular file, a directory, a symbolic link.
+        assert_eq!(why(make(&file)), "is a regular file, not a FIFO");
+        assert_eq!(why(make(&link)), "is a symbolic link, not a FIFO");
+        assert_eq!(why(open_read(&file)), "is a regular file, not a FIFO");
+        assert_eq!(why(open_read(&link)), "is a symbolic link");
+        assert_eq!(why(open_write(&file)), "is a regular file, not a FIFO");
+        assert_eq!(why(open_write(&dir)), "is a directory, not a FIFO");
+        assert_eq!(why(open_write(&link)), "is a symbolic link");
+        assert!(LineFifo::open(&dir, 64).is_err());
+        // No reader is still no error.
+        assert!(open_write(&fifo).expect("open").is_none());
+        // File readers: a FIFO (no writer: would block without O_NONBLOCK),
+        // a directory, a symbolic link, and too large.
+        assert_eq!(read_file(&file, 16).expect("read"), b"x\n");
+        assert_eq!(why(read_file(&fifo, 16)), "is a FIFO, not a regular file");
+        assert_eq!(
+            why(read_file(&dir, 16)),
+            "is a directory, not a regular file"
+        );
+        assert_eq!(why(read_file(&link, 16)), "is a symbolic link");
+        assert_eq!(why(read_file(&file, 1)), "is larger than 1 bytes");
+        // Markers: never into a FIFO or through a link.
+        assert_eq!(
+            why(write_marker(&fifo, b"")),
+            "is a FIFO, not a regular file"
+        );
+        assert_eq!(why(write_marker(&link, b"")), "is a symbolic link");
+        write_marker(&d.join("m"), b"why\n").expect("marker");
+        let mode = fs::metadata(d.join("m"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Directories under DIR: never a symbolic link, whatever it points to.
+        let dlink = d.join("dl");
+        std::os::unix::fs::symlink(&dir, &dlink).expect("symlink");
+        assert_eq!(
+            why(make_subdir(&dlink)),
+            "is a symbolic link, not a directory"
+        );
+        assert_eq!(
+            why(check_dir(&dlink)),
+            "is a symbolic link, not a directory"
+        );
+        assert_eq!(
+            why(make_subdir(&file)),
+            "is a regular file, not a directory"
+        );
+        make_subdir(&dir).expect("existing directory");
+        make_subdir(&d.join("new/sub")).expect("parent made too");
+        // DIR itself may be a symbolic link (its owner's choice).
+        make_dir(&dlink).expect("DIR through a link");
+        fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn symlinked_or_malformed_client_directories_are_not_clients() {
+        let d = tmpdir("badclients");
+        let c = d.join("clients");
+        let elsewhere = d.join("elsewhere");
+        for x in [
+            &c.join("good"),
+            &elsewhere,
+            &c.join("regin"),
+            &c.join("half"),
+        ] {
+            make_dir(x).expect("mkdir");
+        }
+        for x in [&c.join("good"), &elsewhere] {
+            make(&x.join("in")).expect("fifo");
+            make(&x.join("out")).expect("fifo");
+        }
+        std::os::unix::fs::symlink(&elsewhere, c.join("link")).expect("symlink");
+        fs::write(c.join("regin/in"), b"").expect("write");
+        make(&c.join("regin/out")).expect("fifo");
+        make(&c.join("half/in")).expect("fifo");
+        let (found, refused) = client_fifos(&c);
+        assert_eq!(found.keys().collect::<Vec<_>>(), vec!["good"]);
+        assert_eq!(
+            refused.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("link".to_string(), "is a symbolic link".to_string()),
+                (
+                    "regin".to_string(),
+                    "in is a regular file, not a FIFO".to_string()
+                ),
+            ]
+        );
         fs::remove_dir_all(&d).ok();
     }
 

@@ -56,7 +56,7 @@ fn open_lock(dir: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
 
 /// The pid written in DIR/lock, if any.
 fn written_pid(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join(NAME))
+    crate::fifo::read_text(&dir.join(NAME), 4096)
         .ok()?
         .trim()
         .parse::<i32>()

@@ -17,7 +17,7 @@ pub const ITERATIONS: u32 = 4096;
 /// mechanisms this version does not know (a newer tool may add some). A
 /// malformed line is an `InvalidData` error naming its line number.
 pub fn read(path: &Path) -> std::io::Result<Vec<StoredCredentials>> {
-    let text = std::fs::read_to_string(path)?;
+    let text = crate::fifo::read_text(path, 1 << 20)?;
     parse(&text)
 }
 
@@ -112,7 +112,7 @@ pub const SALT_KEY: &str = ".salt-key";
 pub fn salt_key(dir: &Path) -> std::io::Result<Vec<u8>> {
     let path = dir.join(SALT_KEY);
     for _ in 0..2 {
-        match std::fs::read_to_string(&path) {
+        match crate::fifo::read_text(&path, 4096) {
             Ok(text) => {
                 return b64decode(text.trim())
                     .ok()

@@ -96,7 +96,9 @@ pub fn parse(text: &str) -> Option<State> {
 
 /// DIR/state as its writer left it; `None` when it is missing or unreadable.
 pub fn read(dir: &Path) -> Option<State> {
-    parse(&std::fs::read_to_string(dir.join(NAME)).ok()?)
+    // The opening rules of DIR (sj::fifo): no symlink, no FIFO in its place.
+    let b = crate::fifo::read_file(&dir.join(NAME), 4096).ok()?;
+    parse(std::str::from_utf8(&b).ok()?)
 }
 
 /// What a reader should tell a person: DIR/state together with whether its

@@ -160,7 +160,7 @@ class Proxy:
           "tls" (socat OPENSSL:ADDR:PORT,verify=0 EXEC:'sj-proxy -t ...',fdin=6,fdout=7)."""
 
     def __init__(self, jid, password, addr, port, mode="tcp", resource=None, workdir=None,
-                 verbose=True, extra_args=()):
+                 verbose=True, extra_args=(), env=None):
         self.jid = jid
         self.bare = jid.split("/")[0]
         self.password = password
@@ -173,6 +173,9 @@ class Proxy:
         self.stdout_path = os.path.join(self.workdir, "stdout")
         self.verbose = verbose
         self.extra_args = list(extra_args)
+        # Added to the environment sj-proxy and its daemons inherit (for
+        # example SJ_MIRRORD_QUEUE, mirrord's queue bound).
+        self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.ready_fd = None
         self.ready = False
@@ -219,7 +222,7 @@ class Proxy:
             self.ready_fd = os.open(self.ready_fifo, os.O_RDONLY | os.O_NONBLOCK)
             self.proc = subprocess.Popen(self.argv(9), stdin=subprocess.DEVNULL,
                                          stdout=self._stdout, stderr=self._stderr,
-                                         start_new_session=True)
+                                         start_new_session=True, env=self.env)
             return self
         r, w = os.pipe()
         # Keep the readiness fd clear of 0-2 and of the wrapper's 6/7.
@@ -227,7 +230,7 @@ class Proxy:
         os.close(w)
         self.proc = subprocess.Popen(self.argv(w2), stdin=subprocess.DEVNULL,
                                      stdout=self._stdout, stderr=self._stderr,
-                                     pass_fds=(w2,), start_new_session=True)
+                                     pass_fds=(w2,), start_new_session=True, env=self.env)
         os.close(w2)
         self.ready_fd = r
         return self

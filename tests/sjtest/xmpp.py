@@ -29,8 +29,11 @@ class RawXmpp:
     """One logged-in session: `login()` does SCRAM-SHA-1 and binds `resource`."""
 
     def __init__(self, host, port, user, password, domain="localhost", resource="raw",
-                 timeout=20.0):
+                 timeout=20.0, rcvbuf=None):
         self.addr = (host, port)
+        # A small receive buffer (SO_RCVBUF, set before connecting so the
+        # window stays small) for a client that is to fall behind quickly.
+        self.rcvbuf = rcvbuf
         self.user, self.password, self.domain = user, password, domain
         self.resource = resource
         self.timeout = timeout
@@ -64,7 +67,13 @@ class RawXmpp:
         self.read_until(rb"</stream:features>")
 
     def login(self):
-        self.sock = socket.create_connection(self.addr, timeout=self.timeout)
+        if self.rcvbuf:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(self.addr)
+        else:
+            self.sock = socket.create_connection(self.addr, timeout=self.timeout)
         self._open()
         nonce = _b64(os.urandom(12))
         cfirst = f"n={self.user},r={nonce}"
@@ -134,7 +143,7 @@ class C2S:
     """sj-c2s under tcpserver on 127.0.0.1 for account directory `d`, with the
     local password set through sj-passwd."""
 
-    def __init__(self, d, password="local-pw", log_path=None, args=(), mode="-d"):
+    def __init__(self, d, password="local-pw", log_path=None, args=(), mode="-d", verbose=False):
         self.dir = d
         # mode "-R": serve every account in d's parent directory.
         self.root = os.path.dirname(d) if mode == "-R" else None
@@ -146,17 +155,21 @@ class C2S:
         self.log_path = log_path or os.path.join(os.path.dirname(d), "sj-c2s.log")
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PATH=bin_dir() + os.pathsep + os.environ["PATH"])
+        # verbose: tcpserver logs "end PID status S" (a wait status) for
+        # each sj-c2s, so a test can check its exit code.
+        opts = ["-vRHl0"] if verbose else ["-RHl0"]
         self.proc = subprocess.Popen(
-            ["tcpserver", "-RHl0", "127.0.0.1", str(self.port), sj_bin("sj-c2s"), *args,
+            ["tcpserver", *opts, "127.0.0.1", str(self.port), sj_bin("sj-c2s"), *args,
              mode, self.root or d],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
             start_new_session=True)
         wait_port("127.0.0.1", self.port, 15, self.proc)
 
-    def client(self, resource):
+    def client(self, resource, **kw):
         """A logged-in RawXmpp session through this listener; returns once
         DIR/clients/<resource> exists."""
-        c = RawXmpp("127.0.0.1", self.port, "alice", self.password, resource=resource).login()
+        c = RawXmpp("127.0.0.1", self.port, "alice", self.password, resource=resource,
+                    **kw).login()
         assert wait_until(lambda: os.path.isdir(os.path.join(self.dir, "clients", resource)),
                           15), f"clients/{resource} not registered"
         return c

@@ -91,7 +91,7 @@ fn run() -> Result<u8, Fatal> {
     let a = parse_args()?;
     let dir = account_dir(&a)?;
     let words: Vec<&str> = a.words.iter().map(String::as_str).collect();
-    let cache = || Roster::parse(&std::fs::read_to_string(dir.join("roster")).unwrap_or_default());
+    let cache = || Roster::parse(&iqd::roster::read_file(&dir).unwrap_or_default());
     let jid = |s: &str| -> Result<String, Fatal> {
         Jid::parse(s)
             .map(|j| j.to_string())
@@ -139,11 +139,8 @@ fn run() -> Result<u8, Fatal> {
 
 fn list(dir: &Path) -> Result<u8, Fatal> {
     let p = dir.join("roster");
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Fatal::io(format!("read {}", p.display()), &e)),
-    };
+    let text =
+        iqd::roster::read_file(dir).map_err(|e| Fatal::io(format!("read {}", p.display()), &e))?;
     let mut out = String::new();
     for i in Roster::parse(&text).items.values() {
         out.push_str(&i.line());
@@ -176,7 +173,7 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
         ));
     }
     let iq_dir = dir.join("iq");
-    sj::fifo::make_dir(&iq_dir)
+    sj::fifo::make_subdir(&iq_dir)
         .map_err(|e| Fatal::io(format!("create {}", iq_dir.display()), &e))?;
     let fifo = iqd::paths::iq_result(dir, &id)
         .ok_or_else(|| Fatal::permanent(format!("id {id} cannot name a file")))?;

@@ -92,7 +92,7 @@ fn os_string(v: OsString) -> Result<String, Fatal> {
 }
 
 fn read_file(path: &Path) -> Result<MyPresence, Fatal> {
-    match fs::read(path) {
+    match sj::fifo::read_file(path, 64 * 1024) {
         Ok(b) => MyPresence::parse(&String::from_utf8_lossy(&b))
             .ok_or_else(|| Fatal::permanent(format!("{}: bad format", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(MyPresence::default()),
@@ -167,7 +167,7 @@ fn cmd_to(dir: &Path, words: &[String]) -> Result<(), Fatal> {
     let path = cdir.join("mypresence");
     match rest {
         [] => {
-            if path.exists() {
+            if fs::symlink_metadata(&path).is_ok() {
                 print(&read_file(&path)?.line())
             } else {
                 print("-")
@@ -180,7 +180,7 @@ fn cmd_to(dir: &Path, words: &[String]) -> Result<(), Fatal> {
         },
         _ => {
             let m = parse_show(rest, &MyPresence::default())?;
-            sj::fifo::make_dir(&cdir)
+            sj::fifo::make_subdir(&cdir)
                 .map_err(|e| Fatal::io(format_args!("create {}", cdir.display()), &e))?;
             write_file(&path, &m)
         }
@@ -242,9 +242,13 @@ fn cmd_list(dir: &Path) -> Result<(), Fatal> {
         if name.starts_with('.') || sj::path::RESERVED.contains(&name.as_str()) {
             continue;
         }
-        let Ok(text) = fs::read_to_string(ent.path().join("presence")) else {
+        if !ent.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(text) = sj::fifo::read_file(&ent.path().join("presence"), 64 * 1024) else {
             continue;
         };
+        let text = String::from_utf8_lossy(&text);
         let jid = sj::path::decode(&name).unwrap_or(name);
         rows.push(format!(
             "{jid}\t{}",

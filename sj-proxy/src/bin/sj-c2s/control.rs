@@ -2,11 +2,16 @@
 //! sends as chat messages, answered from the account directory.
 
 use sj::path::{component, Kind};
-use std::fs;
 use std::path::Path;
 
 /// Largest `history` request.
 const MAX_HISTORY: usize = 200;
+/// Most text one `history` reply carries: however large the log and its
+/// lines, the reply stays one modest message, read from the log's end in
+/// bounded time and memory (`sj::outlog::tail`).
+const HISTORY_BUDGET: usize = 64 * 1024;
+/// The largest `state` or `pid` file read.
+const SMALL_FILE: u64 = 4096;
 
 pub const HELP: &str = "commands:
 help                  this text
@@ -70,12 +75,12 @@ fn kick(dir: &Path, name: &str) -> String {
         _ => return format!("no such client: {name}"),
     }
     let cdir = dir.join("clients").join(name);
-    if !cdir.is_dir() {
+    if sj::fifo::check_dir(&cdir).is_err() {
         return format!("no such client: {name}");
     }
-    let pid = fs::read_to_string(cdir.join("pid"))
+    let pid = sj::fifo::read_file(&cdir.join("pid"), SMALL_FILE)
         .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<i32>().ok())
         .filter(|&p| p > 1);
     let Some(pid) = pid else {
         return format!("client {name} has no pid file (a raw client?)");
@@ -118,15 +123,68 @@ fn history(dir: &Path, args: &str) -> String {
         return format!("not a contact JID: {contact}");
     };
     // At least one line, to tell an empty log from `history CONTACT 0`.
-    match sj::outlog::tail(&dir.join(c).join("out"), n.max(1)) {
-        Ok(lines) if !lines.is_empty() => lines[lines.len() - n.min(lines.len())..].join("\n"),
-        _ => format!("no history with {contact}"),
+    let t = match sj::outlog::tail(&dir.join(c).join("out"), n.max(1), HISTORY_BUDGET) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return format!("no history with {contact}")
+        }
+        Err(e) => {
+            return format!(
+                "unable to read the log with {contact}: {}",
+                sj::log::strerror(&e)
+            )
+        }
+    };
+    if t.lines.is_empty() && !t.more_before {
+        return format!("no history with {contact}");
     }
+    if n == 0 {
+        return String::new();
+    }
+    let limit = HISTORY_BUDGET / 1024;
+    if t.lines.is_empty() {
+        return format!("the last line of the log with {contact} is too long to be shown here");
+    }
+    let mut out = if t.more_before {
+        format!("... earlier lines not shown (a reply holds at most {limit} KiB)\n")
+    } else if t.left_out > 0 {
+        format!(
+            "... {} earlier line(s) not shown (a reply holds at most {limit} KiB)\n",
+            t.left_out
+        )
+    } else {
+        String::new()
+    };
+    out.push_str(
+        &t.lines
+            .iter()
+            .map(|l| xml_safe(l))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    out
+}
+
+/// A log line as text a reply can carry: whatever the file holds (a log
+/// written by hand, a stray NUL), no character XML forbids, no control
+/// character (`sj::outlog::clean`).
+fn xml_safe(line: &str) -> String {
+    sj::outlog::clean(line)
+        .chars()
+        .map(|c| {
+            if sj::escape::is_xml_char(c) {
+                c
+            } else {
+                '\u{FFFD}'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn tmp(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("sj-c2s-ctl-{tag}-{}", std::process::id()));

@@ -15,8 +15,9 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::authfail::{Failures, Gate};
 use sj::escape;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
+use sj::fifo::LineFifo;
 use sj::framer::{Event, FrameError, Framer, Limits, Mode, StreamHeader};
-use sj::io::{LineReader, Read, WriteQueue};
+use sj::io::{Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::{component, Kind};
 use sj::sasl::{self, Hash, ScramServer, StoredCredentials, NS as NS_SASL};
@@ -50,6 +51,8 @@ const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
 const CLIENT_HIGH_WATER: usize = 1 << 20;
 /// Longest line accepted from the `in` FIFO: the library's rule.
 const IN_LINE_MAX: usize = sj::framer::MAX_LINE;
+/// The largest `state` or `pid` file read.
+const SMALL_FILE: u64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -113,9 +116,12 @@ impl Drop for Registration {
 struct Client {
     name: String,
     account: Account,
-    infd: OwnedFd,
+    /// `clients/NAME/in`, read-only so that mirrord closing its end shows
+    /// (as POLLHUP, then end of input): see `dropped_by_mirrord`.
+    infifo: LineFifo,
+    /// `clients/NAME`, where mirrord leaves its `dropped` marker.
+    cdir: PathBuf,
     outfd: OwnedFd,
-    reader: LineReader,
     outq: WriteQueue,
     tr: Translator,
     // Last so the FIFOs close before the directory goes.
@@ -286,9 +292,13 @@ fn name_problem(name: &str, upstream: Option<&str>) -> Option<String> {
 /// A client directory left by an sj-c2s that was killed: its pid file names
 /// a process that no longer exists. Raw clients (no pid file) are never stale.
 fn is_stale(cdir: &Path) -> bool {
-    let Some(pid) = fs::read_to_string(cdir.join("pid"))
+    // Never read through a symbolic link put in a client's place.
+    if sj::fifo::check_dir(cdir).is_err() {
+        return false;
+    }
+    let Some(pid) = sj::fifo::read_file(&cdir.join("pid"), SMALL_FILE)
         .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
+        .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<i32>().ok())
         .filter(|&p| p > 1)
     else {
         return false;
@@ -306,7 +316,7 @@ fn claim_name(
     requested: Option<&str>,
     upstream: Option<&str>,
 ) -> io::Result<String> {
-    sj::fifo::make_dir(clients)?;
+    sj::fifo::make_subdir(clients)?;
     let mut candidates: Vec<String> = Vec::new();
     if let Some(r) = requested {
         if valid_name(r, upstream) {
@@ -1077,8 +1087,8 @@ impl Session {
             format!("{}\n", std::process::id()).as_bytes(),
         )
         .map_err(io("write the client's pid file"))?;
-        let infd =
-            sj::fifo::open_read(&cdir.join("in")).map_err(io("open the client's in FIFO"))?;
+        let infifo = LineFifo::open(&cdir.join("in"), IN_LINE_MAX)
+            .map_err(io("open the client's in FIFO"))?;
         // sj-proxy notices the new directory by itself; give it a moment.
         let give_up = Instant::now() + Duration::from_secs(5);
         let outfd = loop {
@@ -1098,9 +1108,9 @@ impl Session {
         Ok(Client {
             name,
             account: acct.clone(),
-            infd,
+            infifo,
+            cdir,
             outfd,
-            reader: LineReader::new(IN_LINE_MAX),
             outq: WriteQueue::new(),
             tr: Translator::new(acct.bare.clone(), full, upstream),
             _reg: reg,
@@ -1320,7 +1330,7 @@ impl Session {
                 None => PollTimeout::NONE,
             };
             let want_in = self.to_client.len() < CLIENT_HIGH_WATER;
-            let (r_client, w_client, r_in, w_out, r_sig, hup_out) = {
+            let (r_client, w_client, r_in, w_out, r_sig, hup_out, hup_in) = {
                 let mut fds = Vec::with_capacity(5);
                 fds.push(PollFd::new(self.sig_rd.as_fd(), PollFlags::POLLIN));
                 // The client is not read while an answer is held back (a
@@ -1342,9 +1352,16 @@ impl Session {
                 }
                 let (mut ri, mut wo) = (None, None);
                 if let Some(c) = &self.client {
-                    if want_in {
+                    if let Some(fd) = c.infifo.fd() {
+                        // Not reading while the client is behind, but
+                        // still told when mirrord closes its end.
+                        let ev = if want_in {
+                            PollFlags::POLLIN
+                        } else {
+                            PollFlags::empty()
+                        };
                         ri = Some(fds.len());
-                        fds.push(PollFd::new(c.infd.as_fd(), PollFlags::POLLIN));
+                        fds.push(PollFd::new(fd, ev));
                     }
                     if !c.outq.is_empty() {
                         wo = Some(fds.len());
@@ -1364,6 +1381,9 @@ impl Session {
                     i.and_then(|i| fds[i].revents())
                         .is_some_and(|r| r.intersects(PollFlags::POLLERR))
                 };
+                let hup_in = ri
+                    .and_then(|i| fds[i].revents())
+                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
                 (
                     ready(rc),
                     ready(wc),
@@ -1371,6 +1391,7 @@ impl Session {
                     ready(wo),
                     ready(Some(0)),
                     hup(wo),
+                    hup_in,
                 )
             };
             if r_sig {
@@ -1379,24 +1400,27 @@ impl Session {
                 continue;
             }
             if r_in {
+                if hup_in && self.dropped_by_mirrord() {
+                    break;
+                }
                 if let Some(c) = self.client.as_mut() {
-                    match c.reader.fill(&c.infd) {
-                        Ok(_) => {}
+                    let got = match c.infifo.read() {
+                        Ok(got) => got,
                         Err(e) => {
                             let msg =
                                 format!("unable to read {}/in: {}", c.name, sj::log::strerror(&e));
                             self.stream_error("internal-server-error", TEMPORARY, msg);
                             break;
                         }
+                    };
+                    if got.cut > 0 {
+                        sj::log::warn(&format!(
+                            "{}/in: dropped an incomplete line ({} bytes) its writer left when it closed",
+                            c.name, got.cut
+                        ));
                     }
-                    let mut lines = Vec::new();
-                    if let Some(c) = self.client.as_mut() {
-                        while let Some(l) = c.reader.next_line() {
-                            lines.push(l.to_vec());
-                        }
-                        c.reader.warn_overlong(&format!("{}/in", c.name));
-                    }
-                    for l in lines {
+                    sj::io::warn_overlong(got.overlong, IN_LINE_MAX, &format!("{}/in", c.name));
+                    for l in got.lines {
                         if !l.iter().all(u8::is_ascii_whitespace) {
                             self.on_in_line(&l);
                         }
@@ -1449,6 +1473,27 @@ impl Session {
             }
         }
         self.shutdown()
+    }
+
+    /// mirrord closed its end of `in`: if it left its `dropped` marker,
+    /// this client fell too far behind and is not written to any more
+    /// (mirrord(8)); end the stream so it reconnects rather than wait for
+    /// records that never come. Without the marker mirrord stopped or was
+    /// restarted: `in` is read to its end and opened again.
+    fn dropped_by_mirrord(&mut self) -> bool {
+        let Some(c) = self.client.as_ref() else {
+            return false;
+        };
+        let marked =
+            fs::symlink_metadata(c.cdir.join(sj::fifo::DROPPED)).is_ok_and(|m| m.is_file());
+        if marked {
+            let msg = format!(
+                "{}: mirrord dropped this client: it fell more than mirrord's queue bound behind",
+                c.name
+            );
+            self.stream_error("resource-constraint", TEMPORARY, msg);
+        }
+        marked
     }
 
     fn shutdown(mut self) -> Result<(), Fatal> {
