@@ -94,11 +94,21 @@ pub fn parse(text: &str) -> Option<State> {
     })
 }
 
-/// DIR/state as its writer left it; `None` when it is missing or unreadable.
+/// DIR/state as its writer left it: `Ok(None)` when it is missing or not
+/// a state line, an error when it cannot be read (the opening rules of
+/// DIR, `sj::fifo`: a symlink or a FIFO in its place is refused, not
+/// followed or waited on).
+pub fn load(dir: &Path) -> std::io::Result<Option<State>> {
+    match crate::fifo::read_text(&dir.join(NAME), 4096) {
+        Ok(t) => Ok(parse(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// DIR/state, `None` when it is missing or unreadable (`load` says why).
 pub fn read(dir: &Path) -> Option<State> {
-    // The opening rules of DIR (sj::fifo): no symlink, no FIFO in its place.
-    let b = crate::fifo::read_file(&dir.join(NAME), 4096).ok()?;
-    parse(std::str::from_utf8(&b).ok()?)
+    load(dir).ok().flatten()
 }
 
 /// What a reader should tell a person: DIR/state together with whether its
@@ -107,16 +117,24 @@ pub fn read(dir: &Path) -> Option<State> {
 pub struct Report {
     pub state: Option<State>,
     pub owner: Owner,
+    /// Why DIR/state could not be read, when it could not.
+    pub error: Option<String>,
 }
 
 /// Read DIR/state and probe DIR's lock.
 pub fn report(dir: &Path) -> Report {
+    // The lock first: an owner that stops between the two reads then
+    // shows as alive with its last line, never as dead with a line a new
+    // owner wrote.
+    let owner = crate::lock::owner(dir);
+    let (state, error) = match load(dir) {
+        Ok(s) => (s, None),
+        Err(e) => (None, Some(crate::log::strerror(&e))),
+    };
     Report {
-        // The lock first: an owner that stops between the two reads then
-        // shows as alive with its last line, never as dead with a line a
-        // new owner wrote.
-        owner: crate::lock::owner(dir),
-        state: read(dir),
+        state,
+        owner,
+        error,
     }
 }
 
@@ -138,6 +156,12 @@ impl fmt::Display for Report {
     /// `offline alice@example.org/res: sj-proxy (pid 42) is not running; DIR/state still says online since ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pid = |p: Option<i32>| p.map_or_else(|| "?".to_string(), |p| p.to_string());
+        if let Some(e) = &self.error {
+            return match self.owner {
+                Owner::Alive(p) => write!(f, "unknown (state: {e}; sj-proxy pid {})", pid(p)),
+                _ => write!(f, "unknown (state: {e}; no sj-proxy runs)"),
+            };
+        }
         match (&self.state, self.owner) {
             (Some(s), Owner::Alive(p)) => write!(
                 f,
@@ -218,12 +242,14 @@ mod tests {
         let r = Report {
             state: st(Word::Online),
             owner: Owner::Alive(Some(7)),
+            error: None,
         };
         assert_eq!(r.word(), Word::Online);
         assert_eq!(r.to_string(), "online a@b/r s since T (sj-proxy pid 7)");
         let r = Report {
             state: st(Word::Online),
             owner: Owner::Gone(Some(7)),
+            error: None,
         };
         assert_eq!(r.word(), Word::Offline);
         assert_eq!(
@@ -233,11 +259,13 @@ mod tests {
         let r = Report {
             state: st(Word::Offline),
             owner: Owner::Gone(Some(7)),
+            error: None,
         };
         assert_eq!(r.to_string(), "offline a@b/r s since T");
         let r = Report {
             state: None,
             owner: Owner::Never,
+            error: None,
         };
         assert!(r.to_string().starts_with("offline: no state file"));
     }

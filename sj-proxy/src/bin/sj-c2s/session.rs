@@ -228,9 +228,17 @@ fn env_fd(name: &str) -> Option<i32> {
 
 /// The JID of DIR/state: the upstream session's full JID once online.
 pub fn read_state_jid(dir: &Path) -> Option<Jid> {
-    sj::state::read(dir)
-        .map(|s| s.jid)
-        .filter(|j| j.local().is_some())
+    match sj::state::load(dir) {
+        Ok(s) => s.map(|s| s.jid).filter(|j| j.local().is_some()),
+        Err(e) => {
+            sj::log::warn(&format!(
+                "unable to read {}: {}",
+                dir.join(sj::state::NAME).display(),
+                sj::log::strerror(&e)
+            ));
+            None
+        }
+    }
 }
 
 /// The account of DIR: DIR/state's JID, or DIR's name if it is a JID.
