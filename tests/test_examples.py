@@ -35,7 +35,7 @@ def target_dir():
 def built(name):
     """Whether a real (not placeholder) program `name` is on main yet: the
     placeholder crates are `fn main() {}` with a "(being written)" doc line."""
-    crate = {"sj-c2s": "sj-proxy/src/bin/sj-c2s.rs", "messaged": "messaged/src/main.rs",
+    crate = {"sj-c2s": "sj-c2s/src/main.rs", "messaged": "messaged/src/main.rs",
              "iqd": "iqd/src/main.rs"}.get(name)
     if crate:
         with open(os.path.join(REPO, crate)) as f:

@@ -6,11 +6,8 @@
 //! `DIR/clients/NAME/{in,out}`, then translates between the client's stream
 //! and the records (translate.rs). One explicit state machine, one poll loop.
 
-#[path = "sj-c2s/control.rs"]
 mod control;
-#[path = "sj-c2s/session.rs"]
 mod session;
-#[path = "sj-c2s/translate.rs"]
 mod translate;
 
 use sj::exit::Fatal;
