@@ -152,25 +152,15 @@ fn month(id: u64) -> (i64, u32) {
 /// Parse one line (without its LF). `None` for anything that is not a
 /// whole line of the format: a torn line, garbage after a power loss.
 pub fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
-    if line.len() < PREFIX_LEN + 2 || line[16] != b' ' || line[44] != b' ' || line[47] != b' ' {
+    if line.len() < PREFIX_LEN + 2 {
         return None;
     }
-    let mut id: u64 = 0;
-    for &b in &line[..16] {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        id = id * 10 + u64::from(b - b'0');
-    }
-    if line[17..21].iter().any(|b| !b.is_ascii_digit()) || line[43] != b'Z' {
-        return None;
-    }
-    let flow = Flow::parse(&line[45..47])?;
+    let head = parse_prefix(line)?;
     let record = &line[PREFIX_LEN..];
-    if flow != Flow::Meta && (record[0] != b'<' || record[record.len() - 1] != b'>') {
+    if head.flow != Flow::Meta && (record[0] != b'<' || record[record.len() - 1] != b'>') {
         return None;
     }
-    Some(Entry { id, flow, record })
+    Some(Entry { record, ..head })
 }
 
 /// Append one line to `out`.
@@ -837,10 +827,12 @@ fn parse_prefix(head: &[u8]) -> Option<Entry<'static>> {
         }
         id = id * 10 + u64::from(b - b'0');
     }
-    let flow = Flow::parse(&head[45..47])?;
+    if head[17..21].iter().any(|b| !b.is_ascii_digit()) || head[43] != b'Z' {
+        return None;
+    }
     Some(Entry {
         id,
-        flow,
+        flow: Flow::parse(&head[45..47])?,
         record: b"",
     })
 }
