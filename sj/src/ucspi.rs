@@ -1,5 +1,6 @@
 //! What a UCSPI wrapper hands a session end, and the stream framing both
-//! session ends write (DESIGN §2, §6, §7).
+//! session ends write (DESIGN §2, §6, §7; the PLAIN rule these feed is
+//! §8's).
 //!
 //! A wrapper (tcpclient, tcpserver, s6-tlsc, s6-tlsd, socat) owns the
 //! socket and any TLS. The program gets descriptors by number (sj-proxy
