@@ -997,6 +997,10 @@ mod tests {
         }
     }
 
+    fn failure(cond: &str) -> String {
+        format!("<failure xmlns='{NS_SASL}'><{cond}/></failure>")
+    }
+
     fn payload_of(sent: &str, name: &str) -> Option<Vec<u8>> {
         let start = sent.find(&format!("<{name} xmlns='{NS_SASL}'>"))?;
         let rest = &sent[start..];
@@ -1157,10 +1161,7 @@ mod tests {
             "{out}"
         );
         let out = t.auth("PLAIN", &sasl::plain_encode("", "alice", "secret"));
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><invalid-mechanism/></failure>")
-        );
+        assert_eq!(out, failure("invalid-mechanism"));
         assert!(t.authed.is_none());
         let mut t = T::dir(Link {
             encrypted: true,
@@ -1229,10 +1230,7 @@ mod tests {
         let mut t = T::dir(REMOTE);
         t.open();
         let out = t.scram(Hash::Sha256, "alice", "guess", None);
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>")
-        );
+        assert_eq!(out, failure("not-authorized"));
         assert!(t.authed.is_none());
         assert!(
             t.logs.iter().any(|l| l.starts_with(&format!(
@@ -1274,10 +1272,7 @@ mod tests {
         let (_, _, text2) = challenge(&mut t2);
         assert_eq!(salt(&text), salt(&text2));
         let out = t.response(&c.final_message(&ch).expect("final"));
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>")
-        );
+        assert_eq!(out, failure("not-authorized"));
         assert!(t
             .logs
             .iter()
@@ -1300,10 +1295,7 @@ mod tests {
         let mut t = T::dir(LOOPBACK);
         t.open();
         let out = t.scram(Hash::Sha256, "alice", "secret", Some("bob@example.org"));
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><invalid-authzid/></failure>")
-        );
+        assert_eq!(out, failure("invalid-authzid"));
         // Decided before any password is checked.
         assert!(t.n.accounts.attempts.borrow().is_empty());
         assert_eq!(*t.n.accounts.refusals.borrow(), 1);
@@ -1313,10 +1305,7 @@ mod tests {
             "PLAIN",
             &sasl::plain_encode("bob@example.org", "alice", "secret"),
         );
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><invalid-authzid/></failure>")
-        );
+        assert_eq!(out, failure("invalid-authzid"));
         let out = t.auth("PLAIN", &sasl::plain_encode(ALICE, "alice", "secret"));
         assert_eq!(out, format!("<success xmlns='{NS_SASL}'/>"));
     }
@@ -1326,10 +1315,7 @@ mod tests {
         let mut t = T::dir(LOOPBACK);
         t.open();
         let out = t.auth("PLAIN", &sasl::plain_encode("", "nobody", "x"));
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>")
-        );
+        assert_eq!(out, failure("not-authorized"));
         assert!(t
             .logs
             .iter()
@@ -1461,16 +1447,10 @@ mod tests {
         )), "{:?}", t.logs);
         let acts = t.n.release(t.now + Duration::from_secs(1)).expect("due");
         t.apply(acts);
-        assert_eq!(
-            t.take(),
-            format!("<failure xmlns='{NS_SASL}'><not-authorized/></failure>")
-        );
+        assert_eq!(t.take(), failure("not-authorized"));
         t.n.accounts.gate = Some(Gate::Busy { log: Some(0) });
         let out = t.auth("PLAIN", &sasl::plain_encode("", "alice", "secret"));
-        assert_eq!(
-            out,
-            format!("<failure xmlns='{NS_SASL}'><temporary-auth-failure/></failure>")
-        );
+        assert_eq!(out, failure("temporary-auth-failure"));
         assert!(
             t.logs.iter().any(|l| l
                 == "authentication failed: login as alice@example.org (PLAIN): refused unchecked, 7 failures in a row"),

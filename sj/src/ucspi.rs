@@ -255,25 +255,23 @@ pub fn random_hex(n: usize) -> String {
 /// server's domain, `from` the account once the channel is encrypted
 /// (RFC 6120 §4.7.1).
 pub fn client_header(to: &str, from: Option<&str>) -> String {
-    let from = from
-        .map(|f| format!(" from='{}'", crate::escape::attr(f)))
-        .unwrap_or_default();
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' to='{}'{from} version='1.0' xml:lang='en'>",
-        crate::escape::attr(to)
-    )
+    header(("to", to), from)
 }
 
 /// The header sj-c2s answers a client's with: a fresh `id`, and `from` the
 /// domain it serves once it knows it (RFC 6120 §4.7.1; an error before
 /// then goes out under a header without one, §4.9.1.1).
 pub fn server_header(id: &str, from: Option<&str>) -> String {
+    header(("id", id), from)
+}
+
+fn header((name, value): (&str, &str), from: Option<&str>) -> String {
     let from = from
-        .map(|d| format!(" from='{}'", crate::escape::attr(d)))
+        .map(|f| format!(" from='{}'", crate::escape::attr(f)))
         .unwrap_or_default();
     format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' id='{}'{from} version='1.0' xml:lang='en'>",
-        crate::escape::attr(id)
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' {name}='{}'{from} version='1.0' xml:lang='en'>",
+        crate::escape::attr(value)
     )
 }
 
