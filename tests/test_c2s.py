@@ -563,6 +563,75 @@ def test_exit_codes(c2s_env, tmp_path):
     assert r.returncode == 0 and r.stdout.decode().endswith("</stream:stream>")
 
 
+WRAPPER_VARS = ("TCPREMOTEIP", "TCP6REMOTEIP", "SSLREMOTEIP", "SOCAT_PEERADDR", "PROTO",
+                "SSL_PROTOCOL", "SSLCTLFD", "SSLREADFD", "SSLWRITEFD")
+
+
+def c2s_features(args, extra_env, stdin=None):
+    """sj-c2s's answer to a stream header with the wrapper variables
+    `extra_env` only (none from this process): (features, stderr, exit)."""
+    env = {k: v for k, v in os.environ.items() if k not in WRAPPER_VARS}
+    env.update(extra_env)
+    data = (HDR.format(to="localhost") + "</stream:stream>").encode()
+    if stdin is None:
+        r = subprocess.run([str(bin_dir() / "sj-c2s")] + args, input=data, capture_output=True,
+                           env=env, timeout=WAIT)
+        return r.stdout.decode(), r.stderr.decode(), r.returncode
+    # A socket as fds 0 and 1, as inetd or systemd would pass it.
+    client, conn = stdin
+    proc = subprocess.Popen([str(bin_dir() / "sj-c2s")] + args, stdin=conn.fileno(),
+                            stdout=conn.fileno(), stderr=subprocess.PIPE, env=env)
+    conn.close()
+    client.settimeout(WAIT)
+    client.sendall(data)
+    got = b""
+    while True:
+        chunk = client.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    client.close()
+    err = proc.stderr.read().decode()
+    return got.decode(), err, proc.wait(WAIT)
+
+
+def test_wrapper_environment(c2s_env):
+    """One reading of the UCSPI environment for both session ends
+    (sj::ucspi): the peer is on loopback only if every address variable
+    says so, or, with none, if the socket's peer is; PROTO=SSL means the
+    wrapper did TLS unless a UCSPI-TLS hand-over is pending; descriptors a
+    UCSPI-TLS wrapper names but did not pass are not used."""
+    args = ["-d", str(c2s_env["dir"])]
+    plain = "<mechanism>PLAIN</mechanism>"
+    # No variables, fd 0 a TCP socket from 127.0.0.1: getpeername says loopback.
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        client = socket.create_connection(ls.getsockname(), timeout=WAIT)
+        conn, _ = ls.accept()
+        out, err, code = c2s_features(args, {}, stdin=(client, conn))
+    assert plain in out and code == 0, (out, err)
+    # No variables and a pipe: nothing says loopback.
+    out, err, code = c2s_features(args, {})
+    assert "SCRAM-SHA-256" in out and plain not in out, (out, err)
+    # One variable naming another address is enough to refuse PLAIN in clear.
+    out, err, code = c2s_features(args, {"TCPREMOTEIP": "127.0.0.1", "SOCAT_PEERADDR": "192.0.2.1"})
+    assert "SCRAM-SHA-256" in out and plain not in out, (out, err)
+    out, err, code = c2s_features(args, {"PROTO": "SSL", "SSLREMOTEIP": "192.0.2.1",
+                                         "TCPREMOTEIP": "127.0.0.1", "SSLCTLFD": "x"})
+    assert "SCRAM-SHA-256" in out and plain not in out, (out, err)
+    # ucspi-ssl's sslserver did TLS: PLAIN from anywhere.
+    out, err, code = c2s_features(args, {"PROTO": "SSL", "SSLREMOTEIP": "192.0.2.1"})
+    assert plain in out, (out, err)
+    # UCSPI-TLS descriptors that are not open: no STARTTLS offered (it
+    # could not be done), one warning, and the connection is still in
+    # clear whatever SSL_PROTOCOL says.
+    out, err, code = c2s_features(args, {"SSLCTLFD": "97", "SSLREADFD": "98", "SSLWRITEFD": "99",
+                                         "SSL_PROTOCOL": "TLSv1.3", "TCPREMOTEIP": "192.0.2.1"})
+    assert "<stream:features>" in out and "starttls" not in out and plain not in out, (out, err)
+    assert code == 0, (out, err)
+    assert err.count("sj-c2s: warning: unable to use fd 97 (SSLCTLFD): not open") == 1, err
+    assert "not offering STARTTLS" in err, err
+
+
 def test_pipelined_bind_scram_without_initial_response(c2s_env, c2s_clients):
     """A raw client: SCRAM-SHA-1 with an empty initial response, then bind,
     session and a message pipelined in one write."""

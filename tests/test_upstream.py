@@ -258,10 +258,20 @@ def test_malformed_input_from_server_is_a_stream_error(proxy, case):
     no_panic(p)
 
 
-def test_plain_refused_in_clear_to_a_remote_server(tmp_path):
+@pytest.mark.parametrize("wrapper_env", [
+    # A socketpair: no TCP address, no wrapper variables.
+    {},
+    # One variable naming loopback does not outvote another that does not
+    # (sj::ucspi, the rule sj-c2s uses too).
+    {"TCPREMOTEIP": "127.0.0.1", "SOCAT_PEERADDR": "192.0.2.1"},
+    {"PROTO": "SSL", "TCPREMOTEIP": "127.0.0.1", "SSLREMOTEIP": "192.0.2.1", "SSLCTLFD": "x"},
+    # PROTO=SSL with a UCSPI-TLS hand-over pending: still in clear (the
+    # server offers no STARTTLS here, so the hand-over never happens).
+    {"PROTO": "SSL", "SSLCTLFD": "97", "SSLREADFD": "98", "SSLWRITEFD": "99"},
+], ids=["socketpair", "one-address-remote", "ssl-address-remote", "handover-pending"])
+def test_plain_refused_in_clear_to_a_remote_server(tmp_path, wrapper_env):
     """A server offering only PLAIN, on an unencrypted channel whose peer is
-    not loopback (a socketpair: no TCP address, no wrapper variables), gets no
-    <auth/> and no password; sj-proxy exits 100."""
+    not loopback, gets no <auth/> and no password; sj-proxy exits 100."""
     import base64
     import socket
 
@@ -269,7 +279,9 @@ def test_plain_refused_in_clear_to_a_remote_server(tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("secret-pw\n")
     env = {k: v for k, v in os.environ.items()
-           if k not in ("TCPREMOTEIP", "SOCAT_PEERADDR", "PROTO", "SSL_PROTOCOL", "SSLCTLFD")}
+           if k not in ("TCPREMOTEIP", "TCP6REMOTEIP", "SSLREMOTEIP", "SOCAT_PEERADDR", "PROTO",
+                        "SSL_PROTOCOL", "SSLCTLFD", "SSLREADFD", "SSLWRITEFD")}
+    env.update(wrapper_env)
     fd = cli.fileno()
 
     def on_6_and_7():

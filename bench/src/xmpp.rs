@@ -13,7 +13,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 
@@ -44,10 +43,6 @@ pub struct Conn<S: Sock> {
     pub sock: S,
     framer: Framer,
     buf: Vec<u8>,
-}
-
-fn header(attrs: &str) -> String {
-    format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' {attrs} version='1.0'>")
 }
 
 impl<S: Sock> Conn<S> {
@@ -177,7 +172,7 @@ pub fn login<S: Sock>(
 ) -> Result<(Conn<S>, String), String> {
     let mut c = Conn::new(sock)?;
     let step = || Instant::now() + STEP;
-    c.send(header(&format!("to='{domain}'")).as_bytes())?;
+    c.send(sj::ucspi::client_header(domain, None).as_bytes())?;
     c.expect_header(step())?;
     let features = c.element(step())?;
     let offered: Vec<String> = features
@@ -199,7 +194,7 @@ pub fn login<S: Sock>(
         .verify(&server_final)
         .map_err(|e| format!("SCRAM server signature: {e}"))?;
     c.framer.reset();
-    c.send(header(&format!("to='{domain}'")).as_bytes())?;
+    c.send(sj::ucspi::client_header(domain, None).as_bytes())?;
     c.expect_header(step())?;
     let features = c.element(step())?;
     c.send(
@@ -247,7 +242,7 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
         .and_then(|(_, d)| d.split('/').next())
         .unwrap_or("localhost")
         .to_string();
-    let srv_header = |id: u32| header(&format!("from='{domain}' id='bench{id}'"));
+    let srv_header = |id: u32| sj::ucspi::server_header(&format!("bench{id}"), Some(&domain));
     c.expect_header(step())?;
     c.send(
         format!(

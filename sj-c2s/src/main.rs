@@ -4,9 +4,11 @@
 //! s6-tlsd, socat): reads the client on fd 0, writes it on fd 1. Negotiates
 //! the stream (STARTTLS through UCSPI-TLS, SASL, bind), registers
 //! `DIR/clients/NAME/{in,out}`, then translates between the client's stream
-//! and the records (translate.rs). One explicit state machine, one poll loop.
+//! and the records (translate.rs). Negotiation is a state machine without
+//! descriptors (negotiate.rs); session.rs has the one poll loop.
 
 mod control;
+mod negotiate;
 mod session;
 mod translate;
 

@@ -1,47 +1,39 @@
-//! The session state machine and the poll loop.
+//! The session: the client's connection, the poll loop, and the client
+//! registered under `DIR/clients/NAME` once bound.
 //!
-//! Header → Features (STARTTLS, SASL) → stream restart → Bind → Online.
-//! Nothing here blocks except three bounded waits: flushing `<proceed/>`
-//! before TLS starts, waiting (≤ 5 s) for sj-proxy to open the new client's
-//! `out` FIFO, and the final flush (≤ 2 s) on the way out. The answer to a
-//! checked password may be held back (the account's failure record,
-//! `sj::authfail`); the loop goes on polling meanwhile, without reading
-//! the client.
+//! Negotiation (header, STARTTLS, SASL, bind) is negotiate.rs's state
+//! machine; this file carries out what it decides (the TLS hand-over, the
+//! stream restart, the registration) and gives it the accounts on disk
+//! (`Disk`). Nothing here blocks except three bounded waits: flushing
+//! `<proceed/>` before TLS starts, waiting (≤ 5 s) for sj-proxy to open the
+//! new client's `out` FIFO, and the final flush (≤ 2 s) on the way out. The
+//! answer to a checked password may be held back (the account's failure
+//! record, `sj::authfail`); the loop goes on polling meanwhile, without
+//! reading the client.
 
 use crate::control;
+use crate::negotiate::{self, Accounts, Action as Step, Link, Negotiation, Scope};
 use crate::translate::{self, Action, Inbound, Translator};
 use crate::{Opts, Where};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::authfail::{Failures, Gate};
-use sj::escape;
-use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
+use sj::exit::{Fatal, PROTOCOL, TEMPORARY};
 use sj::fifo::LineFifo;
-use sj::framer::{Event, FrameError, Framer, Limits, Mode, StreamHeader};
+use sj::framer::{Event, FrameError, Framer, Limits, Mode};
 use sj::io::{Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::{component, Kind};
-use sj::sasl::{self, Hash, ScramServer, StoredCredentials, NS as NS_SASL};
-use sj::xml::Element;
+use sj::sasl::StoredCredentials;
+use sj::ucspi::Handover;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-const NS_STREAM: &str = "http://etherx.jabber.org/streams";
-const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
-
-/// SASL attempts before the stream is closed.
-const MAX_AUTH_FAILURES: u32 = 3;
-/// Time allowed from authentication to a bound resource.
-const BIND_TIMEOUT: Duration = Duration::from_secs(60);
-/// What a held answer keeps back from the authentication deadline, so the
-/// answer is on the wire before the deadline's stream error would be.
-const HOLD_MARGIN: Duration = Duration::from_millis(250);
 /// Under -R, the failure record of names that are no account there.
 const ROOT_FAILURES: &str = ".auth-failures";
 /// Bytes queued toward `out` before the client is cut off: a MiB that
@@ -53,45 +45,15 @@ const CLIENT_HIGH_WATER: usize = 1 << 20;
 const IN_LINE_MAX: usize = sj::framer::MAX_LINE;
 /// The largest `state` or `pid` file read.
 const SMALL_FILE: u64 = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the (re)started stream header.
-    Header,
-    /// Features sent; STARTTLS/SASL (before auth) or bind (after).
-    Negotiate,
-    /// Resource bound, records flowing.
-    Online,
-}
+/// How to run sj-c2s, for the error about a descriptor it was not given.
+const UCSPI_HINT: &str =
+    "run sj-c2s under a UCSPI server (tcpserver, s6-tlsd, socat ... EXEC:sj-c2s)";
 
 /// The account a session authenticates to.
 #[derive(Debug, Clone)]
 struct Account {
     bare: Jid,
     dir: PathBuf,
-}
-
-enum SaslState {
-    None,
-    /// `<auth/>` without an initial response: waiting for client-first.
-    AwaitFirst(Hash),
-    /// server-first sent: to the account, or (None) a made-up challenge to
-    /// a name with no credentials here, which fails at the next step.
-    AwaitFinal(Box<ScramServer>, Option<Account>, String),
-    /// Success computed and sent; waiting for the restart.
-    Done,
-}
-
-/// The outcome of a checked password, until the account's failure record
-/// lets it be told.
-enum Verdict {
-    Success(Account, String),
-    Failure(&'static str),
-}
-
-struct Held {
-    until: Instant,
-    verdict: Verdict,
 }
 
 /// The registered client: `DIR/clients/NAME`, removed on drop.
@@ -128,35 +90,18 @@ struct Client {
     _reg: Registration,
 }
 
-struct Tls {
-    ctl: i32,
-    rd: i32,
-    wr: i32,
-}
-
 pub struct Session {
-    opts: Opts,
     framer: Framer,
     rfd: OwnedFd,
     wfd: OwnedFd,
     to_client: WriteQueue,
-    phase: Phase,
-    header_sent: bool,
-    /// The domain this stream is for (the `from` of our header).
-    domain: Option<String>,
-    /// With -d: the account of DIR, known before auth.
-    dir_account: Option<Account>,
-    encrypted: bool,
-    loopback: bool,
-    starttls: Option<Tls>,
-    sasl: SaslState,
-    failures: u32,
-    /// A checked password's answer, held back until its slot.
-    held: Option<Held>,
-    authed: Option<Account>,
+    neg: Negotiation<Disk>,
+    /// The wrapper's UCSPI-TLS descriptors, until STARTTLS.
+    handover: Option<Handover>,
+    /// The account, once authenticated.
+    account: Option<Account>,
     client: Option<Client>,
     done: Option<Result<(), Fatal>>,
-    deadline: Option<Instant>,
     term: Arc<AtomicBool>,
     sig_rd: std::os::unix::net::UnixStream,
     peer_closed: bool,
@@ -168,62 +113,6 @@ pub struct Session {
 
 fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
     Fatal::io(what, e)
-}
-
-/// A few random bytes as hex (stream ids, generated resources).
-fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    let ok = fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
-        .is_ok();
-    if !ok {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-            ^ u128::from(std::process::id());
-        for (i, b) in buf.iter_mut().enumerate() {
-            *b = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Is the remote end of this connection a loopback address, going by the
-/// environment the UCSPI server set?
-pub fn remote_is_loopback() -> bool {
-    let mut vars = vec![
-        "TCPREMOTEIP".to_string(),
-        "TCP6REMOTEIP".to_string(),
-        "SOCAT_PEERADDR".to_string(),
-    ];
-    if let Ok(proto) = std::env::var("PROTO") {
-        if !proto.is_empty() && proto.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            vars.push(format!("{proto}REMOTEIP"));
-        }
-    }
-    let mut seen = false;
-    for v in vars {
-        let Ok(val) = std::env::var(&v) else { continue };
-        let s = val.trim().trim_start_matches('[').trim_end_matches(']');
-        let s = s.strip_prefix("::ffff:").unwrap_or(s);
-        match s.parse::<std::net::IpAddr>() {
-            Ok(ip) if ip.is_loopback() => seen = true,
-            // Any non-loopback address named anywhere wins.
-            Ok(_) => return false,
-            Err(_) => {}
-        }
-    }
-    seen
-}
-
-fn env_fd(name: &str) -> Option<i32> {
-    std::env::var(name)
-        .ok()?
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|&n| n >= 0)
 }
 
 /// The JID of DIR/state: the upstream session's full JID once online.
@@ -275,28 +164,6 @@ fn root_has_domain(root: &Path, domain: &str) -> bool {
     })
 }
 
-/// Is `name` usable as a resource and a client directory name as it is?
-pub fn valid_name(name: &str, upstream: Option<&str>) -> bool {
-    name_problem(name, upstream).is_none()
-}
-
-/// Why `name` cannot be bound as it is, if it cannot.
-fn name_problem(name: &str, upstream: Option<&str>) -> Option<String> {
-    if let Err(e) = sj::jid::resource_allowed(name) {
-        return Some(e.0.to_string());
-    }
-    if name.len() > 64 {
-        return Some("longer than 64 bytes".into());
-    }
-    if component(Kind::Client, name).map_or(true, |c| c != name) {
-        return Some("not a client directory name as it is".into());
-    }
-    if Some(name) == upstream {
-        return Some("the upstream session's resource".into());
-    }
-    None
-}
-
 /// A client directory left by an sj-c2s that was killed: its pid file names
 /// a process that no longer exists. Raw clients (no pid file) are never stale.
 fn is_stale(cdir: &Path) -> bool {
@@ -327,15 +194,15 @@ fn claim_name(
     sj::fifo::make_subdir(clients)?;
     let mut candidates: Vec<String> = Vec::new();
     if let Some(r) = requested {
-        if valid_name(r, upstream) {
+        if negotiate::valid_name(r, upstream) {
             candidates.push(r.to_string());
         }
     }
     for _ in 0..8 {
-        candidates.push(format!("sj-{}", random_hex(4)));
+        candidates.push(format!("sj-{}", sj::ucspi::random_hex(4)));
     }
     for name in candidates {
-        if !valid_name(&name, upstream) {
+        if !negotiate::valid_name(&name, upstream) {
             continue;
         }
         let path = clients.join(&name);
@@ -360,21 +227,151 @@ fn claim_name(
     ))
 }
 
+/// The accounts on disk, for negotiate.rs: DIR (`-d`) or the account
+/// directories under ROOT (`-R`).
+struct Disk {
+    place: Where,
+}
+
+impl Disk {
+    /// The directory of the account `bare`.
+    fn account_dir(&self, bare: &Jid) -> Option<PathBuf> {
+        match &self.place {
+            Where::Dir(d) => Some(d.clone()),
+            Where::Root(r) => component(Kind::Contact, &bare.to_string())
+                .ok()
+                .map(|c| r.join(c)),
+        }
+    }
+
+    /// The failure record a login to `who` counts in: the account's, or
+    /// for a name that is no account here, DIR's (-d) or the root's (-R).
+    fn record(&self, who: Option<&Jid>) -> Failures {
+        match (who.and_then(|b| self.account_dir(b)), &self.place) {
+            (Some(d), _) => Failures::of(&d),
+            (None, Where::Dir(d)) => Failures::of(d),
+            (None, Where::Root(r)) => Failures::at(r.join(ROOT_FAILURES)),
+        }
+    }
+
+    fn record_error(rec: &Failures, e: &io::Error) {
+        sj::log::warn(&format!(
+            "unable to update {}: {}",
+            rec.path().display(),
+            sj::log::strerror(e)
+        ));
+    }
+}
+
+impl Accounts for Disk {
+    fn dir_account(&mut self) -> Result<Jid, String> {
+        let d = match &self.place {
+            Where::Dir(d) => d,
+            Where::Root(r) => return Err(format!("{} holds many accounts", r.display())),
+        };
+        dir_account(d).map(|a| a.bare).ok_or_else(|| {
+            format!(
+                "unable to tell the account of {}: no JID in its state file and its name is not a JID",
+                d.display()
+            )
+        })
+    }
+
+    fn has_domain(&self, domain: &str) -> bool {
+        match &self.place {
+            Where::Root(r) => root_has_domain(r, domain),
+            Where::Dir(d) => dir_account(d).is_some_and(|a| a.bare.domain() == domain),
+        }
+    }
+
+    fn exists(&self, bare: &Jid) -> bool {
+        match &self.place {
+            Where::Root(_) => self
+                .account_dir(bare)
+                .is_some_and(|d| d.join("passwd").is_file()),
+            Where::Dir(d) => dir_account(d).is_some_and(|a| a.bare == *bare),
+        }
+    }
+
+    fn credentials(&self, bare: &Jid) -> Vec<StoredCredentials> {
+        let Some(dir) = self.account_dir(bare) else {
+            return Vec::new();
+        };
+        match sj::passwd::read(&dir.join("passwd")) {
+            Ok(c) => c,
+            Err(e) => {
+                sj::log::warn(&format!(
+                    "unable to read {}/passwd: {}",
+                    dir.display(),
+                    sj::log::strerror(&e)
+                ));
+                Vec::new()
+            }
+        }
+    }
+
+    /// DIR's or the root's `.salt-key`, or, when it cannot be read or
+    /// made, one for this process (the salts then change between
+    /// connections).
+    fn salt_key(&self) -> Vec<u8> {
+        let dir = match &self.place {
+            Where::Dir(d) | Where::Root(d) => d,
+        };
+        sj::passwd::salt_key(dir).unwrap_or_else(|e| {
+            sj::log::warn(&format!(
+                "unable to use {}/{}: {}",
+                dir.display(),
+                sj::passwd::SALT_KEY,
+                sj::log::strerror(&e)
+            ));
+            static OWN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            OWN.get_or_init(|| sj::ucspi::random_hex(32).into_bytes())
+                .clone()
+        })
+    }
+
+    fn attempt(&self, who: Option<&Jid>, ok: bool, max_wait: Duration) -> Gate {
+        let rec = self.record(who);
+        rec.attempt(ok, SystemTime::now(), max_wait)
+            .unwrap_or_else(|e| {
+                Self::record_error(&rec, &e);
+                Gate::Answer {
+                    wait: Duration::ZERO,
+                    log: (!ok).then_some(0),
+                }
+            })
+    }
+
+    fn failures(&self, who: Option<&Jid>) -> u32 {
+        self.record(who).count()
+    }
+
+    fn refused(&self) -> Option<u64> {
+        let rec = self.record(None);
+        rec.refused(SystemTime::now()).unwrap_or_else(|e| {
+            Self::record_error(&rec, &e);
+            Some(0)
+        })
+    }
+}
+
 impl Session {
     pub fn new(opts: Opts) -> Result<Session, Fatal> {
         // Owned, not copies: closing fd 1 when it is a pipe must close the
         // last descriptor of it in this process (`sj::io::close_stream`).
-        for n in [0, 1] {
-            // SAFETY: only asks whether the descriptor is open.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(n) };
-            if let Err(e) = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) {
-                return Err(io_fatal(format!("use fd {n}"), &e.into()));
-            }
-        }
-        // SAFETY: fds 0 and 1 are the wrapper's connection, open (checked
-        // above) and used by nothing else here: nothing in sj-c2s prints
-        // to stdout.
-        let (rfd, wfd) = unsafe { (OwnedFd::from_raw_fd(0), OwnedFd::from_raw_fd(1)) };
+        // The UCSPI-TLS descriptors are taken with them, before this
+        // process opens any of its own.
+        let mut fds = sj::ucspi::Inherited::claim(&[0, 1], UCSPI_HINT)?;
+        let handover = if opts.tls {
+            None
+        } else {
+            Handover::claim().and_then(|h| {
+                h.map_err(|e| sj::log::warn(&format!("{e}; not offering STARTTLS")))
+                    .ok()
+            })
+        };
+        let rfd = fds.take(0, "reading from the client")?;
+        let wfd = fds.take(1, "writing to the client")?;
         sj::io::set_nonblocking(&rfd).map_err(|e| io_fatal("set fd 0 non-blocking", &e))?;
         sj::io::set_nonblocking(&wfd).map_err(|e| io_fatal("set fd 1 non-blocking", &e))?;
 
@@ -399,60 +396,36 @@ impl Session {
         signal_hook::flag::register(SIGPIPE, pipe_flag)
             .map_err(|e| io_fatal("install a signal handler", &e))?;
 
-        let starttls = match (
-            env_fd("SSLCTLFD"),
-            env_fd("SSLREADFD"),
-            env_fd("SSLWRITEFD"),
-        ) {
-            (Some(ctl), Some(rd), Some(wr)) if !opts.tls => Some(Tls { ctl, rd, wr }),
-            _ => None,
+        let scope = match &opts.place {
+            Where::Dir(_) => Scope::One,
+            Where::Root(_) => Scope::Many,
         };
-        // s6-tlsd and friends set SSL_PROTOCOL once they did the handshake.
-        let encrypted =
-            opts.tls || (starttls.is_none() && std::env::var_os("SSL_PROTOCOL").is_some());
-        let dir_account = match &opts.place {
-            Where::Dir(d) => {
-                if !d.is_dir() {
-                    return Err(Fatal::permanent(format!(
-                        "unable to use {}: not a directory",
-                        d.display()
-                    )));
-                }
-                // May be unknown while sj-proxy is (re)connecting; checked
-                // again when the stream header arrives.
-                dir_account(d)
-            }
-            Where::Root(r) => {
-                if !r.is_dir() {
-                    return Err(Fatal::permanent(format!(
-                        "unable to use {}: not a directory",
-                        r.display()
-                    )));
-                }
-                None
-            }
+        let (Where::Dir(d) | Where::Root(d)) = &opts.place;
+        if !d.is_dir() {
+            return Err(Fatal::permanent(format!(
+                "unable to use {}: not a directory",
+                d.display()
+            )));
+        }
+        let link = Link {
+            encrypted: opts.tls || sj::ucspi::encrypted(),
+            loopback: sj::ucspi::peer_is_loopback(rfd.as_fd()),
+            starttls: handover.is_some(),
         };
-        let auth_deadline = Instant::now() + opts.auth_timeout;
+        let disk = Disk {
+            place: opts.place.clone(),
+        };
+        let neg = Negotiation::new(disk, scope, link, opts.auth_timeout, Instant::now());
         Ok(Session {
-            opts,
             framer: Framer::new(Mode::Stream, Limits::PRE_AUTH),
             rfd,
             wfd,
             to_client: WriteQueue::new(),
-            phase: Phase::Header,
-            header_sent: false,
-            domain: None,
-            dir_account,
-            encrypted,
-            loopback: remote_is_loopback(),
-            starttls,
-            sasl: SaslState::None,
-            failures: 0,
-            held: None,
-            authed: None,
+            neg,
+            handover,
+            account: None,
             client: None,
             done: None,
-            deadline: Some(auth_deadline),
             term,
             sig_rd,
             peer_closed: false,
@@ -473,39 +446,30 @@ impl Session {
         }
     }
 
-    /// Our stream header, for `domain`.
-    fn header(&self) -> String {
-        let from = self
-            .domain
-            .as_deref()
-            .map(|d| format!(" from='{}'", escape::attr(d)))
-            .unwrap_or_default();
-        format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' id='{}'{from} version='1.0' xml:lang='en'>",
-            random_hex(8)
-        )
-    }
-
     /// Send a stream error and close the stream; the process ends with `code`.
     fn stream_error(&mut self, cond: &str, code: u8, msg: String) {
         if self.done.is_some() {
             return;
         }
-        if !self.header_sent {
-            let h = self.header();
-            self.send(h);
-            self.header_sent = true;
+        let steps = self.neg.stream_error(cond, code, msg);
+        self.apply(steps);
+    }
+
+    /// Carry out what negotiation decided.
+    fn apply(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Send(s) => self.send(s),
+                Step::Log(l) => sj::log::info(&l),
+                Step::StartTls => self.start_tls(),
+                Step::Authenticated(bare) => self.authenticated(bare),
+                Step::Bind { id, requested } => self.bind(&id, requested.as_deref()),
+                Step::End { code, why, .. } => {
+                    self.end = sj::io::End::Close;
+                    self.finish_with(Step::result(code, why));
+                }
+            }
         }
-        self.send(format!(
-            "<stream:error><{cond} xmlns='{NS_STREAMS_ERR}'/></stream:error></stream:stream>"
-        ));
-        self.end = sj::io::End::Close;
-        let r = if code == 0 {
-            Ok(())
-        } else {
-            Err(Fatal::new(code, msg))
-        };
-        self.finish_with(r);
     }
 
     fn on_frame_error(&mut self, e: FrameError) {
@@ -513,552 +477,51 @@ impl Session {
         self.stream_error(e.condition.as_str(), PROTOCOL, msg);
     }
 
-    // ---- negotiation -------------------------------------------------
+    // ---- what negotiation asks for --------------------------------------
 
-    fn on_header(&mut self, h: StreamHeader) {
-        // Our header goes first, errors after it (RFC 6120 §4.9.1.1).
-        let to = h.get("to").map(str::to_string);
-        let to_domain = to
-            .as_deref()
-            .and_then(|t| Jid::parse(t).ok())
-            .and_then(|j| {
-                (j.local().is_none() && j.resource().is_none()).then(|| j.domain().to_string())
-            });
-        if let (Where::Dir(d), None) = (&self.opts.place, &self.dir_account) {
-            self.dir_account = dir_account(d);
-            if self.dir_account.is_none() {
-                let msg = format!(
-                    "unable to tell the account of {}: no JID in its state file and its name is not a JID",
-                    d.display()
-                );
-                return self.stream_error("remote-connection-failed", TEMPORARY, msg);
-            }
-        }
-        let expected: Option<String> = match (&self.authed, &self.dir_account) {
-            (Some(a), _) | (None, Some(a)) => Some(a.bare.domain().to_string()),
-            _ => None,
-        };
-        self.domain = expected.clone().or_else(|| to_domain.clone());
-        let h_ns = h.get("xmlns:stream");
-        if h_ns.is_some() && h_ns != Some(NS_STREAM) {
-            return self.stream_error("invalid-namespace", PROTOCOL, "bad stream namespace".into());
-        }
-        if !h.is_jabber_client() {
-            return self.stream_error(
-                "invalid-namespace",
-                PROTOCOL,
-                "default namespace is not jabber:client".into(),
-            );
-        }
-        match (&expected, &to_domain) {
-            (Some(e), Some(t)) if e != t => {
-                return self.stream_error(
-                    "host-unknown",
-                    PROTOCOL,
-                    format!("stream to {t}, not {e}"),
-                );
-            }
-            (None, Some(t)) => {
-                if let Where::Root(r) = &self.opts.place {
-                    if !root_has_domain(r, t) {
-                        let r = format!("stream to {t}: no account in that domain");
-                        return self.stream_error("host-unknown", PROTOCOL, r);
-                    }
-                }
-            }
-            (None, None) => {
-                return self.stream_error("host-unknown", PROTOCOL, "stream without to".into());
-            }
-            _ if to.is_some() && to_domain.is_none() => {
-                return self.stream_error("host-unknown", PROTOCOL, "bad to".into());
-            }
-            _ => {}
-        }
-        let v1 = h
-            .get("version")
-            .and_then(|v| v.split('.').next())
-            .and_then(|m| m.trim().parse::<u32>().ok())
-            .is_some_and(|m| m >= 1);
-        if !v1 {
-            return self.stream_error(
-                "unsupported-version",
-                PROTOCOL,
-                "stream version below 1.0".into(),
-            );
-        }
-        let hdr = self.header();
-        self.send(hdr);
-        self.header_sent = true;
-        let features = if self.authed.is_some() {
-            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session></stream:features>".to_string()
-        } else {
-            let mut f = String::from("<stream:features>");
-            if self.starttls.is_some() && !self.encrypted {
-                f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-            }
-            f.push_str("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism>");
-            if self.plain_allowed() {
-                f.push_str("<mechanism>PLAIN</mechanism>");
-            }
-            f.push_str("</mechanisms></stream:features>");
-            f
-        };
-        self.send(features);
-        self.phase = Phase::Negotiate;
-    }
-
-    fn plain_allowed(&self) -> bool {
-        self.encrypted || self.loopback
-    }
-
-    fn on_negotiate(&mut self, rec: &[u8]) {
-        let Some(el) = Element::parse(rec) else {
-            return self.stream_error("not-well-formed", PROTOCOL, "unparsable element".into());
-        };
-        if self.authed.is_some() {
-            return self.on_bind(&el);
-        }
-        match (el.ns.as_str(), el.local_name()) {
-            (NS_TLS, "starttls") if self.starttls.is_some() && !self.encrypted => self.start_tls(),
-            (NS_SASL, "auth") => self.on_auth(&el),
-            (NS_SASL, "response") => self.on_response(&el),
-            (NS_SASL, "abort") => {
-                self.sasl = SaslState::None;
-                self.sasl_failure("aborted");
-            }
-            _ => self.stream_error(
-                "not-authorized",
-                PROTOCOL,
-                format!("<{}/> before authentication", el.name),
-            ),
-        }
-    }
-
+    /// The client sent `<starttls/>` and `<proceed/>` is queued: flush it
+    /// in clear, then hand the connection to the wrapper.
     fn start_tls(&mut self) {
-        let Some(tls) = self.starttls.take() else {
-            return;
+        let Some(handover) = self.handover.take() else {
+            let e = Fatal::permanent("unable to start TLS: no UCSPI-TLS descriptors");
+            return self.finish_with(Err(e));
         };
-        self.send(format!("<proceed xmlns='{NS_TLS}'/>"));
         // <proceed/> must be on the wire, in clear, before TLS starts.
         if let Err(e) = self.drain_client(Duration::from_secs(5)) {
             return self.finish_with(Err(io_fatal("write to the client", &e)));
         }
-        // SAFETY: the UCSPI-TLS wrapper handed us these descriptors by
-        // number in the environment; nothing else in this process owns them.
-        let (ctl, rd, wr) = unsafe {
-            (
-                OwnedFd::from_raw_fd(tls.ctl),
-                OwnedFd::from_raw_fd(tls.rd),
-                OwnedFd::from_raw_fd(tls.wr),
-            )
-        };
-        if let Err(e) = sj::io::write_all(&ctl, b"y") {
-            return self.finish_with(Err(io_fatal("start TLS through SSLCTLFD", &e)));
+        match handover.start() {
+            // The plain descriptors close here: they are the wrapper's now.
+            Ok((rd, wr)) => (self.rfd, self.wfd) = (rd, wr),
+            Err(e) => return self.finish_with(Err(e)),
         }
-        for fd in [&rd, &wr] {
-            if let Err(e) = sj::io::set_nonblocking(fd) {
-                return self.finish_with(Err(io_fatal("set the TLS descriptors non-blocking", &e)));
-            }
-        }
-        // Keep the control descriptor open for the wrapper's sake.
-        std::mem::forget(ctl);
-        self.rfd = rd;
-        self.wfd = wr;
-        self.encrypted = true;
         self.framer.reset();
-        self.header_sent = false;
-        self.phase = Phase::Header;
+        self.neg.tls_started();
     }
 
-    /// Send a SASL failure; the third in a connection ends the stream.
-    /// Logging is the caller's (through the failure record).
-    fn sasl_failure(&mut self, cond: &str) {
-        self.failures += 1;
-        self.send(format!("<failure xmlns='{NS_SASL}'><{cond}/></failure>"));
-        if self.failures >= MAX_AUTH_FAILURES {
-            // No line of its own: the failures were logged, within the
-            // account's limit, and one line per connection would undo it.
-            self.stream_error("not-authorized", PERMANENT, String::new());
-        }
-    }
-
-    /// The failure record a login to `acct` counts in: the account's, or
-    /// for a name that is no account here, DIR's (-d) or the root's (-R).
-    fn record(&self, acct: Option<&Account>) -> Failures {
-        match (acct, &self.opts.place) {
-            (Some(a), _) => Failures::of(&a.dir),
-            (None, Where::Dir(d)) => Failures::of(d),
-            (None, Where::Root(r)) => Failures::at(r.join(ROOT_FAILURES)),
-        }
-    }
-
-    /// One failure log line, when the record's limit lets it through.
-    fn log_failure(log: Option<u64>, what: &str) {
-        match log {
-            Some(0) => sj::log::info(&format!("authentication failed: {what}")),
-            Some(n) => sj::log::info(&format!(
-                "authentication failed: {what} ({n} more since the last such line, not logged)"
-            )),
-            None => {}
-        }
-    }
-
-    /// A failure that checked no password (malformed, wrong mechanism or
-    /// authorization identity): answered at once, logged within the limit.
-    fn refuse(&mut self, acct: Option<&Account>, cond: &'static str, what: String) {
-        let rec = self.record(acct);
-        let log = rec.refused(SystemTime::now()).unwrap_or_else(|e| {
-            Self::record_error(&rec, &e);
-            Some(0)
-        });
-        Self::log_failure(log, &what);
-        self.sasl_failure(cond);
-    }
-
-    fn record_error(rec: &Failures, e: &io::Error) {
-        sj::log::warn(&format!(
-            "unable to update {}: {}",
-            rec.path().display(),
-            sj::log::strerror(e)
-        ));
-    }
-
-    /// A password was checked: its answer waits for the account's next
-    /// slot (`sj::authfail`), success and failure alike, so that neither
-    /// the answer nor its delay tells anything before the slot.
-    fn checked(&mut self, acct: Option<&Account>, verdict: Verdict, what: String) {
-        let ok = matches!(verdict, Verdict::Success(..));
-        let now = Instant::now();
-        let max_wait = self
-            .deadline
-            .map_or(Duration::MAX, |d| d.saturating_duration_since(now))
-            .saturating_sub(HOLD_MARGIN);
-        let rec = self.record(acct);
-        let gate = rec
-            .attempt(ok, SystemTime::now(), max_wait)
-            .unwrap_or_else(|e| {
-                Self::record_error(&rec, &e);
-                Gate::Answer {
-                    wait: Duration::ZERO,
-                    log: (!ok).then_some(0),
-                }
-            });
-        match gate {
-            Gate::Busy { log } => {
-                let n = rec.count();
-                Self::log_failure(
-                    log,
-                    &format!("{what}: refused unchecked, {n} failures in a row"),
-                );
-                self.sasl_failure("temporary-auth-failure");
-            }
-            Gate::Answer { wait, log } => {
-                if !ok {
-                    Self::log_failure(log, &what);
-                }
-                if wait.is_zero() {
-                    self.release(verdict);
-                } else {
-                    self.held = Some(Held {
-                        until: now + wait,
-                        verdict,
-                    });
-                }
-            }
-        }
-    }
-
-    fn release(&mut self, verdict: Verdict) {
-        match verdict {
-            Verdict::Success(acct, msg) => self.succeed(acct, msg),
-            Verdict::Failure(cond) => self.sasl_failure(cond),
-        }
-    }
-
-    /// The bare JID a SASL username claims: `user@domain` of this stream.
-    fn claimed(&self, authcid: &str) -> Option<Jid> {
-        let domain = match (&self.opts.place, &self.dir_account) {
-            (Where::Dir(_), Some(a)) => a.bare.domain().to_string(),
-            (Where::Dir(_), None) => return None,
-            (Where::Root(_), _) => self.domain.clone()?,
+    /// SASL success is queued: the stream restarts, with the limits for
+    /// an authenticated peer.
+    fn authenticated(&mut self, bare: Jid) {
+        let Some(dir) = self.neg.accounts().account_dir(&bare) else {
+            let msg = format!("unable to tell the directory of {bare}");
+            return self.stream_error("internal-server-error", TEMPORARY, msg);
         };
-        Jid::parse(&format!("{authcid}@{domain}"))
-            .ok()
-            .filter(|j| j.is_bare() && j.local().is_some())
-    }
-
-    /// The account `authcid` names, if it may log in here.
-    fn resolve(&self, authcid: &str) -> Option<Account> {
-        let bare = self.claimed(authcid)?;
-        match &self.opts.place {
-            Where::Dir(_) => self.dir_account.clone().filter(|a| a.bare == bare),
-            Where::Root(root) => {
-                let c = component(Kind::Contact, &bare.to_string()).ok()?;
-                let dir = root.join(c);
-                dir.join("passwd")
-                    .is_file()
-                    .then_some(Account { bare, dir })
-            }
-        }
-    }
-
-    /// The authorization identity rule of RFC 6120 §6.3.8, the same for
-    /// every mechanism: none, or exactly the bare JID the username claims;
-    /// anything else is `invalid-authzid` (§6.5.6), decided before any
-    /// account is looked up so the answer tells nothing about accounts.
-    fn authzid_ok(authzid: Option<&str>, claimed: Option<&Jid>) -> bool {
-        match authzid.filter(|a| !a.is_empty()) {
-            None => true,
-            Some(a) => claimed.is_some_and(|c| Jid::parse(a).ok().as_ref() == Some(c)),
-        }
-    }
-
-    /// The key for made-up salts: DIR's or the root's `.salt-key`, or, when
-    /// it cannot be read or made, one for this process (the salts then
-    /// change between connections).
-    fn salt_key(&self) -> Vec<u8> {
-        let dir = match &self.opts.place {
-            Where::Dir(d) | Where::Root(d) => d,
-        };
-        sj::passwd::salt_key(dir).unwrap_or_else(|e| {
-            sj::log::warn(&format!(
-                "unable to use {}/{}: {}",
-                dir.display(),
-                sj::passwd::SALT_KEY,
-                sj::log::strerror(&e)
-            ));
-            static OWN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
-            OWN.get_or_init(|| random_hex(32).into_bytes()).clone()
-        })
-    }
-
-    fn credentials(acct: &Account) -> Vec<sasl::StoredCredentials> {
-        match sj::passwd::read(&acct.dir.join("passwd")) {
-            Ok(c) => c,
-            Err(e) => {
-                sj::log::warn(&format!(
-                    "unable to read {}/passwd: {}",
-                    acct.dir.display(),
-                    sj::log::strerror(&e)
-                ));
-                Vec::new()
-            }
-        }
-    }
-
-    fn payload(el: &Element) -> Option<Vec<u8>> {
-        let t = el.text();
-        let t = t.trim();
-        if t.is_empty() || t == "=" {
-            return Some(Vec::new());
-        }
-        sasl::b64decode(t).ok()
-    }
-
-    fn on_auth(&mut self, el: &Element) {
-        if !matches!(self.sasl, SaslState::None) {
-            self.sasl = SaslState::None;
-            return self.refuse(None, "malformed-request", "second <auth/>".into());
-        }
-        let mech = el.attr("mechanism").unwrap_or("");
-        let Some(data) = Self::payload(el) else {
-            return self.refuse(None, "incorrect-encoding", "bad base64 in <auth/>".into());
-        };
-        match mech {
-            "SCRAM-SHA-256" | "SCRAM-SHA-1" => {
-                let hash = if mech == "SCRAM-SHA-1" {
-                    Hash::Sha1
-                } else {
-                    Hash::Sha256
-                };
-                if data.is_empty() {
-                    self.sasl = SaslState::AwaitFirst(hash);
-                    self.send(format!("<challenge xmlns='{NS_SASL}'/>"));
-                } else {
-                    self.scram_first(hash, &data);
-                }
-            }
-            "PLAIN" if self.plain_allowed() => self.plain(&data),
-            _ => {
-                let what = format!("mechanism {:?} not offered", mech);
-                self.refuse(None, "invalid-mechanism", what)
-            }
-        }
-    }
-
-    fn scram_first(&mut self, hash: Hash, data: &[u8]) {
-        let mut srv = ScramServer::new(hash, None);
-        let user = match srv.client_first(data) {
-            Ok(u) => u,
-            Err(e) => {
-                self.sasl = SaslState::None;
-                return self.refuse(
-                    None,
-                    "malformed-request",
-                    format!("SCRAM client-first: {e}"),
-                );
-            }
-        };
-        let claimed = self.claimed(&user);
-        if !Self::authzid_ok(srv.authzid(), claimed.as_ref()) {
-            self.sasl = SaslState::None;
-            let what = format!(
-                "user {user:?} asked to act as {:?}",
-                srv.authzid().unwrap_or("")
-            );
-            return self.refuse(None, "invalid-authzid", what);
-        }
-        let acct = self.resolve(&user);
-        let creds = acct.as_ref().and_then(|a| {
-            let all = Self::credentials(a);
-            sj::passwd::find(&all, hash).cloned()
-        });
-        let (creds, what) = match (creds, &acct) {
-            (Some(c), Some(a)) => (c, format!("wrong password for {}", a.bare)),
-            // No such user, or no credentials of this hash: a challenge
-            // like a real one, the same on every try, that no password
-            // passes. The exchange then fails where a wrong password does.
-            (_, a) => {
-                let name = claimed.as_ref().map_or(user.clone(), Jid::to_string);
-                let salt = sasl::fake_salt(&self.salt_key(), hash, &name);
-                let what = match a {
-                    Some(a) => format!("no {} credentials for {}", hash.mechanism(), a.bare),
-                    None => format!("unknown user {user:?}"),
-                };
-                (
-                    StoredCredentials::unmatchable(hash, salt, sj::passwd::ITERATIONS),
-                    what,
-                )
-            }
-        };
-        let first = srv.server_first(&creds);
-        self.send(sasl::element("challenge", None, &first));
-        self.sasl = SaslState::AwaitFinal(Box::new(srv), acct, what);
-    }
-
-    fn on_response(&mut self, el: &Element) {
-        let Some(data) = Self::payload(el) else {
-            self.sasl = SaslState::None;
-            return self.refuse(
-                None,
-                "incorrect-encoding",
-                "bad base64 in <response/>".into(),
-            );
-        };
-        match std::mem::replace(&mut self.sasl, SaslState::None) {
-            SaslState::AwaitFirst(hash) => self.scram_first(hash, &data),
-            SaslState::AwaitFinal(mut srv, acct, what) => match (srv.client_final(&data), acct) {
-                (Ok(v), Some(a)) => {
-                    let msg = sasl::element("success", None, &v);
-                    self.checked(Some(&a.clone()), Verdict::Success(a, msg), String::new());
-                }
-                (Ok(_), None) => {
-                    // Unreachable: no proof matches random keys.
-                    self.checked(None, Verdict::Failure("not-authorized"), what);
-                }
-                (Err(e), acct) => {
-                    let what = format!("{what} (SCRAM: {e})");
-                    self.checked(acct.as_ref(), Verdict::Failure("not-authorized"), what);
-                }
-            },
-            _ => self.refuse(None, "malformed-request", "<response/> out of order".into()),
-        }
-    }
-
-    fn plain(&mut self, data: &[u8]) {
-        let Ok((authzid, authcid, pw)) = sasl::plain_decode(data) else {
-            return self.refuse(None, "malformed-request", "malformed PLAIN message".into());
-        };
-        let claimed = self.claimed(&authcid);
-        if !Self::authzid_ok(Some(&authzid), claimed.as_ref()) {
-            let what = format!("user {authcid:?} asked to act as {authzid:?}");
-            return self.refuse(None, "invalid-authzid", what);
-        }
-        let acct = self.resolve(&authcid);
-        let ok = match &acct {
-            Some(a) => Self::credentials(a).iter().any(|c| c.verify_plain(&pw)),
-            None => {
-                // The same work as a real check, so the time tells nothing.
-                let salt = vec![0u8; 16];
-                StoredCredentials::unmatchable(Hash::Sha256, salt, sj::passwd::ITERATIONS)
-                    .verify_plain(&pw)
-            }
-        };
-        match (ok, acct) {
-            (true, Some(a)) => {
-                let msg = format!("<success xmlns='{NS_SASL}'/>");
-                self.checked(Some(&a.clone()), Verdict::Success(a, msg), String::new());
-            }
-            (_, a) => {
-                let what = match &a {
-                    Some(a) => format!("wrong password for {} (PLAIN)", a.bare),
-                    None => format!("unknown user {authcid:?} (PLAIN)"),
-                };
-                self.checked(a.as_ref(), Verdict::Failure("not-authorized"), what);
-            }
-        }
-    }
-
-    fn succeed(&mut self, acct: Account, msg: String) {
-        sj::log::info(&format!("authenticated as {}", acct.bare));
-        self.send(msg);
-        self.deadline = Some(Instant::now() + BIND_TIMEOUT);
-        self.domain = Some(acct.bare.domain().to_string());
-        self.authed = Some(acct);
-        self.sasl = SaslState::Done;
+        self.account = Some(Account { bare, dir });
         self.framer.reset();
         self.framer.set_limits(Limits::DEFAULT);
-        self.header_sent = false;
-        self.phase = Phase::Header;
     }
 
-    fn on_bind(&mut self, el: &Element) {
-        let id = el.attr("id").unwrap_or("").to_string();
-        let bind = el.child("bind", translate::NS_BIND);
-        if el.name != "iq" || el.attr("type") != Some("set") || bind.is_none() {
-            if el.name == "iq" || el.name == "message" || el.name == "presence" {
-                return self.stream_error(
-                    "not-authorized",
-                    PROTOCOL,
-                    format!("<{}/> before bind", el.name),
-                );
-            }
-            return self.stream_error(
-                "unsupported-stanza-type",
-                PROTOCOL,
-                format!("<{}/> before bind", el.name),
-            );
-        }
-        let requested = bind
-            .and_then(|b| b.child("resource", translate::NS_BIND))
-            .map(|r| r.text().trim().to_string())
-            .filter(|r| !r.is_empty());
-        let Some(acct) = self.authed.clone() else {
+    /// Register the client for a bind request and answer it.
+    fn bind(&mut self, id: &str, requested: Option<&str>) {
+        let Some(acct) = self.account.clone() else {
             return;
         };
-        match self.register(&acct, requested.as_deref()) {
+        match self.register(&acct, requested) {
             Ok(client) => {
-                let full = client.tr.full.to_string();
-                match requested.as_deref().filter(|r| *r != client.name) {
-                    // A refused name is replaced, not an error (RFC 6120
-                    // §7.6.1 lets the server pick): the client goes on with
-                    // the JID the result names.
-                    Some(r) => {
-                        let up = client.tr.upstream.as_ref().and_then(Jid::resource);
-                        let why = name_problem(r, up).unwrap_or_else(|| "in use".into());
-                        sj::log::info(&format!("bound {full} instead of {r:?}: {why}"));
-                    }
-                    None => sj::log::info(&format!("bound {full}")),
-                }
-                self.send(format!(
-                    "<iq type='result' id='{}'><bind xmlns='{}'><jid>{}</jid></bind></iq>",
-                    escape::attr(&id),
-                    translate::NS_BIND,
-                    escape::text(&full)
-                ));
+                let up = client.tr.upstream.as_ref().and_then(Jid::resource);
+                let steps = self.neg.bound(id, requested, &client.tr.full, up);
                 self.client = Some(client);
-                self.phase = Phase::Online;
-                self.deadline = None;
+                self.apply(steps);
             }
             Err(RegisterError::NoReader) => self.stream_error(
                 "remote-connection-failed",
@@ -1198,7 +661,7 @@ impl Session {
     fn on_client_data(&mut self) {
         loop {
             // A held answer comes before anything the client sent after it.
-            if self.done.is_some() || self.held.is_some() {
+            if self.done.is_some() || self.neg.holding() {
                 return;
             }
             let ev = match self.framer.next_event() {
@@ -1208,14 +671,8 @@ impl Session {
             };
             match ev {
                 Event::Header(h) => {
-                    if self.phase != Phase::Header {
-                        return self.stream_error(
-                            "bad-format",
-                            PROTOCOL,
-                            "second stream header".into(),
-                        );
-                    }
-                    self.on_header(h);
+                    let steps = self.neg.header(&h);
+                    self.apply(steps);
                 }
                 Event::Record(rec) => {
                     if is_control_passwd(&rec) {
@@ -1223,24 +680,17 @@ impl Session {
                     } else {
                         sj::log::trace("c>", &rec);
                     }
-                    match self.phase {
-                        Phase::Header => {
-                            return self.stream_error(
-                                "bad-format",
-                                PROTOCOL,
-                                "element before the stream header".into(),
-                            )
-                        }
-                        Phase::Negotiate => {
-                            self.on_negotiate(&rec);
-                            // A stream restart (STARTTLS, SASL success) has
-                            // reset the framer; after bind, stanzas the client
-                            // pipelined are still buffered and go on.
-                            if self.phase == Phase::Header {
-                                return;
-                            }
-                        }
-                        Phase::Online => self.on_stanza(&rec),
+                    if self.neg.online() {
+                        self.on_stanza(&rec);
+                        continue;
+                    }
+                    let steps = self.neg.element(&rec, Instant::now());
+                    self.apply(steps);
+                    // A stream restart (STARTTLS, SASL success) has reset
+                    // the framer; after bind, stanzas the client pipelined
+                    // are still buffered and go on.
+                    if self.neg.awaiting_header() {
+                        return;
                     }
                 }
                 Event::StreamError(rec) => {
@@ -1256,12 +706,8 @@ impl Session {
                 // client is the peer itself.
                 Event::Dropped(d) => return self.on_frame_error(d.reason),
                 Event::End => {
-                    if !self.header_sent {
-                        let h = self.header();
-                        self.send(h);
-                        self.header_sent = true;
-                    }
-                    self.send("</stream:stream>");
+                    let end = self.neg.end_stream();
+                    self.send(end);
                     self.end = sj::io::End::Answer;
                     return self.finish_with(Ok(()));
                 }
@@ -1272,7 +718,7 @@ impl Session {
     /// The client's end of input: the session ends (a failure once
     /// authenticated; a probe that never logged in is none).
     fn end_of_input(&mut self) {
-        let r = if self.authed.is_some() {
+        let r = if self.neg.authenticated() {
             Err(Fatal::temporary("client closed the connection"))
         } else {
             Ok(())
@@ -1289,52 +735,32 @@ impl Session {
         let mut buf = Vec::with_capacity(64 * 1024);
         while self.done.is_none() {
             if self.term.load(Ordering::Relaxed) {
-                if self.header_sent {
+                if self.neg.header_sent() {
                     self.stream_error("system-shutdown", 0, String::new());
                 } else {
                     self.finish_with(Ok(()));
                 }
                 break;
             }
-            if self
-                .held
-                .as_ref()
-                .is_some_and(|h| Instant::now() >= h.until)
-            {
-                if let Some(h) = self.held.take() {
-                    self.release(h.verdict);
-                }
+            if let Some(steps) = self.neg.release(Instant::now()) {
+                self.apply(steps);
                 // What the client pipelined behind it goes on now.
                 self.on_client_data();
-                if self.input_closed && self.held.is_none() {
+                if self.input_closed && !self.neg.holding() {
                     self.end_of_input();
                 }
                 if self.done.is_some() {
                     break;
                 }
             }
-            let timeout = match self.deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        let why = if self.authed.is_some() {
-                            "no resource bound in time".to_string()
-                        } else {
-                            format!(
-                                "not authenticated within {} s",
-                                self.opts.auth_timeout.as_secs()
-                            )
-                        };
-                        self.stream_error("connection-timeout", TEMPORARY, why);
-                        break;
-                    }
-                    let wake = match &self.held {
-                        Some(h) => d.min(h.until),
-                        None => d,
-                    };
-                    PollTimeout::try_from(wake.saturating_duration_since(now))
-                        .unwrap_or(PollTimeout::NONE)
-                }
+            let expired = self.neg.expire(Instant::now());
+            if !expired.is_empty() {
+                self.apply(expired);
+                break;
+            }
+            let timeout = match self.neg.wake() {
+                Some(w) => PollTimeout::try_from(w.saturating_duration_since(Instant::now()))
+                    .unwrap_or(PollTimeout::NONE),
                 None => PollTimeout::NONE,
             };
             let want_in = self.to_client.len() < CLIENT_HIGH_WATER;
@@ -1346,7 +772,7 @@ impl Session {
                 let mut rc = None;
                 if !self.input_closed {
                     rc = Some(fds.len());
-                    let events = if self.held.is_some() {
+                    let events = if self.neg.holding() {
                         PollFlags::empty()
                     } else {
                         PollFlags::POLLIN
@@ -1445,7 +871,7 @@ impl Session {
                     Ok(Read::WouldBlock) => {}
                     Ok(Read::Eof) => {
                         self.input_closed = true;
-                        if self.held.is_none() {
+                        if !self.neg.holding() {
                             self.peer_closed = true;
                             self.end_of_input();
                         }
@@ -1553,17 +979,6 @@ enum RegisterError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert!(valid_name("phone", Some("sj-proxy")));
-        assert!(!valid_name("sj-proxy", Some("sj-proxy")));
-        assert!(!valid_name("a/b", None));
-        assert!(!valid_name("..", None));
-        assert!(!valid_name("in", None));
-        assert!(!valid_name("", None));
-        assert!(!valid_name("with space", None));
-    }
 
     #[test]
     fn claim_requested_then_generated() {

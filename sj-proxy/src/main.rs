@@ -149,7 +149,8 @@ fn run() -> Result<(), Fatal> {
     sj::log::set_verbose(args.verbose);
     let mut fds = vec![6, 7];
     fds.extend(args.notify_fd);
-    let inherited = upstream::Inherited::claim(&fds)?;
+    let inherited = sj::ucspi::Inherited::claim(&fds, upstream::UCSPI_HINT)?;
+    let handover = sj::ucspi::Handover::claim();
     let jid = Jid::parse(&args.jid)
         .map_err(|e| Fatal::permanent(format!("unable to use {}: {e}", args.jid)))?;
     let bare = jid.bare();
@@ -168,7 +169,7 @@ fn run() -> Result<(), Fatal> {
     // (`online` after a SIGKILL) is replaced.
     let _lock = sj::lock::acquire(&dir)?;
     write_state(&dir, Word::Connecting, &bare);
-    let result = session(&args, &jid, &dir, inherited);
+    let result = session(&args, &jid, &dir, inherited, handover);
     write_state(&dir, Word::Offline, &bare);
     result
 }
@@ -179,7 +180,8 @@ fn session(
     args: &Args,
     jid: &Jid,
     dir: &std::path::Path,
-    mut inherited: upstream::Inherited,
+    mut inherited: sj::ucspi::Inherited,
+    handover: Option<Result<sj::ucspi::Handover, Fatal>>,
 ) -> Result<(), Fatal> {
     let password = read_password(args)?;
     let resource = args
@@ -228,8 +230,8 @@ fn session(
     // The router never blocks on the server: fd 7 may be a pipe of its own
     // (socat, s6-tlsc), not just the socket fd 6 shares.
     sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set fd 7 non-blocking", &e))?;
-    let tls = args.tls || upstream::wrapper_did_tls();
-    let mut up = upstream::Upstream::new(rfd, wfd, tls, Arc::clone(&stop));
+    let tls = args.tls || sj::ucspi::encrypted();
+    let mut up = upstream::Upstream::new(rfd, wfd, tls, handover, Arc::clone(&stop));
 
     let creds = upstream::Credentials {
         jid: jid.clone(),

@@ -826,14 +826,14 @@ impl Router {
                 }
                 Ok(Some(Event::Header(_))) => {
                     self.end_stream(
-                        &crate::upstream::error_tail("bad-format"),
+                        sj::ucspi::stream_error_end("bad-format").as_bytes(),
                         sj::io::End::Close,
                     );
                     return Err(Fatal::protocol("the server sent a second stream header"));
                 }
                 Err(e) => {
                     self.end_stream(
-                        &crate::upstream::error_tail(e.condition.as_str()),
+                        sj::ucspi::stream_error_end(e.condition.as_str()).as_bytes(),
                         sj::io::End::Close,
                     );
                     return Err(crate::upstream::refused(&e));

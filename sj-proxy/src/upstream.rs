@@ -1,22 +1,29 @@
 //! The upstream connection: fds from the UCSPI wrapper, the framer on them,
-//! and the negotiation state machine (RFC 6120 §5-§7) up to a bound session
-//! with carbons enabled.
+//! and the negotiation (RFC 6120 §5-§7) up to a bound session with carbons
+//! enabled. What the wrapper hands over, the stream header and stream
+//! errors are `sj::ucspi`'s; the decisions of each step (which TLS, which
+//! mechanism, what a bind result says) are the free functions below,
+//! unit-tested without a server.
 
 use crate::route::OWN_ID;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
-use sj::framer::{Dropped, Event, FrameError, Framer, Limits, Mode};
+use sj::framer::{Dropped, Event, FrameError, Framer, Limits, Mode, StreamHeader};
 use sj::io::WriteQueue;
-use sj::sasl::{self, ScramClient, NS as NS_SASL};
+use sj::sasl::{self, Hash, ScramClient, NS as NS_SASL};
+use sj::ucspi::{Handover, NS_STREAM, NS_TLS};
 use sj::xml::Element;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-const NS_STREAM: &str = "http://etherx.jabber.org/streams";
-const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// How to run sj-proxy, for the error about a descriptor the wrapper did
+/// not pass.
+pub const UCSPI_HINT: &str =
+    "run sj-proxy under a UCSPI client (tcpclient, s6-tlsc, socat ...,fdin=6,fdout=7)";
 
 /// How long one negotiation step may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,6 +34,8 @@ pub struct Upstream {
     pub framer: Framer,
     /// The channel is encrypted (direct TLS by the wrapper, or STARTTLS done).
     pub tls: bool,
+    /// The wrapper's UCSPI-TLS descriptors, if it gave any, until STARTTLS.
+    handover: Option<Result<Handover, Fatal>>,
     /// Set by the signal handler: stop negotiating.
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The stream was ended (`close`): nothing more is written.
@@ -47,105 +56,6 @@ pub struct Credentials {
     pub resource: Option<String>,
 }
 
-/// Take ownership of a descriptor number inherited from the wrapper.
-pub fn inherit_fd(n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
-    own_fd(n, what)?.ok_or_else(|| not_given(n, what))
-}
-
-fn not_given(n: RawFd, what: &str) -> Fatal {
-    Fatal::permanent(format!(
-        "unable to use fd {n} ({what}): not open; run sj-proxy under a UCSPI client (tcpclient, s6-tlsc, socat ...,fdin=6,fdout=7)"
-    ))
-}
-
-/// The descriptor `n` if it is open, made close-on-exec.
-fn own_fd(n: RawFd, what: &str) -> Result<Option<OwnedFd>, Fatal> {
-    if nix::fcntl::fcntl(
-        unsafe { BorrowedFd::borrow_raw(n) },
-        nix::fcntl::FcntlArg::F_GETFD,
-    )
-    .is_err()
-    {
-        return Ok(None);
-    }
-    // SAFETY: the descriptor is open (checked above) and nothing else in this
-    // process owns it: it was inherited from the wrapper.
-    let fd = unsafe { OwnedFd::from_raw_fd(n) };
-    // The daemons must not inherit the server connection (or any other
-    // descriptor the wrapper gave us).
-    nix::fcntl::fcntl(
-        &fd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .map_err(|e| Fatal::io(format!("set close-on-exec on fd {n} ({what})"), &e.into()))?;
-    Ok(Some(fd))
-}
-
-/// The descriptors the wrapper hands over by number (6, 7, the readiness
-/// fd), taken before this process opens any of its own: a descriptor of
-/// ours (DIR/lock, a signal pipe) could otherwise get a number the wrapper
-/// left closed and pass for the server connection. A missing one is an
-/// error only when it is asked for, so errors keep their order.
-pub struct Inherited(Vec<(RawFd, Option<OwnedFd>)>);
-
-impl Inherited {
-    pub fn claim(numbers: &[RawFd]) -> Result<Inherited, Fatal> {
-        let mut v = Vec::with_capacity(numbers.len());
-        for &n in numbers {
-            v.push((n, own_fd(n, "an inherited descriptor")?));
-        }
-        Ok(Inherited(v))
-    }
-
-    /// The descriptor `n` claimed at startup.
-    pub fn take(&mut self, n: RawFd, what: &str) -> Result<OwnedFd, Fatal> {
-        self.0
-            .iter_mut()
-            .find(|(m, _)| *m == n)
-            .and_then(|(_, fd)| fd.take())
-            .ok_or_else(|| not_given(n, what))
-    }
-}
-
-fn env_fd(name: &str) -> Option<RawFd> {
-    std::env::var(name).ok()?.trim().parse().ok()
-}
-
-/// Is the peer on loopback, as far as the wrapper tells us?
-pub fn peer_is_loopback(rfd: BorrowedFd<'_>) -> bool {
-    for var in [
-        "TCPREMOTEIP",
-        "SOCAT_PEERADDR",
-        "TCP6REMOTEIP",
-        "SSLREMOTEIP",
-    ] {
-        if let Ok(ip) = std::env::var(var) {
-            if let Ok(addr) = ip.parse::<std::net::IpAddr>() {
-                return addr.is_loopback();
-            }
-        }
-    }
-    use std::os::fd::AsRawFd;
-    match nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(rfd.as_raw_fd()) {
-        Ok(sa) => {
-            if let Some(v4) = sa.as_sockaddr_in() {
-                return v4.ip().is_loopback();
-            }
-            if let Some(v6) = sa.as_sockaddr_in6() {
-                return v6.ip().is_loopback();
-            }
-            false
-        }
-        Err(_) => false,
-    }
-}
-
-/// The wrapper says the channel is already encrypted.
-pub fn wrapper_did_tls() -> bool {
-    matches!(std::env::var("PROTO").as_deref(), Ok("SSL") | Ok("TLS"))
-        || std::env::var_os("SSL_PROTOCOL").is_some()
-}
-
 /// The map from a stream error condition to an exit code (DESIGN §7).
 pub fn stream_error_exit(condition: &str) -> u8 {
     match condition {
@@ -162,14 +72,6 @@ pub fn stream_error_exit(condition: &str) -> u8 {
     }
 }
 
-/// What sj-proxy writes to end the stream with a stream error.
-pub fn error_tail(condition: &str) -> Vec<u8> {
-    format!(
-        "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
-    )
-    .into_bytes()
-}
-
 /// The fatal error for a framing error in the server's stream (the
 /// caller ends the stream with `error_tail` of its condition).
 pub fn refused(e: &FrameError) -> Fatal {
@@ -180,7 +82,7 @@ pub fn refused(e: &FrameError) -> Fatal {
 /// of DESIGN §7 for its condition. `how` is "closed" once online,
 /// "refused" for the stream header's answer.
 pub fn server_error(rec: &[u8], how: &str) -> Fatal {
-    let c = stream_error_condition(rec);
+    let c = sj::ucspi::stream_error_condition(rec);
     Fatal::new(
         stream_error_exit(&c),
         format!("the server {how} the stream: {c}"),
@@ -203,22 +105,12 @@ pub fn describe_dropped(d: &Dropped) -> String {
     )
 }
 
-/// The condition element of a `<stream:error>` record.
-pub fn stream_error_condition(rec: &[u8]) -> String {
-    Element::parse(rec)
-        .and_then(|e| {
-            e.elements()
-                .find(|c| c.ns == "urn:ietf:params:xml:ns:xmpp-streams" && c.local_name() != "text")
-                .map(|c| c.local_name().to_string())
-        })
-        .unwrap_or_else(|| "undefined-condition".to_string())
-}
-
 impl Upstream {
     pub fn new(
         rfd: OwnedFd,
         wfd: OwnedFd,
         tls: bool,
+        handover: Option<Result<Handover, Fatal>>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Upstream {
@@ -226,6 +118,7 @@ impl Upstream {
             wfd,
             framer: Framer::new(Mode::Stream, Limits::PRE_AUTH),
             tls,
+            handover,
             stop,
             closed: false,
         }
@@ -270,7 +163,7 @@ impl Upstream {
     pub fn send_stream_error(&mut self, condition: &str) {
         self.close(
             &mut WriteQueue::new(),
-            &error_tail(condition),
+            sj::ucspi::stream_error_end(condition).as_bytes(),
             sj::io::End::Close,
         );
     }
@@ -291,17 +184,6 @@ impl Upstream {
     pub fn refuse(&mut self, e: &FrameError) -> Fatal {
         self.send_stream_error(e.condition.as_str());
         refused(e)
-    }
-
-    fn open_stream(&self, domain: &str, from: Option<&str>) -> Result<(), Fatal> {
-        let from = from
-            .map(|f| format!(" from='{}'", sj::escape::attr(f)))
-            .unwrap_or_default();
-        let hdr = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' to='{}'{from} version='1.0' xml:lang='en'>",
-            sj::escape::attr(domain)
-        );
-        self.send(hdr.as_bytes())
     }
 
     /// Block (with a deadline, and watching the stop flag) for the next event.
@@ -386,21 +268,12 @@ impl Upstream {
     /// Open (or restart) the stream and return the features.
     fn restart(&mut self, domain: &str, from: Option<&str>) -> Result<Element, Fatal> {
         self.framer.reset();
-        self.open_stream(domain, from)?;
+        self.send(sj::ucspi::client_header(domain, from).as_bytes())?;
         match self.next_event(Instant::now() + STEP_TIMEOUT)? {
             Event::Header(h) => {
-                if !h.is_jabber_client() {
-                    self.send_stream_error("invalid-namespace");
-                    return Err(Fatal::protocol(format!(
-                        "the server's stream is in {}, not jabber:client",
-                        h.get("xmlns").unwrap_or_default()
-                    )));
-                }
-                if h.get("version").is_none_or(|v| !v.starts_with('1')) {
-                    self.send_stream_error("unsupported-version");
-                    return Err(Fatal::protocol(
-                        "the server does not speak XMPP 1.0 streams",
-                    ));
+                if let Some((condition, e)) = header_problem(&h) {
+                    self.send_stream_error(condition);
+                    return Err(e);
                 }
             }
             Event::StreamError(r) => return Err(self.stream_error_fatal(&r, "refused")),
@@ -418,118 +291,57 @@ impl Upstream {
     }
 
     fn starttls(&mut self) -> Result<(), Fatal> {
-        let ctl = env_fd("SSLCTLFD").ok_or_else(|| Fatal::permanent("SSLCTLFD is not set"))?;
-        let rd = env_fd("SSLREADFD")
-            .ok_or_else(|| Fatal::permanent("SSLCTLFD is set but SSLREADFD is not"))?;
-        let wr = env_fd("SSLWRITEFD")
-            .ok_or_else(|| Fatal::permanent("SSLCTLFD is set but SSLWRITEFD is not"))?;
+        let handover = match self.handover.take() {
+            Some(h) => h?,
+            None => return Err(Fatal::permanent("SSLCTLFD is not set")),
+        };
         self.send(format!("<starttls xmlns='{NS_TLS}'/>").as_bytes())?;
         let (el, _) = self.next_element()?;
         if el.local_name() != "proceed" || el.ns != NS_TLS {
             return Err(Fatal::temporary("the server refused STARTTLS"));
         }
-        let ctl = inherit_fd(ctl, "SSLCTLFD")?;
-        sj::io::write_all(&ctl, b"y").map_err(|e| Fatal::io("start TLS through SSLCTLFD", &e))?;
         // After the switch the wrapper owns the plain socket; we talk through
         // its pipes. The old descriptors are closed by replacing them.
-        let rfd = inherit_fd(rd, "SSLREADFD")?;
-        let wfd = if wr == rd {
-            rfd.try_clone()
-                .map_err(|e| Fatal::io("dup SSLWRITEFD", &e))?
-        } else {
-            inherit_fd(wr, "SSLWRITEFD")?
-        };
-        sj::io::set_nonblocking(&rfd).map_err(|e| Fatal::io("set SSLREADFD non-blocking", &e))?;
-        sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set SSLWRITEFD non-blocking", &e))?;
+        let (rfd, wfd) = handover.start()?;
         self.rfd = rfd;
         self.wfd = wfd;
-        std::mem::forget(ctl);
         self.tls = true;
         Ok(())
     }
 
     fn authenticate(&mut self, features: &Element, creds: &Credentials) -> Result<(), Fatal> {
-        let offered: Vec<String> = features
-            .child("mechanisms", NS_SASL)
-            .map(|m| {
-                m.elements()
-                    .filter(|e| e.local_name() == "mechanism")
-                    .map(|e| e.text().trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
         let user = creds
             .jid
             .local()
             .ok_or_else(|| Fatal::permanent("the JID has no localpart to log in with"))?;
-        let has = |m: &str| offered.iter().any(|o| o == m);
-        if let Some(hash) = sasl::best_scram(&offered) {
-            let mut scram = ScramClient::new(hash, user, &creds.password, None);
-            let first = scram.first();
-            self.send(sasl::element("auth", Some(hash.mechanism()), &first).as_bytes())?;
-            let (el, _) = self.next_element()?;
-            let challenge = self.sasl_step(&el, "challenge")?;
-            let fin = scram
-                .final_message(&challenge)
-                .map_err(|e| Fatal::protocol(format!("SCRAM: {e}")))?;
-            self.send(sasl::element("response", None, &fin).as_bytes())?;
-            let (el, _) = self.next_element()?;
-            let server_final = self.sasl_step(&el, "success")?;
-            scram.verify(&server_final).map_err(|e| {
-                Fatal::permanent(format!(
-                    "unable to trust the server: SCRAM server signature: {e}"
-                ))
-            })?;
-            return Ok(());
-        }
-        if has("PLAIN") {
-            if !self.tls && !peer_is_loopback(self.rfd.as_fd()) {
-                return Err(Fatal::permanent(
-                    "unable to authenticate: the server offers only PLAIN on an unencrypted non-loopback channel",
-                ));
+        let rfd = self.rfd.as_fd();
+        let plain_ok = self.tls || sj::ucspi::peer_is_loopback(rfd);
+        match mechanism(features, plain_ok)? {
+            Mechanism::Scram(hash) => {
+                let mut scram = ScramClient::new(hash, user, &creds.password, None);
+                let first = scram.first();
+                self.send(sasl::element("auth", Some(hash.mechanism()), &first).as_bytes())?;
+                let (el, _) = self.next_element()?;
+                let challenge = sasl_step(&el, "challenge")?;
+                let fin = scram
+                    .final_message(&challenge)
+                    .map_err(|e| Fatal::protocol(format!("SCRAM: {e}")))?;
+                self.send(sasl::element("response", None, &fin).as_bytes())?;
+                let (el, _) = self.next_element()?;
+                let server_final = sasl_step(&el, "success")?;
+                scram.verify(&server_final).map_err(|e| {
+                    Fatal::permanent(format!(
+                        "unable to trust the server: SCRAM server signature: {e}"
+                    ))
+                })
             }
-            let msg = sasl::plain_encode("", user, &creds.password);
-            self.send(sasl::element("auth", Some("PLAIN"), &msg).as_bytes())?;
-            let (el, _) = self.next_element()?;
-            self.sasl_step(&el, "success")?;
-            return Ok(());
+            Mechanism::Plain => {
+                let msg = sasl::plain_encode("", user, &creds.password);
+                self.send(sasl::element("auth", Some("PLAIN"), &msg).as_bytes())?;
+                let (el, _) = self.next_element()?;
+                sasl_step(&el, "success").map(|_| ())
+            }
         }
-        Err(Fatal::permanent(format!(
-            "unable to authenticate: no supported SASL mechanism offered ({})",
-            offered.join(" ")
-        )))
-    }
-
-    /// Check a SASL reply is `want` and return its decoded payload.
-    fn sasl_step(&self, el: &Element, want: &str) -> Result<Vec<u8>, Fatal> {
-        if el.ns != NS_SASL {
-            return Err(Fatal::protocol(format!(
-                "unexpected <{}> during SASL",
-                el.name
-            )));
-        }
-        if el.local_name() == "failure" {
-            let cond = el
-                .elements()
-                .find(|c| c.local_name() != "text")
-                .map(|c| c.local_name().to_string());
-            return Err(Fatal::permanent(format!(
-                "unable to authenticate: {}",
-                cond.unwrap_or_else(|| "failure".to_string())
-            )));
-        }
-        if el.local_name() != want {
-            return Err(Fatal::protocol(format!(
-                "expected SASL <{want}>, got <{}>",
-                el.name
-            )));
-        }
-        let t = el.text();
-        let t = t.trim();
-        if t.is_empty() || t == "=" {
-            return Ok(Vec::new());
-        }
-        sasl::b64decode(t).map_err(|e| Fatal::protocol(format!("bad base64 in SASL <{want}>: {e}")))
     }
 
     /// Send an iq of ours and wait for its answer; other stanzas that arrive
@@ -550,16 +362,9 @@ impl Upstream {
         let domain = creds.jid.domain().to_string();
         let bare = creds.jid.bare().to_string();
         let mut features = self.restart(&domain, self.tls.then_some(bare.as_str()))?;
-        if let Some(tls) = features.child("starttls", NS_TLS) {
-            let required = tls.child("required", NS_TLS).is_some();
-            if !self.tls && std::env::var_os("SSLCTLFD").is_some() {
-                self.starttls()?;
-                features = self.restart(&domain, Some(&bare))?;
-            } else if required && !self.tls {
-                return Err(Fatal::permanent(
-                    "unable to start TLS: the server requires STARTTLS and no UCSPI-TLS wrapper is present (SSLCTLFD unset)",
-                ));
-            }
+        if start_tls(&features, self.tls, self.handover.is_some())? {
+            self.starttls()?;
+            features = self.restart(&domain, Some(&bare))?;
         }
         self.authenticate(&features, creds)?;
         self.framer.set_limits(Limits::FROM_SERVER);
@@ -568,84 +373,27 @@ impl Upstream {
             return Err(Fatal::protocol("the server offers no resource binding"));
         }
         let mut early = Vec::new();
-        let res = creds
-            .resource
-            .as_deref()
-            .map(|r| format!("<resource>{}</resource>", sj::escape::text(r)))
-            .unwrap_or_default();
         let bind = self.request(
             "sjp-bind",
-            &format!("<iq type='set' id='sjp-bind'><bind xmlns='{NS_BIND}'>{res}</bind></iq>"),
+            &bind_request("sjp-bind", creds.resource.as_deref()),
             &mut early,
         )?;
-        if bind.attr("type") != Some("result") {
-            let cond = stanza_error(&bind);
-            let code = if cond == "conflict" {
-                TEMPORARY
-            } else {
-                PERMANENT
-            };
-            return Err(Fatal::new(
-                code,
-                format!("unable to bind a resource: {cond}"),
-            ));
-        }
-        let jid_text = bind
-            .child("bind", NS_BIND)
-            .and_then(|b| b.child("jid", NS_BIND))
-            .map(|j| j.text())
-            .ok_or_else(|| Fatal::protocol("bind result without a JID"))?;
-        let full = sj::jid::Jid::parse(jid_text.trim())
-            .map_err(|e| Fatal::protocol(format!("bound JID: {e}")))?;
-        if full.resource().is_none() {
-            return Err(Fatal::protocol("the server bound a JID without a resource"));
-        }
+        let full = bound_jid(&bind)?;
         // The session iq only where the server still requires it (RFC 6121 legacy).
-        if let Some(s) = features.child("session", NS_SESSION) {
-            if s.child("optional", NS_SESSION).is_none() {
-                let r = self.request(
-                    "sjp-session",
-                    &format!(
-                        "<iq type='set' id='sjp-session'><session xmlns='{NS_SESSION}'/></iq>"
-                    ),
-                    &mut early,
-                )?;
-                if r.attr("type") != Some("result") {
-                    return Err(Fatal::temporary(format!(
-                        "unable to establish a session: {}",
-                        stanza_error(&r)
-                    )));
-                }
-            }
-        }
-        let info = self.request(
-            "sjp-disco",
-            &format!(
-                "<iq type='get' id='sjp-disco' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
-                sj::escape::attr(&domain)
-            ),
-            &mut early,
-        )?;
-        let offers_carbons = info.child("query", NS_DISCO_INFO).is_some_and(|q| {
-            q.elements().any(|f| {
-                f.local_name() == "feature" && f.attr("var") == Some(crate::route::NS_CARBONS)
-            })
-        });
-        let mut carbons = false;
-        if offers_carbons {
+        if session_required(&features) {
             let r = self.request(
-                "sjp-carbons",
-                &format!(
-                    "<iq type='set' id='sjp-carbons'><enable xmlns='{}'/></iq>",
-                    crate::route::NS_CARBONS
-                ),
+                "sjp-session",
+                &format!("<iq type='set' id='sjp-session'><session xmlns='{NS_SESSION}'/></iq>"),
                 &mut early,
             )?;
-            carbons = r.attr("type") == Some("result");
-            if !carbons {
-                sj::log::warn(&format!("unable to enable carbons: {}", stanza_error(&r)));
+            if r.attr("type") != Some("result") {
+                return Err(Fatal::temporary(format!(
+                    "unable to establish a session: {}",
+                    stanza_error(&r)
+                )));
             }
         }
+        let carbons = self.enable_carbons(&domain, &mut early)?;
         // RFC 6121 §2.1.6: the server pushes roster changes only to
         // "interested" resources, those that have asked for the roster. Ask
         // now, before any client's record can go up, or a client's roster
@@ -670,6 +418,194 @@ impl Upstream {
             early,
         })
     }
+
+    /// Ask the server whether it has carbons (XEP-0280) and enable them if
+    /// it does: whether they are on.
+    fn enable_carbons(&mut self, domain: &str, early: &mut Vec<Vec<u8>>) -> Result<bool, Fatal> {
+        let info = self.request(
+            "sjp-disco",
+            &format!(
+                "<iq type='get' id='sjp-disco' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
+                sj::escape::attr(domain)
+            ),
+            early,
+        )?;
+        if !offers_carbons(&info) {
+            return Ok(false);
+        }
+        let r = self.request(
+            "sjp-carbons",
+            &format!(
+                "<iq type='set' id='sjp-carbons'><enable xmlns='{}'/></iq>",
+                crate::route::NS_CARBONS
+            ),
+            early,
+        )?;
+        let on = r.attr("type") == Some("result");
+        if !on {
+            sj::log::warn(&format!("unable to enable carbons: {}", stanza_error(&r)));
+        }
+        Ok(on)
+    }
+}
+
+/// What is wrong with the server's stream header, if anything: the stream
+/// error to answer with and the fatal error. The server answers our 1.0
+/// with 1.x (RFC 6120 §4.7.5): any other major version is refused.
+pub fn header_problem(h: &StreamHeader) -> Option<(&'static str, Fatal)> {
+    if let Some(why) = sj::ucspi::namespace_problem(h) {
+        let e = Fatal::protocol(format!("the server's stream header: {why}"));
+        return Some(("invalid-namespace", e));
+    }
+    if sj::ucspi::major_version(h) != Some(1) {
+        let e = Fatal::protocol("the server does not speak XMPP 1.0 streams");
+        return Some(("unsupported-version", e));
+    }
+    None
+}
+
+/// Whether to start TLS now: when the server offers STARTTLS, the channel
+/// is in clear and the wrapper can (`handover`); an error when the server
+/// requires it and the wrapper cannot.
+pub fn start_tls(features: &Element, encrypted: bool, handover: bool) -> Result<bool, Fatal> {
+    let Some(tls) = features.child("starttls", NS_TLS) else {
+        return Ok(false);
+    };
+    if encrypted {
+        return Ok(false);
+    }
+    if handover {
+        return Ok(true);
+    }
+    if tls.child("required", NS_TLS).is_some() {
+        return Err(Fatal::permanent(
+            "unable to start TLS: the server requires STARTTLS and no UCSPI-TLS wrapper is present (SSLCTLFD unset)",
+        ));
+    }
+    Ok(false)
+}
+
+/// How to authenticate.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    Scram(Hash),
+    Plain,
+}
+
+/// The mechanism to use among those the features offer: the best SCRAM,
+/// else PLAIN where `plain_ok` (encrypted, or a loopback peer).
+pub fn mechanism(features: &Element, plain_ok: bool) -> Result<Mechanism, Fatal> {
+    let offered: Vec<String> = features
+        .child("mechanisms", NS_SASL)
+        .map(|m| {
+            m.elements()
+                .filter(|e| e.local_name() == "mechanism")
+                .map(|e| e.text().trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(hash) = sasl::best_scram(&offered) {
+        return Ok(Mechanism::Scram(hash));
+    }
+    if offered.iter().any(|o| o == "PLAIN") {
+        if !plain_ok {
+            return Err(Fatal::permanent(
+                "unable to authenticate: the server offers only PLAIN on an unencrypted non-loopback channel",
+            ));
+        }
+        return Ok(Mechanism::Plain);
+    }
+    Err(Fatal::permanent(format!(
+        "unable to authenticate: no supported SASL mechanism offered ({})",
+        offered.join(" ")
+    )))
+}
+
+/// Check a SASL reply is `want` and return its decoded payload.
+pub fn sasl_step(el: &Element, want: &str) -> Result<Vec<u8>, Fatal> {
+    if el.ns != NS_SASL {
+        return Err(Fatal::protocol(format!(
+            "unexpected <{}> during SASL",
+            el.name
+        )));
+    }
+    if el.local_name() == "failure" {
+        let cond = el
+            .elements()
+            .find(|c| c.local_name() != "text")
+            .map(|c| c.local_name().to_string());
+        return Err(Fatal::permanent(format!(
+            "unable to authenticate: {}",
+            cond.unwrap_or_else(|| "failure".to_string())
+        )));
+    }
+    if el.local_name() != want {
+        return Err(Fatal::protocol(format!(
+            "expected SASL <{want}>, got <{}>",
+            el.name
+        )));
+    }
+    let t = el.text();
+    let t = t.trim();
+    if t.is_empty() || t == "=" {
+        return Ok(Vec::new());
+    }
+    sasl::b64decode(t).map_err(|e| Fatal::protocol(format!("bad base64 in SASL <{want}>: {e}")))
+}
+
+/// The bind request, for `resource` or one the server picks.
+pub fn bind_request(id: &str, resource: Option<&str>) -> String {
+    let res = resource
+        .map(|r| format!("<resource>{}</resource>", sj::escape::text(r)))
+        .unwrap_or_default();
+    format!(
+        "<iq type='set' id='{}'><bind xmlns='{NS_BIND}'>{res}</bind></iq>",
+        sj::escape::attr(id)
+    )
+}
+
+/// The full JID a bind answer gives, or why there is none: a conflict is
+/// temporary (the other session may go), any other refusal permanent.
+pub fn bound_jid(answer: &Element) -> Result<sj::jid::Jid, Fatal> {
+    if answer.attr("type") != Some("result") {
+        let cond = stanza_error(answer);
+        let code = if cond == "conflict" {
+            TEMPORARY
+        } else {
+            PERMANENT
+        };
+        return Err(Fatal::new(
+            code,
+            format!("unable to bind a resource: {cond}"),
+        ));
+    }
+    let jid_text = answer
+        .child("bind", NS_BIND)
+        .and_then(|b| b.child("jid", NS_BIND))
+        .map(|j| j.text())
+        .ok_or_else(|| Fatal::protocol("bind result without a JID"))?;
+    let full = sj::jid::Jid::parse(jid_text.trim())
+        .map_err(|e| Fatal::protocol(format!("bound JID: {e}")))?;
+    if full.resource().is_none() {
+        return Err(Fatal::protocol("the server bound a JID without a resource"));
+    }
+    Ok(full)
+}
+
+/// The server still requires the legacy session iq (RFC 3921; RFC 6121
+/// lets it mark the feature optional).
+pub fn session_required(features: &Element) -> bool {
+    features
+        .child("session", NS_SESSION)
+        .is_some_and(|s| s.child("optional", NS_SESSION).is_none())
+}
+
+/// The server's disco#info answer lists carbons.
+pub fn offers_carbons(info: &Element) -> bool {
+    info.child("query", NS_DISCO_INFO).is_some_and(|q| {
+        q.elements()
+            .any(|f| f.local_name() == "feature" && f.attr("var") == Some(crate::route::NS_CARBONS))
+    })
 }
 
 /// The defined condition of a stanza error.
@@ -681,4 +617,197 @@ pub fn stanza_error(el: &Element) -> String {
         })
         .map(|c| c.local_name().to_string())
         .unwrap_or_else(|| "undefined-condition".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        Element::parse(s.as_bytes()).expect("parse")
+    }
+
+    fn features(inner: &str) -> Element {
+        el(&format!(
+            "<stream:features xmlns:stream='{NS_STREAM}'>{inner}</stream:features>"
+        ))
+    }
+
+    fn mechanisms(names: &[&str]) -> Element {
+        let m: String = names
+            .iter()
+            .map(|n| format!("<mechanism>{n}</mechanism>"))
+            .collect();
+        features(&format!("<mechanisms xmlns='{NS_SASL}'>{m}</mechanisms>"))
+    }
+
+    /// The server's stream header with `attrs`, as the framer reads it.
+    fn header(attrs: &str) -> StreamHeader {
+        let mut f = Framer::new(Mode::Stream, Limits::PRE_AUTH);
+        f.feed(
+            format!("<?xml version='1.0'?><stream:stream xmlns:stream='{NS_STREAM}' {attrs}>")
+                .as_bytes(),
+        );
+        match f.next_event() {
+            Ok(Some(Event::Header(h))) => h,
+            other => panic!("{attrs}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_header_checks() {
+        let ok = header("xmlns='jabber:client' from='example.org' id='x' version='1.0'");
+        assert!(header_problem(&ok).is_none());
+        let cond = |attrs: &str| header_problem(&header(attrs)).map(|(c, e)| (c, e.code));
+        assert_eq!(
+            cond("xmlns='jabber:server' version='1.0'"),
+            Some(("invalid-namespace", PROTOCOL))
+        );
+        // jabber:client is implied.
+        assert_eq!(cond("version='1.0'"), None);
+        for v in ["0.9", "2.0", "x.0", ""] {
+            assert_eq!(
+                cond(&format!("version='{v}'")),
+                Some(("unsupported-version", PROTOCOL)),
+                "{v}"
+            );
+        }
+        assert_eq!(cond(""), Some(("unsupported-version", PROTOCOL)));
+    }
+
+    #[test]
+    fn starttls_when_offered_in_clear_and_possible() {
+        let none = features("");
+        let offered = features(&format!("<starttls xmlns='{NS_TLS}'/>"));
+        let required = features(&format!(
+            "<starttls xmlns='{NS_TLS}'><required/></starttls>"
+        ));
+        assert!(!start_tls(&none, false, true).expect("ok"));
+        assert!(start_tls(&offered, false, true).expect("ok"));
+        assert!(start_tls(&required, false, true).expect("ok"));
+        // Already encrypted by the wrapper: never twice.
+        assert!(!start_tls(&required, true, true).expect("ok"));
+        assert!(!start_tls(&required, true, false).expect("ok"));
+        // No wrapper to do it: go on in clear unless it is required.
+        assert!(!start_tls(&offered, false, false).expect("ok"));
+        let e = start_tls(&required, false, false).expect_err("required");
+        assert_eq!(e.code, PERMANENT);
+        assert!(e.msg.contains("SSLCTLFD"), "{}", e.msg);
+    }
+
+    #[test]
+    fn mechanism_choice() {
+        let m = |names: &[&str], plain_ok| mechanism(&mechanisms(names), plain_ok);
+        assert_eq!(
+            m(&["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"], false).expect("ok"),
+            Mechanism::Scram(Hash::Sha256)
+        );
+        assert_eq!(
+            m(&["SCRAM-SHA-1", "PLAIN"], true).expect("ok"),
+            Mechanism::Scram(Hash::Sha1)
+        );
+        assert_eq!(m(&["PLAIN"], true).expect("ok"), Mechanism::Plain);
+        let e = m(&["PLAIN"], false).expect_err("plain in clear");
+        assert_eq!(e.code, PERMANENT);
+        let e = m(&["DIGEST-MD5", "X-OAUTH2"], true).expect_err("none");
+        assert!(e.msg.contains("DIGEST-MD5 X-OAUTH2"), "{}", e.msg);
+        assert!(mechanism(&features(""), true).is_err());
+    }
+
+    #[test]
+    fn sasl_steps() {
+        let ch = el(&format!(
+            "<challenge xmlns='{NS_SASL}'>cj1hYmM=</challenge>"
+        ));
+        assert_eq!(sasl_step(&ch, "challenge").expect("ok"), b"r=abc");
+        let empty = el(&format!("<success xmlns='{NS_SASL}'>=</success>"));
+        assert_eq!(sasl_step(&empty, "success").expect("ok"), b"");
+        let fail = el(&format!(
+            "<failure xmlns='{NS_SASL}'><text>no</text><not-authorized/></failure>"
+        ));
+        let e = sasl_step(&fail, "success").expect_err("failure");
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (PERMANENT, "unable to authenticate: not-authorized")
+        );
+        let e = sasl_step(&ch, "success").expect_err("wrong step");
+        assert_eq!(e.code, PROTOCOL);
+        let e = sasl_step(&el("<iq type='result'/>"), "success").expect_err("not sasl");
+        assert_eq!(e.code, PROTOCOL);
+        let bad = el(&format!("<challenge xmlns='{NS_SASL}'>!!</challenge>"));
+        assert_eq!(
+            sasl_step(&bad, "challenge").expect_err("b64").code,
+            PROTOCOL
+        );
+    }
+
+    #[test]
+    fn bind_request_and_answer() {
+        assert_eq!(
+            bind_request("sjp-bind", Some("a<b")),
+            format!("<iq type='set' id='sjp-bind'><bind xmlns='{NS_BIND}'><resource>a&lt;b</resource></bind></iq>")
+        );
+        assert!(!bind_request("sjp-bind", None).contains("<resource>"));
+        let ok = el(&format!(
+            "<iq type='result' id='sjp-bind'><bind xmlns='{NS_BIND}'><jid> a@example.org/r </jid></bind></iq>"
+        ));
+        assert_eq!(bound_jid(&ok).expect("jid").to_string(), "a@example.org/r");
+        let err = |cond: &str| {
+            el(&format!(
+                "<iq type='error' id='sjp-bind'><error type='cancel'><{cond} xmlns='{NS_STANZAS}'/></error></iq>"
+            ))
+        };
+        assert_eq!(bound_jid(&err("conflict")).expect_err("c").code, TEMPORARY);
+        assert_eq!(
+            bound_jid(&err("not-allowed")).expect_err("n").code,
+            PERMANENT
+        );
+        let bare = el(&format!(
+            "<iq type='result'><bind xmlns='{NS_BIND}'><jid>a@example.org</jid></bind></iq>"
+        ));
+        assert_eq!(bound_jid(&bare).expect_err("bare").code, PROTOCOL);
+        assert_eq!(
+            bound_jid(&el("<iq type='result'/>"))
+                .expect_err("no jid")
+                .code,
+            PROTOCOL
+        );
+    }
+
+    #[test]
+    fn session_and_carbons_features() {
+        assert!(!session_required(&features("")));
+        assert!(session_required(&features(&format!(
+            "<session xmlns='{NS_SESSION}'/>"
+        ))));
+        assert!(!session_required(&features(&format!(
+            "<session xmlns='{NS_SESSION}'><optional/></session>"
+        ))));
+        let info = |var: &str| {
+            el(&format!(
+                "<iq type='result'><query xmlns='{NS_DISCO_INFO}'><feature var='{var}'/></query></iq>"
+            ))
+        };
+        assert!(offers_carbons(&info(crate::route::NS_CARBONS)));
+        assert!(!offers_carbons(&info("urn:xmpp:ping")));
+    }
+
+    #[test]
+    fn server_stream_errors_map_to_exit_codes() {
+        let rec = |c: &str| {
+            format!(
+                "<stream:error xmlns:stream='{NS_STREAM}'><{c} xmlns='{}'/></stream:error>",
+                sj::ucspi::NS_STREAM_ERRORS
+            )
+        };
+        let e = server_error(rec("host-unknown").as_bytes(), "refused");
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (PERMANENT, "the server refused the stream: host-unknown")
+        );
+        assert_eq!(
+            server_error(rec("conflict").as_bytes(), "closed").code,
+            TEMPORARY
+        );
+    }
 }

@@ -9,7 +9,9 @@
 //! the skarnet exit codes (`exit`, `log`), the daemons' shared command
 //! line (`daemon`), dates and times (`time`), the contact `out` log
 //! format (`outlog`), `DIR/state` and the owner's lock (`state`, `lock`),
-//! and the per-account record of failed logins (`authfail`).
+//! the per-account record of failed logins (`authfail`), and what a UCSPI
+//! wrapper hands both session ends, with the stream headers and stream
+//! errors they write (`ucspi`).
 //!
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
@@ -32,4 +34,5 @@ pub mod path;
 pub mod sasl;
 pub mod state;
 pub mod time;
+pub mod ucspi;
 pub mod xml;

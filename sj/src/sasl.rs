@@ -144,7 +144,7 @@ fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
 /// `len` random bytes. The OS generator should never fail; if it does, the
 /// fallback mixes the time, the pid, a counter and an address through
 /// SHA-256, which is still unique and hard to guess for a nonce.
-fn random_bytes(len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     if getrandom::fill(&mut buf).is_ok() {
         return buf;
