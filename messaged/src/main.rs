@@ -19,26 +19,20 @@
 mod classify;
 mod format;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::Kind as PathKind;
+use sj::poll::{Interest, PollSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-const STDIN: Token = Token(0);
-const STDOUT: Token = Token(1);
-const FIRST_CONTACT: usize = 2;
 /// Longest record accepted from sj-proxy: the library's rule.
 const MAX_RECORD: usize = sj::framer::MAX_LINE;
 /// Longest line accepted from an `in` FIFO: escaped, it stays under the
@@ -121,15 +115,13 @@ fn run() -> Result<(), Fatal> {
     raise_nofile();
     sj::fifo::make_dir(&args.dir)
         .map_err(|e| Fatal::io(format_args!("create {}", args.dir.display()), &e))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Fatal::io("install a signal handler", &e))?;
-    }
+    // A stop hands over what is queued, like the end of input.
+    sj::signal::install(sj::signal::STOP_SIGNALS, false)
+        .map_err(|e| Fatal::io("install a signal handler", &e))?;
     let mut d = Daemon::new(args.dir, args.jid.bare())?;
     d.adopt_existing();
     d.check_roster();
-    d.run(&stop)
+    d.run()
 }
 
 /// One contact or room directory.
@@ -149,7 +141,8 @@ struct Contact {
     warned: bool,
     /// Lines not yet in `out` because writing it failed, oldest first.
     kept: Kept,
-    /// Readiness not yet consumed (mio is edge-triggered).
+    /// In `Daemon::ready`: read until it would block, a few reads a
+    /// turn, so one busy FIFO cannot starve the others.
     ready: bool,
 }
 
@@ -158,7 +151,6 @@ struct Daemon {
     /// DIR held open: logs are opened beneath it, never through a link.
     root: sj::fifo::Root,
     own: Jid,
-    poll: Poll,
     contacts: Vec<Contact>,
     by_name: HashMap<String, usize>,
     /// The same contacts by normalised bare JID: the JID of nearly every
@@ -173,6 +165,9 @@ struct Daemon {
     /// The last `out` stamp made, by Unix minute (see `stamp`).
     stamp: Option<(i64, String)>,
     ready: VecDeque<usize>,
+    /// fd 0 and fd 1: records from and to sj-proxy.
+    input: std::io::Stdin,
+    output: std::io::Stdout,
     stdin: LineReader,
     /// One read buffer shared by all FIFOs (10,000 private 64 KiB buffers
     /// would be 640 MiB).
@@ -185,8 +180,6 @@ struct Daemon {
     counter: u64,
     pid: u32,
     roster_seen: Option<(SystemTime, u64, u64)>,
-    /// stdin is a pipe or socket (else it is read without waiting).
-    stdin_polled: bool,
     /// `in` FIFOs held open, and the most that leaves descriptors for
     /// appending to logs.
     fifos_open: usize,
@@ -208,42 +201,25 @@ fn plain_component(c: &str) -> bool {
 
 impl Daemon {
     fn new(dir: PathBuf, own: Jid) -> Result<Daemon, Fatal> {
-        let poll = Poll::new().map_err(|e| Fatal::io("create a poller", &e))?;
-        for (fd, what) in [(0, "stdin"), (1, "stdout")] {
-            // SAFETY: 0 and 1 stay open for the life of the process.
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
-            sj::io::set_nonblocking(b)
-                .map_err(|e| Fatal::io(format_args!("set {what} non-blocking"), &e))?;
-        }
-        // Regular files and /dev/null cannot be polled (EPERM) but never
-        // block either: read them until EOF without waiting.
-        let stdin_polled =
-            match poll
-                .registry()
-                .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
-            {
-                Ok(()) => true,
-                Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => false,
-                Err(e) => return Err(Fatal::io("watch stdin", &e)),
-            };
-        // A pipe or FIFO on stdout; regular files cannot be polled and
-        // never block, so a failure here is not fatal.
-        let _ = poll
-            .registry()
-            .register(&mut SourceFd(&1), STDOUT, Interest::WRITABLE);
+        // Regular files and /dev/null on either are fine too: poll(2)
+        // finds them always ready, and they never block.
+        let (input, output) = (std::io::stdin(), std::io::stdout());
+        sj::io::set_nonblocking(&input).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+        sj::io::set_nonblocking(&output).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
         let root = sj::fifo::Root::open(&dir)
             .map_err(|e| Fatal::io(format_args!("open {}", dir.display()), &e))?;
         Ok(Daemon {
             dir,
             root,
             own,
-            poll,
             contacts: Vec::new(),
             by_name: HashMap::new(),
             by_jid: HashMap::new(),
             last_contact: None,
             stamp: None,
             ready: VecDeque::new(),
+            input,
+            output,
             stdin: LineReader::new(MAX_RECORD),
             scratch: vec![0; 64 * 1024],
             out: WriteQueue::new(),
@@ -251,7 +227,6 @@ impl Daemon {
             counter: 0,
             pid: std::process::id(),
             roster_seen: None,
-            stdin_polled,
             fifos_open: 0,
             fifo_cap: fifo_cap(),
             cap_warned: false,
@@ -329,13 +304,11 @@ impl Daemon {
         Some(i)
     }
 
-    /// Make and open a contact's `in` FIFO and watch it. Without it the
-    /// contact is still logged; the FIFO is tried again on its next message.
+    /// Make and open a contact's `in` FIFO. Without it the contact is
+    /// still logged; the FIFO is tried again on its next message.
     fn attach_fifo(&mut self, i: usize) {
-        let reg = self.poll.registry();
         let c = &mut self.contacts[i];
-        if let Some(old) = c.fifo.take() {
-            let _ = reg.deregister(&mut SourceFd(&old.as_raw_fd()));
+        if c.fifo.take().is_some() {
             self.fifos_open -= 1;
         }
         if self.fifos_open >= self.fifo_cap {
@@ -350,15 +323,7 @@ impl Daemon {
             }
             return;
         }
-        let res = open_fifo(&c.dir).and_then(|fd| {
-            reg.register(
-                &mut SourceFd(&fd.as_raw_fd()),
-                Token(FIRST_CONTACT + i),
-                Interest::READABLE,
-            )?;
-            Ok(fd)
-        });
-        match res {
+        match open_fifo(&c.dir) {
             Ok(fd) => {
                 c.fifo = Some(fd);
                 c.fifo_warned = false;
@@ -458,19 +423,11 @@ impl Daemon {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool) -> Result<(), Fatal> {
-        let mut events = Events::with_capacity(1024);
+    fn run(&mut self) -> Result<(), Fatal> {
         let mut next_roster = Instant::now() + ROSTER_EVERY;
-        let mut stdin_ready = true;
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if sj::signal::stopping() {
                 return self.drain_and_exit();
-            }
-            if stdin_ready {
-                match self.read_stdin()? {
-                    Read::Eof => return self.drain_and_exit(),
-                    _ => stdin_ready = !self.stdin_polled,
-                }
             }
             self.serve_fifos();
             self.flush()?;
@@ -481,30 +438,55 @@ impl Daemon {
                 next_roster = now + ROSTER_EVERY;
             }
             let busy = !self.ready.is_empty() && self.out.len() < QUEUE_HIGH;
-            let timeout = if busy {
-                Duration::ZERO
-            } else {
-                next_roster.saturating_duration_since(Instant::now())
-            };
-            match self.poll.poll(&mut events, Some(timeout)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Fatal::io("wait for input", &e)),
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    STDIN => stdin_ready = true,
-                    STDOUT => {}
-                    Token(t) => {
-                        let i = t - FIRST_CONTACT;
-                        if let Some(c) = self.contacts.get_mut(i) {
-                            if !c.ready {
-                                c.ready = true;
-                                self.ready.push_back(i);
-                            }
+            let wake = if busy { Instant::now() } else { next_roster };
+            let ready = self
+                .poll_set()
+                .wait(Some(wake))
+                .map_err(|e| Fatal::io("wait for input", &e))?;
+            for (token, _) in ready {
+                match token {
+                    Token::Signal => {
+                        sj::signal::drain();
+                    }
+                    Token::Stdin => {
+                        if self.read_stdin()? == Read::Eof {
+                            return self.drain_and_exit();
                         }
                     }
+                    // Writable stdout only wakes the loop to flush.
+                    Token::Stdout => {}
+                    Token::Fifo(i) => self.mark_ready(i),
                 }
+            }
+        }
+    }
+
+    /// What to wait for: stdin, stdout while records wait, and the `in`
+    /// FIFOs not already being read, while the queue has room.
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let mut set = PollSet::with_capacity(3 + self.fifos_open);
+        if let Some(fd) = sj::signal::fd() {
+            set.add(fd, Token::Signal, Interest::Read);
+        }
+        set.add(self.input.as_fd(), Token::Stdin, Interest::Read);
+        if !self.out.is_empty() {
+            set.add(self.output.as_fd(), Token::Stdout, Interest::Write);
+        }
+        if self.out.len() < QUEUE_HIGH {
+            for (i, c) in self.contacts.iter().enumerate() {
+                if let (Some(fd), false) = (&c.fifo, c.ready) {
+                    set.add(fd.as_fd(), Token::Fifo(i), Interest::Read);
+                }
+            }
+        }
+        set
+    }
+
+    fn mark_ready(&mut self, i: usize) {
+        if let Some(c) = self.contacts.get_mut(i) {
+            if !c.ready {
+                c.ready = true;
+                self.ready.push_back(i);
             }
         }
     }
@@ -512,11 +494,9 @@ impl Daemon {
     /// Read and handle records until stdin would block (or ends).
     fn read_stdin(&mut self) -> Result<Read, Fatal> {
         loop {
-            // SAFETY: fd 0 stays open for the life of the process.
-            let fd = unsafe { BorrowedFd::borrow_raw(0) };
             let r = self
                 .stdin
-                .fill(fd)
+                .fill(&self.input)
                 .map_err(|e| Fatal::io("read from sj-proxy", &e))?;
             // Handled where they lie in the reader's buffer, not copied out
             // one allocation each; the reader is lent out meanwhile
@@ -770,10 +750,8 @@ impl Daemon {
     }
 
     fn flush(&mut self) -> Result<(), Fatal> {
-        // SAFETY: fd 1 stays open for the life of the process.
-        let fd = unsafe { BorrowedFd::borrow_raw(1) };
         self.out
-            .flush(fd)
+            .flush(&self.output)
             .map(|_| ())
             .map_err(|e| Fatal::io("write to sj-proxy", &e))
     }
@@ -800,11 +778,9 @@ impl Daemon {
         }
         loop {
             self.serve_fifos();
-            // SAFETY: fd 1 stays open for the life of the process.
-            let fd = unsafe { BorrowedFd::borrow_raw(1) };
             let done = self
                 .out
-                .flush(fd)
+                .flush(&self.output)
                 .map_err(|e| Fatal::io("write to sj-proxy", &e))?;
             if done && self.ready.is_empty() {
                 return Ok(());
@@ -816,11 +792,20 @@ impl Daemon {
                 )));
             }
             if !done {
-                let pfd = nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT);
-                let _ = nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(100u16));
+                let wake = Some(deadline.min(Instant::now() + Duration::from_millis(100)));
+                let _ = sj::poll::wait_one(self.output.as_fd(), Interest::Write, wake);
             }
         }
     }
+}
+
+/// What each descriptor of a turn's poll set is.
+enum Token {
+    Signal,
+    Stdin,
+    Stdout,
+    /// The `in` FIFO of contact `i`.
+    Fifo(usize),
 }
 
 /// Log lines owed to one `out` file: kept in order while they fit in the

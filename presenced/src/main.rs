@@ -14,11 +14,11 @@
 //! What it does not do: talk to the network, route records, touch the
 //! roster, or approve subscriptions unless `-a` is given.
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sj::exit::Fatal;
 use sj::jid::Jid;
 use sj::path::Kind;
+use sj::poll::{Interest, PollSet};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::os::fd::AsFd;
@@ -749,109 +749,139 @@ fn run() -> Result<(), Fatal> {
         sj::log::warn("inotify unavailable; checking mypresence files every second");
     }
     st.rescan(watcher.as_mut());
+    let mut lp = Loop::new(watcher)?;
+    while lp.turn(&mut st)? {}
+    // EOF on stdin: the account goes unavailable with presenced.
+    for r in st.out.drain(..) {
+        lp.queue.push(r);
+    }
+    lp.queue.push(UNAVAILABLE.to_vec());
+    lp.drain_out()
+}
 
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
-    sj::io::set_nonblocking(&stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
-    let mut reader = sj::io::LineReader::new(MAX_LINE);
-    let mut queue = sj::io::WriteQueue::new();
-    let mut last_scan = Instant::now();
-    let mut last_retry = Instant::now();
+/// The event loop's side: stdin, stdout and the inotify watch.
+struct Loop {
+    stdin: std::io::Stdin,
+    stdout: std::io::Stdout,
+    reader: sj::io::LineReader,
+    queue: sj::io::WriteQueue,
+    watcher: Option<Watcher>,
+    last_scan: Instant,
+    last_retry: Instant,
+}
 
-    loop {
+/// What each descriptor of a turn's poll set is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Stdin,
+    Stdout,
+    Inotify,
+}
+
+impl Loop {
+    fn new(watcher: Option<Watcher>) -> Result<Loop, Fatal> {
+        let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+        sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+        sj::io::set_nonblocking(&stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
+        Ok(Loop {
+            stdin,
+            stdout,
+            reader: sj::io::LineReader::new(MAX_LINE),
+            queue: sj::io::WriteQueue::new(),
+            watcher,
+            last_scan: Instant::now(),
+            last_retry: Instant::now(),
+        })
+    }
+
+    /// One turn; false once stdin ended.
+    fn turn(&mut self, st: &mut State) -> Result<bool, Fatal> {
         for r in st.out.drain(..) {
-            queue.push(r);
+            self.queue.push(r);
         }
-        if !queue.is_empty() {
-            queue
-                .flush(&stdout)
+        if !self.queue.is_empty() {
+            self.queue
+                .flush(&self.stdout)
                 .map_err(|e| Fatal::io("write to stdout", &e))?;
         }
-        if st.files.owes() && last_retry.elapsed() >= RETRY_EVERY {
-            last_retry = Instant::now();
+        if st.files.owes() && self.last_retry.elapsed() >= RETRY_EVERY {
+            self.last_retry = Instant::now();
             st.files.retry();
         }
-        let timeout = if watcher.is_some() && !st.files.owes() {
-            PollTimeout::NONE
-        } else {
-            PollTimeout::from(1000u16)
-        };
-        let (in_ready, ino_ready) = {
-            let mut fds = vec![PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-            if !queue.is_empty() {
-                // Writable stdout just wakes the loop, which flushes at its top.
-                fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLOUT));
-            }
-            let ino_idx = watcher.as_ref().map(|w| {
-                fds.push(PollFd::new(w.ino.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Fatal::io("poll", &e.into())),
-            }
-            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-            (ready(0), ino_idx.is_some_and(ready))
-        };
-        if ino_ready {
-            if let Some(w) = watcher.as_mut() {
+        // Without inotify, or with writes owed, a second at most.
+        let wake =
+            (self.watcher.is_none() || st.files.owes()).then(|| Instant::now() + RETRY_EVERY);
+        let ready: Vec<Token> = self
+            .poll_set()
+            .wait(wake)
+            .map_err(|e| Fatal::io("poll", &e))?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        if ready.contains(&Token::Inotify) {
+            if let Some(w) = self.watcher.as_mut() {
                 if w.drain() {
                     st.rescan(Some(w));
                 }
             }
         }
-        if watcher.is_none() && last_scan.elapsed() >= Duration::from_secs(1) {
-            last_scan = Instant::now();
+        if self.watcher.is_none() && self.last_scan.elapsed() >= RETRY_EVERY {
+            self.last_scan = Instant::now();
             st.rescan(None);
         }
-        if in_ready {
-            let mut eof = false;
-            loop {
-                match reader.fill(&stdin) {
-                    Ok(sj::io::Read::Data(_)) => {
-                        while let Some(line) = reader.next_line() {
-                            let line = line.to_vec();
-                            st.handle_record(&line);
-                        }
-                        reader.warn_overlong("sj-proxy");
+        // Writable stdout just wakes the loop, which flushes at its top.
+        if ready.contains(&Token::Stdin) {
+            return self.read_stdin(st);
+        }
+        Ok(true)
+    }
+
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let mut set = PollSet::with_capacity(3);
+        set.add(self.stdin.as_fd(), Token::Stdin, Interest::Read);
+        if !self.queue.is_empty() {
+            set.add(self.stdout.as_fd(), Token::Stdout, Interest::Write);
+        }
+        if let Some(w) = &self.watcher {
+            set.add(w.ino.as_fd(), Token::Inotify, Interest::Read);
+        }
+        set
+    }
+
+    /// Read and handle records until stdin would block; false at its end.
+    fn read_stdin(&mut self, st: &mut State) -> Result<bool, Fatal> {
+        loop {
+            match self.reader.fill(&self.stdin) {
+                Ok(sj::io::Read::Data(_)) => {
+                    while let Some(line) = self.reader.next_line() {
+                        st.handle_record(line);
                     }
-                    Ok(sj::io::Read::WouldBlock) => break,
-                    Ok(sj::io::Read::Eof) => {
-                        eof = true;
-                        break;
-                    }
-                    Err(e) => return Err(Fatal::io("read stdin", &e)),
+                    self.reader.warn_overlong("sj-proxy");
                 }
-            }
-            if eof {
-                for r in st.out.drain(..) {
-                    queue.push(r);
-                }
-                queue.push(UNAVAILABLE.to_vec());
-                return drain_out(&mut queue, &stdout);
+                Ok(sj::io::Read::WouldBlock) => return Ok(true),
+                Ok(sj::io::Read::Eof) => return Ok(false),
+                Err(e) => return Err(Fatal::io("read stdin", &e)),
             }
         }
     }
-}
 
-/// Flush what is left at shutdown, waiting at most a few seconds.
-fn drain_out(queue: &mut sj::io::WriteQueue, stdout: &std::io::Stdout) -> Result<(), Fatal> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match queue.flush(stdout) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => return Ok(()),
-            Err(e) => return Err(Fatal::io("write to stdout", &e)),
+    /// Flush what is left at shutdown, waiting at most a few seconds.
+    fn drain_out(&mut self) -> Result<(), Fatal> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.queue.flush(&self.stdout) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => return Ok(()),
+                Err(e) => return Err(Fatal::io("write to stdout", &e)),
+            }
+            if Instant::now() >= deadline {
+                sj::log::warn("giving up flushing stdout at shutdown");
+                return Ok(());
+            }
+            let wake = Some(deadline.min(Instant::now() + Duration::from_millis(200)));
+            let _ = sj::poll::wait_one(self.stdout.as_fd(), Interest::Write, wake);
         }
-        if Instant::now() >= deadline {
-            sj::log::warn("giving up flushing stdout at shutdown");
-            return Ok(());
-        }
-        let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
-        let _ = nix::poll::poll(&mut fds, PollTimeout::from(200u16));
     }
 }
 

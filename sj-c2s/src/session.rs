@@ -11,7 +11,6 @@
 use crate::control;
 use crate::translate::{self, Action, Inbound, Translator};
 use crate::{Opts, Where};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use sj::authfail::{Failures, Gate};
 use sj::escape;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
@@ -20,6 +19,7 @@ use sj::framer::{Event, FrameError, Framer, Limits, Mode, StreamHeader};
 use sj::io::{Read, WriteQueue};
 use sj::jid::Jid;
 use sj::path::{component, Kind};
+use sj::poll::{Interest, PollSet};
 use sj::sasl::{self, Hash, ScramServer, StoredCredentials, NS as NS_SASL};
 use sj::xml::Element;
 use std::fs;
@@ -27,8 +27,6 @@ use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
@@ -157,8 +155,6 @@ pub struct Session {
     client: Option<Client>,
     done: Option<Result<(), Fatal>>,
     deadline: Option<Instant>,
-    term: Arc<AtomicBool>,
-    sig_rd: std::os::unix::net::UnixStream,
     peer_closed: bool,
     /// Who ends the stream (`sj::io::End`).
     end: sj::io::End,
@@ -378,25 +374,12 @@ impl Session {
         sj::io::set_nonblocking(&rfd).map_err(|e| io_fatal("set fd 0 non-blocking", &e))?;
         sj::io::set_nonblocking(&wfd).map_err(|e| io_fatal("set fd 1 non-blocking", &e))?;
 
-        let term = Arc::new(AtomicBool::new(false));
-        let (sig_rd, sig_wr) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| io_fatal("create the signal pipe", &e))?;
-        sig_rd
-            .set_nonblocking(true)
-            .map_err(|e| io_fatal("set the signal pipe non-blocking", &e))?;
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
-        for sig in [SIGTERM, SIGINT, SIGHUP] {
-            signal_hook::flag::register(sig, Arc::clone(&term))
-                .map_err(|e| io_fatal("install a signal handler", &e))?;
-            let w = sig_wr
-                .try_clone()
-                .map_err(|e| io_fatal("dup the signal pipe", &e))?;
-            signal_hook::low_level::pipe::register(sig, w)
-                .map_err(|e| io_fatal("install a signal handler", &e))?;
-        }
-        // SIGPIPE: a closed peer shows up as EPIPE on write instead.
-        let pipe_flag = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGPIPE, pipe_flag)
+        // A stop ends the stream with `system-shutdown`; a hangup (the
+        // terminal of a client run by hand) is a stop too. SIGPIPE stays
+        // ignored (the Rust runtime's default): a closed peer shows as
+        // EPIPE on write.
+        use nix::sys::signal::Signal;
+        sj::signal::install(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP], false)
             .map_err(|e| io_fatal("install a signal handler", &e))?;
 
         let starttls = match (
@@ -453,8 +436,6 @@ impl Session {
             client: None,
             done: None,
             deadline: Some(auth_deadline),
-            term,
-            sig_rd,
             peer_closed: false,
             end: sj::io::End::Close,
             input_closed: false,
@@ -1104,7 +1085,7 @@ impl Session {
                 .map_err(io("open the client's out FIFO"))?
             {
                 Some(fd) => break fd,
-                None if Instant::now() < give_up && !self.term.load(Ordering::Relaxed) => {
+                None if Instant::now() < give_up && !sj::signal::stopping() => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 None => return Err(RegisterError::NoReader),
@@ -1287,200 +1268,186 @@ impl Session {
 
     pub fn run(mut self) -> Result<(), Fatal> {
         let mut buf = Vec::with_capacity(64 * 1024);
-        while self.done.is_none() {
-            if self.term.load(Ordering::Relaxed) {
-                if self.header_sent {
-                    self.stream_error("system-shutdown", 0, String::new());
-                } else {
-                    self.finish_with(Ok(()));
-                }
-                break;
-            }
-            if self
-                .held
-                .as_ref()
-                .is_some_and(|h| Instant::now() >= h.until)
-            {
-                if let Some(h) = self.held.take() {
-                    self.release(h.verdict);
-                }
-                // What the client pipelined behind it goes on now.
-                self.on_client_data();
-                if self.input_closed && self.held.is_none() {
-                    self.end_of_input();
-                }
-                if self.done.is_some() {
-                    break;
-                }
-            }
-            let timeout = match self.deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        let why = if self.authed.is_some() {
-                            "no resource bound in time".to_string()
-                        } else {
-                            format!(
-                                "not authenticated within {} s",
-                                self.opts.auth_timeout.as_secs()
-                            )
-                        };
-                        self.stream_error("connection-timeout", TEMPORARY, why);
-                        break;
+        'turn: while self.done.is_none() && self.before_wait() {
+            let ready = self
+                .poll_set()
+                .wait(self.wake_at())
+                .map_err(|e| io_fatal("poll", &e))?;
+            for (token, r) in ready {
+                match token {
+                    // Back to the top, where a stop is seen.
+                    Token::Signal => {
+                        sj::signal::drain();
+                        continue 'turn;
                     }
-                    let wake = match &self.held {
-                        Some(h) => d.min(h.until),
-                        None => d,
-                    };
-                    PollTimeout::try_from(wake.saturating_duration_since(now))
-                        .unwrap_or(PollTimeout::NONE)
-                }
-                None => PollTimeout::NONE,
-            };
-            let want_in = self.to_client.len() < CLIENT_HIGH_WATER;
-            let (r_client, w_client, r_in, w_out, r_sig, hup_out, hup_in) = {
-                let mut fds = Vec::with_capacity(5);
-                fds.push(PollFd::new(self.sig_rd.as_fd(), PollFlags::POLLIN));
-                // The client is not read while an answer is held back (a
-                // hangup still shows), nor after its end of input.
-                let mut rc = None;
-                if !self.input_closed {
-                    rc = Some(fds.len());
-                    let events = if self.held.is_some() {
-                        PollFlags::empty()
-                    } else {
-                        PollFlags::POLLIN
-                    };
-                    fds.push(PollFd::new(self.rfd.as_fd(), events));
-                }
-                let mut wc = None;
-                if !self.to_client.is_empty() {
-                    wc = Some(fds.len());
-                    fds.push(PollFd::new(self.wfd.as_fd(), PollFlags::POLLOUT));
-                }
-                let (mut ri, mut wo) = (None, None);
-                if let Some(c) = &self.client {
-                    if let Some(fd) = c.infifo.fd() {
-                        // Not reading while the client is behind, but
-                        // still told when mirrord closes its end.
-                        let ev = if want_in {
-                            PollFlags::POLLIN
-                        } else {
-                            PollFlags::empty()
-                        };
-                        ri = Some(fds.len());
-                        fds.push(PollFd::new(fd, ev));
-                    }
-                    if !c.outq.is_empty() {
-                        wo = Some(fds.len());
-                        fds.push(PollFd::new(c.outfd.as_fd(), PollFlags::POLLOUT));
-                    }
-                }
-                match nix::poll::poll(&mut fds, timeout) {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(io_fatal("poll", &e.into())),
-                }
-                let ready = |i: Option<usize>| {
-                    i.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| !r.is_empty())
-                };
-                let hup = |i: Option<usize>| {
-                    i.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| r.intersects(PollFlags::POLLERR))
-                };
-                let hup_in = ri
-                    .and_then(|i| fds[i].revents())
-                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
-                (
-                    ready(rc),
-                    ready(wc),
-                    ready(ri),
-                    ready(wo),
-                    ready(Some(0)),
-                    hup(wo),
-                    hup_in,
-                )
-            };
-            if r_sig {
-                let mut b = [0u8; 64];
-                while matches!(std::io::Read::read(&mut &self.sig_rd, &mut b), Ok(n) if n > 0) {}
-                continue;
-            }
-            if r_in {
-                if hup_in && self.dropped_by_mirrord() {
-                    break;
-                }
-                if let Some(c) = self.client.as_mut() {
-                    let got = match c.infifo.read() {
-                        Ok(got) => got,
-                        Err(e) => {
-                            let msg =
-                                format!("unable to read {}/in: {}", c.name, sj::log::strerror(&e));
-                            self.stream_error("internal-server-error", TEMPORARY, msg);
-                            break;
-                        }
-                    };
-                    if got.cut > 0 {
-                        sj::log::warn(&format!(
-                            "{}/in: dropped an incomplete line ({} bytes) its writer left when it closed",
-                            c.name, got.cut
-                        ));
-                    }
-                    sj::io::warn_overlong(got.overlong, IN_LINE_MAX, &format!("{}/in", c.name));
-                    for l in got.lines {
-                        if !l.iter().all(u8::is_ascii_whitespace) {
-                            self.on_in_line(&l);
+                    Token::In => {
+                        self.on_in_ready(r);
+                        if self.done.is_some() {
+                            break 'turn;
                         }
                     }
+                    Token::ClientRead => self.on_client_readable(&mut buf),
+                    // Flushed below, as every turn.
+                    Token::ClientWrite | Token::OutWrite => {}
                 }
             }
-            if r_client {
-                buf.clear();
-                match sj::io::read_into(&self.rfd, &mut buf) {
-                    Ok(Read::Data(_)) => {
-                        self.framer.feed(&buf);
-                        self.on_client_data();
-                    }
-                    Ok(Read::WouldBlock) => {}
-                    Ok(Read::Eof) => {
-                        self.input_closed = true;
-                        if self.held.is_none() {
-                            self.peer_closed = true;
-                            self.end_of_input();
-                        }
-                        // Else the held answer, and what the client sent
-                        // after it, are still answered (a client may close
-                        // its sending side and read on): then the end.
-                    }
-                    Err(e) => {
-                        self.peer_closed = true;
-                        self.finish_with(Err(io_fatal("read from the client", &e)));
-                    }
-                }
-            }
-            // Write what this turn queued now, not a poll later; a queue
-            // that would block waits for POLLOUT (all descriptors are
-            // non-blocking).
-            if w_client || !self.to_client.is_empty() {
-                if let Err(e) = self.to_client.flush(&self.wfd) {
-                    self.peer_closed = true;
-                    self.finish_with(Err(io_fatal("write to the client", &e)));
-                    break;
-                }
-            }
-            if let Some(c) = self.client.as_mut() {
-                if w_out || hup_out || !c.outq.is_empty() {
-                    if let Err(e) = c.outq.flush(&c.outfd) {
-                        let msg =
-                            format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
-                        self.stream_error("remote-connection-failed", TEMPORARY, msg);
-                        break;
-                    }
-                }
-            }
+            self.flush_queues();
         }
         self.shutdown()
+    }
+
+    /// What comes due before waiting: a stop signal, a held answer whose
+    /// time has come, the negotiation deadline. False once the session is
+    /// over.
+    fn before_wait(&mut self) -> bool {
+        if sj::signal::stopping() {
+            if self.header_sent {
+                self.stream_error("system-shutdown", 0, String::new());
+            } else {
+                self.finish_with(Ok(()));
+            }
+            return false;
+        }
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|h| Instant::now() >= h.until)
+        {
+            if let Some(h) = self.held.take() {
+                self.release(h.verdict);
+            }
+            // What the client pipelined behind it goes on now.
+            self.on_client_data();
+            if self.input_closed && self.held.is_none() {
+                self.end_of_input();
+            }
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            let why = if self.authed.is_some() {
+                "no resource bound in time".to_string()
+            } else {
+                format!(
+                    "not authenticated within {} s",
+                    self.opts.auth_timeout.as_secs()
+                )
+            };
+            self.stream_error("connection-timeout", TEMPORARY, why);
+        }
+        self.done.is_none()
+    }
+
+    /// When to stop waiting: the negotiation deadline, or a held answer's
+    /// time if that comes first.
+    fn wake_at(&self) -> Option<Instant> {
+        let d = self.deadline?;
+        Some(self.held.as_ref().map_or(d, |h| d.min(h.until)))
+    }
+
+    /// What to wait for this turn, in the order it is handled.
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let mut set = PollSet::with_capacity(5);
+        if let Some(fd) = sj::signal::fd() {
+            set.add(fd, Token::Signal, Interest::Read);
+        }
+        if let Some(c) = &self.client {
+            if let Some(fd) = c.infifo.fd() {
+                // Not reading while the client is behind, but still told
+                // when mirrord closes its end.
+                let want = if self.to_client.len() < CLIENT_HIGH_WATER {
+                    Interest::Read
+                } else {
+                    Interest::Hangup
+                };
+                set.add(fd, Token::In, want);
+            }
+        }
+        // The client is not read while an answer is held back (a hangup
+        // still shows), nor after its end of input.
+        if !self.input_closed {
+            let want = if self.held.is_some() {
+                Interest::Hangup
+            } else {
+                Interest::Read
+            };
+            set.add(self.rfd.as_fd(), Token::ClientRead, want);
+        }
+        if !self.to_client.is_empty() {
+            set.add(self.wfd.as_fd(), Token::ClientWrite, Interest::Write);
+        }
+        if let Some(c) = self.client.as_ref().filter(|c| !c.outq.is_empty()) {
+            set.add(c.outfd.as_fd(), Token::OutWrite, Interest::Write);
+        }
+        set
+    }
+
+    /// `in` is readable, or mirrord closed its end.
+    fn on_in_ready(&mut self, r: sj::poll::Ready) {
+        if r.hangup() && self.dropped_by_mirrord() {
+            return;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        let got = match c.infifo.read() {
+            Ok(got) => got,
+            Err(e) => {
+                let msg = format!("unable to read {}/in: {}", c.name, sj::log::strerror(&e));
+                return self.stream_error("internal-server-error", TEMPORARY, msg);
+            }
+        };
+        if got.cut > 0 {
+            sj::log::warn(&format!(
+                "{}/in: dropped an incomplete line ({} bytes) its writer left when it closed",
+                c.name, got.cut
+            ));
+        }
+        sj::io::warn_overlong(got.overlong, IN_LINE_MAX, &format!("{}/in", c.name));
+        for l in got.lines {
+            if !l.iter().all(u8::is_ascii_whitespace) {
+                self.on_in_line(&l);
+            }
+        }
+    }
+
+    /// One read from the client, and what it completed.
+    fn on_client_readable(&mut self, buf: &mut Vec<u8>) {
+        buf.clear();
+        match sj::io::read_into(&self.rfd, buf) {
+            Ok(Read::Data(_)) => {
+                self.framer.feed(buf);
+                self.on_client_data();
+            }
+            Ok(Read::WouldBlock) => {}
+            Ok(Read::Eof) => {
+                self.input_closed = true;
+                if self.held.is_none() {
+                    self.peer_closed = true;
+                    self.end_of_input();
+                }
+                // Else the held answer, and what the client sent after
+                // it, are still answered (a client may close its sending
+                // side and read on): then the end.
+            }
+            Err(e) => {
+                self.peer_closed = true;
+                self.finish_with(Err(io_fatal("read from the client", &e)));
+            }
+        }
+    }
+
+    /// Write what this turn queued now, not a poll later; a queue that
+    /// would block waits for POLLOUT (all descriptors are non-blocking).
+    fn flush_queues(&mut self) {
+        if let Err(e) = self.to_client.flush(&self.wfd) {
+            self.peer_closed = true;
+            return self.finish_with(Err(io_fatal("write to the client", &e)));
+        }
+        if let Some(c) = self.client.as_mut() {
+            if let Err(e) = c.outq.flush(&c.outfd) {
+                let msg = format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
+                self.stream_error("remote-connection-failed", TEMPORARY, msg);
+            }
+        }
     }
 
     /// mirrord closed its end of `in`: if it left its `dropped` marker,
@@ -1537,6 +1504,15 @@ impl Session {
         }
         self.done.take().unwrap_or(Ok(()))
     }
+}
+
+/// What each descriptor of a turn's poll set is.
+enum Token {
+    Signal,
+    In,
+    ClientRead,
+    ClientWrite,
+    OutWrite,
 }
 
 /// A message to the control contact that may carry a password.

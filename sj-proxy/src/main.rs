@@ -16,12 +16,7 @@ use sj::jid::Jid;
 use sj::state::Word;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Set by SIGTERM/SIGINT.
-pub static STOP: AtomicBool = AtomicBool::new(false);
 
 const USAGE: &str =
     "usage: sj-proxy [-v] [-t] [-d DIR] [-r RESOURCE] [-p PASSWORD_FILE] [-n FD] [-k SECS] JID";
@@ -187,39 +182,9 @@ fn session(
         .clone()
         .or_else(|| jid.resource().map(str::to_string));
 
-    // Signals: a flag for the loops, and a self-pipe to wake the poll.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sig_r, sig_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Fatal::io("create the signal pipe", &e.into()))?;
-    for s in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(s, Arc::clone(&stop))
-            .map_err(|e| Fatal::io("set a signal handler", &e))?;
-        let w = sig_w
-            .try_clone()
-            .map_err(|e| Fatal::io("dup the signal pipe", &e))?;
-        signal_hook::low_level::pipe::register(s, w)
-            .map_err(|e| Fatal::io("set a signal handler", &e))?;
-    }
-    {
-        let stop = Arc::clone(&stop);
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            signal_hook::low_level::register(signal_hook::consts::SIGTERM, move || {
-                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            })
-        }
-        .map_err(|e| Fatal::io("set a signal handler", &e))?;
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
-                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-            })
-        }
-        .map_err(|e| Fatal::io("set a signal handler", &e))?;
-    }
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
+    // SIGTERM/SIGINT stop the session (DESIGN §7); SIGCHLD reaps and
+    // restarts the daemons.
+    sj::signal::install(sj::signal::STOP_SIGNALS, true)
         .map_err(|e| Fatal::io("set a signal handler", &e))?;
 
     let rfd = inherited.take(6, "reading from the server")?;
@@ -229,7 +194,7 @@ fn session(
     // (socat, s6-tlsc), not just the socket fd 6 shares.
     sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set fd 7 non-blocking", &e))?;
     let tls = args.tls || upstream::wrapper_did_tls();
-    let mut up = upstream::Upstream::new(rfd, wfd, tls, Arc::clone(&stop));
+    let mut up = upstream::Upstream::new(rfd, wfd, tls);
 
     let creds = upstream::Credentials {
         jid: jid.clone(),
@@ -268,7 +233,7 @@ fn session(
         keepalive: Duration::from_secs(args.keepalive),
         keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),
     };
-    let mut router = router::Router::new(up, acct, sig_r, opts)?;
+    let mut router = router::Router::new(up, acct, opts)?;
     router.start_daemons();
     write_state(dir, Word::Online, &session.full);
     if let Some(fd) = args.notify_fd {

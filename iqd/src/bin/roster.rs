@@ -7,7 +7,6 @@
 
 use iqd::roster::{set_request, Item, Roster};
 use iqd::stanza;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read};
 use sj::jid::Jid;
@@ -217,18 +216,13 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
             sj::log::warn("ignored an answer not from the account's server");
         }
         reader.warn_overlong(&fifo.display().to_string());
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= end {
             return Err(Fatal::temporary(format!(
                 "timed out waiting for the answer to {id}"
             )));
         }
-        let ms = u16::try_from(left.as_millis().min(30_000)).unwrap_or(30_000);
-        let mut f = [PollFd::new(answer.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut f, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Fatal::io("poll", &e.into())),
-        }
+        sj::poll::wait_one(answer.as_fd(), sj::poll::Interest::Read, Some(end))
+            .map_err(|e| Fatal::io("poll", &e))?;
         match reader.fill(&answer) {
             Ok(Read::Data(_)) | Ok(Read::WouldBlock) | Ok(Read::Eof) => {}
             Err(e) => return Err(Fatal::io(format!("read {}", fifo.display()), &e)),
