@@ -187,7 +187,7 @@ C2S_EXAMPLE = os.path.join(REPO, "examples", "s6", "sj-c2s")
 
 
 def c2s_built():
-    with open(os.path.join(REPO, "sj-proxy", "src", "bin", "sj-c2s.rs")) as f:
+    with open(os.path.join(REPO, "sj-c2s", "src", "main.rs")) as f:
         return "(being written)" not in f.read(200)
 
 
