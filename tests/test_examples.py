@@ -108,7 +108,8 @@ def test_make_install(tmp_path):
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("crate", ["sj-proxy", "messaged", "presenced", "iqd", "mirrord"])
+@pytest.mark.parametrize("crate", ["sj-proxy", "sj-c2s", "messaged", "presenced", "iqd",
+                                   "mirrord"])
 def test_cargo_install_path(tmp_path, crate):
     root = tmp_path / "root"
     env = dict(os.environ, CARGO_TARGET_DIR=target_dir())
@@ -118,8 +119,8 @@ def test_cargo_install_path(tmp_path, crate):
     assert r.returncode == 0, r.stderr[-3000:]
     bins = os.listdir(root / "bin")
     assert crate in bins, bins
-    if crate == "sj-proxy":
-        assert {"sj-c2s", "sj-passwd"} <= set(bins), bins
+    if crate == "sj-c2s":
+        assert "sj-passwd" in bins, bins
     if crate == "presenced":
         assert "presence" in bins, bins
 

@@ -16,9 +16,9 @@ use iqd::stanza::{self, Cond, Request};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use sj::account::Account;
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
-use sj::jid::Jid;
 use sj::poll::{Interest, PollSet};
 use sj::xml::Element;
 use std::collections::HashMap;
@@ -45,8 +45,7 @@ fn main() -> ExitCode {
 }
 
 struct Opts {
-    dir: PathBuf,
-    jid: Jid,
+    acct: Account,
     timeout: Duration,
 }
 
@@ -79,8 +78,8 @@ fn parse_args() -> Result<Opts, Fatal> {
             _ => return Err(bad(arg.unexpected())),
         }
     }
-    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
-    Ok(Opts { dir, jid, timeout })
+    let acct = sj::daemon::resolve(dir, jid, USAGE)?;
+    Ok(Opts { acct, timeout })
 }
 
 /// One handler process in flight.
@@ -109,9 +108,7 @@ struct FifoWrite {
 }
 
 struct Iqd {
-    dir: PathBuf,
-    jid: Jid,
-    bare: Jid,
+    acct: Account,
     timeout: Duration,
     stdin: std::io::Stdin,
     stdout: std::io::Stdout,
@@ -133,8 +130,10 @@ fn run() -> Result<(), Fatal> {
     let o = parse_args()?;
     // DIR itself must exist; DIR/iq is made again before each answer is
     // written there, so one that cannot be made now only costs those.
-    sj::fifo::make_dir(&o.dir).map_err(|e| Fatal::io(format!("create {}", o.dir.display()), &e))?;
-    let iq_dir = o.dir.join("iq");
+    let dir = o.acct.dir();
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
+    let iq_dir = dir.iq();
     if let Err(e) = sj::fifo::make_subdir(&iq_dir) {
         sj::log::warn(&format!(
             "unable to create {}: {}",
@@ -148,18 +147,16 @@ fn run() -> Result<(), Fatal> {
     // SIGCHLD wakes the loop to reap handlers; SIGTERM keeps its default.
     sj::signal::install(&[], true).map_err(|e| Fatal::io("catch SIGCHLD", &e))?;
 
-    let roster_text = iqd::roster::read_file(&o.dir).unwrap_or_else(|e| {
+    let roster_text = iqd::roster::read_file(dir).unwrap_or_else(|e| {
         sj::log::warn(&format!(
             "unable to read {}: {}",
-            o.dir.join("roster").display(),
+            dir.roster().display(),
             sj::log::strerror(&e)
         ));
         String::new()
     });
     let mut d = Iqd {
-        bare: o.jid.bare(),
-        dir: o.dir,
-        jid: o.jid,
+        acct: o.acct,
         timeout: o.timeout,
         stdin,
         stdout,
@@ -305,7 +302,7 @@ impl Iqd {
     }
 
     fn save_roster(&self) {
-        let p = self.dir.join("roster");
+        let p = self.acct.dir().roster();
         if let Err(e) = sj::fifo::write_atomic(&p, self.roster.render().as_bytes()) {
             sj::log::warn(&format!(
                 "unable to write {}: {}",
@@ -390,7 +387,7 @@ impl Iqd {
         if let Some(pos) = self.roster_pending.iter().position(|i| *i == req.id) {
             // The id is predictable and anyone may send a result: only the
             // server's answer is the roster (kept pending for the real one).
-            if !roster::push_believed(req.from.as_deref(), &self.jid) {
+            if !roster::push_believed(req.from.as_deref(), self.acct.full_jid()) {
                 sj::log::warn(&format!(
                     "ignored a roster result from {}: not from the server",
                     req.from.as_deref().unwrap_or("(none)")
@@ -412,12 +409,12 @@ impl Iqd {
             }
             return;
         }
-        let Some(path) = paths::iq_result(&self.dir, &req.id) else {
+        let Ok(path) = self.acct.dir().iq_result(&req.id) else {
             sj::log::warn("dropped an iq result whose id cannot name a file");
             return;
         };
         // DIR/iq is a real directory (never a symbolic link out of DIR).
-        let iq_dir = self.dir.join("iq");
+        let iq_dir = self.acct.dir().iq();
         if let Err(e) = sj::fifo::make_subdir(&iq_dir) {
             sj::log::warn(&format!(
                 "dropped the answer to {}: unable to create {}: {}",
@@ -472,7 +469,7 @@ impl Iqd {
                 sj::log::strerror(&err)
             ));
         }
-        paths::prune(&self.dir.join("iq"), MAX_RESULT_FILES);
+        paths::prune(&iq_dir, MAX_RESULT_FILES);
     }
 
     /// A get or set: exactly one answer (RFC 6120 §8.4).
@@ -483,7 +480,7 @@ impl Iqd {
             return;
         };
         if ns == roster::NS {
-            if req.kind == "set" && roster::push_believed(to, &self.jid) {
+            if req.kind == "set" && roster::push_believed(to, self.acct.full_jid()) {
                 if let Some(q) = roster::query(e) {
                     self.roster.apply_push(q);
                     self.save_roster();
@@ -499,11 +496,11 @@ impl Iqd {
             }
             return;
         }
-        if let Handler::Exec(p) = paths::handler(&self.dir, &ns) {
+        if let Handler::Exec(p) = paths::handler(self.acct.dir(), &ns) {
             self.spawn(&p, &ns, req, line);
             return;
         }
-        let names = paths::handler_namespaces(&self.dir);
+        let names = paths::handler_namespaces(self.acct.dir());
         let env = builtin::Env {
             now: SystemTime::now(),
             tz_offset: sj::time::local_offset(),
@@ -515,11 +512,8 @@ impl Iqd {
             self.send(stanza::result(to, &req.id, &payload));
             return;
         }
-        if let Some(name) = sj::fifo::list_clients(&self.dir.join("clients"))
-            .into_iter()
-            .next()
-        {
-            let target = format!("{}/{}", self.bare, name);
+        if let Some(name) = sj::fifo::list_clients(self.acct.dir()).into_iter().next() {
+            let target = self.acct.client_jid(&name);
             let rec = sj::xml::set_attr(line, "to", &target);
             match String::from_utf8(rec) {
                 Ok(r) => {
@@ -548,9 +542,9 @@ impl Iqd {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .current_dir(&self.dir)
-            .env("SJ_DIR", &self.dir)
-            .env("SJ_JID", self.jid.to_string())
+            .current_dir(self.acct.dir().path())
+            .env("SJ_DIR", self.acct.dir().path())
+            .env("SJ_JID", self.acct.full())
             .env("IQ_FROM", to.unwrap_or(""))
             .env("IQ_ID", &req.id)
             .env("IQ_TYPE", &req.kind)

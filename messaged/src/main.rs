@@ -19,17 +19,17 @@
 mod classify;
 mod format;
 
+use sj::account::{Account, ContactDir};
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
-use sj::path::Kind as PathKind;
 use sj::poll::{Interest, PollSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,7 +44,6 @@ const QUEUE_HIGH: usize = 1024 * 1024;
 const ROSTER_EVERY: Duration = Duration::from_secs(1);
 /// The largest `DIR/roster` read.
 const ROSTER_MAX: u64 = 64 << 20;
-const MARKER: &str = ".groupchat";
 /// Log lines kept in memory, over all contacts, while their `out` cannot
 /// be written (a full disk); past this, lines are counted, not kept.
 const KEPT_MAX: usize = 1 << 20;
@@ -57,8 +56,7 @@ fn main() -> ExitCode {
 }
 
 struct Args {
-    dir: PathBuf,
-    jid: Jid,
+    acct: Account,
 }
 
 fn parse_args() -> Result<Args, Fatal> {
@@ -81,8 +79,9 @@ fn parse_args() -> Result<Args, Fatal> {
             other => return Err(usage(other.unexpected().to_string())),
         }
     }
-    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
-    Ok(Args { dir, jid })
+    Ok(Args {
+        acct: sj::daemon::resolve(dir, jid, USAGE)?,
+    })
 }
 
 fn raise_nofile() {
@@ -113,12 +112,13 @@ fn fifo_cap() -> usize {
 fn run() -> Result<(), Fatal> {
     let args = parse_args()?;
     raise_nofile();
-    sj::fifo::make_dir(&args.dir)
-        .map_err(|e| Fatal::io(format_args!("create {}", args.dir.display()), &e))?;
+    let dir = args.acct.dir();
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format_args!("create {}", dir.display()), &e))?;
     // A stop hands over what is queued, like the end of input.
     sj::signal::install(sj::signal::STOP_SIGNALS, false)
         .map_err(|e| Fatal::io("install a signal handler", &e))?;
-    let mut d = Daemon::new(args.dir, args.jid.bare())?;
+    let mut d = Daemon::new(args.acct)?;
     d.adopt_existing();
     d.check_roster();
     d.run()
@@ -128,9 +128,7 @@ fn run() -> Result<(), Fatal> {
 struct Contact {
     /// Normalised bare JID, as written in messages.
     jid: String,
-    dir: PathBuf,
-    /// `NAME/out`, the log relative to DIR.
-    out: PathBuf,
+    dir: ContactDir,
     /// `None` while the FIFO cannot be made or opened (e.g. EMFILE).
     fifo: Option<OwnedFd>,
     fifo_warned: bool,
@@ -147,10 +145,11 @@ struct Contact {
 }
 
 struct Daemon {
-    dir: PathBuf,
+    /// Who we are (our bare JID is the nick of what the account says) and
+    /// DIR.
+    acct: Account,
     /// DIR held open: logs are opened beneath it, never through a link.
     root: sj::fifo::Root,
-    own: Jid,
     contacts: Vec<Contact>,
     by_name: HashMap<String, usize>,
     /// The same contacts by normalised bare JID: the JID of nearly every
@@ -189,29 +188,19 @@ struct Daemon {
     kept_bytes: usize,
 }
 
-/// Belt and braces around sj::path: a component is one plain name.
-fn plain_component(c: &str) -> bool {
-    !c.is_empty()
-        && c != "."
-        && c != ".."
-        && !c.starts_with('.')
-        && !c.contains(['/', '\0'])
-        && !sj::path::RESERVED.contains(&c)
-}
-
 impl Daemon {
-    fn new(dir: PathBuf, own: Jid) -> Result<Daemon, Fatal> {
+    fn new(acct: Account) -> Result<Daemon, Fatal> {
         // Regular files and /dev/null on either are fine too: poll(2)
         // finds them always ready, and they never block.
         let (input, output) = (std::io::stdin(), std::io::stdout());
         sj::io::set_nonblocking(&input).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
         sj::io::set_nonblocking(&output).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
-        let root = sj::fifo::Root::open(&dir)
+        let dir = acct.dir();
+        let root = sj::fifo::Root::open(dir.path())
             .map_err(|e| Fatal::io(format_args!("open {}", dir.display()), &e))?;
         Ok(Daemon {
-            dir,
+            acct,
             root,
-            own,
             contacts: Vec::new(),
             by_name: HashMap::new(),
             by_jid: HashMap::new(),
@@ -260,22 +249,17 @@ impl Daemon {
         if let Some(&i) = self.by_jid.get(&jid) {
             return Some(i);
         }
-        let name = match sj::path::component(PathKind::Contact, &jid) {
-            Ok(n) if plain_component(&n) => n,
-            Ok(n) => {
-                sj::log::warn(&format!("refusing contact path component {n:?} for {jid}"));
-                return None;
-            }
+        let dir = match self.acct.dir().contact(&jid) {
+            Ok(d) => d,
             Err(e) => {
                 sj::log::warn(&format!("no directory for {jid:?}: {e}"));
                 return None;
             }
         };
-        if let Some(&i) = self.by_name.get(&name) {
+        if let Some(&i) = self.by_name.get(dir.name()) {
             self.by_jid.insert(jid, i);
             return Some(i);
         }
-        let dir = self.dir.join(&name);
         if let Err(e) = make_contact_dir(&dir) {
             sj::log::warn(&format!(
                 "unable to create {}: {}",
@@ -285,12 +269,12 @@ impl Daemon {
             return None;
         }
         let i = self.contacts.len();
-        let marked = fs::symlink_metadata(dir.join(MARKER)).is_ok();
+        let marked = fs::symlink_metadata(dir.groupchat()).is_ok();
+        let name = dir.name().to_string();
         self.by_jid.insert(jid.clone(), i);
         self.contacts.push(Contact {
             jid,
             dir,
-            out: Path::new(&name).join("out"),
             fifo: None,
             fifo_warned: false,
             partial: Partial::default(),
@@ -348,7 +332,7 @@ impl Daemon {
     }
 
     fn write_marker(&self, i: usize) {
-        let p = self.contacts[i].dir.join(MARKER);
+        let p = self.contacts[i].dir.groupchat();
         if let Err(e) = sj::fifo::write_marker(&p, b"") {
             sj::log::warn(&format!(
                 "unable to create {}: {}",
@@ -360,25 +344,13 @@ impl Daemon {
 
     /// Directories left by an earlier run: keep their `in` FIFOs served.
     fn adopt_existing(&mut self) {
-        let Ok(rd) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for ent in rd.flatten() {
-            let Ok(name) = ent.file_name().into_string() else {
+        for c in self.acct.dir().contacts() {
+            let Some(jid) = c.decoded().and_then(|s| Jid::parse(&s).ok()) else {
                 continue;
             };
-            if !plain_component(&name) || !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            let Some(jid) = sj::path::decode(&name).and_then(|s| Jid::parse(&s).ok()) else {
-                continue;
-            };
-            if !jid.is_bare()
-                || sj::path::component(PathKind::Contact, &jid.to_string())
-                    .ok()
-                    .as_deref()
-                    != Some(name.as_str())
-            {
+            // Only the directory the rule makes for that JID.
+            let made = self.acct.dir().contact(&jid.to_string()).ok();
+            if !jid.is_bare() || made.as_ref().map(ContactDir::name) != Some(c.name()) {
                 continue;
             }
             self.contact(&jid, false);
@@ -387,7 +359,7 @@ impl Daemon {
 
     /// Make a directory for every roster item when DIR/roster changed.
     fn check_roster(&mut self) {
-        let path = self.dir.join("roster");
+        let path = self.acct.dir().roster();
         let Ok(meta) = fs::symlink_metadata(&path) else {
             return;
         };
@@ -524,7 +496,7 @@ impl Daemon {
             sj::log::warn("dropping a record that does not parse");
             return;
         };
-        for e in classify::classify(&el, &self.own) {
+        for e in classify::classify(&el, self.acct.jid()) {
             self.log(e);
         }
     }
@@ -605,7 +577,7 @@ impl Daemon {
                 ),
             ));
         }
-        let rel = &self.contacts[i].out;
+        let rel = &self.contacts[i].dir.out_beneath();
         let repair = self.contacts[i].warned;
         // Opened beneath DIR with no link followed: a contact directory
         // replaced by a symbolic link since it was made is never written
@@ -614,7 +586,7 @@ impl Daemon {
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            let rel = &self.contacts[i].out;
+            let rel = &self.contacts[i].dir.out_beneath();
             result = sj::outlog::append_beneath(&self.root, rel, &text, repair);
         }
         let c = &mut self.contacts[i];
@@ -879,16 +851,16 @@ impl Partial {
 
 /// Make `dir` (mode 0700, a real directory, not a symlink) and an empty
 /// `out` in it unless there is one, so `tail -f out` works from the start.
-fn make_contact_dir(dir: &Path) -> io::Result<()> {
-    sj::fifo::make_subdir(dir)?;
+fn make_contact_dir(dir: &ContactDir) -> io::Result<()> {
+    sj::fifo::make_subdir(dir.path())?;
     // Best effort: a failure shows (and is reported) on the first append.
-    let _ = sj::outlog::append(&dir.join("out"), "", false);
+    let _ = sj::outlog::append(&dir.out(), "", false);
     Ok(())
 }
 
 /// Make `dir/in` (a FIFO, 0600) unless it is there, and open it for reading.
-fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
-    let fifo = dir.join("in");
+fn open_fifo(dir: &ContactDir) -> io::Result<OwnedFd> {
+    let fifo = dir.in_fifo();
     sj::fifo::make(&fifo)?;
     sj::fifo::open_read(&fifo)
 }
@@ -896,6 +868,7 @@ fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn partial_lines() {
@@ -938,20 +911,11 @@ mod tests {
         assert_eq!((k.lines, k.lost), (1, 1));
     }
 
-    #[test]
-    fn plain_components_only() {
-        for bad in [
-            "", ".", "..", ".x", "a/b", "in", "roster", "clients", "a\0b",
-        ] {
-            assert!(!plain_component(bad), "{bad:?}");
-        }
-        assert!(plain_component("bob@localhost"));
-    }
-
     /// Hostile JIDs go through sj::path and stay one level under DIR.
     #[test]
     fn hostile_jids_stay_in_dir() {
         let base = Path::new("/tmp/acct");
+        let dir = sj::account::Dir::new(base);
         for hostile in [
             "../../etc@localhost",
             "..",
@@ -970,10 +934,11 @@ mod tests {
                 continue;
             };
             let bare = j.bare().to_string();
-            if let Ok(c) = sj::path::component(PathKind::Contact, &bare) {
-                assert!(plain_component(&c), "{hostile:?} -> {c:?}");
-                let p = base.join(&c);
-                assert_eq!(p.parent(), Some(base), "{hostile:?} -> {c:?}");
+            if let Ok(c) = dir.contact(&bare) {
+                let p = c.path();
+                assert_eq!(p.parent(), Some(base), "{hostile:?} -> {p:?}");
+                assert!(!c.name().starts_with('.'), "{hostile:?} -> {p:?}");
+                assert!(!sj::path::RESERVED.contains(&c.name()), "{hostile:?}");
                 assert_eq!(p.components().count(), base.components().count() + 1);
             }
         }

@@ -12,7 +12,7 @@ mod fanout;
 mod route;
 
 use fanout::Fanout;
-use route::Account;
+use sj::account::Account;
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read};
 use sj::poll::{Interest, PollSet};
@@ -37,7 +37,6 @@ const GRACE: Duration = Duration::from_secs(1);
 struct Opts {
     verbose: bool,
     bound: usize,
-    dir: PathBuf,
     account: Account,
 }
 
@@ -87,13 +86,10 @@ fn parse_args() -> Result<Opts, Fatal> {
             other => return Err(usage(other.unexpected().to_string())),
         }
     }
-    let jid = sj::daemon::jid(jid, USAGE)?;
-    let account = Account::parse(&jid).map_err(Fatal::permanent)?;
-    let dir = sj::daemon::dir(dir, account.bare(), USAGE)?;
+    let account = sj::daemon::resolve(dir, jid, USAGE)?;
     Ok(Opts {
         verbose,
         bound,
-        dir,
         account,
     })
 }
@@ -103,13 +99,13 @@ fn run() -> Result<(), Fatal> {
     sj::log::set_verbose(opts.verbose);
     // A client gone while written to is EPIPE, not a death: SIGPIPE is
     // ignored, as the Rust runtime sets it up before main.
-    let clients_dir = opts.dir.join("clients");
-    let watcher = sj::fifo::ClientWatcher::new(&clients_dir)
-        .map_err(|e| Fatal::io(format!("watch {}", clients_dir.display()), &e))?;
+    let dir = opts.account.dir();
+    let watcher = sj::fifo::ClientWatcher::new(dir)
+        .map_err(|e| Fatal::io(format!("watch {}", dir.clients().display()), &e))?;
     let stdin = std::io::stdin();
     sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
     let mut m = Mirror {
-        fan: Fanout::new(&clients_dir, opts.account, opts.bound),
+        fan: Fanout::new(opts.account, opts.bound),
         watcher,
         stdin,
         reader: LineReader::new(MAX_RECORD),

@@ -11,6 +11,7 @@
 use crate::control;
 use crate::translate::{self, Action, Inbound, Translator};
 use crate::{Opts, Where};
+use sj::account::{Account, ClientDir, Dir, Root};
 use sj::authfail::{Failures, Gate};
 use sj::escape;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
@@ -26,7 +27,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 const NS_STREAM: &str = "http://etherx.jabber.org/streams";
@@ -40,8 +41,6 @@ const BIND_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a held answer keeps back from the authentication deadline, so the
 /// answer is on the wire before the deadline's stream error would be.
 const HOLD_MARGIN: Duration = Duration::from_millis(250);
-/// Under -R, the failure record of names that are no account there.
-const ROOT_FAILURES: &str = ".auth-failures";
 /// Bytes queued toward `out` before the client is cut off: a MiB that
 /// sj-proxy has not read, on top of the longest record.
 const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
@@ -60,13 +59,6 @@ enum Phase {
     Negotiate,
     /// Resource bound, records flowing.
     Online,
-}
-
-/// The account a session authenticates to.
-#[derive(Debug, Clone)]
-struct Account {
-    bare: Jid,
-    dir: PathBuf,
 }
 
 enum SaslState {
@@ -118,7 +110,7 @@ struct Client {
     /// (as POLLHUP, then end of input): see `dropped_by_mirrord`.
     infifo: LineFifo,
     /// `clients/NAME`, where mirrord leaves its `dropped` marker.
-    cdir: PathBuf,
+    cdir: ClientDir,
     outfd: OwnedFd,
     outq: WriteQueue,
     tr: Translator,
@@ -223,13 +215,13 @@ fn env_fd(name: &str) -> Option<i32> {
 }
 
 /// The JID of DIR/state: the upstream session's full JID once online.
-pub fn read_state_jid(dir: &Path) -> Option<Jid> {
+pub fn read_state_jid(dir: &Dir) -> Option<Jid> {
     match sj::state::load(dir) {
         Ok(s) => s.map(|s| s.jid).filter(|j| j.local().is_some()),
         Err(e) => {
             sj::log::warn(&format!(
                 "unable to read {}: {}",
-                dir.join(sj::state::NAME).display(),
+                dir.state().display(),
                 sj::log::strerror(&e)
             ));
             None
@@ -238,24 +230,21 @@ pub fn read_state_jid(dir: &Path) -> Option<Jid> {
 }
 
 /// The account of DIR: DIR/state's JID, or DIR's name if it is a JID.
-fn dir_account(dir: &Path) -> Option<Account> {
+fn dir_account(dir: &Dir) -> Option<Account> {
     let bare = read_state_jid(dir).map(|j| j.bare()).or_else(|| {
-        let base = dir.file_name()?.to_str()?;
+        let base = dir.path().file_name()?.to_str()?;
         let name = sj::path::decode(base).unwrap_or_else(|| base.to_string());
         Jid::parse(&name)
             .ok()
             .filter(|j| j.local().is_some())
             .map(|j| j.bare())
     })?;
-    Some(Account {
-        bare,
-        dir: dir.to_path_buf(),
-    })
+    Some(Account::new(&bare, dir.clone()))
 }
 
 /// Does ROOT hold an account directory in this domain?
-fn root_has_domain(root: &Path, domain: &str) -> bool {
-    let Ok(rd) = fs::read_dir(root) else {
+fn root_has_domain(root: &Root, domain: &str) -> bool {
+    let Ok(rd) = fs::read_dir(root.path()) else {
         return false;
     };
     rd.flatten().any(|e| {
@@ -295,12 +284,12 @@ fn name_problem(name: &str, upstream: Option<&str>) -> Option<String> {
 
 /// A client directory left by an sj-c2s that was killed: its pid file names
 /// a process that no longer exists. Raw clients (no pid file) are never stale.
-fn is_stale(cdir: &Path) -> bool {
+fn is_stale(cdir: &ClientDir) -> bool {
     // Never read through a symbolic link put in a client's place.
-    if sj::fifo::check_dir(cdir).is_err() {
+    if sj::fifo::check_dir(cdir.path()).is_err() {
         return false;
     }
-    let Some(pid) = sj::fifo::read_file(&cdir.join("pid"), SMALL_FILE)
+    let Some(pid) = sj::fifo::read_file(&cdir.pid(), SMALL_FILE)
         .ok()
         .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<i32>().ok())
         .filter(|&p| p > 1)
@@ -315,12 +304,8 @@ fn is_stale(cdir: &Path) -> bool {
 
 /// Create `clients/NAME` atomically: the requested name if free and valid,
 /// else a generated one. Returns the name.
-fn claim_name(
-    clients: &Path,
-    requested: Option<&str>,
-    upstream: Option<&str>,
-) -> io::Result<String> {
-    sj::fifo::make_subdir(clients)?;
+fn claim_name(dir: &Dir, requested: Option<&str>, upstream: Option<&str>) -> io::Result<String> {
+    sj::fifo::make_subdir(&dir.clients())?;
     let mut candidates: Vec<String> = Vec::new();
     if let Some(r) = requested {
         if valid_name(r, upstream) {
@@ -334,14 +319,14 @@ fn claim_name(
         if !valid_name(&name, upstream) {
             continue;
         }
-        let path = clients.join(&name);
+        let cdir = dir.client(&name).map_err(io::Error::other)?;
         for attempt in 0..2 {
-            match fs::DirBuilder::new().mode(0o700).create(&path) {
+            match fs::DirBuilder::new().mode(0o700).create(cdir.path()) {
                 Ok(()) => return Ok(name),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if attempt == 0 && is_stale(&path) {
+                    if attempt == 0 && is_stale(&cdir) {
                         sj::log::info(&format!("removing stale client {name}"));
-                        let _ = fs::remove_dir_all(&path);
+                        let _ = fs::remove_dir_all(cdir.path());
                         continue;
                     }
                     break;
@@ -395,7 +380,7 @@ impl Session {
             opts.tls || (starttls.is_none() && std::env::var_os("SSL_PROTOCOL").is_some());
         let dir_account = match &opts.place {
             Where::Dir(d) => {
-                if !d.is_dir() {
+                if !d.path().is_dir() {
                     return Err(Fatal::permanent(format!(
                         "unable to use {}: not a directory",
                         d.display()
@@ -406,10 +391,10 @@ impl Session {
                 dir_account(d)
             }
             Where::Root(r) => {
-                if !r.is_dir() {
+                if !r.path().is_dir() {
                     return Err(Fatal::permanent(format!(
                         "unable to use {}: not a directory",
-                        r.display()
+                        r.path().display()
                     )));
                 }
                 None
@@ -516,7 +501,7 @@ impl Session {
             }
         }
         let expected: Option<String> = match (&self.authed, &self.dir_account) {
-            (Some(a), _) | (None, Some(a)) => Some(a.bare.domain().to_string()),
+            (Some(a), _) | (None, Some(a)) => Some(a.domain().to_string()),
             _ => None,
         };
         self.domain = expected.clone().or_else(|| to_domain.clone());
@@ -667,9 +652,9 @@ impl Session {
     /// for a name that is no account here, DIR's (-d) or the root's (-R).
     fn record(&self, acct: Option<&Account>) -> Failures {
         match (acct, &self.opts.place) {
-            (Some(a), _) => Failures::of(&a.dir),
-            (None, Where::Dir(d)) => Failures::of(d),
-            (None, Where::Root(r)) => Failures::at(r.join(ROOT_FAILURES)),
+            (Some(a), _) => Failures::at(a.dir().auth_failures()),
+            (None, Where::Dir(d)) => Failures::at(d.auth_failures()),
+            (None, Where::Root(r)) => Failures::at(r.auth_failures()),
         }
     }
 
@@ -759,7 +744,7 @@ impl Session {
     /// The bare JID a SASL username claims: `user@domain` of this stream.
     fn claimed(&self, authcid: &str) -> Option<Jid> {
         let domain = match (&self.opts.place, &self.dir_account) {
-            (Where::Dir(_), Some(a)) => a.bare.domain().to_string(),
+            (Where::Dir(_), Some(a)) => a.domain().to_string(),
             (Where::Dir(_), None) => return None,
             (Where::Root(_), _) => self.domain.clone()?,
         };
@@ -772,13 +757,10 @@ impl Session {
     fn resolve(&self, authcid: &str) -> Option<Account> {
         let bare = self.claimed(authcid)?;
         match &self.opts.place {
-            Where::Dir(_) => self.dir_account.clone().filter(|a| a.bare == bare),
+            Where::Dir(_) => self.dir_account.clone().filter(|a| *a.jid() == bare),
             Where::Root(root) => {
-                let c = component(Kind::Contact, &bare.to_string()).ok()?;
-                let dir = root.join(c);
-                dir.join("passwd")
-                    .is_file()
-                    .then_some(Account { bare, dir })
+                let dir = root.account(&bare).ok()?;
+                dir.passwd().is_file().then(|| Account::new(&bare, dir))
             }
         }
     }
@@ -798,14 +780,14 @@ impl Session {
     /// it cannot be read or made, one for this process (the salts then
     /// change between connections).
     fn salt_key(&self) -> Vec<u8> {
-        let dir = match &self.opts.place {
-            Where::Dir(d) | Where::Root(d) => d,
+        let key = match &self.opts.place {
+            Where::Dir(d) => d.salt_key(),
+            Where::Root(r) => r.salt_key(),
         };
-        sj::passwd::salt_key(dir).unwrap_or_else(|e| {
+        sj::passwd::salt_key(&key).unwrap_or_else(|e| {
             sj::log::warn(&format!(
-                "unable to use {}/{}: {}",
-                dir.display(),
-                sj::passwd::SALT_KEY,
+                "unable to use {}: {}",
+                key.display(),
                 sj::log::strerror(&e)
             ));
             static OWN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -814,12 +796,12 @@ impl Session {
     }
 
     fn credentials(acct: &Account) -> Vec<sasl::StoredCredentials> {
-        match sj::passwd::read(&acct.dir.join("passwd")) {
+        match sj::passwd::read(&acct.dir().passwd()) {
             Ok(c) => c,
             Err(e) => {
                 sj::log::warn(&format!(
-                    "unable to read {}/passwd: {}",
-                    acct.dir.display(),
+                    "unable to read {}: {}",
+                    acct.dir().passwd().display(),
                     sj::log::strerror(&e)
                 ));
                 Vec::new()
@@ -895,7 +877,7 @@ impl Session {
             sj::passwd::find(&all, hash).cloned()
         });
         let (creds, what) = match (creds, &acct) {
-            (Some(c), Some(a)) => (c, format!("wrong password for {}", a.bare)),
+            (Some(c), Some(a)) => (c, format!("wrong password for {}", a.bare())),
             // No such user, or no credentials of this hash: a challenge
             // like a real one, the same on every try, that no password
             // passes. The exchange then fails where a wrong password does.
@@ -903,7 +885,7 @@ impl Session {
                 let name = claimed.as_ref().map_or(user.clone(), Jid::to_string);
                 let salt = sasl::fake_salt(&self.salt_key(), hash, &name);
                 let what = match a {
-                    Some(a) => format!("no {} credentials for {}", hash.mechanism(), a.bare),
+                    Some(a) => format!("no {} credentials for {}", hash.mechanism(), a.bare()),
                     None => format!("unknown user {user:?}"),
                 };
                 (
@@ -972,7 +954,7 @@ impl Session {
             }
             (_, a) => {
                 let what = match &a {
-                    Some(a) => format!("wrong password for {} (PLAIN)", a.bare),
+                    Some(a) => format!("wrong password for {} (PLAIN)", a.bare()),
                     None => format!("unknown user {authcid:?} (PLAIN)"),
                 };
                 self.checked(a.as_ref(), Verdict::Failure("not-authorized"), what);
@@ -981,10 +963,10 @@ impl Session {
     }
 
     fn succeed(&mut self, acct: Account, msg: String) {
-        sj::log::info(&format!("authenticated as {}", acct.bare));
+        sj::log::info(&format!("authenticated as {}", acct.bare()));
         self.send(msg);
         self.deadline = Some(Instant::now() + BIND_TIMEOUT);
-        self.domain = Some(acct.bare.domain().to_string());
+        self.domain = Some(acct.domain().to_string());
         self.authed = Some(acct);
         self.sasl = SaslState::Done;
         self.framer.reset();
@@ -1045,8 +1027,8 @@ impl Session {
                 "remote-connection-failed",
                 TEMPORARY,
                 format!(
-                    "sj-proxy does not read {}/clients: is it running?",
-                    acct.dir.display()
+                    "sj-proxy does not read {}: is it running?",
+                    acct.dir().clients().display()
                 ),
             ),
             Err(RegisterError::Io(what, e)) => self.stream_error(
@@ -1058,30 +1040,31 @@ impl Session {
     }
 
     fn register(&self, acct: &Account, requested: Option<&str>) -> Result<Client, RegisterError> {
-        let upstream = read_state_jid(&acct.dir).filter(|j| j.bare() == acct.bare);
+        let upstream = read_state_jid(acct.dir()).filter(|j| j.bare() == *acct.jid());
         let up_res = upstream
             .as_ref()
             .and_then(|j| j.resource())
             .map(str::to_string);
-        let clients = acct.dir.join("clients");
-        let name = claim_name(&clients, requested, up_res.as_deref())
-            .map_err(|e| RegisterError::Io("create a client directory", e))?;
-        let cdir = clients.join(&name);
-        let reg = Registration { cdir: cdir.clone() };
         let io = |what: &'static str| move |e: io::Error| RegisterError::Io(what, e);
-        sj::fifo::make(&cdir.join("in")).map_err(io("create the client's in FIFO"))?;
-        sj::fifo::make(&cdir.join("out")).map_err(io("create the client's out FIFO"))?;
-        sj::fifo::write_atomic(
-            &cdir.join("pid"),
-            format!("{}\n", std::process::id()).as_bytes(),
-        )
-        .map_err(io("write the client's pid file"))?;
-        let infifo = LineFifo::open(&cdir.join("in"), IN_LINE_MAX)
+        let name = claim_name(acct.dir(), requested, up_res.as_deref())
+            .map_err(io("create a client directory"))?;
+        let cdir = acct
+            .dir()
+            .client(&name)
+            .map_err(|e| RegisterError::Io("create a client directory", io::Error::other(e)))?;
+        let reg = Registration {
+            cdir: cdir.path().to_path_buf(),
+        };
+        sj::fifo::make(&cdir.in_fifo()).map_err(io("create the client's in FIFO"))?;
+        sj::fifo::make(&cdir.out_fifo()).map_err(io("create the client's out FIFO"))?;
+        sj::fifo::write_atomic(&cdir.pid(), format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io("write the client's pid file"))?;
+        let infifo = LineFifo::open(&cdir.in_fifo(), IN_LINE_MAX)
             .map_err(io("open the client's in FIFO"))?;
         // sj-proxy notices the new directory by itself; give it a moment.
         let give_up = Instant::now() + Duration::from_secs(5);
         let outfd = loop {
-            match sj::fifo::open_write(&cdir.join("out"))
+            match sj::fifo::open_write(&cdir.out_fifo())
                 .map_err(io("open the client's out FIFO"))?
             {
                 Some(fd) => break fd,
@@ -1091,7 +1074,7 @@ impl Session {
                 None => return Err(RegisterError::NoReader),
             }
         };
-        let full = acct.bare.with_resource(&name).map_err(|e| {
+        let full = acct.jid().with_resource(&name).map_err(|e| {
             RegisterError::Io("make the bound JID", io::Error::other(e.to_string()))
         })?;
         Ok(Client {
@@ -1101,7 +1084,7 @@ impl Session {
             cdir,
             outfd,
             outq: WriteQueue::new(),
-            tr: Translator::new(acct.bare.clone(), full, upstream),
+            tr: Translator::new(acct.jid().clone(), full, upstream),
             _reg: reg,
         })
     }
@@ -1131,7 +1114,7 @@ impl Session {
                     let Some(client) = self.client.as_ref() else {
                         return;
                     };
-                    let reply = control::run(&client.account.dir, &client.name, &text);
+                    let reply = control::run(client.account.dir(), &client.name, &text);
                     let msg = translate::control_message(&client.tr.full, &reply);
                     self.send(msg);
                 }
@@ -1159,7 +1142,7 @@ impl Session {
         };
         let mut verdict = client.tr.inbound(&rec);
         if verdict == Inbound::Stranger {
-            let up = read_state_jid(&client.account.dir).filter(|j| j.bare() == client.tr.bare);
+            let up = read_state_jid(client.account.dir()).filter(|j| j.bare() == client.tr.bare);
             if up != client.tr.upstream {
                 client.tr.upstream = up;
                 verdict = client.tr.inbound(&rec);
@@ -1459,8 +1442,7 @@ impl Session {
         let Some(c) = self.client.as_ref() else {
             return false;
         };
-        let marked =
-            fs::symlink_metadata(c.cdir.join(sj::fifo::DROPPED)).is_ok_and(|m| m.is_file());
+        let marked = fs::symlink_metadata(c.cdir.dropped()).is_ok_and(|m| m.is_file());
         if marked {
             let msg = format!(
                 "{}: mirrord dropped this client: it fell more than mirrord's queue bound behind",
@@ -1546,19 +1528,32 @@ mod tests {
         let d = std::env::temp_dir().join(format!("sj-c2s-claim-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         let c = d.join("clients");
-        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
-        let second = claim_name(&c, Some("phone"), None).expect("claim");
+        let acct = Dir::new(&d);
+        assert_eq!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
+        let second = claim_name(&acct, Some("phone"), None).expect("claim");
         assert!(second.starts_with("sj-") && second != "phone");
-        let up = claim_name(&c, Some("sj-proxy"), Some("sj-proxy")).expect("claim");
+        let up = claim_name(&acct, Some("sj-proxy"), Some("sj-proxy")).expect("claim");
         assert_ne!(up, "sj-proxy");
         // A dead sj-c2s's directory is reclaimed; a live one's or a raw client's is not.
         fs::write(c.join("phone/pid"), "999999999\n").expect("w");
-        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        assert_eq!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
         fs::write(c.join("phone/pid"), format!("{}\n", std::process::id())).expect("w");
-        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        assert_ne!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
         fs::remove_file(c.join("phone/pid")).expect("rm");
-        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
-        let odd = claim_name(&c, Some("../x"), None).expect("claim");
+        assert_ne!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
+        let odd = claim_name(&acct, Some("../x"), None).expect("claim");
         assert!(odd.starts_with("sj-"));
         assert!(c.join("phone").is_dir());
         fs::remove_dir_all(&d).ok();
@@ -1571,27 +1566,27 @@ mod tests {
         let a = d.join("alice@localhost");
         fs::create_dir_all(&a).expect("mkdir");
         assert_eq!(
-            dir_account(&a).expect("acct").bare.to_string(),
+            dir_account(&Dir::new(&a)).expect("acct").bare(),
             "alice@localhost"
         );
         let other = d.join("plain");
         fs::create_dir_all(&other).expect("mkdir");
-        assert!(dir_account(&other).is_none());
+        assert!(dir_account(&Dir::new(&other)).is_none());
         fs::write(
             other.join("state"),
             "online Bob@Example.org/sj-proxy 1700000000\n",
         )
         .expect("w");
         assert_eq!(
-            dir_account(&other).expect("acct").bare.to_string(),
+            dir_account(&Dir::new(&other)).expect("acct").bare(),
             "bob@example.org"
         );
         assert_eq!(
-            read_state_jid(&other).expect("jid").to_string(),
+            read_state_jid(&Dir::new(&other)).expect("jid").to_string(),
             "bob@example.org/sj-proxy"
         );
-        assert!(root_has_domain(&d, "localhost"));
-        assert!(!root_has_domain(&d, "example.com"));
+        assert!(root_has_domain(&Root::new(&d), "localhost"));
+        assert!(!root_has_domain(&Root::new(&d), "example.com"));
         fs::remove_dir_all(&d).ok();
     }
 }

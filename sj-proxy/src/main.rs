@@ -11,6 +11,7 @@ mod route;
 mod router;
 mod upstream;
 
+use sj::account::{Account, Dir};
 use sj::exit::{Fatal, OK};
 use sj::jid::Jid;
 use sj::state::Word;
@@ -128,11 +129,11 @@ fn prompt_password() -> Result<String, Fatal> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn write_state(dir: &std::path::Path, word: Word, jid: &Jid) {
+fn write_state(dir: &Dir, word: Word, jid: &Jid) {
     if let Err(e) = sj::state::write(dir, word, jid) {
         sj::log::warn(&format!(
-            "unable to write {}/state: {}",
-            dir.display(),
+            "unable to write {}: {}",
+            dir.state().display(),
             sj::log::strerror(&e)
         ));
     }
@@ -149,14 +150,14 @@ fn run() -> Result<(), Fatal> {
         .map_err(|e| Fatal::permanent(format!("unable to use {}: {e}", args.jid)))?;
     let bare = jid.bare();
     let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            let home = std::env::var_os("HOME")
-                .ok_or_else(|| Fatal::permanent("neither -d, SJ_DIR nor HOME is set"))?;
-            PathBuf::from(home).join("xmpp").join(bare.to_string())
-        }
+        Some(d) => Dir::new(d),
+        None => sj::account::home_root()
+            .ok_or_else(|| Fatal::permanent("neither -d, SJ_DIR nor HOME is set"))?
+            .account(&bare)
+            .map_err(|e| Fatal::permanent(format!("unable to name a directory for {bare}: {e}")))?,
     };
-    sj::fifo::make_dir(&dir).map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
     // One owner per DIR, for our whole life: a second sj-proxy (or a
     // supervisor's twin) stops here. Then the state is made truthful
     // before anything else can fail: whatever an earlier owner left
@@ -173,7 +174,7 @@ fn run() -> Result<(), Fatal> {
 fn session(
     args: &Args,
     jid: &Jid,
-    dir: &std::path::Path,
+    dir: &Dir,
     mut inherited: upstream::Inherited,
 ) -> Result<(), Fatal> {
     let password = read_password(args)?;
@@ -221,14 +222,8 @@ fn session(
         "online as {full}{}",
         if session.carbons { " with carbons" } else { "" }
     ));
-    let acct = route::Account {
-        bare: session.full.bare().to_string(),
-        full: full.clone(),
-        resource: session.full.resource().unwrap_or("").to_string(),
-        domain: session.full.domain().to_string(),
-    };
+    let acct = Account::new(&session.full, dir.clone());
     let opts = router::Options {
-        dir: dir.to_path_buf(),
         verbose: args.verbose,
         keepalive: Duration::from_secs(args.keepalive),
         keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),

@@ -2,8 +2,9 @@
 //! state, moving records between upstream, the daemons, `DIR/in` and the
 //! clients according to `route`.
 
-use crate::route::{self, Account, Dest, Origin};
+use crate::route::{self, Dest, Origin};
 use crate::upstream::Upstream;
+use sj::account::Account;
 use sj::child::Child;
 use sj::exit::{Fatal, OK, TEMPORARY};
 use sj::fifo::LineFifo;
@@ -12,7 +13,6 @@ use sj::io::{LineReader, Read, WriteQueue};
 use sj::poll::{Interest, PollSet};
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Stop reading local sources while this much waits for the server.
@@ -42,7 +42,6 @@ struct Daemon {
 }
 
 pub struct Options {
-    pub dir: PathBuf,
     pub verbose: bool,
     /// Seconds of upstream silence before a keepalive ping.
     pub keepalive: Duration,
@@ -136,15 +135,14 @@ fn daemon_index(d: &Dest) -> Option<usize> {
 
 impl Router {
     pub fn new(up: Upstream, acct: Account, opts: Options) -> Result<Router, Fatal> {
-        let dir = &opts.dir;
-        let in_path = dir.join("in");
+        let dir = acct.dir();
+        let in_path = dir.in_fifo();
         sj::fifo::make(&in_path)
             .map_err(|e| Fatal::io(format!("create {}", in_path.display()), &e))?;
         let dir_in = LineFifo::open(&in_path, LINE_MAX)
             .map_err(|e| Fatal::io(format!("open {}", in_path.display()), &e))?;
-        let clients_dir = dir.join("clients");
-        let watcher = sj::fifo::ClientWatcher::new(&clients_dir)
-            .map_err(|e| Fatal::io(format!("watch {}", clients_dir.display()), &e))?;
+        let watcher = sj::fifo::ClientWatcher::new(dir)
+            .map_err(|e| Fatal::io(format!("watch {}", dir.clients().display()), &e))?;
         let mut daemons = Vec::new();
         for name in DAEMONS {
             let mut args = Vec::new();
@@ -154,11 +152,11 @@ impl Router {
             args.extend([
                 "-d".to_string(),
                 dir.display().to_string(),
-                acct.full.clone(),
+                acct.full().to_string(),
             ]);
             let env = vec![
                 ("SJ_DIR".to_string(), dir.display().to_string()),
-                ("SJ_JID".to_string(), acct.full.clone()),
+                ("SJ_JID".to_string(), acct.full().to_string()),
             ];
             daemons.push(Daemon {
                 child: Child::new(name, &sj::child::locate(name), args, env),
@@ -258,7 +256,7 @@ impl Router {
             return;
         };
         let own = match sj::jid::Jid::parse(from) {
-            Ok(j) => j.bare().to_string() == self.acct.bare || j.to_string() == self.acct.domain,
+            Ok(j) => j.bare() == *self.acct.jid() || j.to_string() == self.acct.domain(),
             // Not a JID: nobody to answer.
             Err(_) => true,
         };
@@ -308,7 +306,10 @@ impl Router {
     }
 
     fn client_arrived(&mut self, name: &str) {
-        let path = self.opts.dir.join("clients").join(name).join("out");
+        let path = match self.acct.dir().client(name) {
+            Ok(c) => c.out_fifo(),
+            Err(e) => return sj::log::warn(&format!("ignoring client directory {name}: {e}")),
+        };
         match LineFifo::open(&path, LINE_MAX) {
             Ok(out) => {
                 sj::log::info(&format!("client {name} arrived"));
@@ -332,7 +333,7 @@ impl Router {
         sj::log::info(&format!("client {name} left"));
         let gone = format!(
             "<presence from='{}' type='unavailable'/>\n",
-            sj::escape::attr(&format!("{}/{name}", self.acct.bare))
+            sj::escape::attr(&self.acct.client_jid(name))
         );
         self.deliver(Dest::Presenced, gone.into_bytes());
     }
@@ -395,7 +396,8 @@ impl Router {
             self.client_left(&n);
         }
         for n in added {
-            if sj::path::RESERVED.contains(&n.as_str()) || n == self.acct.resource {
+            if sj::path::RESERVED.contains(&n.as_str()) || Some(n.as_str()) == self.acct.resource()
+            {
                 sj::log::warn(&format!("ignoring client directory {n}: reserved name"));
                 continue;
             }
@@ -667,7 +669,7 @@ impl Router {
                 "<iq type='get' id='{}ping-{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>\n",
                 route::OWN_ID,
                 self.ping_seq,
-                sj::escape::attr(&self.acct.domain)
+                sj::escape::attr(self.acct.domain())
             );
             self.up_queue.push(ping.into_bytes());
             self.ping_sent = Some(Instant::now());

@@ -14,6 +14,7 @@
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
 
+pub mod account;
 pub mod archive;
 pub mod authfail;
 pub mod child;
