@@ -130,6 +130,11 @@ mod tests {
             t("<iq to='alice@localhost/a&#47;b' type='result' id='1'/>"),
             Target::Only("a%2Fb".into())
         );
+        // Our JID as normalisation knows it (sj::jid), trailing dot too.
+        assert_eq!(
+            t("<iq to='ALICE@LocalHost./dino' type='result' id='1'/>"),
+            Target::Only("dino".into())
+        );
     }
 
     #[test]

@@ -83,6 +83,16 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(d, Dir::new("/home/me/xmpp/me@h"));
+        // The one rule for every JID-named directory: the same name sj-c2s
+        // -R looks for, and the roster tool.
+        let (d, _) = resolve_from(
+            None,
+            Some("a!b@h/r".into()),
+            u,
+            &env(&[("HOME", "/home/me")]),
+        )
+        .expect("ok");
+        assert_eq!(d, Dir::new("/home/me/xmpp/a%21b@h"));
     }
 
     #[test]

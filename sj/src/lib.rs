@@ -11,6 +11,11 @@
 //! format (`outlog`), `DIR/state` and the owner's lock (`state`, `lock`),
 //! and the per-account record of failed logins (`authfail`).
 //!
+//! The floor every program stands on: the account directory's layout and
+//! who the account is (`account`: every path under DIR is named there),
+//! and the event loop's two pieces (`poll`: one poll(2) set per turn;
+//! `signal`: the handlers, one stop flag and one self-pipe).
+//!
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
 
