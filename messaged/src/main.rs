@@ -23,7 +23,7 @@ use sj::account::{Account, ContactDir};
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
-use sj::poll::{Interest, PollSet};
+use sj::poll::{Group, Interest, PollSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
@@ -150,6 +150,10 @@ struct Daemon {
     acct: Account,
     /// DIR held open: logs are opened beneath it, never through a link.
     root: sj::fifo::Root,
+    /// Every open `in` FIFO, waited on as one descriptor: with thousands
+    /// of contacts, handing them all to poll(2) each turn would cost
+    /// milliseconds per message.
+    fifos: Group,
     contacts: Vec<Contact>,
     by_name: HashMap<String, usize>,
     /// The same contacts by normalised bare JID: the JID of nearly every
@@ -198,9 +202,11 @@ impl Daemon {
         let dir = acct.dir();
         let root = sj::fifo::Root::open(dir.path())
             .map_err(|e| Fatal::io(format_args!("open {}", dir.display()), &e))?;
+        let fifos = Group::new().map_err(|e| Fatal::io("create an epoll instance", &e))?;
         Ok(Daemon {
             acct,
             root,
+            fifos,
             contacts: Vec::new(),
             by_name: HashMap::new(),
             by_jid: HashMap::new(),
@@ -288,11 +294,13 @@ impl Daemon {
         Some(i)
     }
 
-    /// Make and open a contact's `in` FIFO. Without it the contact is
-    /// still logged; the FIFO is tried again on its next message.
+    /// Make and open a contact's `in` FIFO and wait on it with the others
+    /// (`fifos`). Without it the contact is still logged; the FIFO is tried
+    /// again on its next message.
     fn attach_fifo(&mut self, i: usize) {
         let c = &mut self.contacts[i];
-        if c.fifo.take().is_some() {
+        if let Some(old) = c.fifo.take() {
+            let _ = self.fifos.remove(old.as_fd());
             self.fifos_open -= 1;
         }
         if self.fifos_open >= self.fifo_cap {
@@ -307,7 +315,8 @@ impl Daemon {
             }
             return;
         }
-        match open_fifo(&c.dir) {
+        let key = i as u64;
+        match open_fifo(&c.dir).and_then(|fd| self.fifos.add(fd.as_fd(), key).map(|()| fd)) {
             Ok(fd) => {
                 c.fifo = Some(fd);
                 c.fifo_warned = false;
@@ -427,16 +436,24 @@ impl Daemon {
                     }
                     // Writable stdout only wakes the loop to flush.
                     Token::Stdout => {}
-                    Token::Fifo(i) => self.mark_ready(i),
+                    Token::Fifos => {
+                        let ready = self
+                            .fifos
+                            .ready()
+                            .map_err(|e| Fatal::io("wait for input", &e))?;
+                        for i in ready {
+                            self.mark_ready(usize::try_from(i).unwrap_or(usize::MAX));
+                        }
+                    }
                 }
             }
         }
     }
 
     /// What to wait for: stdin, stdout while records wait, and the `in`
-    /// FIFOs not already being read, while the queue has room.
+    /// FIFOs while the queue has room.
     fn poll_set(&self) -> PollSet<'_, Token> {
-        let mut set = PollSet::with_capacity(3 + self.fifos_open);
+        let mut set = PollSet::with_capacity(4);
         if let Some(fd) = sj::signal::fd() {
             set.add(fd, Token::Signal, Interest::Read);
         }
@@ -445,11 +462,7 @@ impl Daemon {
             set.add(self.output.as_fd(), Token::Stdout, Interest::Write);
         }
         if self.out.len() < QUEUE_HIGH {
-            for (i, c) in self.contacts.iter().enumerate() {
-                if let (Some(fd), false) = (&c.fifo, c.ready) {
-                    set.add(fd.as_fd(), Token::Fifo(i), Interest::Read);
-                }
-            }
+            set.add(self.fifos.fd(), Token::Fifos, Interest::Read);
         }
         set
     }
@@ -776,8 +789,8 @@ enum Token {
     Signal,
     Stdin,
     Stdout,
-    /// The `in` FIFO of contact `i`.
-    Fifo(usize),
+    /// One or more `in` FIFOs (`Daemon::fifos`).
+    Fifos,
 }
 
 /// Log lines owed to one `out` file: kept in order while they fit in the

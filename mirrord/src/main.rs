@@ -131,8 +131,8 @@ struct Mirror {
 enum Token {
     Stdin,
     Inotify,
-    /// A client's `in`, writable.
-    Client(String),
+    /// A client's `in` (its place among the pending ones), writable.
+    Client(usize),
 }
 
 impl Mirror {
@@ -151,13 +151,15 @@ impl Mirror {
 
     /// One turn; false once stdin ended.
     fn turn(&mut self) -> Result<bool, Fatal> {
-        let mut set = PollSet::new();
+        // The clients with records waiting, named by their place in it.
+        let pending = self.fan.pending();
+        let mut set = PollSet::with_capacity(2 + pending.len());
         set.add(self.stdin.as_fd(), Token::Stdin, Interest::Read);
         if let Some(fd) = self.watcher.fd() {
             set.add(fd, Token::Inotify, Interest::Read);
         }
-        for (name, fd) in self.fan.pending() {
-            set.add(fd, Token::Client(name.to_string()), Interest::Write);
+        for (i, (_, fd)) in pending.iter().enumerate() {
+            set.add(*fd, Token::Client(i), Interest::Write);
         }
         let ready = set
             .wait(Some(self.next_tick))
@@ -167,7 +169,7 @@ impl Mirror {
             match t {
                 Token::Stdin => stdin_ready = true,
                 Token::Inotify => inotify_ready = true,
-                Token::Client(name) => writable.push(name),
+                Token::Client(i) => writable.push(pending[i].0.to_string()),
             }
         }
         if !writable.is_empty() {

@@ -111,17 +111,66 @@ impl<'a, T> PollSet<'a, T> {
             Ok(_) => {}
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<Option<Ready>> = self
-            .fds
-            .iter()
-            .map(|f| f.revents().filter(|r| !r.is_empty()).map(Ready))
-            .collect();
-        Ok(self
-            .tokens
+        let PollSet { fds, tokens } = self;
+        Ok(tokens
             .into_iter()
-            .zip(ready)
-            .filter_map(|(t, r)| Some((t, r?)))
+            .zip(&fds)
+            .filter_map(|(t, f)| {
+                let r = f.revents().filter(|r| !r.is_empty())?;
+                Some((t, Ready(r)))
+            })
             .collect())
+    }
+}
+
+/// Many descriptors waited on as one, for a set too large to hand to
+/// poll(2) every turn (messaged's `in` FIFOs: one per contact, thousands):
+/// poll(2) looks at every descriptor it is given, about a quarter of a
+/// microsecond each, on every wakeup. A group's members are registered
+/// once with epoll, level-triggered (a member a turn did not read to its
+/// end is ready again next turn), and the group's own descriptor goes into
+/// each turn's `PollSet` like any other: readable when a member is.
+/// `ready` then says which.
+pub struct Group {
+    ep: nix::sys::epoll::Epoll,
+}
+
+impl Group {
+    pub fn new() -> io::Result<Group> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags};
+        Ok(Group {
+            ep: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+        })
+    }
+
+    /// Wait for `fd` to be readable, told as `key`.
+    pub fn add(&self, fd: BorrowedFd<'_>, key: u64) -> io::Result<()> {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        Ok(self.ep.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, key))?)
+    }
+
+    /// Before `fd` is closed.
+    pub fn remove(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(self.ep.delete(fd)?)
+    }
+
+    /// The descriptor to put in a turn's `PollSet`.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ep.0.as_fd()
+    }
+
+    /// The keys of members ready now (at most a few hundred a call: the
+    /// others stay ready for the next). Never waits.
+    pub fn ready(&self) -> io::Result<Vec<u64>> {
+        use nix::sys::epoll::{EpollEvent, EpollTimeout};
+        let mut evs = [EpollEvent::empty(); 256];
+        let n = match self.ep.wait(&mut evs, EpollTimeout::ZERO) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(evs[..n].iter().map(EpollEvent::data).collect())
     }
 }
 
@@ -207,6 +256,31 @@ mod tests {
         let ready = wait_one(r.as_fd(), Interest::Hangup, None).expect("poll");
         let ready = ready.expect("a hangup");
         assert!(ready.hangup() && !ready.readable());
+    }
+
+    /// A group is one readable descriptor in a turn's set, and tells
+    /// which members are ready, as long as they are.
+    #[test]
+    fn group_members_through_one_descriptor() {
+        let g = Group::new().expect("epoll");
+        let pipes: Vec<_> = (0..3).map(|_| nix::unistd::pipe().expect("pipe")).collect();
+        for (i, (r, _)) in pipes.iter().enumerate() {
+            g.add(r.as_fd(), i as u64).expect("add");
+        }
+        let now = Some(Instant::now());
+        assert!(wait_one(g.fd(), Interest::Read, now)
+            .expect("poll")
+            .is_none());
+        nix::unistd::write(&pipes[2].1, b"x").expect("write");
+        let soon = Some(Instant::now() + Duration::from_secs(5));
+        assert!(wait_one(g.fd(), Interest::Read, soon)
+            .expect("poll")
+            .is_some());
+        assert_eq!(g.ready().expect("ready"), vec![2]);
+        // Not read: still ready (level-triggered).
+        assert_eq!(g.ready().expect("ready"), vec![2]);
+        g.remove(pipes[2].0.as_fd()).expect("remove");
+        assert!(g.ready().expect("ready").is_empty());
     }
 
     #[test]
