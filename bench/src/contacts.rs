@@ -6,7 +6,7 @@
 
 use crate::spawn::Scratch;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -15,18 +15,28 @@ pub struct Outcome {
     pub secs: f64,
 }
 
-/// Run messaged on `contacts` contacts with `messages` messages.
-pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, String> {
-    // The file system's cost is not messaged's: measure in memory.
-    let scratch = Scratch::in_memory(&format!("contacts-{contacts}"))?;
+/// The JID of contact `i`.
+fn jid(i: usize) -> String {
+    format!("c{i}@localhost")
+}
+
+/// An account directory whose roster holds `contacts` contacts, in memory:
+/// the file system's cost is not messaged's. The scratch space, and DIR.
+fn with_roster(tag: &str, contacts: usize) -> Result<(Scratch, PathBuf), String> {
+    let scratch = Scratch::in_memory(tag)?;
     let dir = scratch.0.join("dir");
     sj::fifo::make_dir(&dir).map_err(|e| format!("unable to create {}: {e}", dir.display()))?;
-    let jid = |i: usize| format!("c{i}@localhost");
     let roster: String = (0..contacts)
         .map(|i| format!("{}\t{}\tboth\n", jid(i), jid(i)))
         .collect();
     std::fs::write(dir.join("roster"), roster)
         .map_err(|e| format!("unable to write the roster: {e}"))?;
+    Ok((scratch, dir))
+}
+
+/// Run messaged on `contacts` contacts with `messages` messages.
+pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, String> {
+    let (_scratch, dir) = with_roster(&format!("contacts-{contacts}"), contacts)?;
     let mut data = Vec::with_capacity(messages * 110);
     for i in 0..messages {
         writeln!(
@@ -85,15 +95,7 @@ pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, Stri
 /// enough messages make the ticks fine enough).
 pub fn lone(bin: &Path, contacts: usize, messages: usize) -> Result<f64, String> {
     use std::time::Duration;
-    let scratch = Scratch::in_memory(&format!("lone-{contacts}"))?;
-    let dir = scratch.0.join("dir");
-    sj::fifo::make_dir(&dir).map_err(|e| format!("unable to create {}: {e}", dir.display()))?;
-    let jid = |i: usize| format!("c{i}@localhost");
-    let roster: String = (0..contacts)
-        .map(|i| format!("{}\t{}\tboth\n", jid(i), jid(i)))
-        .collect();
-    std::fs::write(dir.join("roster"), roster)
-        .map_err(|e| format!("unable to write the roster: {e}"))?;
+    let (_scratch, dir) = with_roster(&format!("lone-{contacts}"), contacts)?;
     let mut child = Command::new(bin.join("messaged"))
         .arg("-d")
         .arg(&dir)
