@@ -6,7 +6,7 @@
 
 use crate::spawn::Scratch;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -15,18 +15,28 @@ pub struct Outcome {
     pub secs: f64,
 }
 
-/// Run messaged on `contacts` contacts with `messages` messages.
-pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, String> {
-    // The file system's cost is not messaged's: measure in memory.
-    let scratch = Scratch::in_memory(&format!("contacts-{contacts}"))?;
+/// The JID of contact `i`.
+fn jid(i: usize) -> String {
+    format!("c{i}@localhost")
+}
+
+/// An account directory whose roster holds `contacts` contacts, in memory:
+/// the file system's cost is not messaged's. The scratch space, and DIR.
+fn with_roster(tag: &str, contacts: usize) -> Result<(Scratch, PathBuf), String> {
+    let scratch = Scratch::in_memory(tag)?;
     let dir = scratch.0.join("dir");
     sj::fifo::make_dir(&dir).map_err(|e| format!("unable to create {}: {e}", dir.display()))?;
-    let jid = |i: usize| format!("c{i}@localhost");
     let roster: String = (0..contacts)
         .map(|i| format!("{}\t{}\tboth\n", jid(i), jid(i)))
         .collect();
     std::fs::write(dir.join("roster"), roster)
         .map_err(|e| format!("unable to write the roster: {e}"))?;
+    Ok((scratch, dir))
+}
+
+/// Run messaged on `contacts` contacts with `messages` messages.
+pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, String> {
+    let (_scratch, dir) = with_roster(&format!("contacts-{contacts}"), contacts)?;
     let mut data = Vec::with_capacity(messages * 110);
     for i in 0..messages {
         writeln!(
@@ -76,6 +86,67 @@ pub fn run(bin: &Path, contacts: usize, messages: usize) -> Result<Outcome, Stri
         return Err(format!("{logged} of {messages} messages logged"));
     }
     Ok(Outcome { kib, secs })
+}
+
+/// CPU messaged spends on each of `messages` messages that come alone
+/// (one wakeup each), once the roster of `contacts` contacts is made: what
+/// a message costs on a quiet account, where a loop that looks at every
+/// `in` FIFO on each wakeup shows. Microseconds, from /proc (clock ticks:
+/// enough messages make the ticks fine enough).
+pub fn lone(bin: &Path, contacts: usize, messages: usize) -> Result<f64, String> {
+    use std::time::Duration;
+    let (_scratch, dir) = with_roster(&format!("lone-{contacts}"), contacts)?;
+    let mut child = Command::new(bin.join("messaged"))
+        .arg("-d")
+        .arg(&dir)
+        .arg("alice@localhost/sj")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("unable to start messaged: {e}"))?;
+    let pid = child.id() as i32;
+    let result = (|| {
+        let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+        // The roster is made when the last contact's FIFO is there.
+        let last = dir.join(jid(contacts - 1)).join("in");
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while !last.exists() {
+            if Instant::now() > give_up {
+                return Err("messaged made no directories in 60 s".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cpu0 = crate::procfs::cpu_ticks(pid).ok_or("no CPU time in /proc")?;
+        for i in 0..messages {
+            writeln!(
+                stdin,
+                "<message from='{}/r' type='chat' id='m{i}'><body>alone</body></message>",
+                jid(i % contacts)
+            )
+            .map_err(|e| format!("unable to write to messaged: {e}"))?;
+            // Pacing, so each message is a wakeup of its own.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The last one logged: messaged is done with all of them.
+        let k = (messages - 1) % contacts;
+        let out = dir.join(jid(k)).join("out");
+        let expect = messages / contacts + usize::from(k < messages % contacts);
+        while std::fs::read(&out).map_or(0, |b| memchr::memchr_iter(b'\n', &b).count()) < expect {
+            if Instant::now() > give_up {
+                return Err("messaged did not log the last message".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let cpu1 = crate::procfs::cpu_ticks(pid).ok_or("no CPU time in /proc")?;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        Ok((cpu1 - cpu0) as f64 / hz * 1e6 / messages as f64)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// `sj-bench --peak-rss PROG ARGS...`: run PROG (stdin inherited, stdout

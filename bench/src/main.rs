@@ -46,6 +46,8 @@ const WINDOW: usize = 256;
 const FAN_N: usize = 1000;
 const MANY_CONTACTS: usize = 10_000;
 const CONTACT_MESSAGES: usize = 50_000;
+/// Messages sent one at a time to messaged (`contacts::lone`).
+const LONE_MESSAGES: usize = 1_000;
 
 struct Opts {
     bin: PathBuf,
@@ -561,6 +563,24 @@ fn contact_rows(t: &mut Table, bin: &Path) {
             );
         }
         (Err(e), _) | (_, Err(e)) => t.fail("4", "messaged with many contacts", &e),
+    }
+    progress("messaged: messages that come alone");
+    match (
+        contacts::lone(bin, MANY_CONTACTS, LONE_MESSAGES),
+        contacts::lone(bin, 1, LONE_MESSAGES),
+    ) {
+        (Ok(many), Ok(one)) => t.row(
+            "4",
+            format!("messaged, {MANY_CONTACTS} contacts: CPU µs per lone message"),
+            format!("{many:.0}"),
+            format!("1 contact {one:.0}"),
+            format!("{:.2}", many / one.max(1.0)),
+            "",
+            format!(
+                "{LONE_MESSAGES} messages 1 ms apart, a wakeup each: the cost of a quiet account's message, however many in FIFOs wait (clock ticks over all of them)"
+            ),
+        ),
+        (Err(e), _) | (_, Err(e)) => t.fail("4", "messaged, messages that come alone", &e),
     }
 }
 

@@ -47,6 +47,14 @@ pub fn comm(pid: i32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
+/// User and system CPU time of a process so far, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm)": state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+}
+
 /// The process state letter (R, S, D, Z ...) from /proc/PID/stat.
 pub fn state(pid: i32) -> Option<char> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

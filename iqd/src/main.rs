@@ -6,25 +6,23 @@
 //! executable in `DIR/iq.d/`, a built-in, the primary client (delegation),
 //! or `service-unavailable`. Keeps the roster cache `DIR/roster`.
 //!
-//! One non-blocking poll(2) loop over stdin, stdout, the handler pipes and a
-//! SIGCHLD self-pipe. See iqd(8).
+//! One non-blocking poll(2) loop (`sj::poll`) over stdin, stdout, the
+//! handler pipes and the SIGCHLD self-pipe (`sj::signal`). See iqd(8).
 
 use iqd::builtin;
 use iqd::paths::{self, Handler};
 use iqd::roster::{self, Roster};
 use iqd::stanza::{self, Cond, Request};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use sj::account::Account;
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
-use sj::jid::Jid;
+use sj::poll::{Interest, PollSet};
 use sj::xml::Element;
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -47,8 +45,7 @@ fn main() -> ExitCode {
 }
 
 struct Opts {
-    dir: PathBuf,
-    jid: Jid,
+    acct: Account,
     timeout: Duration,
 }
 
@@ -81,8 +78,8 @@ fn parse_args() -> Result<Opts, Fatal> {
             _ => return Err(bad(arg.unexpected())),
         }
     }
-    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
-    Ok(Opts { dir, jid, timeout })
+    let acct = sj::daemon::resolve(dir, jid, USAGE)?;
+    Ok(Opts { acct, timeout })
 }
 
 /// One handler process in flight.
@@ -111,10 +108,13 @@ struct FifoWrite {
 }
 
 struct Iqd {
-    dir: PathBuf,
-    jid: Jid,
-    bare: Jid,
+    acct: Account,
     timeout: Duration,
+    stdin: std::io::Stdin,
+    stdout: std::io::Stdout,
+    /// Records from sj-proxy, split into lines.
+    reader: LineReader,
+    stdin_open: bool,
     out: WriteQueue,
     handlers: Vec<Running>,
     fifo_writes: Vec<FifoWrite>,
@@ -130,8 +130,10 @@ fn run() -> Result<(), Fatal> {
     let o = parse_args()?;
     // DIR itself must exist; DIR/iq is made again before each answer is
     // written there, so one that cannot be made now only costs those.
-    sj::fifo::make_dir(&o.dir).map_err(|e| Fatal::io(format!("create {}", o.dir.display()), &e))?;
-    let iq_dir = o.dir.join("iq");
+    let dir = o.acct.dir();
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
+    let iq_dir = dir.iq();
     if let Err(e) = sj::fifo::make_subdir(&iq_dir) {
         sj::log::warn(&format!(
             "unable to create {}: {}",
@@ -139,32 +141,27 @@ fn run() -> Result<(), Fatal> {
             sj::log::strerror(&e)
         ));
     }
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    let stdin = stdin.as_fd();
-    let stdout = stdout.as_fd();
-    sj::io::set_nonblocking(stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
-    sj::io::set_nonblocking(stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
-    let (mut sig_r, sig_w) = UnixStream::pair().map_err(|e| Fatal::io("create self-pipe", &e))?;
-    sig_r
-        .set_nonblocking(true)
-        .map_err(|e| Fatal::io("set self-pipe non-blocking", &e))?;
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
-        .map_err(|e| Fatal::io("catch SIGCHLD", &e))?;
+    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+    sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+    sj::io::set_nonblocking(&stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
+    // SIGCHLD wakes the loop to reap handlers; SIGTERM keeps its default.
+    sj::signal::install(&[], true).map_err(|e| Fatal::io("catch SIGCHLD", &e))?;
 
-    let roster_text = iqd::roster::read_file(&o.dir).unwrap_or_else(|e| {
+    let roster_text = iqd::roster::read_file(dir).unwrap_or_else(|e| {
         sj::log::warn(&format!(
             "unable to read {}: {}",
-            o.dir.join("roster").display(),
+            dir.roster().display(),
             sj::log::strerror(&e)
         ));
         String::new()
     });
     let mut d = Iqd {
-        bare: o.jid.bare(),
-        dir: o.dir,
-        jid: o.jid,
+        acct: o.acct,
         timeout: o.timeout,
+        stdin,
+        stdout,
+        reader: LineReader::new(sj::framer::MAX_LINE),
+        stdin_open: true,
         out: WriteQueue::new(),
         handlers: Vec::new(),
         fifo_writes: Vec::new(),
@@ -176,114 +173,18 @@ fn run() -> Result<(), Fatal> {
         os: builtin::os_name(),
     };
     d.request_roster();
-
-    let mut reader = LineReader::new(sj::framer::MAX_LINE);
-    let mut stdin_open = true;
     loop {
-        let now = Instant::now();
-        d.expire(now);
-        if !stdin_open {
+        d.expire(Instant::now());
+        if !d.stdin_open {
             break;
         }
-        // What to wait for, recomputed from state every turn.
-        let mut fds: Vec<PollFd> = Vec::new();
-        let mut tags: Vec<Tag> = Vec::new();
-        fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-        tags.push(Tag::Stdin);
-        fds.push(PollFd::new(sig_r.as_fd(), PollFlags::POLLIN));
-        tags.push(Tag::Sig);
-        if !d.out.is_empty() {
-            fds.push(PollFd::new(stdout, PollFlags::POLLOUT));
-            tags.push(Tag::Stdout);
-        }
-        for (i, h) in d.handlers.iter().enumerate() {
-            if let Some(fd) = &h.stdout {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                tags.push(Tag::HOut(i));
-            }
-            if let (Some(fd), false) = (&h.stdin, h.inq.is_empty()) {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
-                tags.push(Tag::HIn(i));
-            }
-        }
-        for (i, w) in d.fifo_writes.iter().enumerate() {
-            fds.push(PollFd::new(w.fd.as_fd(), PollFlags::POLLOUT));
-            tags.push(Tag::Fifo(i));
-        }
-        let wait = d.next_deadline().map(|t| t.saturating_duration_since(now));
-        let timeout = match wait {
-            Some(w) => PollTimeout::try_from(w.as_millis().min(60_000) as u32 + 1)
-                .unwrap_or(PollTimeout::MAX),
-            None => PollTimeout::NONE,
-        };
-        match poll(&mut fds, timeout) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(Fatal::io("poll", &e.into())),
-        }
-        let ready: Vec<(Tag, bool)> = fds
-            .iter()
-            .zip(tags)
-            .map(|(f, t)| (t, f.revents().is_some_and(|r| !r.is_empty())))
-            .filter(|(_, r)| *r)
-            .collect();
-        drop(fds);
-        for (tag, _) in ready {
-            match tag {
-                Tag::Stdin => match reader.fill(stdin) {
-                    Ok(Read::Data(_)) | Ok(Read::WouldBlock) => {}
-                    Ok(Read::Eof) => stdin_open = false,
-                    Err(e) => return Err(Fatal::io("read stdin", &e)),
-                },
-                Tag::Sig => {
-                    let mut b = [0u8; 64];
-                    while matches!(sig_r.read(&mut b), Ok(n) if n > 0) {}
-                }
-                Tag::Stdout => {
-                    d.out
-                        .flush(stdout)
-                        .map_err(|e| Fatal::io("write stdout", &e))?;
-                }
-                Tag::HOut(i) => d.read_handler(i),
-                Tag::HIn(i) => d.feed_handler(i),
-                Tag::Fifo(i) => d.flush_fifo(i),
-            }
-        }
-        while let Some(line) = reader.next_line() {
-            let line = line.to_vec();
-            d.record(&line);
-        }
-        reader.warn_overlong("sj-proxy");
-        d.forget_flushed();
-        d.reap();
-        d.finish_handlers();
-        if !d.out.is_empty() {
-            d.out
-                .flush(stdout)
-                .map_err(|e| Fatal::io("write stdout", &e))?;
-        }
+        d.turn()?;
     }
-    // EOF on stdin: the session is over. Stop handlers, flush, exit 0.
-    for h in &mut d.handlers {
-        if !h.answered {
-            let _ = killpg(h.pid, Signal::SIGKILL);
-        }
-    }
-    let end = Instant::now() + DRAIN;
-    while !d.out.is_empty() && Instant::now() < end {
-        match d.out.flush(stdout) {
-            Ok(true) => break,
-            Ok(false) => {
-                let mut f = [PollFd::new(stdout, PollFlags::POLLOUT)];
-                let _ = poll(&mut f, PollTimeout::from(100u16));
-            }
-            Err(_) => break,
-        }
-    }
-    d.reap();
+    d.finish();
     Ok(())
 }
 
+/// What each descriptor of a turn's poll set is.
 #[derive(Clone, Copy)]
 enum Tag {
     Stdin,
@@ -295,6 +196,95 @@ enum Tag {
 }
 
 impl Iqd {
+    /// One turn: wait for what the state needs, handle what is ready,
+    /// then the records read, the handlers that finished, and stdout.
+    fn turn(&mut self) -> Result<(), Fatal> {
+        let ready = self
+            .poll_set()
+            .wait(self.next_deadline())
+            .map_err(|e| Fatal::io("poll", &e))?;
+        for (tag, _) in ready {
+            match tag {
+                Tag::Stdin => match self.reader.fill(&self.stdin) {
+                    Ok(Read::Data(_)) | Ok(Read::WouldBlock) => {}
+                    Ok(Read::Eof) => self.stdin_open = false,
+                    Err(e) => return Err(Fatal::io("read stdin", &e)),
+                },
+                Tag::Sig => {
+                    sj::signal::drain();
+                }
+                Tag::Stdout => self.flush_stdout()?,
+                Tag::HOut(i) => self.read_handler(i),
+                Tag::HIn(i) => self.feed_handler(i),
+                Tag::Fifo(i) => self.flush_fifo(i),
+            }
+        }
+        while let Some(line) = self.reader.next_line() {
+            let line = line.to_vec();
+            self.record(&line);
+        }
+        self.reader.warn_overlong("sj-proxy");
+        self.forget_flushed();
+        self.reap();
+        self.finish_handlers();
+        if !self.out.is_empty() {
+            self.flush_stdout()?;
+        }
+        Ok(())
+    }
+
+    /// What to wait for, recomputed from state every turn.
+    fn poll_set(&self) -> PollSet<'_, Tag> {
+        let mut set = PollSet::new();
+        set.add(self.stdin.as_fd(), Tag::Stdin, Interest::Read);
+        if let Some(fd) = sj::signal::fd() {
+            set.add(fd, Tag::Sig, Interest::Read);
+        }
+        if !self.out.is_empty() {
+            set.add(self.stdout.as_fd(), Tag::Stdout, Interest::Write);
+        }
+        for (i, h) in self.handlers.iter().enumerate() {
+            if let Some(fd) = &h.stdout {
+                set.add(fd.as_fd(), Tag::HOut(i), Interest::Read);
+            }
+            if let (Some(fd), false) = (&h.stdin, h.inq.is_empty()) {
+                set.add(fd.as_fd(), Tag::HIn(i), Interest::Write);
+            }
+        }
+        for (i, w) in self.fifo_writes.iter().enumerate() {
+            set.add(w.fd.as_fd(), Tag::Fifo(i), Interest::Write);
+        }
+        set
+    }
+
+    fn flush_stdout(&mut self) -> Result<(), Fatal> {
+        self.out
+            .flush(&self.stdout)
+            .map(|_| ())
+            .map_err(|e| Fatal::io("write stdout", &e))
+    }
+
+    /// EOF on stdin: the session is over. Stop handlers, flush, exit 0.
+    fn finish(&mut self) {
+        for h in &mut self.handlers {
+            if !h.answered {
+                let _ = killpg(h.pid, Signal::SIGKILL);
+            }
+        }
+        let end = Instant::now() + DRAIN;
+        while !self.out.is_empty() && Instant::now() < end {
+            match self.out.flush(&self.stdout) {
+                Ok(true) => break,
+                Ok(false) => {
+                    let wake = Some(end.min(Instant::now() + Duration::from_millis(100)));
+                    let _ = sj::poll::wait_one(self.stdout.as_fd(), Interest::Write, wake);
+                }
+                Err(_) => break,
+            }
+        }
+        self.reap();
+    }
+
     fn send(&mut self, rec: String) {
         sj::log::trace("out", rec.as_bytes());
         let mut b = rec.into_bytes();
@@ -312,7 +302,7 @@ impl Iqd {
     }
 
     fn save_roster(&self) {
-        let p = self.dir.join("roster");
+        let p = self.acct.dir().roster();
         if let Err(e) = sj::fifo::write_atomic(&p, self.roster.render().as_bytes()) {
             sj::log::warn(&format!(
                 "unable to write {}: {}",
@@ -397,7 +387,7 @@ impl Iqd {
         if let Some(pos) = self.roster_pending.iter().position(|i| *i == req.id) {
             // The id is predictable and anyone may send a result: only the
             // server's answer is the roster (kept pending for the real one).
-            if !roster::push_believed(req.from.as_deref(), &self.jid) {
+            if !roster::push_believed(req.from.as_deref(), self.acct.full_jid()) {
                 sj::log::warn(&format!(
                     "ignored a roster result from {}: not from the server",
                     req.from.as_deref().unwrap_or("(none)")
@@ -419,12 +409,12 @@ impl Iqd {
             }
             return;
         }
-        let Some(path) = paths::iq_result(&self.dir, &req.id) else {
+        let Ok(path) = self.acct.dir().iq_result(&req.id) else {
             sj::log::warn("dropped an iq result whose id cannot name a file");
             return;
         };
         // DIR/iq is a real directory (never a symbolic link out of DIR).
-        let iq_dir = self.dir.join("iq");
+        let iq_dir = self.acct.dir().iq();
         if let Err(e) = sj::fifo::make_subdir(&iq_dir) {
             sj::log::warn(&format!(
                 "dropped the answer to {}: unable to create {}: {}",
@@ -479,7 +469,7 @@ impl Iqd {
                 sj::log::strerror(&err)
             ));
         }
-        paths::prune(&self.dir.join("iq"), MAX_RESULT_FILES);
+        paths::prune(&iq_dir, MAX_RESULT_FILES);
     }
 
     /// A get or set: exactly one answer (RFC 6120 §8.4).
@@ -490,7 +480,7 @@ impl Iqd {
             return;
         };
         if ns == roster::NS {
-            if req.kind == "set" && roster::push_believed(to, &self.jid) {
+            if req.kind == "set" && roster::push_believed(to, self.acct.full_jid()) {
                 if let Some(q) = roster::query(e) {
                     self.roster.apply_push(q);
                     self.save_roster();
@@ -506,11 +496,11 @@ impl Iqd {
             }
             return;
         }
-        if let Handler::Exec(p) = paths::handler(&self.dir, &ns) {
+        if let Handler::Exec(p) = paths::handler(self.acct.dir(), &ns) {
             self.spawn(&p, &ns, req, line);
             return;
         }
-        let names = paths::handler_namespaces(&self.dir);
+        let names = paths::handler_namespaces(self.acct.dir());
         let env = builtin::Env {
             now: SystemTime::now(),
             tz_offset: sj::time::local_offset(),
@@ -522,11 +512,8 @@ impl Iqd {
             self.send(stanza::result(to, &req.id, &payload));
             return;
         }
-        if let Some(name) = sj::fifo::list_clients(&self.dir.join("clients"))
-            .into_iter()
-            .next()
-        {
-            let target = format!("{}/{}", self.bare, name);
+        if let Some(name) = sj::fifo::list_clients(self.acct.dir()).into_iter().next() {
+            let target = self.acct.client_jid(&name);
             let rec = sj::xml::set_attr(line, "to", &target);
             match String::from_utf8(rec) {
                 Ok(r) => {
@@ -555,9 +542,9 @@ impl Iqd {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .current_dir(&self.dir)
-            .env("SJ_DIR", &self.dir)
-            .env("SJ_JID", self.jid.to_string())
+            .current_dir(self.acct.dir().path())
+            .env("SJ_DIR", self.acct.dir().path())
+            .env("SJ_JID", self.acct.full())
             .env("IQ_FROM", to.unwrap_or(""))
             .env("IQ_ID", &req.id)
             .env("IQ_TYPE", &req.kind)

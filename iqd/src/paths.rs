@@ -1,34 +1,18 @@
-//! Paths iqd derives from network data: `DIR/iq/<id>` and
-//! `DIR/iq.d/<namespace>`. Both go through `sj::path::component` only, and
-//! the result is checked once more to be a single component directly under
-//! its directory.
+//! What iqd finds in the account directory: the handler of a namespace in
+//! `DIR/iq.d`, and the bound on `DIR/iq`. The paths themselves are
+//! `sj::account::Dir`'s (`iq_result`, `iq_handler`), made from network
+//! names by `sj::path::component` only, so they never leave their
+//! directory.
 //!
 //! Handlers: the entry `DIR/iq.d/<component(ns)>` is used when it is (or is
 //! a symlink the owner of DIR made to) a regular file with an execute bit
 //! that we may execute. The name can never leave `DIR/iq.d`; where a
 //! symlink placed there by the account owner points is the owner's choice.
 
+use sj::account::Dir;
 use sj::path::{component, Kind};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
-
-/// `dir/<component(kind, name)>`, or `None` when the name cannot be mapped.
-pub fn under(dir: &Path, kind: Kind, name: &str) -> Option<PathBuf> {
-    let c = component(kind, name).ok()?;
-    let rel = Path::new(&c);
-    let mut comps = rel.components();
-    match (comps.next(), comps.next()) {
-        (Some(Component::Normal(n)), None) if n == std::ffi::OsStr::new(&c) => {}
-        _ => return None,
-    }
-    let p = dir.join(rel);
-    (p.parent() == Some(dir)).then_some(p)
-}
-
-/// Where the answer to a file-system requester's iq goes.
-pub fn iq_result(dir: &Path, id: &str) -> Option<PathBuf> {
-    under(&dir.join("iq"), Kind::IqId, id)
-}
+use std::path::{Path, PathBuf};
 
 /// What `DIR/iq.d` holds for a namespace.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,8 +24,8 @@ pub enum Handler {
 }
 
 /// The handler for `ns`, if an executable one exists.
-pub fn handler(dir: &Path, ns: &str) -> Handler {
-    let Some(p) = under(&dir.join("iq.d"), Kind::Namespace, ns) else {
+pub fn handler(dir: &Dir, ns: &str) -> Handler {
+    let Ok(p) = dir.iq_handler(ns) else {
         return Handler::None;
     };
     if is_executable(&p) {
@@ -61,10 +45,9 @@ fn is_executable(p: &Path) -> bool {
 }
 
 /// Namespaces with an executable handler (for disco#info).
-pub fn handler_namespaces(dir: &Path) -> Vec<String> {
-    let d = dir.join("iq.d");
+pub fn handler_namespaces(dir: &Dir) -> Vec<String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&d) else {
+    let Ok(rd) = std::fs::read_dir(dir.iq_d()) else {
         return out;
     };
     for ent in rd.flatten() {
@@ -126,7 +109,7 @@ mod tests {
 
     #[test]
     fn hostile_ids_stay_in_iq() {
-        let d = Path::new("/acct");
+        let d = Dir::new("/acct");
         for id in [
             "../../etc/passwd",
             "..",
@@ -138,7 +121,7 @@ mod tests {
             "iq.d",
             ".hidden",
         ] {
-            if let Some(p) = iq_result(d, id) {
+            if let Ok(p) = d.iq_result(id) {
                 assert_eq!(p.parent(), Some(Path::new("/acct/iq")), "{id:?} -> {p:?}");
                 let name = p.file_name().and_then(|n| n.to_str()).expect("utf-8");
                 assert!(!name.contains('/') && name != ".." && name != ".");
@@ -150,6 +133,7 @@ mod tests {
     #[test]
     fn hostile_namespaces_stay_in_iq_d() {
         let d = tmpdir("ns");
+        let acct = Dir::new(&d);
         fs::create_dir_all(d.join("iq.d")).expect("mkdir");
         // An executable outside iq.d must never be reachable.
         let outside = d.join("evil");
@@ -163,8 +147,8 @@ mod tests {
             "/bin/sh",
             "a/../../evil",
         ] {
-            assert_eq!(handler(&d, ns), Handler::None, "{ns:?}");
-            if let Some(p) = under(&d.join("iq.d"), Kind::Namespace, ns) {
+            assert_eq!(handler(&acct, ns), Handler::None, "{ns:?}");
+            if let Ok(p) = acct.iq_handler(ns) {
                 assert_eq!(p.parent(), Some(d.join("iq.d").as_path()));
             }
         }
@@ -174,22 +158,23 @@ mod tests {
     #[test]
     fn finds_executable_handler_only() {
         let d = tmpdir("exec");
+        let acct = Dir::new(&d);
         fs::create_dir_all(d.join("iq.d")).expect("mkdir");
         let name = component(Kind::Namespace, "urn:example:echo").expect("component");
         let p = d.join("iq.d").join(&name);
         fs::write(&p, "#!/bin/sh\ncat\n").expect("write");
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod");
-        assert_eq!(handler(&d, "urn:example:echo"), Handler::None);
+        assert_eq!(handler(&acct, "urn:example:echo"), Handler::None);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o700)).expect("chmod");
-        assert_eq!(handler(&d, "urn:example:echo"), Handler::Exec(p));
-        assert_eq!(handler_namespaces(&d), vec!["urn:example:echo".to_string()]);
+        assert_eq!(handler(&acct, "urn:example:echo"), Handler::Exec(p));
+        assert_eq!(
+            handler_namespaces(&acct),
+            vec!["urn:example:echo".to_string()]
+        );
         // A namespace with '/' maps to an encoded name, still one component.
-        let p2 = under(
-            &d.join("iq.d"),
-            Kind::Namespace,
-            "http://jabber.org/protocol/x",
-        )
-        .expect("maps");
+        let p2 = acct
+            .iq_handler("http://jabber.org/protocol/x")
+            .expect("maps");
         assert_eq!(p2.parent(), Some(d.join("iq.d").as_path()));
         fs::remove_dir_all(&d).ok();
     }

@@ -164,8 +164,8 @@ pub const FILE_MAX: u64 = 64 << 20;
 
 /// The text of `DIR/roster` (a regular file, not through a symbolic link:
 /// `sj::fifo::read_file`); empty when there is none yet.
-pub fn read_file(dir: &std::path::Path) -> std::io::Result<String> {
-    match sj::fifo::read_file(&dir.join("roster"), FILE_MAX) {
+pub fn read_file(dir: &sj::account::Dir) -> std::io::Result<String> {
+    match sj::fifo::read_file(&dir.roster(), FILE_MAX) {
         Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(e),

@@ -19,26 +19,20 @@
 mod classify;
 mod format;
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use sj::account::{Account, ContactDir};
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read, WriteQueue};
 use sj::jid::Jid;
-use sj::path::Kind as PathKind;
+use sj::poll::{Group, Interest, PollSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-const STDIN: Token = Token(0);
-const STDOUT: Token = Token(1);
-const FIRST_CONTACT: usize = 2;
 /// Longest record accepted from sj-proxy: the library's rule.
 const MAX_RECORD: usize = sj::framer::MAX_LINE;
 /// Longest line accepted from an `in` FIFO: escaped, it stays under the
@@ -50,7 +44,6 @@ const QUEUE_HIGH: usize = 1024 * 1024;
 const ROSTER_EVERY: Duration = Duration::from_secs(1);
 /// The largest `DIR/roster` read.
 const ROSTER_MAX: u64 = 64 << 20;
-const MARKER: &str = ".groupchat";
 /// Log lines kept in memory, over all contacts, while their `out` cannot
 /// be written (a full disk); past this, lines are counted, not kept.
 const KEPT_MAX: usize = 1 << 20;
@@ -63,8 +56,7 @@ fn main() -> ExitCode {
 }
 
 struct Args {
-    dir: PathBuf,
-    jid: Jid,
+    acct: Account,
 }
 
 fn parse_args() -> Result<Args, Fatal> {
@@ -87,8 +79,9 @@ fn parse_args() -> Result<Args, Fatal> {
             other => return Err(usage(other.unexpected().to_string())),
         }
     }
-    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
-    Ok(Args { dir, jid })
+    Ok(Args {
+        acct: sj::daemon::resolve(dir, jid, USAGE)?,
+    })
 }
 
 fn raise_nofile() {
@@ -119,26 +112,23 @@ fn fifo_cap() -> usize {
 fn run() -> Result<(), Fatal> {
     let args = parse_args()?;
     raise_nofile();
-    sj::fifo::make_dir(&args.dir)
-        .map_err(|e| Fatal::io(format_args!("create {}", args.dir.display()), &e))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| Fatal::io("install a signal handler", &e))?;
-    }
-    let mut d = Daemon::new(args.dir, args.jid.bare())?;
+    let dir = args.acct.dir();
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format_args!("create {}", dir.display()), &e))?;
+    // A stop hands over what is queued, like the end of input.
+    sj::signal::install(sj::signal::STOP_SIGNALS, false)
+        .map_err(|e| Fatal::io("install a signal handler", &e))?;
+    let mut d = Daemon::new(args.acct)?;
     d.adopt_existing();
     d.check_roster();
-    d.run(&stop)
+    d.run()
 }
 
 /// One contact or room directory.
 struct Contact {
     /// Normalised bare JID, as written in messages.
     jid: String,
-    dir: PathBuf,
-    /// `NAME/out`, the log relative to DIR.
-    out: PathBuf,
+    dir: ContactDir,
     /// `None` while the FIFO cannot be made or opened (e.g. EMFILE).
     fifo: Option<OwnedFd>,
     fifo_warned: bool,
@@ -149,16 +139,21 @@ struct Contact {
     warned: bool,
     /// Lines not yet in `out` because writing it failed, oldest first.
     kept: Kept,
-    /// Readiness not yet consumed (mio is edge-triggered).
+    /// In `Daemon::ready`: read until it would block, a few reads a
+    /// turn, so one busy FIFO cannot starve the others.
     ready: bool,
 }
 
 struct Daemon {
-    dir: PathBuf,
+    /// Who we are (our bare JID is the nick of what the account says) and
+    /// DIR.
+    acct: Account,
     /// DIR held open: logs are opened beneath it, never through a link.
     root: sj::fifo::Root,
-    own: Jid,
-    poll: Poll,
+    /// Every open `in` FIFO, waited on as one descriptor: with thousands
+    /// of contacts, handing them all to poll(2) each turn would cost
+    /// milliseconds per message.
+    fifos: Group,
     contacts: Vec<Contact>,
     by_name: HashMap<String, usize>,
     /// The same contacts by normalised bare JID: the JID of nearly every
@@ -173,6 +168,9 @@ struct Daemon {
     /// The last `out` stamp made, by Unix minute (see `stamp`).
     stamp: Option<(i64, String)>,
     ready: VecDeque<usize>,
+    /// fd 0 and fd 1: records from and to sj-proxy.
+    input: std::io::Stdin,
+    output: std::io::Stdout,
     stdin: LineReader,
     /// One read buffer shared by all FIFOs (10,000 private 64 KiB buffers
     /// would be 640 MiB).
@@ -185,8 +183,6 @@ struct Daemon {
     counter: u64,
     pid: u32,
     roster_seen: Option<(SystemTime, u64, u64)>,
-    /// stdin is a pipe or socket (else it is read without waiting).
-    stdin_polled: bool,
     /// `in` FIFOs held open, and the most that leaves descriptors for
     /// appending to logs.
     fifos_open: usize,
@@ -196,54 +192,29 @@ struct Daemon {
     kept_bytes: usize,
 }
 
-/// Belt and braces around sj::path: a component is one plain name.
-fn plain_component(c: &str) -> bool {
-    !c.is_empty()
-        && c != "."
-        && c != ".."
-        && !c.starts_with('.')
-        && !c.contains(['/', '\0'])
-        && !sj::path::RESERVED.contains(&c)
-}
-
 impl Daemon {
-    fn new(dir: PathBuf, own: Jid) -> Result<Daemon, Fatal> {
-        let poll = Poll::new().map_err(|e| Fatal::io("create a poller", &e))?;
-        for (fd, what) in [(0, "stdin"), (1, "stdout")] {
-            // SAFETY: 0 and 1 stay open for the life of the process.
-            let b = unsafe { BorrowedFd::borrow_raw(fd) };
-            sj::io::set_nonblocking(b)
-                .map_err(|e| Fatal::io(format_args!("set {what} non-blocking"), &e))?;
-        }
-        // Regular files and /dev/null cannot be polled (EPERM) but never
-        // block either: read them until EOF without waiting.
-        let stdin_polled =
-            match poll
-                .registry()
-                .register(&mut SourceFd(&0), STDIN, Interest::READABLE)
-            {
-                Ok(()) => true,
-                Err(e) if e.raw_os_error() == Some(nix::libc::EPERM) => false,
-                Err(e) => return Err(Fatal::io("watch stdin", &e)),
-            };
-        // A pipe or FIFO on stdout; regular files cannot be polled and
-        // never block, so a failure here is not fatal.
-        let _ = poll
-            .registry()
-            .register(&mut SourceFd(&1), STDOUT, Interest::WRITABLE);
-        let root = sj::fifo::Root::open(&dir)
+    fn new(acct: Account) -> Result<Daemon, Fatal> {
+        // Regular files and /dev/null on either are fine too: poll(2)
+        // finds them always ready, and they never block.
+        let (input, output) = (std::io::stdin(), std::io::stdout());
+        sj::io::set_nonblocking(&input).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+        sj::io::set_nonblocking(&output).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
+        let dir = acct.dir();
+        let root = sj::fifo::Root::open(dir.path())
             .map_err(|e| Fatal::io(format_args!("open {}", dir.display()), &e))?;
+        let fifos = Group::new().map_err(|e| Fatal::io("create an epoll instance", &e))?;
         Ok(Daemon {
-            dir,
+            acct,
             root,
-            own,
-            poll,
+            fifos,
             contacts: Vec::new(),
             by_name: HashMap::new(),
             by_jid: HashMap::new(),
             last_contact: None,
             stamp: None,
             ready: VecDeque::new(),
+            input,
+            output,
             stdin: LineReader::new(MAX_RECORD),
             scratch: vec![0; 64 * 1024],
             out: WriteQueue::new(),
@@ -251,7 +222,6 @@ impl Daemon {
             counter: 0,
             pid: std::process::id(),
             roster_seen: None,
-            stdin_polled,
             fifos_open: 0,
             fifo_cap: fifo_cap(),
             cap_warned: false,
@@ -285,22 +255,17 @@ impl Daemon {
         if let Some(&i) = self.by_jid.get(&jid) {
             return Some(i);
         }
-        let name = match sj::path::component(PathKind::Contact, &jid) {
-            Ok(n) if plain_component(&n) => n,
-            Ok(n) => {
-                sj::log::warn(&format!("refusing contact path component {n:?} for {jid}"));
-                return None;
-            }
+        let dir = match self.acct.dir().contact(&jid) {
+            Ok(d) => d,
             Err(e) => {
                 sj::log::warn(&format!("no directory for {jid:?}: {e}"));
                 return None;
             }
         };
-        if let Some(&i) = self.by_name.get(&name) {
+        if let Some(&i) = self.by_name.get(dir.name()) {
             self.by_jid.insert(jid, i);
             return Some(i);
         }
-        let dir = self.dir.join(&name);
         if let Err(e) = make_contact_dir(&dir) {
             sj::log::warn(&format!(
                 "unable to create {}: {}",
@@ -310,12 +275,12 @@ impl Daemon {
             return None;
         }
         let i = self.contacts.len();
-        let marked = fs::symlink_metadata(dir.join(MARKER)).is_ok();
+        let marked = fs::symlink_metadata(dir.groupchat()).is_ok();
+        let name = dir.name().to_string();
         self.by_jid.insert(jid.clone(), i);
         self.contacts.push(Contact {
             jid,
             dir,
-            out: Path::new(&name).join("out"),
             fifo: None,
             fifo_warned: false,
             partial: Partial::default(),
@@ -329,13 +294,13 @@ impl Daemon {
         Some(i)
     }
 
-    /// Make and open a contact's `in` FIFO and watch it. Without it the
-    /// contact is still logged; the FIFO is tried again on its next message.
+    /// Make and open a contact's `in` FIFO and wait on it with the others
+    /// (`fifos`). Without it the contact is still logged; the FIFO is tried
+    /// again on its next message.
     fn attach_fifo(&mut self, i: usize) {
-        let reg = self.poll.registry();
         let c = &mut self.contacts[i];
         if let Some(old) = c.fifo.take() {
-            let _ = reg.deregister(&mut SourceFd(&old.as_raw_fd()));
+            let _ = self.fifos.remove(old.as_fd());
             self.fifos_open -= 1;
         }
         if self.fifos_open >= self.fifo_cap {
@@ -350,15 +315,8 @@ impl Daemon {
             }
             return;
         }
-        let res = open_fifo(&c.dir).and_then(|fd| {
-            reg.register(
-                &mut SourceFd(&fd.as_raw_fd()),
-                Token(FIRST_CONTACT + i),
-                Interest::READABLE,
-            )?;
-            Ok(fd)
-        });
-        match res {
+        let key = i as u64;
+        match open_fifo(&c.dir).and_then(|fd| self.fifos.add(fd.as_fd(), key).map(|()| fd)) {
             Ok(fd) => {
                 c.fifo = Some(fd);
                 c.fifo_warned = false;
@@ -383,7 +341,7 @@ impl Daemon {
     }
 
     fn write_marker(&self, i: usize) {
-        let p = self.contacts[i].dir.join(MARKER);
+        let p = self.contacts[i].dir.groupchat();
         if let Err(e) = sj::fifo::write_marker(&p, b"") {
             sj::log::warn(&format!(
                 "unable to create {}: {}",
@@ -395,25 +353,13 @@ impl Daemon {
 
     /// Directories left by an earlier run: keep their `in` FIFOs served.
     fn adopt_existing(&mut self) {
-        let Ok(rd) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for ent in rd.flatten() {
-            let Ok(name) = ent.file_name().into_string() else {
+        for c in self.acct.dir().contacts() {
+            let Some(jid) = c.decoded().and_then(|s| Jid::parse(&s).ok()) else {
                 continue;
             };
-            if !plain_component(&name) || !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                continue;
-            }
-            let Some(jid) = sj::path::decode(&name).and_then(|s| Jid::parse(&s).ok()) else {
-                continue;
-            };
-            if !jid.is_bare()
-                || sj::path::component(PathKind::Contact, &jid.to_string())
-                    .ok()
-                    .as_deref()
-                    != Some(name.as_str())
-            {
+            // Only the directory the rule makes for that JID.
+            let made = self.acct.dir().contact(&jid.to_string()).ok();
+            if !jid.is_bare() || made.as_ref().map(ContactDir::name) != Some(c.name()) {
                 continue;
             }
             self.contact(&jid, false);
@@ -422,7 +368,7 @@ impl Daemon {
 
     /// Make a directory for every roster item when DIR/roster changed.
     fn check_roster(&mut self) {
-        let path = self.dir.join("roster");
+        let path = self.acct.dir().roster();
         let Ok(meta) = fs::symlink_metadata(&path) else {
             return;
         };
@@ -458,19 +404,11 @@ impl Daemon {
         }
     }
 
-    fn run(&mut self, stop: &AtomicBool) -> Result<(), Fatal> {
-        let mut events = Events::with_capacity(1024);
+    fn run(&mut self) -> Result<(), Fatal> {
         let mut next_roster = Instant::now() + ROSTER_EVERY;
-        let mut stdin_ready = true;
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if sj::signal::stopping() {
                 return self.drain_and_exit();
-            }
-            if stdin_ready {
-                match self.read_stdin()? {
-                    Read::Eof => return self.drain_and_exit(),
-                    _ => stdin_ready = !self.stdin_polled,
-                }
             }
             self.serve_fifos();
             self.flush()?;
@@ -481,27 +419,30 @@ impl Daemon {
                 next_roster = now + ROSTER_EVERY;
             }
             let busy = !self.ready.is_empty() && self.out.len() < QUEUE_HIGH;
-            let timeout = if busy {
-                Duration::ZERO
-            } else {
-                next_roster.saturating_duration_since(Instant::now())
-            };
-            match self.poll.poll(&mut events, Some(timeout)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Fatal::io("wait for input", &e)),
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    STDIN => stdin_ready = true,
-                    STDOUT => {}
-                    Token(t) => {
-                        let i = t - FIRST_CONTACT;
-                        if let Some(c) = self.contacts.get_mut(i) {
-                            if !c.ready {
-                                c.ready = true;
-                                self.ready.push_back(i);
-                            }
+            let wake = if busy { Instant::now() } else { next_roster };
+            let ready = self
+                .poll_set()
+                .wait(Some(wake))
+                .map_err(|e| Fatal::io("wait for input", &e))?;
+            for (token, _) in ready {
+                match token {
+                    Token::Signal => {
+                        sj::signal::drain();
+                    }
+                    Token::Stdin => {
+                        if self.read_stdin()? == Read::Eof {
+                            return self.drain_and_exit();
+                        }
+                    }
+                    // Writable stdout only wakes the loop to flush.
+                    Token::Stdout => {}
+                    Token::Fifos => {
+                        let ready = self
+                            .fifos
+                            .ready()
+                            .map_err(|e| Fatal::io("wait for input", &e))?;
+                        for i in ready {
+                            self.mark_ready(usize::try_from(i).unwrap_or(usize::MAX));
                         }
                     }
                 }
@@ -509,14 +450,38 @@ impl Daemon {
         }
     }
 
+    /// What to wait for: stdin, stdout while records wait, and the `in`
+    /// FIFOs while the queue has room.
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let mut set = PollSet::with_capacity(4);
+        if let Some(fd) = sj::signal::fd() {
+            set.add(fd, Token::Signal, Interest::Read);
+        }
+        set.add(self.input.as_fd(), Token::Stdin, Interest::Read);
+        if !self.out.is_empty() {
+            set.add(self.output.as_fd(), Token::Stdout, Interest::Write);
+        }
+        if self.out.len() < QUEUE_HIGH {
+            set.add(self.fifos.fd(), Token::Fifos, Interest::Read);
+        }
+        set
+    }
+
+    fn mark_ready(&mut self, i: usize) {
+        if let Some(c) = self.contacts.get_mut(i) {
+            if !c.ready {
+                c.ready = true;
+                self.ready.push_back(i);
+            }
+        }
+    }
+
     /// Read and handle records until stdin would block (or ends).
     fn read_stdin(&mut self) -> Result<Read, Fatal> {
         loop {
-            // SAFETY: fd 0 stays open for the life of the process.
-            let fd = unsafe { BorrowedFd::borrow_raw(0) };
             let r = self
                 .stdin
-                .fill(fd)
+                .fill(&self.input)
                 .map_err(|e| Fatal::io("read from sj-proxy", &e))?;
             // Handled where they lie in the reader's buffer, not copied out
             // one allocation each; the reader is lent out meanwhile
@@ -544,7 +509,7 @@ impl Daemon {
             sj::log::warn("dropping a record that does not parse");
             return;
         };
-        for e in classify::classify(&el, &self.own) {
+        for e in classify::classify(&el, self.acct.jid()) {
             self.log(e);
         }
     }
@@ -625,7 +590,7 @@ impl Daemon {
                 ),
             ));
         }
-        let rel = &self.contacts[i].out;
+        let rel = &self.contacts[i].dir.out_beneath();
         let repair = self.contacts[i].warned;
         // Opened beneath DIR with no link followed: a contact directory
         // replaced by a symbolic link since it was made is never written
@@ -634,7 +599,7 @@ impl Daemon {
         if matches!(&result, Err(err) if err.kind() == io::ErrorKind::NotFound) {
             // The directory went away under us: make it again.
             self.remake(i);
-            let rel = &self.contacts[i].out;
+            let rel = &self.contacts[i].dir.out_beneath();
             result = sj::outlog::append_beneath(&self.root, rel, &text, repair);
         }
         let c = &mut self.contacts[i];
@@ -770,10 +735,8 @@ impl Daemon {
     }
 
     fn flush(&mut self) -> Result<(), Fatal> {
-        // SAFETY: fd 1 stays open for the life of the process.
-        let fd = unsafe { BorrowedFd::borrow_raw(1) };
         self.out
-            .flush(fd)
+            .flush(&self.output)
             .map(|_| ())
             .map_err(|e| Fatal::io("write to sj-proxy", &e))
     }
@@ -800,11 +763,9 @@ impl Daemon {
         }
         loop {
             self.serve_fifos();
-            // SAFETY: fd 1 stays open for the life of the process.
-            let fd = unsafe { BorrowedFd::borrow_raw(1) };
             let done = self
                 .out
-                .flush(fd)
+                .flush(&self.output)
                 .map_err(|e| Fatal::io("write to sj-proxy", &e))?;
             if done && self.ready.is_empty() {
                 return Ok(());
@@ -816,11 +777,20 @@ impl Daemon {
                 )));
             }
             if !done {
-                let pfd = nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT);
-                let _ = nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(100u16));
+                let wake = Some(deadline.min(Instant::now() + Duration::from_millis(100)));
+                let _ = sj::poll::wait_one(self.output.as_fd(), Interest::Write, wake);
             }
         }
     }
+}
+
+/// What each descriptor of a turn's poll set is.
+enum Token {
+    Signal,
+    Stdin,
+    Stdout,
+    /// One or more `in` FIFOs (`Daemon::fifos`).
+    Fifos,
 }
 
 /// Log lines owed to one `out` file: kept in order while they fit in the
@@ -894,16 +864,16 @@ impl Partial {
 
 /// Make `dir` (mode 0700, a real directory, not a symlink) and an empty
 /// `out` in it unless there is one, so `tail -f out` works from the start.
-fn make_contact_dir(dir: &Path) -> io::Result<()> {
-    sj::fifo::make_subdir(dir)?;
+fn make_contact_dir(dir: &ContactDir) -> io::Result<()> {
+    sj::fifo::make_subdir(dir.path())?;
     // Best effort: a failure shows (and is reported) on the first append.
-    let _ = sj::outlog::append(&dir.join("out"), "", false);
+    let _ = sj::outlog::append(&dir.out(), "", false);
     Ok(())
 }
 
 /// Make `dir/in` (a FIFO, 0600) unless it is there, and open it for reading.
-fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
-    let fifo = dir.join("in");
+fn open_fifo(dir: &ContactDir) -> io::Result<OwnedFd> {
+    let fifo = dir.in_fifo();
     sj::fifo::make(&fifo)?;
     sj::fifo::open_read(&fifo)
 }
@@ -911,6 +881,7 @@ fn open_fifo(dir: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn partial_lines() {
@@ -953,20 +924,11 @@ mod tests {
         assert_eq!((k.lines, k.lost), (1, 1));
     }
 
-    #[test]
-    fn plain_components_only() {
-        for bad in [
-            "", ".", "..", ".x", "a/b", "in", "roster", "clients", "a\0b",
-        ] {
-            assert!(!plain_component(bad), "{bad:?}");
-        }
-        assert!(plain_component("bob@localhost"));
-    }
-
     /// Hostile JIDs go through sj::path and stay one level under DIR.
     #[test]
     fn hostile_jids_stay_in_dir() {
         let base = Path::new("/tmp/acct");
+        let dir = sj::account::Dir::new(base);
         for hostile in [
             "../../etc@localhost",
             "..",
@@ -985,10 +947,11 @@ mod tests {
                 continue;
             };
             let bare = j.bare().to_string();
-            if let Ok(c) = sj::path::component(PathKind::Contact, &bare) {
-                assert!(plain_component(&c), "{hostile:?} -> {c:?}");
-                let p = base.join(&c);
-                assert_eq!(p.parent(), Some(base), "{hostile:?} -> {c:?}");
+            if let Ok(c) = dir.contact(&bare) {
+                let p = c.path();
+                assert_eq!(p.parent(), Some(base), "{hostile:?} -> {p:?}");
+                assert!(!c.name().starts_with('.'), "{hostile:?} -> {p:?}");
+                assert!(!sj::path::RESERVED.contains(&c.name()), "{hostile:?}");
                 assert_eq!(p.components().count(), base.components().count() + 1);
             }
         }

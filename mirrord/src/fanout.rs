@@ -8,9 +8,10 @@
 //! the client's directory before closing the FIFO, so its reader, which
 //! sees the end of input next, can tell a drop from mirrord stopping.
 
-use crate::route::{self, Account, Target};
+use crate::route::{self, Target};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use sj::account::{Account, ClientDir};
 use sj::io::WriteQueue;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -42,6 +43,8 @@ fn ino_of_fd(fd: &OwnedFd) -> Option<Ino> {
 struct Client {
     /// `DIR/clients/NAME/in`.
     path: PathBuf,
+    /// `DIR/clients/NAME/dropped`.
+    marker: PathBuf,
     /// Open write end, when there is a reader.
     fd: Option<OwnedFd>,
     queue: WriteQueue,
@@ -59,9 +62,10 @@ struct Client {
 }
 
 impl Client {
-    fn new(path: PathBuf) -> Self {
+    fn new(dir: &ClientDir) -> Self {
         Client {
-            path,
+            path: dir.in_fifo(),
+            marker: dir.dropped(),
             fd: None,
             queue: WriteQueue::new(),
             ino: None,
@@ -74,11 +78,6 @@ impl Client {
     fn close(&mut self) {
         self.fd = None;
         self.queue.clear();
-    }
-
-    /// `DIR/clients/NAME/dropped`.
-    fn marker(&self) -> PathBuf {
-        self.path.with_file_name(sj::fifo::DROPPED)
     }
 
     /// Over the bound: mark the drop, close, forget the queue, remember
@@ -101,10 +100,10 @@ impl Client {
         }
         self.pin = pin;
         let why = format!("queue over {bound} bytes\n");
-        if let Err(e) = sj::fifo::write_marker(&self.marker(), why.as_bytes()) {
+        if let Err(e) = sj::fifo::write_marker(&self.marker, why.as_bytes()) {
             sj::log::warn(&format!(
                 "client {name}: unable to write {}: {}",
-                self.marker().display(),
+                self.marker.display(),
                 sj::log::strerror(&e)
             ));
         }
@@ -122,7 +121,6 @@ pub struct Report {
 
 /// All clients of one account directory.
 pub struct Fanout {
-    clients_dir: PathBuf,
     account: Account,
     bound: usize,
     clients: BTreeMap<String, Client>,
@@ -131,9 +129,8 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub fn new(clients_dir: &Path, account: Account, bound: usize) -> Self {
+    pub fn new(account: Account, bound: usize) -> Self {
         Fanout {
-            clients_dir: clients_dir.to_path_buf(),
             account,
             bound,
             clients: BTreeMap::new(),
@@ -147,10 +144,13 @@ impl Fanout {
         self.clients.retain(|n, _| names.contains(n));
         self.by_resource.retain(|_, d| names.contains(d));
         for name in names {
+            let Ok(dir) = self.account.dir().client(name) else {
+                continue;
+            };
             let c = self
                 .clients
                 .entry(name.clone())
-                .or_insert_with(|| Client::new(self.clients_dir.join(name).join("in")));
+                .or_insert_with(|| Client::new(&dir));
             if let Some(old) = c.ino {
                 if ino_of(&c.path) != Some(old) {
                     // Registered again: start afresh.
@@ -160,9 +160,8 @@ impl Fanout {
                         sj::log::info(&format!("client {name} registered again"));
                         // Its drop is over; a marker left by it would
                         // mislead the new reader.
-                        let m = c.marker();
-                        if fs_is_file(&m) {
-                            let _ = std::fs::remove_file(&m);
+                        if fs_is_file(&c.marker) {
+                            let _ = std::fs::remove_file(&c.marker);
                         }
                     }
                     c.dropped = false;
@@ -170,7 +169,7 @@ impl Fanout {
                 }
             }
             self.by_resource
-                .entry(route::decode_name(name))
+                .entry(route::resource_of_dir(name))
                 .or_insert_with(|| name.clone());
         }
     }
@@ -330,12 +329,10 @@ mod tests {
     }
 
     fn fanout(c: &Path, bound: usize) -> Fanout {
-        let mut f = Fanout::new(
-            c,
-            Account::parse("alice@localhost/sj-proxy").expect("jid"),
-            bound,
-        );
-        f.sync(&sj::fifo::list_clients(c));
+        let jid = sj::jid::Jid::parse("alice@localhost/sj-proxy").expect("jid");
+        let dir = sj::account::Dir::new(c.parent().expect("DIR"));
+        let mut f = Fanout::new(Account::new(&jid, dir.clone()), bound);
+        f.sync(&sj::fifo::list_clients(&dir));
         f
     }
 
@@ -401,7 +398,7 @@ mod tests {
         assert!(f.is_dropped("stuck"));
         // The marker says why, for the reader that sees its end of input.
         assert_eq!(
-            std::fs::read_to_string(c.join("stuck").join(sj::fifo::DROPPED)).expect("marker"),
+            std::fs::read_to_string(c.join("stuck/dropped")).expect("marker"),
             format!("queue over {bound} bytes\n")
         );
         assert_eq!(got.len(), n);
@@ -412,19 +409,20 @@ mod tests {
             );
         }
         // Still dropped while its FIFO is the same one.
-        f.sync(&sj::fifo::list_clients(&c));
+        f.sync(&sj::fifo::list_clients(&sj::account::Dir::new(
+            c.parent().expect("DIR"),
+        )));
         assert!(f.is_dropped("stuck"));
         // It registers again (new FIFO): it is written to again.
         drop(_rs);
         std::fs::remove_file(c.join("stuck/in")).expect("rm");
         sj::fifo::make(&c.join("stuck/in")).expect("fifo");
         let rs = sj::fifo::open_read(&c.join("stuck/in")).expect("open");
-        f.sync(&sj::fifo::list_clients(&c));
+        f.sync(&sj::fifo::list_clients(&sj::account::Dir::new(
+            c.parent().expect("DIR"),
+        )));
         assert!(!f.is_dropped("stuck"));
-        assert!(
-            !c.join("stuck").join(sj::fifo::DROPPED).exists(),
-            "marker gone"
-        );
+        assert!(!c.join("stuck/dropped").exists(), "marker gone");
         f.deliver(b"<presence/>");
         f.flush_all();
         assert_eq!(drain(&rs), vec!["<presence/>"]);
@@ -489,7 +487,9 @@ mod tests {
         let mut f = fanout(&c, 1024);
         assert_eq!(f.names().collect::<Vec<_>>(), vec!["a"]);
         std::fs::remove_dir_all(c.join("a")).expect("rm");
-        f.sync(&sj::fifo::list_clients(&c));
+        f.sync(&sj::fifo::list_clients(&sj::account::Dir::new(
+            c.parent().expect("DIR"),
+        )));
         assert_eq!(f.names().count(), 0);
         assert_eq!(f.deliver(b"<iq to='alice@localhost/a'/>").0, Target::Nobody);
     }

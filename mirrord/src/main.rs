@@ -12,10 +12,10 @@ mod fanout;
 mod route;
 
 use fanout::Fanout;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use route::Account;
+use sj::account::Account;
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read};
+use sj::poll::{Interest, PollSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +37,6 @@ const GRACE: Duration = Duration::from_secs(1);
 struct Opts {
     verbose: bool,
     bound: usize,
-    dir: PathBuf,
     account: Account,
 }
 
@@ -87,40 +86,58 @@ fn parse_args() -> Result<Opts, Fatal> {
             other => return Err(usage(other.unexpected().to_string())),
         }
     }
-    let jid = sj::daemon::jid(jid, USAGE)?;
-    let account = Account::parse(&jid).map_err(Fatal::permanent)?;
-    let dir = sj::daemon::dir(dir, account.bare(), USAGE)?;
+    let account = sj::daemon::resolve(dir, jid, USAGE)?;
     Ok(Opts {
         verbose,
         bound,
-        dir,
         account,
     })
-}
-
-fn ignore_sigpipe() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: SIG_IGN installs no handler code; nothing else runs yet.
-    unsafe {
-        let _ = signal(Signal::SIGPIPE, SigHandler::SigIgn);
-    }
-}
-
-fn poll_timeout(d: Duration) -> PollTimeout {
-    // At most TICK (1000 ms), so it fits.
-    PollTimeout::from(d.as_millis().min(1000) as u16)
 }
 
 fn run() -> Result<(), Fatal> {
     let opts = parse_args()?;
     sj::log::set_verbose(opts.verbose);
-    ignore_sigpipe();
-    let clients_dir = opts.dir.join("clients");
-    let mut watcher = sj::fifo::ClientWatcher::new(&clients_dir)
-        .map_err(|e| Fatal::io(format!("watch {}", clients_dir.display()), &e))?;
-    let mut fan = Fanout::new(&clients_dir, opts.account, opts.bound);
-    let rescan = |watcher: &mut sj::fifo::ClientWatcher, fan: &mut Fanout| {
-        let (added, removed) = watcher.changes();
+    // A client gone while written to is EPIPE, not a death: SIGPIPE is
+    // ignored, as the Rust runtime sets it up before main.
+    let dir = opts.account.dir();
+    let watcher = sj::fifo::ClientWatcher::new(dir)
+        .map_err(|e| Fatal::io(format!("watch {}", dir.clients().display()), &e))?;
+    let stdin = std::io::stdin();
+    sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+    let mut m = Mirror {
+        fan: Fanout::new(opts.account, opts.bound),
+        watcher,
+        stdin,
+        reader: LineReader::new(MAX_RECORD),
+        next_tick: Instant::now() + TICK,
+    };
+    m.rescan();
+    while m.turn()? {}
+    m.drain();
+    Ok(())
+}
+
+/// The loop: records from stdin, the clients' FIFOs, the watch on
+/// `DIR/clients`.
+struct Mirror {
+    fan: Fanout,
+    watcher: sj::fifo::ClientWatcher,
+    stdin: std::io::Stdin,
+    reader: LineReader,
+    next_tick: Instant,
+}
+
+/// What each descriptor of a turn's poll set is.
+enum Token {
+    Stdin,
+    Inotify,
+    /// A client's `in` (its place among the pending ones), writable.
+    Client(usize),
+}
+
+impl Mirror {
+    fn rescan(&mut self) {
+        let (added, removed) = self.watcher.changes();
         if sj::log::verbose() {
             for n in &added {
                 sj::log::info(&format!("client {n} arrived"));
@@ -129,111 +146,94 @@ fn run() -> Result<(), Fatal> {
                 sj::log::info(&format!("client {n} left"));
             }
         }
-        fan.sync(watcher.known());
-    };
-    rescan(&mut watcher, &mut fan);
+        self.fan.sync(self.watcher.known());
+    }
 
-    let stdin = std::io::stdin();
-    let stdin = stdin.as_fd();
-    sj::io::set_nonblocking(stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
-    let mut reader = LineReader::new(MAX_RECORD);
-    let mut next_tick = Instant::now() + TICK;
-
-    loop {
-        let (stdin_ready, inotify_ready, writable) = {
-            let pending = fan.pending();
-            let mut fds = Vec::with_capacity(pending.len() + 2);
-            fds.push(PollFd::new(stdin, PollFlags::POLLIN));
-            let ino = watcher.fd();
-            if let Some(fd) = ino {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
-            for (_, fd) in &pending {
-                fds.push(PollFd::new(*fd, PollFlags::POLLOUT));
-            }
-            let timeout = poll_timeout(next_tick.saturating_duration_since(Instant::now()));
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(Fatal::io("poll", &e.into())),
-            }
-            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            let skip = 1 + usize::from(ino.is_some());
-            let writable: Vec<String> = pending
-                .iter()
-                .zip(&fds[skip..])
-                .filter(|(_, f)| ready(f))
-                .map(|((n, _), _)| n.to_string())
-                .collect();
-            (ready(&fds[0]), ino.is_some() && ready(&fds[1]), writable)
-        };
-
-        if !writable.is_empty() {
-            fan.flush_some(&writable);
+    /// One turn; false once stdin ended.
+    fn turn(&mut self) -> Result<bool, Fatal> {
+        // The clients with records waiting, named by their place in it.
+        let pending = self.fan.pending();
+        let mut set = PollSet::with_capacity(2 + pending.len());
+        set.add(self.stdin.as_fd(), Token::Stdin, Interest::Read);
+        if let Some(fd) = self.watcher.fd() {
+            set.add(fd, Token::Inotify, Interest::Read);
         }
-        if inotify_ready || Instant::now() >= next_tick {
-            watcher.drain();
-            rescan(&mut watcher, &mut fan);
-            if Instant::now() >= next_tick {
-                next_tick = Instant::now() + TICK;
+        for (i, (_, fd)) in pending.iter().enumerate() {
+            set.add(*fd, Token::Client(i), Interest::Write);
+        }
+        let ready = set
+            .wait(Some(self.next_tick))
+            .map_err(|e| Fatal::io("poll", &e))?;
+        let (mut stdin_ready, mut inotify_ready, mut writable) = (false, false, Vec::new());
+        for (t, _) in ready {
+            match t {
+                Token::Stdin => stdin_ready = true,
+                Token::Inotify => inotify_ready = true,
+                Token::Client(i) => writable.push(pending[i].0.to_string()),
+            }
+        }
+        if !writable.is_empty() {
+            self.fan.flush_some(&writable);
+        }
+        let tick = Instant::now() >= self.next_tick;
+        if inotify_ready || tick {
+            self.watcher.drain();
+            self.rescan();
+            if tick {
+                self.next_tick = Instant::now() + TICK;
             }
         }
         if stdin_ready {
-            let eof = match reader.fill(stdin) {
-                Ok(Read::Data(_)) => false,
-                Ok(Read::WouldBlock) => continue,
-                Ok(Read::Eof) => true,
-                Err(e) => return Err(Fatal::io("read stdin", &e)),
-            };
-            while let Some(line) = reader.next_line() {
-                if line.is_empty() {
-                    continue;
-                }
-                let (target, _) = fan.deliver(line);
-                if sj::log::verbose() {
-                    sj::log::trace(&format!("> {target:?}"), line);
-                }
+            return self.read_stdin();
+        }
+        Ok(true)
+    }
+
+    /// One read of records, queued for their clients; false at the end
+    /// of input.
+    fn read_stdin(&mut self) -> Result<bool, Fatal> {
+        let eof = match self.reader.fill(&self.stdin) {
+            Ok(Read::Data(_)) => false,
+            Ok(Read::WouldBlock) => return Ok(true),
+            Ok(Read::Eof) => true,
+            Err(e) => return Err(Fatal::io("read stdin", &e)),
+        };
+        while let Some(line) = self.reader.next_line() {
+            if line.is_empty() {
+                continue;
             }
-            reader.warn_overlong("sj-proxy");
-            fan.flush_all();
-            if eof {
-                if reader.pending() > 0 {
-                    sj::log::warn("incomplete last line at end of input: dropped");
-                }
-                drain(&mut fan);
-                return Ok(());
+            let (target, _) = self.fan.deliver(line);
+            if sj::log::verbose() {
+                sj::log::trace(&format!("> {target:?}"), line);
             }
         }
+        self.reader.warn_overlong("sj-proxy");
+        self.fan.flush_all();
+        if eof && self.reader.pending() > 0 {
+            sj::log::warn("incomplete last line at end of input: dropped");
+        }
+        Ok(!eof)
     }
-}
 
-/// Flush what can be flushed within GRACE.
-fn drain(fan: &mut Fanout) {
-    let deadline = Instant::now() + GRACE;
-    loop {
-        fan.flush_all();
-        let now = Instant::now();
-        let writable: Vec<String> = {
-            let pending = fan.pending();
-            if pending.is_empty() || now >= deadline {
+    /// Flush what can be flushed within GRACE.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + GRACE;
+        loop {
+            self.fan.flush_all();
+            let pending = self.fan.pending();
+            if pending.is_empty() || Instant::now() >= deadline {
                 return;
             }
-            let mut fds: Vec<PollFd> = pending
-                .iter()
-                .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLOUT))
-                .collect();
-            if let Err(e) = nix::poll::poll(&mut fds, poll_timeout(deadline - now)) {
-                if e != nix::errno::Errno::EINTR {
-                    return;
-                }
+            let mut set = PollSet::with_capacity(pending.len());
+            for (name, fd) in pending {
+                set.add(fd, name.to_string(), Interest::Write);
             }
-            pending
-                .iter()
-                .zip(&fds)
-                .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
-                .map(|((n, _), _)| n.to_string())
-                .collect()
-        };
-        fan.flush_some(&writable);
+            let Ok(ready) = set.wait(Some(deadline)) else {
+                return;
+            };
+            let writable: Vec<String> = ready.into_iter().map(|(n, _)| n).collect();
+            self.fan.flush_some(&writable);
+        }
     }
 }
 

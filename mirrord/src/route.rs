@@ -7,62 +7,11 @@
 //! XEP-0280 sent copy (`sj::xml::Element::parse`). It never panics on a
 //! malformed record; it answers "broadcast" instead.
 
+use sj::account::Account;
+
 const CARBONS: &str = "urn:xmpp:carbons:2";
 const FORWARD: &str = "urn:xmpp:forward:0";
 const CLIENT_NS: &str = "jabber:client";
-
-/// The account mirrord serves: the bound upstream full JID, split.
-#[derive(Debug, Clone)]
-pub struct Account {
-    /// Bare JID, lowercased for comparison.
-    bare: String,
-    /// The upstream resource, if the JID had one.
-    resource: Option<String>,
-}
-
-impl Account {
-    /// Split `jid` (`local@domain/resource`). Refuses an empty JID, an empty
-    /// part, and whitespace or control characters.
-    pub fn parse(jid: &str) -> Result<Account, String> {
-        if jid.is_empty() {
-            return Err("empty JID".into());
-        }
-        let (bare, resource) = match jid.split_once('/') {
-            Some((b, r)) => (b, Some(r)),
-            None => (jid, None),
-        };
-        if bare.is_empty() || bare.starts_with('@') || bare.ends_with('@') {
-            return Err(format!("invalid JID: {jid}"));
-        }
-        if bare
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "<>'\"&".contains(c))
-        {
-            return Err(format!("invalid JID: {jid}"));
-        }
-        if resource == Some("") {
-            return Err(format!("invalid JID: empty resource: {jid}"));
-        }
-        Ok(Account {
-            bare: bare.to_lowercase(),
-            resource: resource.map(str::to_string),
-        })
-    }
-
-    pub fn bare(&self) -> &str {
-        &self.bare
-    }
-
-    /// The resource of `jid` when `jid` is this account's full JID.
-    fn resource_of<'a>(&self, jid: &'a str) -> Option<&'a str> {
-        let (b, r) = jid.split_once('/')?;
-        (self.is_bare(b) && !r.is_empty()).then_some(r)
-    }
-
-    fn is_bare(&self, jid: &str) -> bool {
-        jid.len() == self.bare.len() && jid.to_lowercase() == self.bare
-    }
-}
 
 /// Where one record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +42,7 @@ pub fn target<'c>(
             if let Some(dir) = client(res) {
                 return Target::Only(dir.to_string());
             }
-            if account.resource.as_deref() != Some(res) {
+            if account.resource() != Some(res) {
                 // A client that has gone away: nobody else should see it.
                 return Target::Nobody;
             }
@@ -138,29 +87,11 @@ fn sent_origin(record: &[u8], account: &Account) -> Option<String> {
     account.resource_of(inner.attr("from")?).map(str::to_string)
 }
 
-/// Percent-decoding of a client directory name back to its resource
-/// (`sj::path` encodes `/`, `%` and friends as `%XX`). Names that do not
-/// decode to UTF-8 are taken as they are.
-pub fn decode_name(name: &str) -> String {
-    if !name.contains('%') {
-        return name.to_string();
-    }
-    let b = name.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap_or_else(|_| name.to_string())
+/// The resource of the client whose directory is `name`: the name
+/// decoded by the one path rule (`sj::path::decode`), or the name as it is
+/// when the rule did not make it (a raw client's directory made by hand).
+pub fn resource_of_dir(name: &str) -> String {
+    sj::path::decode(name).unwrap_or_else(|| name.to_string())
 }
 
 #[cfg(test)]
@@ -168,7 +99,8 @@ mod tests {
     use super::*;
 
     fn acct() -> Account {
-        Account::parse("alice@localhost/sj-proxy").expect("jid")
+        let jid = sj::jid::Jid::parse("alice@localhost/sj-proxy").expect("jid");
+        Account::new(&jid, sj::account::Dir::new("/nonexistent"))
     }
 
     fn known(res: &str) -> Option<&'static str> {
@@ -185,16 +117,6 @@ mod tests {
     }
 
     #[test]
-    fn account_parse() {
-        assert!(Account::parse("").is_err());
-        assert!(Account::parse("a b@c").is_err());
-        assert!(Account::parse("a@c/").is_err());
-        let a = Account::parse("Alice@LocalHost").expect("bare is fine");
-        assert_eq!(a.bare(), "alice@localhost");
-        assert_eq!(a.resource, None);
-    }
-
-    #[test]
     fn addressed_to_a_client() {
         assert_eq!(
             t("<iq to='alice@localhost/gajim' type='result' id='1'/>"),
@@ -207,6 +129,11 @@ mod tests {
         assert_eq!(
             t("<iq to='alice@localhost/a&#47;b' type='result' id='1'/>"),
             Target::Only("a%2Fb".into())
+        );
+        // Our JID as normalisation knows it (sj::jid), trailing dot too.
+        assert_eq!(
+            t("<iq to='ALICE@LocalHost./dino' type='result' id='1'/>"),
+            Target::Only("dino".into())
         );
     }
 
@@ -271,8 +198,8 @@ mod tests {
 
     #[test]
     fn decode() {
-        assert_eq!(decode_name("a%2Fb%25"), "a/b%");
-        assert_eq!(decode_name("plain"), "plain");
-        assert_eq!(decode_name("bad%zz%"), "bad%zz%");
+        assert_eq!(resource_of_dir("a%2Fb%25"), "a/b%");
+        assert_eq!(resource_of_dir("plain"), "plain");
+        assert_eq!(resource_of_dir("bad%zz%"), "bad%zz%");
     }
 }

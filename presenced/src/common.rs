@@ -1,7 +1,7 @@
 //! Pieces shared by `presenced` and the `presence` tool: the show words,
 //! and the `mypresence` file format.
 //!
-//! Private to this crate (included with `#[path]` by both binaries).
+//! The library of this crate (`src/lib.rs`): both binaries use it.
 
 use std::fmt;
 

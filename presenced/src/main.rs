@@ -14,11 +14,11 @@
 //! What it does not do: talk to the network, route records, touch the
 //! roster, or approve subscriptions unless `-a` is given.
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use sj::account::{Account, ContactDir};
 use sj::exit::Fatal;
 use sj::jid::Jid;
-use sj::path::Kind;
+use sj::poll::{Interest, PollSet};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::os::fd::AsFd;
@@ -26,10 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-mod common;
 mod owed;
-use common::{one_line, MyPresence, Show};
+use presenced::common::{one_line, MyPresence, Show};
 
 const USAGE: &str = "usage: presenced [-v] [-a] -d DIR JID";
 const CAPS_NS: &str = "http://jabber.org/protocol/caps";
@@ -48,8 +46,7 @@ fn main() -> ExitCode {
 }
 
 struct Args {
-    dir: PathBuf,
-    jid: Jid,
+    acct: Account,
     auto_approve: bool,
 }
 
@@ -72,12 +69,8 @@ fn parse_args() -> Result<Args, Fatal> {
             _ => return Err(usage(&arg.unexpected())),
         }
     }
-    let (dir, jid) = sj::daemon::resolve(dir, jid, USAGE)?;
-    Ok(Args {
-        dir,
-        jid,
-        auto_approve,
-    })
+    let acct = sj::daemon::resolve(dir, jid, USAGE)?;
+    Ok(Args { acct, auto_approve })
 }
 
 // ---------------------------------------------------------------------------
@@ -313,11 +306,8 @@ fn replay<'a>(cache: impl IntoIterator<Item = &'a Resource>, to: &str) -> Vec<Ve
 // The daemon state.
 
 struct State {
-    dir: PathBuf,
-    /// Own bare JID, normalised.
-    bare: Jid,
-    /// Own bound full JID.
-    full: Jid,
+    /// Who we are (the bound full JID) and DIR.
+    acct: Account,
     auto_approve: bool,
     /// Contact bare JID → full JID → available presence.
     contacts: BTreeMap<String, BTreeMap<String, Resource>>,
@@ -339,10 +329,10 @@ struct State {
 }
 
 impl State {
-    fn new(dir: PathBuf, full: Jid, auto_approve: bool) -> State {
+    fn new(acct: Account, auto_approve: bool) -> State {
         State {
-            bare: full.bare(),
-            full,
+            files: owed::Writer::new(acct.dir().path()),
+            acct,
             auto_approve,
             contacts: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -352,9 +342,7 @@ impl State {
             last_broadcast: None,
             seq: 0,
             out: Vec::new(),
-            files: owed::Writer::new(&dir),
             unreadable: BTreeSet::new(),
-            dir,
         }
     }
 
@@ -363,11 +351,12 @@ impl State {
         self.out.push(rec);
     }
 
-    /// A file in the contact's directory (made when written, never through
-    /// a symbolic link: `owed::Writer`); `None` when the JID cannot name one.
-    fn contact_file(&self, bare: &str, file: &str) -> Option<PathBuf> {
-        match sj::path::component(Kind::Contact, bare) {
-            Ok(c) => Some(self.dir.join(c).join(file)),
+    /// The contact's directory (made when a file is written in it, never
+    /// through a symbolic link: `owed::Writer`); `None` when the JID cannot
+    /// name one.
+    fn contact_dir(&self, bare: &str) -> Option<ContactDir> {
+        match self.acct.dir().contact(bare) {
+            Ok(c) => Some(c),
             Err(e) => {
                 sj::log::warn(&format!("no directory for {bare}: {e}"));
                 None
@@ -387,10 +376,10 @@ impl State {
             sj::log::warn(&format!("presence with invalid from: {from}"));
             return;
         };
-        if fj == self.full {
+        if fj == *self.acct.full_jid() {
             return; // the server echoing our own presence
         }
-        if fj.bare() == self.bare && p.to.is_none() {
+        if fj.bare() == *self.acct.jid() && p.to.is_none() {
             if let Some(name) = fj.resource() {
                 let name = name.to_string();
                 self.client_presence(&name, &p);
@@ -454,7 +443,7 @@ impl State {
                 };
                 let new = self.clients.insert(name.to_string(), c).is_none();
                 if new {
-                    let to = format!("{}/{}", self.bare, name);
+                    let to = self.acct.client_jid(name);
                     let recs = replay(self.contacts.values().flat_map(|m| m.values()), &to);
                     for r in recs {
                         self.send(r);
@@ -499,7 +488,7 @@ impl State {
             Some(m) => aggregate(m.values()),
             None => "offline".to_string(),
         };
-        let Some(path) = self.contact_file(bare, "presence") else {
+        let Some(path) = self.contact_dir(bare).map(|c| c.presence()) else {
             return;
         };
         self.files.replace(path, format!("{line}\n").into_bytes());
@@ -514,7 +503,7 @@ impl State {
             "{bare} {typ} {}\n",
             sj::time::utc_iso(std::time::SystemTime::now())
         );
-        self.files.append(self.dir.join("subscriptions"), &line);
+        self.files.append(self.acct.dir().subscriptions(), &line);
         if auto {
             let rec = format!(
                 "<presence to='{}' type='subscribed'/>\n",
@@ -526,7 +515,7 @@ impl State {
 
     /// Append `YYYY-MM-DD HH:MM -!- text` to the contact's `out` log.
     fn event(&mut self, bare: &str, text: &str) {
-        let Some(path) = self.contact_file(bare, "out") else {
+        let Some(path) = self.contact_dir(bare).map(|c| c.out()) else {
             return;
         };
         let when = sj::time::local_minute(sj::time::now_secs());
@@ -537,8 +526,8 @@ impl State {
     /// Re-read `DIR/mypresence` and every `DIR/<contact>/mypresence`; send
     /// what changed. Each contact directory is watched before its file is
     /// read, so a file written just after the read still wakes us.
-    fn rescan(&mut self, mut watcher: Option<&mut Watcher>) {
-        match self.read_mypresence(&self.dir.join("mypresence")) {
+    fn rescan(&mut self, watcher: Option<&mut Watcher>) {
+        match self.read_mypresence(&self.acct.dir().mypresence()) {
             Some(m) => {
                 self.mine = m;
                 self.mine_bad = false;
@@ -550,44 +539,7 @@ impl State {
             None => {}
         }
         self.broadcast();
-        let mut seen = BTreeMap::new();
-        if let Ok(rd) = fs::read_dir(&self.dir) {
-            for ent in rd.flatten() {
-                let Ok(name) = ent.file_name().into_string() else {
-                    continue;
-                };
-                if name.starts_with('.') || sj::path::RESERVED.contains(&name.as_str()) {
-                    continue;
-                }
-                if !ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    continue;
-                }
-                if let Some(w) = watcher.as_deref_mut() {
-                    w.watch(&ent.path());
-                }
-                let f = ent.path().join("mypresence");
-                if fs::symlink_metadata(&f).is_err() {
-                    continue;
-                }
-                if let Some(w) = watcher.as_deref_mut() {
-                    w.watch_file(&f);
-                }
-                let Some(jid) = sj::path::decode(&name) else {
-                    continue;
-                };
-                match self.read_mypresence(&f) {
-                    Some(m) => {
-                        seen.insert(name, (jid, m));
-                    }
-                    None => {
-                        sj::log::warn(&format!("ignoring {}: bad format", f.display()));
-                        if let Some(old) = self.directed.get(&name) {
-                            seen.insert(name, old.clone());
-                        }
-                    }
-                }
-            }
-        }
+        let seen = self.directed_files(watcher);
         for (name, (jid, m)) in &seen {
             if self.directed.get(name).map(|(_, o)| o) != Some(m) {
                 let rec = build_presence(Some(jid), m.show, &m.status, m.priority, None);
@@ -613,15 +565,49 @@ impl State {
         self.directed = seen;
     }
 
+    /// The directed presences the contact directories hold now, by
+    /// directory: (contact JID, presence). A file with a bad format keeps
+    /// what it said last.
+    fn directed_files(
+        &mut self,
+        mut watcher: Option<&mut Watcher>,
+    ) -> BTreeMap<String, (String, MyPresence)> {
+        let mut seen = BTreeMap::new();
+        for c in self.acct.dir().contacts() {
+            if let Some(w) = watcher.as_deref_mut() {
+                w.watch(c.path());
+            }
+            let f = c.mypresence();
+            if fs::symlink_metadata(&f).is_err() {
+                continue;
+            }
+            if let Some(w) = watcher.as_deref_mut() {
+                w.watch_file(&f);
+            }
+            let Some(jid) = c.decoded() else {
+                continue;
+            };
+            let name = c.name().to_string();
+            match self.read_mypresence(&f) {
+                Some(m) => {
+                    seen.insert(name, (jid, m));
+                }
+                None => {
+                    sj::log::warn(&format!("ignoring {}: bad format", f.display()));
+                    if let Some(old) = self.directed.get(&name) {
+                        seen.insert(name, old.clone());
+                    }
+                }
+            }
+        }
+        seen
+    }
+
     /// At start: contacts' presence files from an earlier run are stale.
     fn reset_presence_files(&mut self) {
-        let Ok(rd) = fs::read_dir(&self.dir) else {
-            return;
-        };
-        for ent in rd.flatten() {
-            let p = ent.path().join("presence");
-            let is_file = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
-            if ent.file_type().is_ok_and(|t| t.is_dir()) && is_file(&p) {
+        for c in self.acct.dir().contacts() {
+            let p = c.presence();
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
                 self.files.replace(p, b"offline\n".to_vec());
             }
         }
@@ -740,118 +726,149 @@ impl Watcher {
 
 fn run() -> Result<(), Fatal> {
     let args = parse_args()?;
-    sj::fifo::make_dir(&args.dir)
-        .map_err(|e| Fatal::io(format_args!("create {}", args.dir.display()), &e))?;
-    let mut st = State::new(args.dir.clone(), args.jid, args.auto_approve);
+    let dir = args.acct.dir().clone();
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format_args!("create {}", dir.display()), &e))?;
+    let mut st = State::new(args.acct, args.auto_approve);
     st.reset_presence_files();
-    let mut watcher = Watcher::new(&args.dir);
+    let mut watcher = Watcher::new(dir.path());
     if watcher.is_none() {
         sj::log::warn("inotify unavailable; checking mypresence files every second");
     }
     st.rescan(watcher.as_mut());
+    let mut lp = Loop::new(watcher)?;
+    while lp.turn(&mut st)? {}
+    // EOF on stdin: the account goes unavailable with presenced.
+    for r in st.out.drain(..) {
+        lp.queue.push(r);
+    }
+    lp.queue.push(UNAVAILABLE.to_vec());
+    lp.drain_out()
+}
 
-    let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
-    sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
-    sj::io::set_nonblocking(&stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
-    let mut reader = sj::io::LineReader::new(MAX_LINE);
-    let mut queue = sj::io::WriteQueue::new();
-    let mut last_scan = Instant::now();
-    let mut last_retry = Instant::now();
+/// The event loop's side: stdin, stdout and the inotify watch.
+struct Loop {
+    stdin: std::io::Stdin,
+    stdout: std::io::Stdout,
+    reader: sj::io::LineReader,
+    queue: sj::io::WriteQueue,
+    watcher: Option<Watcher>,
+    last_scan: Instant,
+    last_retry: Instant,
+}
 
-    loop {
+/// What each descriptor of a turn's poll set is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Stdin,
+    Stdout,
+    Inotify,
+}
+
+impl Loop {
+    fn new(watcher: Option<Watcher>) -> Result<Loop, Fatal> {
+        let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+        sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+        sj::io::set_nonblocking(&stdout).map_err(|e| Fatal::io("set stdout non-blocking", &e))?;
+        Ok(Loop {
+            stdin,
+            stdout,
+            reader: sj::io::LineReader::new(MAX_LINE),
+            queue: sj::io::WriteQueue::new(),
+            watcher,
+            last_scan: Instant::now(),
+            last_retry: Instant::now(),
+        })
+    }
+
+    /// One turn; false once stdin ended.
+    fn turn(&mut self, st: &mut State) -> Result<bool, Fatal> {
         for r in st.out.drain(..) {
-            queue.push(r);
+            self.queue.push(r);
         }
-        if !queue.is_empty() {
-            queue
-                .flush(&stdout)
+        if !self.queue.is_empty() {
+            self.queue
+                .flush(&self.stdout)
                 .map_err(|e| Fatal::io("write to stdout", &e))?;
         }
-        if st.files.owes() && last_retry.elapsed() >= RETRY_EVERY {
-            last_retry = Instant::now();
+        if st.files.owes() && self.last_retry.elapsed() >= RETRY_EVERY {
+            self.last_retry = Instant::now();
             st.files.retry();
         }
-        let timeout = if watcher.is_some() && !st.files.owes() {
-            PollTimeout::NONE
-        } else {
-            PollTimeout::from(1000u16)
-        };
-        let (in_ready, ino_ready) = {
-            let mut fds = vec![PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
-            if !queue.is_empty() {
-                // Writable stdout just wakes the loop, which flushes at its top.
-                fds.push(PollFd::new(stdout.as_fd(), PollFlags::POLLOUT));
-            }
-            let ino_idx = watcher.as_ref().map(|w| {
-                fds.push(PollFd::new(w.ino.as_fd(), PollFlags::POLLIN));
-                fds.len() - 1
-            });
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Fatal::io("poll", &e.into())),
-            }
-            let ready = |i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
-            (ready(0), ino_idx.is_some_and(ready))
-        };
-        if ino_ready {
-            if let Some(w) = watcher.as_mut() {
+        // Without inotify, or with writes owed, a second at most.
+        let wake =
+            (self.watcher.is_none() || st.files.owes()).then(|| Instant::now() + RETRY_EVERY);
+        let ready: Vec<Token> = self
+            .poll_set()
+            .wait(wake)
+            .map_err(|e| Fatal::io("poll", &e))?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        if ready.contains(&Token::Inotify) {
+            if let Some(w) = self.watcher.as_mut() {
                 if w.drain() {
                     st.rescan(Some(w));
                 }
             }
         }
-        if watcher.is_none() && last_scan.elapsed() >= Duration::from_secs(1) {
-            last_scan = Instant::now();
+        if self.watcher.is_none() && self.last_scan.elapsed() >= RETRY_EVERY {
+            self.last_scan = Instant::now();
             st.rescan(None);
         }
-        if in_ready {
-            let mut eof = false;
-            loop {
-                match reader.fill(&stdin) {
-                    Ok(sj::io::Read::Data(_)) => {
-                        while let Some(line) = reader.next_line() {
-                            let line = line.to_vec();
-                            st.handle_record(&line);
-                        }
-                        reader.warn_overlong("sj-proxy");
+        // Writable stdout just wakes the loop, which flushes at its top.
+        if ready.contains(&Token::Stdin) {
+            return self.read_stdin(st);
+        }
+        Ok(true)
+    }
+
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let mut set = PollSet::with_capacity(3);
+        set.add(self.stdin.as_fd(), Token::Stdin, Interest::Read);
+        if !self.queue.is_empty() {
+            set.add(self.stdout.as_fd(), Token::Stdout, Interest::Write);
+        }
+        if let Some(w) = &self.watcher {
+            set.add(w.ino.as_fd(), Token::Inotify, Interest::Read);
+        }
+        set
+    }
+
+    /// Read and handle records until stdin would block; false at its end.
+    fn read_stdin(&mut self, st: &mut State) -> Result<bool, Fatal> {
+        loop {
+            match self.reader.fill(&self.stdin) {
+                Ok(sj::io::Read::Data(_)) => {
+                    while let Some(line) = self.reader.next_line() {
+                        st.handle_record(line);
                     }
-                    Ok(sj::io::Read::WouldBlock) => break,
-                    Ok(sj::io::Read::Eof) => {
-                        eof = true;
-                        break;
-                    }
-                    Err(e) => return Err(Fatal::io("read stdin", &e)),
+                    self.reader.warn_overlong("sj-proxy");
                 }
-            }
-            if eof {
-                for r in st.out.drain(..) {
-                    queue.push(r);
-                }
-                queue.push(UNAVAILABLE.to_vec());
-                return drain_out(&mut queue, &stdout);
+                Ok(sj::io::Read::WouldBlock) => return Ok(true),
+                Ok(sj::io::Read::Eof) => return Ok(false),
+                Err(e) => return Err(Fatal::io("read stdin", &e)),
             }
         }
     }
-}
 
-/// Flush what is left at shutdown, waiting at most a few seconds.
-fn drain_out(queue: &mut sj::io::WriteQueue, stdout: &std::io::Stdout) -> Result<(), Fatal> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match queue.flush(stdout) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => return Ok(()),
-            Err(e) => return Err(Fatal::io("write to stdout", &e)),
+    /// Flush what is left at shutdown, waiting at most a few seconds.
+    fn drain_out(&mut self) -> Result<(), Fatal> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.queue.flush(&self.stdout) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => return Ok(()),
+                Err(e) => return Err(Fatal::io("write to stdout", &e)),
+            }
+            if Instant::now() >= deadline {
+                sj::log::warn("giving up flushing stdout at shutdown");
+                return Ok(());
+            }
+            let wake = Some(deadline.min(Instant::now() + Duration::from_millis(200)));
+            let _ = sj::poll::wait_one(self.stdout.as_fd(), Interest::Write, wake);
         }
-        if Instant::now() >= deadline {
-            sj::log::warn("giving up flushing stdout at shutdown");
-            return Ok(());
-        }
-        let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
-        let _ = nix::poll::poll(&mut fds, PollTimeout::from(200u16));
     }
 }
 
@@ -937,7 +954,7 @@ mod tests {
 
     fn state(dir: &Path, auto: bool) -> State {
         let jid = Jid::parse("alice@localhost/sj-proxy").expect("jid");
-        State::new(dir.to_path_buf(), jid, auto)
+        State::new(Account::new(&jid, sj::account::Dir::new(dir)), auto)
     }
 
     fn sent(st: &mut State) -> Vec<String> {
@@ -988,7 +1005,7 @@ mod tests {
             sent(&mut st),
             vec!["<presence><show>dnd</show><status>busy</status></presence>\n"]
         );
-        let bob = d.join(sj::path::component(Kind::Contact, "bob@localhost").expect("c"));
+        let bob = d.join(sj::path::component(sj::path::Kind::Contact, "bob@localhost").expect("c"));
         sj::fifo::make_dir(&bob).expect("mkdir");
         fs::write(bob.join("mypresence"), "away not for you\n").expect("write");
         st.rescan(None);

@@ -1,8 +1,8 @@
 //! The control contact (`sj-proxy@control.invalid`): text commands a client
 //! sends as chat messages, answered from the account directory.
 
+use sj::account::Dir;
 use sj::path::{component, Kind};
-use std::path::Path;
 
 /// Largest `history` request.
 const MAX_HISTORY: usize = 200;
@@ -22,7 +22,7 @@ passwd NEWPASSWORD    change the password clients log in with
 history CONTACT [N]   last N (default 10) lines of the log with CONTACT";
 
 /// Run one command for the client `me` of the account in `dir`; the reply text.
-pub fn run(dir: &Path, me: &str, text: &str) -> String {
+pub fn run(dir: &Dir, me: &str, text: &str) -> String {
     let text = text.trim();
     let (cmd, rest) = match text.split_once(char::is_whitespace) {
         Some((c, r)) => (c, r.trim()),
@@ -39,16 +39,16 @@ pub fn run(dir: &Path, me: &str, text: &str) -> String {
     }
 }
 
-fn status(dir: &Path) -> String {
+fn status(dir: &Dir) -> String {
     // DIR/state with its owner's liveness: after a crash it still says
     // online, and only the lock tells.
     let state = sj::state::report(dir);
-    let n = sj::fifo::list_clients(&dir.join("clients")).len();
+    let n = sj::fifo::list_clients(dir).len();
     format!("{state}\nclients: {n}")
 }
 
-fn clients(dir: &Path, me: &str) -> String {
-    let names = sj::fifo::list_clients(&dir.join("clients"));
+fn clients(dir: &Dir, me: &str) -> String {
+    let names = sj::fifo::list_clients(dir);
     if names.is_empty() {
         return "no clients".to_string();
     }
@@ -65,7 +65,7 @@ fn clients(dir: &Path, me: &str) -> String {
         .join("\n")
 }
 
-fn kick(dir: &Path, name: &str) -> String {
+fn kick(dir: &Dir, name: &str) -> String {
     if name.is_empty() {
         return "usage: kick NAME".to_string();
     }
@@ -74,11 +74,13 @@ fn kick(dir: &Path, name: &str) -> String {
         Ok(c) if c == name => {}
         _ => return format!("no such client: {name}"),
     }
-    let cdir = dir.join("clients").join(name);
-    if sj::fifo::check_dir(&cdir).is_err() {
+    let Ok(cdir) = dir.client(name) else {
+        return format!("no such client: {name}");
+    };
+    if sj::fifo::check_dir(cdir.path()).is_err() {
         return format!("no such client: {name}");
     }
-    let pid = sj::fifo::read_file(&cdir.join("pid"), SMALL_FILE)
+    let pid = sj::fifo::read_file(&cdir.pid(), SMALL_FILE)
         .ok()
         .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<i32>().ok())
         .filter(|&p| p > 1);
@@ -94,20 +96,20 @@ fn kick(dir: &Path, name: &str) -> String {
     }
 }
 
-fn passwd(dir: &Path, new: &str) -> String {
+fn passwd(dir: &Dir, new: &str) -> String {
     if new.is_empty() {
         return "usage: passwd NEWPASSWORD".to_string();
     }
     if new.chars().any(char::is_control) {
         return "password refused: control characters".to_string();
     }
-    match sj::passwd::write(&dir.join("passwd"), new) {
+    match sj::passwd::write(&dir.passwd(), new) {
         Ok(()) => "password changed".to_string(),
         Err(e) => format!("unable to change the password: {}", sj::log::strerror(&e)),
     }
 }
 
-fn history(dir: &Path, args: &str) -> String {
+fn history(dir: &Dir, args: &str) -> String {
     let mut it = args.split_whitespace();
     let Some(contact) = it.next() else {
         return "usage: history CONTACT [N]".to_string();
@@ -119,11 +121,11 @@ fn history(dir: &Path, args: &str) -> String {
             Err(_) => return "usage: history CONTACT [N]".to_string(),
         },
     };
-    let Ok(c) = component(Kind::Contact, contact) else {
+    let Ok(c) = dir.contact(contact) else {
         return format!("not a contact JID: {contact}");
     };
     // At least one line, to tell an empty log from `history CONTACT 0`.
-    let t = match sj::outlog::tail(&dir.join(c).join("out"), n.max(1), HISTORY_BUDGET) {
+    let t = match sj::outlog::tail(&c.out(), n.max(1), HISTORY_BUDGET) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return format!("no history with {contact}")
@@ -195,14 +197,15 @@ mod tests {
 
     #[test]
     fn status_clients_history() {
-        let d = tmp("a");
+        let path = tmp("a");
+        let d = Dir::new(&path);
         fs::write(
-            d.join("state"),
+            d.state(),
             "online\talice@localhost/sj-proxy\t2023-11-14T22:13:20Z\n",
         )
         .expect("w");
         for n in ["phone", "laptop"] {
-            let c = d.join("clients").join(n);
+            let c = d.clients().join(n);
             fs::create_dir_all(&c).expect("mkdir");
             sj::fifo::make(&c.join("in")).expect("fifo");
             sj::fifo::make(&c.join("out")).expect("fifo");
@@ -227,7 +230,7 @@ mod tests {
             run(&d, "phone", "status").contains(") is not running; DIR/state still says online")
         );
         assert_eq!(run(&d, "phone", " clients "), "laptop\nphone (this client)");
-        let bob = d.join(component(Kind::Contact, "bob@localhost").expect("c"));
+        let bob = path.join(component(Kind::Contact, "bob@localhost").expect("c"));
         fs::create_dir_all(&bob).expect("mkdir");
         let log: String = (1..=12)
             .map(|i| format!("2024-01-01 10:{i:02} bob@localhost m{i}\n"))
@@ -249,9 +252,9 @@ mod tests {
         assert_eq!(run(&d, "phone", "help"), HELP);
         assert_eq!(run(&d, "phone", "passwd"), "usage: passwd NEWPASSWORD");
         assert_eq!(run(&d, "phone", "passwd s3cret"), "password changed");
-        let creds = sj::passwd::read(&d.join("passwd")).expect("read");
+        let creds = sj::passwd::read(&d.passwd()).expect("read");
         assert!(creds.iter().all(|c| c.verify_plain("s3cret")));
         assert!(!creds.is_empty());
-        fs::remove_dir_all(&d).ok();
+        fs::remove_dir_all(&path).ok();
     }
 }

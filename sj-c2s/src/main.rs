@@ -25,9 +25,9 @@ const AUTH_TIMEOUT: u64 = 10;
 #[derive(Debug, Clone)]
 pub enum Where {
     /// One account directory.
-    Dir(PathBuf),
+    Dir(sj::account::Dir),
     /// A directory holding one account directory per bare JID.
-    Root(PathBuf),
+    Root(sj::account::Root),
 }
 
 #[derive(Debug, Clone)]
@@ -78,13 +78,13 @@ fn parse_args() -> Result<Opts, Fatal> {
     }
     let place = match (dir, root) {
         (Some(_), Some(_)) => return Err(usage("-d and -R exclude each other".into())),
-        (Some(d), None) => Where::Dir(d),
-        (None, Some(r)) => Where::Root(r),
+        (Some(d), None) => Where::Dir(sj::account::Dir::new(d)),
+        (None, Some(r)) => Where::Root(sj::account::Root::new(r)),
         (None, None) => match (std::env::var_os("SJ_DIR"), std::env::var_os("SJ_ROOT")) {
-            (Some(d), _) if !d.is_empty() => Where::Dir(PathBuf::from(d)),
-            (_, Some(r)) if !r.is_empty() => Where::Root(PathBuf::from(r)),
+            (Some(d), _) if !d.is_empty() => Where::Dir(sj::account::Dir::new(d)),
+            (_, Some(r)) if !r.is_empty() => Where::Root(sj::account::Root::new(r)),
             _ => match std::env::var_os("HOME") {
-                Some(h) => Where::Root(PathBuf::from(h).join("xmpp")),
+                Some(h) => Where::Root(sj::account::Root::in_home(h)),
                 None => return Err(usage("no -d, -R, SJ_DIR, SJ_ROOT or HOME".into())),
             },
         },

@@ -15,27 +15,23 @@ use crate::control;
 use crate::negotiate::{self, Accounts, Action as Step, Link, Negotiation, Scope};
 use crate::translate::{self, Action, Inbound, Translator};
 use crate::{Opts, Where};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use sj::account::{Account, ClientDir, Dir, Root};
 use sj::authfail::{Failures, Gate};
 use sj::exit::{Fatal, PROTOCOL, TEMPORARY};
 use sj::fifo::LineFifo;
 use sj::framer::{Event, FrameError, Framer, Limits, Mode};
 use sj::io::{Read, WriteQueue};
 use sj::jid::Jid;
-use sj::path::{component, Kind};
+use sj::poll::{Interest, PollSet};
 use sj::sasl::StoredCredentials;
 use sj::ucspi::Handover;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-/// Under -R, the failure record of names that are no account there.
-const ROOT_FAILURES: &str = ".auth-failures";
 /// Bytes queued toward `out` before the client is cut off: a MiB that
 /// sj-proxy has not read, on top of the longest record.
 const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
@@ -48,13 +44,6 @@ const SMALL_FILE: u64 = 4096;
 /// How to run sj-c2s, for the error about a descriptor it was not given.
 const UCSPI_HINT: &str =
     "run sj-c2s under a UCSPI server (tcpserver, s6-tlsd, socat ... EXEC:sj-c2s)";
-
-/// The account a session authenticates to.
-#[derive(Debug, Clone)]
-struct Account {
-    bare: Jid,
-    dir: PathBuf,
-}
 
 /// The registered client: `DIR/clients/NAME`, removed on drop.
 struct Registration {
@@ -82,7 +71,7 @@ struct Client {
     /// (as POLLHUP, then end of input): see `dropped_by_mirrord`.
     infifo: LineFifo,
     /// `clients/NAME`, where mirrord leaves its `dropped` marker.
-    cdir: PathBuf,
+    cdir: ClientDir,
     outfd: OwnedFd,
     outq: WriteQueue,
     tr: Translator,
@@ -102,8 +91,6 @@ pub struct Session {
     account: Option<Account>,
     client: Option<Client>,
     done: Option<Result<(), Fatal>>,
-    term: Arc<AtomicBool>,
-    sig_rd: std::os::unix::net::UnixStream,
     peer_closed: bool,
     /// Who ends the stream (`sj::io::End`).
     end: sj::io::End,
@@ -116,13 +103,13 @@ fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
 }
 
 /// The JID of DIR/state: the upstream session's full JID once online.
-pub fn read_state_jid(dir: &Path) -> Option<Jid> {
+pub fn read_state_jid(dir: &Dir) -> Option<Jid> {
     match sj::state::load(dir) {
         Ok(s) => s.map(|s| s.jid).filter(|j| j.local().is_some()),
         Err(e) => {
             sj::log::warn(&format!(
                 "unable to read {}: {}",
-                dir.join(sj::state::NAME).display(),
+                dir.state().display(),
                 sj::log::strerror(&e)
             ));
             None
@@ -131,24 +118,21 @@ pub fn read_state_jid(dir: &Path) -> Option<Jid> {
 }
 
 /// The account of DIR: DIR/state's JID, or DIR's name if it is a JID.
-fn dir_account(dir: &Path) -> Option<Account> {
+fn dir_account(dir: &Dir) -> Option<Account> {
     let bare = read_state_jid(dir).map(|j| j.bare()).or_else(|| {
-        let base = dir.file_name()?.to_str()?;
+        let base = dir.path().file_name()?.to_str()?;
         let name = sj::path::decode(base).unwrap_or_else(|| base.to_string());
         Jid::parse(&name)
             .ok()
             .filter(|j| j.local().is_some())
             .map(|j| j.bare())
     })?;
-    Some(Account {
-        bare,
-        dir: dir.to_path_buf(),
-    })
+    Some(Account::new(&bare, dir.clone()))
 }
 
 /// Does ROOT hold an account directory in this domain?
-fn root_has_domain(root: &Path, domain: &str) -> bool {
-    let Ok(rd) = fs::read_dir(root) else {
+fn root_has_domain(root: &Root, domain: &str) -> bool {
+    let Ok(rd) = fs::read_dir(root.path()) else {
         return false;
     };
     rd.flatten().any(|e| {
@@ -166,12 +150,12 @@ fn root_has_domain(root: &Path, domain: &str) -> bool {
 
 /// A client directory left by an sj-c2s that was killed: its pid file names
 /// a process that no longer exists. Raw clients (no pid file) are never stale.
-fn is_stale(cdir: &Path) -> bool {
+fn is_stale(cdir: &ClientDir) -> bool {
     // Never read through a symbolic link put in a client's place.
-    if sj::fifo::check_dir(cdir).is_err() {
+    if sj::fifo::check_dir(cdir.path()).is_err() {
         return false;
     }
-    let Some(pid) = sj::fifo::read_file(&cdir.join("pid"), SMALL_FILE)
+    let Some(pid) = sj::fifo::read_file(&cdir.pid(), SMALL_FILE)
         .ok()
         .and_then(|s| String::from_utf8_lossy(&s).trim().parse::<i32>().ok())
         .filter(|&p| p > 1)
@@ -186,12 +170,8 @@ fn is_stale(cdir: &Path) -> bool {
 
 /// Create `clients/NAME` atomically: the requested name if free and valid,
 /// else a generated one. Returns the name.
-fn claim_name(
-    clients: &Path,
-    requested: Option<&str>,
-    upstream: Option<&str>,
-) -> io::Result<String> {
-    sj::fifo::make_subdir(clients)?;
+fn claim_name(dir: &Dir, requested: Option<&str>, upstream: Option<&str>) -> io::Result<String> {
+    sj::fifo::make_subdir(&dir.clients())?;
     let mut candidates: Vec<String> = Vec::new();
     if let Some(r) = requested {
         if negotiate::valid_name(r, upstream) {
@@ -205,14 +185,14 @@ fn claim_name(
         if !negotiate::valid_name(&name, upstream) {
             continue;
         }
-        let path = clients.join(&name);
+        let cdir = dir.client(&name).map_err(io::Error::other)?;
         for attempt in 0..2 {
-            match fs::DirBuilder::new().mode(0o700).create(&path) {
+            match fs::DirBuilder::new().mode(0o700).create(cdir.path()) {
                 Ok(()) => return Ok(name),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if attempt == 0 && is_stale(&path) {
+                    if attempt == 0 && is_stale(&cdir) {
                         sj::log::info(&format!("removing stale client {name}"));
-                        let _ = fs::remove_dir_all(&path);
+                        let _ = fs::remove_dir_all(cdir.path());
                         continue;
                     }
                     break;
@@ -235,12 +215,10 @@ struct Disk {
 
 impl Disk {
     /// The directory of the account `bare`.
-    fn account_dir(&self, bare: &Jid) -> Option<PathBuf> {
+    fn account_dir(&self, bare: &Jid) -> Option<Dir> {
         match &self.place {
             Where::Dir(d) => Some(d.clone()),
-            Where::Root(r) => component(Kind::Contact, &bare.to_string())
-                .ok()
-                .map(|c| r.join(c)),
+            Where::Root(r) => r.account(bare).ok(),
         }
     }
 
@@ -248,9 +226,9 @@ impl Disk {
     /// for a name that is no account here, DIR's (-d) or the root's (-R).
     fn record(&self, who: Option<&Jid>) -> Failures {
         match (who.and_then(|b| self.account_dir(b)), &self.place) {
-            (Some(d), _) => Failures::of(&d),
-            (None, Where::Dir(d)) => Failures::of(d),
-            (None, Where::Root(r)) => Failures::at(r.join(ROOT_FAILURES)),
+            (Some(d), _) => Failures::at(d.auth_failures()),
+            (None, Where::Dir(d)) => Failures::at(d.auth_failures()),
+            (None, Where::Root(r)) => Failures::at(r.auth_failures()),
         }
     }
 
@@ -267,9 +245,9 @@ impl Accounts for Disk {
     fn dir_account(&mut self) -> Result<Jid, String> {
         let d = match &self.place {
             Where::Dir(d) => d,
-            Where::Root(r) => return Err(format!("{} holds many accounts", r.display())),
+            Where::Root(r) => return Err(format!("{} holds many accounts", r.path().display())),
         };
-        dir_account(d).map(|a| a.bare).ok_or_else(|| {
+        dir_account(d).map(|a| a.jid().clone()).ok_or_else(|| {
             format!(
                 "unable to tell the account of {}: no JID in its state file and its name is not a JID",
                 d.display()
@@ -280,16 +258,14 @@ impl Accounts for Disk {
     fn has_domain(&self, domain: &str) -> bool {
         match &self.place {
             Where::Root(r) => root_has_domain(r, domain),
-            Where::Dir(d) => dir_account(d).is_some_and(|a| a.bare.domain() == domain),
+            Where::Dir(d) => dir_account(d).is_some_and(|a| a.domain() == domain),
         }
     }
 
     fn exists(&self, bare: &Jid) -> bool {
         match &self.place {
-            Where::Root(_) => self
-                .account_dir(bare)
-                .is_some_and(|d| d.join("passwd").is_file()),
-            Where::Dir(d) => dir_account(d).is_some_and(|a| a.bare == *bare),
+            Where::Root(_) => self.account_dir(bare).is_some_and(|d| d.passwd().is_file()),
+            Where::Dir(d) => dir_account(d).is_some_and(|a| a.jid() == bare),
         }
     }
 
@@ -297,12 +273,12 @@ impl Accounts for Disk {
         let Some(dir) = self.account_dir(bare) else {
             return Vec::new();
         };
-        match sj::passwd::read(&dir.join("passwd")) {
+        match sj::passwd::read(&dir.passwd()) {
             Ok(c) => c,
             Err(e) => {
                 sj::log::warn(&format!(
-                    "unable to read {}/passwd: {}",
-                    dir.display(),
+                    "unable to read {}: {}",
+                    dir.passwd().display(),
                     sj::log::strerror(&e)
                 ));
                 Vec::new()
@@ -314,14 +290,14 @@ impl Accounts for Disk {
     /// made, one for this process (the salts then change between
     /// connections).
     fn salt_key(&self) -> Vec<u8> {
-        let dir = match &self.place {
-            Where::Dir(d) | Where::Root(d) => d,
+        let key = match &self.place {
+            Where::Dir(d) => d.salt_key(),
+            Where::Root(r) => r.salt_key(),
         };
-        sj::passwd::salt_key(dir).unwrap_or_else(|e| {
+        sj::passwd::salt_key(&key).unwrap_or_else(|e| {
             sj::log::warn(&format!(
-                "unable to use {}/{}: {}",
-                dir.display(),
-                sj::passwd::SALT_KEY,
+                "unable to use {}: {}",
+                key.display(),
                 sj::log::strerror(&e)
             ));
             static OWN: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -375,32 +351,22 @@ impl Session {
         sj::io::set_nonblocking(&rfd).map_err(|e| io_fatal("set fd 0 non-blocking", &e))?;
         sj::io::set_nonblocking(&wfd).map_err(|e| io_fatal("set fd 1 non-blocking", &e))?;
 
-        let term = Arc::new(AtomicBool::new(false));
-        let (sig_rd, sig_wr) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| io_fatal("create the signal pipe", &e))?;
-        sig_rd
-            .set_nonblocking(true)
-            .map_err(|e| io_fatal("set the signal pipe non-blocking", &e))?;
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGPIPE, SIGTERM};
-        for sig in [SIGTERM, SIGINT, SIGHUP] {
-            signal_hook::flag::register(sig, Arc::clone(&term))
-                .map_err(|e| io_fatal("install a signal handler", &e))?;
-            let w = sig_wr
-                .try_clone()
-                .map_err(|e| io_fatal("dup the signal pipe", &e))?;
-            signal_hook::low_level::pipe::register(sig, w)
-                .map_err(|e| io_fatal("install a signal handler", &e))?;
-        }
-        // SIGPIPE: a closed peer shows up as EPIPE on write instead.
-        let pipe_flag = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(SIGPIPE, pipe_flag)
+        // A stop ends the stream with `system-shutdown`; a hangup (the
+        // terminal of a client run by hand) is a stop too. SIGPIPE stays
+        // ignored (the Rust runtime's default): a closed peer shows as
+        // EPIPE on write.
+        use nix::sys::signal::Signal;
+        sj::signal::install(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP], false)
             .map_err(|e| io_fatal("install a signal handler", &e))?;
 
         let scope = match &opts.place {
             Where::Dir(_) => Scope::One,
             Where::Root(_) => Scope::Many,
         };
-        let (Where::Dir(d) | Where::Root(d)) = &opts.place;
+        let d = match &opts.place {
+            Where::Dir(d) => d.path(),
+            Where::Root(r) => r.path(),
+        };
         if !d.is_dir() {
             return Err(Fatal::permanent(format!(
                 "unable to use {}: not a directory",
@@ -426,8 +392,6 @@ impl Session {
             account: None,
             client: None,
             done: None,
-            term,
-            sig_rd,
             peer_closed: false,
             end: sj::io::End::Close,
             input_closed: false,
@@ -506,7 +470,7 @@ impl Session {
             let msg = format!("unable to tell the directory of {bare}");
             return self.stream_error("internal-server-error", TEMPORARY, msg);
         };
-        self.account = Some(Account { bare, dir });
+        self.account = Some(Account::new(&bare, dir));
         self.framer.reset();
         self.framer.set_limits(Limits::DEFAULT);
     }
@@ -527,8 +491,8 @@ impl Session {
                 "remote-connection-failed",
                 TEMPORARY,
                 format!(
-                    "sj-proxy does not read {}/clients: is it running?",
-                    acct.dir.display()
+                    "sj-proxy does not read {}: is it running?",
+                    acct.dir().clients().display()
                 ),
             ),
             Err(RegisterError::Io(what, e)) => self.stream_error(
@@ -540,40 +504,41 @@ impl Session {
     }
 
     fn register(&self, acct: &Account, requested: Option<&str>) -> Result<Client, RegisterError> {
-        let upstream = read_state_jid(&acct.dir).filter(|j| j.bare() == acct.bare);
+        let upstream = read_state_jid(acct.dir()).filter(|j| j.bare() == *acct.jid());
         let up_res = upstream
             .as_ref()
             .and_then(|j| j.resource())
             .map(str::to_string);
-        let clients = acct.dir.join("clients");
-        let name = claim_name(&clients, requested, up_res.as_deref())
-            .map_err(|e| RegisterError::Io("create a client directory", e))?;
-        let cdir = clients.join(&name);
-        let reg = Registration { cdir: cdir.clone() };
         let io = |what: &'static str| move |e: io::Error| RegisterError::Io(what, e);
-        sj::fifo::make(&cdir.join("in")).map_err(io("create the client's in FIFO"))?;
-        sj::fifo::make(&cdir.join("out")).map_err(io("create the client's out FIFO"))?;
-        sj::fifo::write_atomic(
-            &cdir.join("pid"),
-            format!("{}\n", std::process::id()).as_bytes(),
-        )
-        .map_err(io("write the client's pid file"))?;
-        let infifo = LineFifo::open(&cdir.join("in"), IN_LINE_MAX)
+        let name = claim_name(acct.dir(), requested, up_res.as_deref())
+            .map_err(io("create a client directory"))?;
+        let cdir = acct
+            .dir()
+            .client(&name)
+            .map_err(|e| RegisterError::Io("create a client directory", io::Error::other(e)))?;
+        let reg = Registration {
+            cdir: cdir.path().to_path_buf(),
+        };
+        sj::fifo::make(&cdir.in_fifo()).map_err(io("create the client's in FIFO"))?;
+        sj::fifo::make(&cdir.out_fifo()).map_err(io("create the client's out FIFO"))?;
+        sj::fifo::write_atomic(&cdir.pid(), format!("{}\n", std::process::id()).as_bytes())
+            .map_err(io("write the client's pid file"))?;
+        let infifo = LineFifo::open(&cdir.in_fifo(), IN_LINE_MAX)
             .map_err(io("open the client's in FIFO"))?;
         // sj-proxy notices the new directory by itself; give it a moment.
         let give_up = Instant::now() + Duration::from_secs(5);
         let outfd = loop {
-            match sj::fifo::open_write(&cdir.join("out"))
+            match sj::fifo::open_write(&cdir.out_fifo())
                 .map_err(io("open the client's out FIFO"))?
             {
                 Some(fd) => break fd,
-                None if Instant::now() < give_up && !self.term.load(Ordering::Relaxed) => {
+                None if Instant::now() < give_up && !sj::signal::stopping() => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 None => return Err(RegisterError::NoReader),
             }
         };
-        let full = acct.bare.with_resource(&name).map_err(|e| {
+        let full = acct.jid().with_resource(&name).map_err(|e| {
             RegisterError::Io("make the bound JID", io::Error::other(e.to_string()))
         })?;
         Ok(Client {
@@ -583,7 +548,7 @@ impl Session {
             cdir,
             outfd,
             outq: WriteQueue::new(),
-            tr: Translator::new(acct.bare.clone(), full, upstream),
+            tr: Translator::new(acct.jid().clone(), full, upstream),
             _reg: reg,
         })
     }
@@ -613,7 +578,7 @@ impl Session {
                     let Some(client) = self.client.as_ref() else {
                         return;
                     };
-                    let reply = control::run(&client.account.dir, &client.name, &text);
+                    let reply = control::run(client.account.dir(), &client.name, &text);
                     let msg = translate::control_message(&client.tr.full, &reply);
                     self.send(msg);
                 }
@@ -641,7 +606,7 @@ impl Session {
         };
         let mut verdict = client.tr.inbound(&rec);
         if verdict == Inbound::Stranger {
-            let up = read_state_jid(&client.account.dir).filter(|j| j.bare() == client.tr.bare);
+            let up = read_state_jid(client.account.dir()).filter(|j| j.bare() == client.tr.bare);
             if up != client.tr.upstream {
                 client.tr.upstream = up;
                 verdict = client.tr.inbound(&rec);
@@ -733,180 +698,171 @@ impl Session {
 
     pub fn run(mut self) -> Result<(), Fatal> {
         let mut buf = Vec::with_capacity(64 * 1024);
-        while self.done.is_none() {
-            if self.term.load(Ordering::Relaxed) {
-                if self.neg.header_sent() {
-                    self.stream_error("system-shutdown", 0, String::new());
-                } else {
-                    self.finish_with(Ok(()));
-                }
-                break;
-            }
-            if let Some(steps) = self.neg.release(Instant::now()) {
-                self.apply(steps);
-                // What the client pipelined behind it goes on now.
-                self.on_client_data();
-                if self.input_closed && !self.neg.holding() {
-                    self.end_of_input();
-                }
-                if self.done.is_some() {
-                    break;
-                }
-            }
-            let expired = self.neg.expire(Instant::now());
-            if !expired.is_empty() {
-                self.apply(expired);
-                break;
-            }
-            let timeout = match self.neg.wake() {
-                Some(w) => PollTimeout::try_from(w.saturating_duration_since(Instant::now()))
-                    .unwrap_or(PollTimeout::NONE),
-                None => PollTimeout::NONE,
-            };
-            let want_in = self.to_client.len() < CLIENT_HIGH_WATER;
-            let (r_client, w_client, r_in, w_out, r_sig, hup_out, hup_in) = {
-                let mut fds = Vec::with_capacity(5);
-                fds.push(PollFd::new(self.sig_rd.as_fd(), PollFlags::POLLIN));
-                // The client is not read while an answer is held back (a
-                // hangup still shows), nor after its end of input.
-                let mut rc = None;
-                if !self.input_closed {
-                    rc = Some(fds.len());
-                    let events = if self.neg.holding() {
-                        PollFlags::empty()
-                    } else {
-                        PollFlags::POLLIN
-                    };
-                    fds.push(PollFd::new(self.rfd.as_fd(), events));
-                }
-                let mut wc = None;
-                if !self.to_client.is_empty() {
-                    wc = Some(fds.len());
-                    fds.push(PollFd::new(self.wfd.as_fd(), PollFlags::POLLOUT));
-                }
-                let (mut ri, mut wo) = (None, None);
-                if let Some(c) = &self.client {
-                    if let Some(fd) = c.infifo.fd() {
-                        // Not reading while the client is behind, but
-                        // still told when mirrord closes its end.
-                        let ev = if want_in {
-                            PollFlags::POLLIN
-                        } else {
-                            PollFlags::empty()
-                        };
-                        ri = Some(fds.len());
-                        fds.push(PollFd::new(fd, ev));
+        'turn: while self.done.is_none() && self.before_wait() {
+            let ready = self
+                .poll_set()
+                .wait(self.wake_at())
+                .map_err(|e| io_fatal("poll", &e))?;
+            for (token, r) in ready {
+                match token {
+                    // Back to the top, where a stop is seen.
+                    Token::Signal => {
+                        sj::signal::drain();
+                        continue 'turn;
                     }
-                    if !c.outq.is_empty() {
-                        wo = Some(fds.len());
-                        fds.push(PollFd::new(c.outfd.as_fd(), PollFlags::POLLOUT));
-                    }
-                }
-                match nix::poll::poll(&mut fds, timeout) {
-                    Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(io_fatal("poll", &e.into())),
-                }
-                let ready = |i: Option<usize>| {
-                    i.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| !r.is_empty())
-                };
-                let hup = |i: Option<usize>| {
-                    i.and_then(|i| fds[i].revents())
-                        .is_some_and(|r| r.intersects(PollFlags::POLLERR))
-                };
-                let hup_in = ri
-                    .and_then(|i| fds[i].revents())
-                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
-                (
-                    ready(rc),
-                    ready(wc),
-                    ready(ri),
-                    ready(wo),
-                    ready(Some(0)),
-                    hup(wo),
-                    hup_in,
-                )
-            };
-            if r_sig {
-                let mut b = [0u8; 64];
-                while matches!(std::io::Read::read(&mut &self.sig_rd, &mut b), Ok(n) if n > 0) {}
-                continue;
-            }
-            if r_in {
-                if hup_in && self.dropped_by_mirrord() {
-                    break;
-                }
-                if let Some(c) = self.client.as_mut() {
-                    let got = match c.infifo.read() {
-                        Ok(got) => got,
-                        Err(e) => {
-                            let msg =
-                                format!("unable to read {}/in: {}", c.name, sj::log::strerror(&e));
-                            self.stream_error("internal-server-error", TEMPORARY, msg);
-                            break;
-                        }
-                    };
-                    if got.cut > 0 {
-                        sj::log::warn(&format!(
-                            "{}/in: dropped an incomplete line ({} bytes) its writer left when it closed",
-                            c.name, got.cut
-                        ));
-                    }
-                    sj::io::warn_overlong(got.overlong, IN_LINE_MAX, &format!("{}/in", c.name));
-                    for l in got.lines {
-                        if !l.iter().all(u8::is_ascii_whitespace) {
-                            self.on_in_line(&l);
+                    Token::In => {
+                        self.on_in_ready(r);
+                        if self.done.is_some() {
+                            break 'turn;
                         }
                     }
+                    Token::ClientRead => self.on_client_readable(&mut buf),
+                    // Flushed below, as every turn.
+                    Token::ClientWrite | Token::OutWrite => {}
                 }
             }
-            if r_client {
-                buf.clear();
-                match sj::io::read_into(&self.rfd, &mut buf) {
-                    Ok(Read::Data(_)) => {
-                        self.framer.feed(&buf);
-                        self.on_client_data();
-                    }
-                    Ok(Read::WouldBlock) => {}
-                    Ok(Read::Eof) => {
-                        self.input_closed = true;
-                        if !self.neg.holding() {
-                            self.peer_closed = true;
-                            self.end_of_input();
-                        }
-                        // Else the held answer, and what the client sent
-                        // after it, are still answered (a client may close
-                        // its sending side and read on): then the end.
-                    }
-                    Err(e) => {
-                        self.peer_closed = true;
-                        self.finish_with(Err(io_fatal("read from the client", &e)));
-                    }
-                }
-            }
-            // Write what this turn queued now, not a poll later; a queue
-            // that would block waits for POLLOUT (all descriptors are
-            // non-blocking).
-            if w_client || !self.to_client.is_empty() {
-                if let Err(e) = self.to_client.flush(&self.wfd) {
-                    self.peer_closed = true;
-                    self.finish_with(Err(io_fatal("write to the client", &e)));
-                    break;
-                }
-            }
-            if let Some(c) = self.client.as_mut() {
-                if w_out || hup_out || !c.outq.is_empty() {
-                    if let Err(e) = c.outq.flush(&c.outfd) {
-                        let msg =
-                            format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
-                        self.stream_error("remote-connection-failed", TEMPORARY, msg);
-                        break;
-                    }
-                }
-            }
+            self.flush_queues();
         }
         self.shutdown()
+    }
+
+    /// What comes due before waiting: a stop signal, a held answer whose
+    /// time has come, the negotiation deadline. False once the session is
+    /// over.
+    fn before_wait(&mut self) -> bool {
+        if sj::signal::stopping() {
+            if self.neg.header_sent() {
+                self.stream_error("system-shutdown", 0, String::new());
+            } else {
+                self.finish_with(Ok(()));
+            }
+            return false;
+        }
+        if let Some(steps) = self.neg.release(Instant::now()) {
+            self.apply(steps);
+            // What the client pipelined behind it goes on now.
+            self.on_client_data();
+            if self.input_closed && !self.neg.holding() {
+                self.end_of_input();
+            }
+        }
+        if self.done.is_none() {
+            let expired = self.neg.expire(Instant::now());
+            self.apply(expired);
+        }
+        self.done.is_none()
+    }
+
+    /// When to stop waiting: the negotiation's next deadline or held answer.
+    fn wake_at(&self) -> Option<Instant> {
+        self.neg.wake()
+    }
+
+    /// What to wait for this turn, in the order it is handled.
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let mut set = PollSet::with_capacity(5);
+        if let Some(fd) = sj::signal::fd() {
+            set.add(fd, Token::Signal, Interest::Read);
+        }
+        if let Some(c) = &self.client {
+            if let Some(fd) = c.infifo.fd() {
+                // Not reading while the client is behind, but still told
+                // when mirrord closes its end.
+                let want = if self.to_client.len() < CLIENT_HIGH_WATER {
+                    Interest::Read
+                } else {
+                    Interest::Hangup
+                };
+                set.add(fd, Token::In, want);
+            }
+        }
+        // The client is not read while an answer is held back (a hangup
+        // still shows), nor after its end of input.
+        if !self.input_closed {
+            let want = if self.neg.holding() {
+                Interest::Hangup
+            } else {
+                Interest::Read
+            };
+            set.add(self.rfd.as_fd(), Token::ClientRead, want);
+        }
+        if !self.to_client.is_empty() {
+            set.add(self.wfd.as_fd(), Token::ClientWrite, Interest::Write);
+        }
+        if let Some(c) = self.client.as_ref().filter(|c| !c.outq.is_empty()) {
+            set.add(c.outfd.as_fd(), Token::OutWrite, Interest::Write);
+        }
+        set
+    }
+
+    /// `in` is readable, or mirrord closed its end.
+    fn on_in_ready(&mut self, r: sj::poll::Ready) {
+        if r.hangup() && self.dropped_by_mirrord() {
+            return;
+        }
+        let Some(c) = self.client.as_mut() else {
+            return;
+        };
+        let got = match c.infifo.read() {
+            Ok(got) => got,
+            Err(e) => {
+                let msg = format!("unable to read {}/in: {}", c.name, sj::log::strerror(&e));
+                return self.stream_error("internal-server-error", TEMPORARY, msg);
+            }
+        };
+        if got.cut > 0 {
+            sj::log::warn(&format!(
+                "{}/in: dropped an incomplete line ({} bytes) its writer left when it closed",
+                c.name, got.cut
+            ));
+        }
+        sj::io::warn_overlong(got.overlong, IN_LINE_MAX, &format!("{}/in", c.name));
+        for l in got.lines {
+            if !l.iter().all(u8::is_ascii_whitespace) {
+                self.on_in_line(&l);
+            }
+        }
+    }
+
+    /// One read from the client, and what it completed.
+    fn on_client_readable(&mut self, buf: &mut Vec<u8>) {
+        buf.clear();
+        match sj::io::read_into(&self.rfd, buf) {
+            Ok(Read::Data(_)) => {
+                self.framer.feed(buf);
+                self.on_client_data();
+            }
+            Ok(Read::WouldBlock) => {}
+            Ok(Read::Eof) => {
+                self.input_closed = true;
+                if !self.neg.holding() {
+                    self.peer_closed = true;
+                    self.end_of_input();
+                }
+                // Else the held answer, and what the client sent after
+                // it, are still answered (a client may close its sending
+                // side and read on): then the end.
+            }
+            Err(e) => {
+                self.peer_closed = true;
+                self.finish_with(Err(io_fatal("read from the client", &e)));
+            }
+        }
+    }
+
+    /// Write what this turn queued now, not a poll later; a queue that
+    /// would block waits for POLLOUT (all descriptors are non-blocking).
+    fn flush_queues(&mut self) {
+        if let Err(e) = self.to_client.flush(&self.wfd) {
+            self.peer_closed = true;
+            return self.finish_with(Err(io_fatal("write to the client", &e)));
+        }
+        if let Some(c) = self.client.as_mut() {
+            if let Err(e) = c.outq.flush(&c.outfd) {
+                let msg = format!("unable to write {}/out: {}", c.name, sj::log::strerror(&e));
+                self.stream_error("remote-connection-failed", TEMPORARY, msg);
+            }
+        }
     }
 
     /// mirrord closed its end of `in`: if it left its `dropped` marker,
@@ -918,8 +874,7 @@ impl Session {
         let Some(c) = self.client.as_ref() else {
             return false;
         };
-        let marked =
-            fs::symlink_metadata(c.cdir.join(sj::fifo::DROPPED)).is_ok_and(|m| m.is_file());
+        let marked = fs::symlink_metadata(c.cdir.dropped()).is_ok_and(|m| m.is_file());
         if marked {
             let msg = format!(
                 "{}: mirrord dropped this client: it fell more than mirrord's queue bound behind",
@@ -965,6 +920,15 @@ impl Session {
     }
 }
 
+/// What each descriptor of a turn's poll set is.
+enum Token {
+    Signal,
+    In,
+    ClientRead,
+    ClientWrite,
+    OutWrite,
+}
+
 /// A message to the control contact that may carry a password.
 fn is_control_passwd(rec: &[u8]) -> bool {
     let has = |n: &[u8]| rec.windows(n.len()).any(|w| w == n);
@@ -985,19 +949,32 @@ mod tests {
         let d = std::env::temp_dir().join(format!("sj-c2s-claim-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         let c = d.join("clients");
-        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
-        let second = claim_name(&c, Some("phone"), None).expect("claim");
+        let acct = Dir::new(&d);
+        assert_eq!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
+        let second = claim_name(&acct, Some("phone"), None).expect("claim");
         assert!(second.starts_with("sj-") && second != "phone");
-        let up = claim_name(&c, Some("sj-proxy"), Some("sj-proxy")).expect("claim");
+        let up = claim_name(&acct, Some("sj-proxy"), Some("sj-proxy")).expect("claim");
         assert_ne!(up, "sj-proxy");
         // A dead sj-c2s's directory is reclaimed; a live one's or a raw client's is not.
         fs::write(c.join("phone/pid"), "999999999\n").expect("w");
-        assert_eq!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        assert_eq!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
         fs::write(c.join("phone/pid"), format!("{}\n", std::process::id())).expect("w");
-        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
+        assert_ne!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
         fs::remove_file(c.join("phone/pid")).expect("rm");
-        assert_ne!(claim_name(&c, Some("phone"), None).expect("claim"), "phone");
-        let odd = claim_name(&c, Some("../x"), None).expect("claim");
+        assert_ne!(
+            claim_name(&acct, Some("phone"), None).expect("claim"),
+            "phone"
+        );
+        let odd = claim_name(&acct, Some("../x"), None).expect("claim");
         assert!(odd.starts_with("sj-"));
         assert!(c.join("phone").is_dir());
         fs::remove_dir_all(&d).ok();
@@ -1010,27 +987,27 @@ mod tests {
         let a = d.join("alice@localhost");
         fs::create_dir_all(&a).expect("mkdir");
         assert_eq!(
-            dir_account(&a).expect("acct").bare.to_string(),
+            dir_account(&Dir::new(&a)).expect("acct").bare(),
             "alice@localhost"
         );
         let other = d.join("plain");
         fs::create_dir_all(&other).expect("mkdir");
-        assert!(dir_account(&other).is_none());
+        assert!(dir_account(&Dir::new(&other)).is_none());
         fs::write(
             other.join("state"),
             "online Bob@Example.org/sj-proxy 1700000000\n",
         )
         .expect("w");
         assert_eq!(
-            dir_account(&other).expect("acct").bare.to_string(),
+            dir_account(&Dir::new(&other)).expect("acct").bare(),
             "bob@example.org"
         );
         assert_eq!(
-            read_state_jid(&other).expect("jid").to_string(),
+            read_state_jid(&Dir::new(&other)).expect("jid").to_string(),
             "bob@example.org/sj-proxy"
         );
-        assert!(root_has_domain(&d, "localhost"));
-        assert!(!root_has_domain(&d, "example.com"));
+        assert!(root_has_domain(&Root::new(&d), "localhost"));
+        assert!(!root_has_domain(&Root::new(&d), "example.com"));
         fs::remove_dir_all(&d).ok();
     }
 }

@@ -11,17 +11,13 @@ mod route;
 mod router;
 mod upstream;
 
+use sj::account::{Account, Dir};
 use sj::exit::{Fatal, OK};
 use sj::jid::Jid;
 use sj::state::Word;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// Set by SIGTERM/SIGINT.
-pub static STOP: AtomicBool = AtomicBool::new(false);
 
 const USAGE: &str =
     "usage: sj-proxy [-v] [-t] [-d DIR] [-r RESOURCE] [-p PASSWORD_FILE] [-n FD] [-k SECS] JID";
@@ -133,11 +129,11 @@ fn prompt_password() -> Result<String, Fatal> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-fn write_state(dir: &std::path::Path, word: Word, jid: &Jid) {
+fn write_state(dir: &Dir, word: Word, jid: &Jid) {
     if let Err(e) = sj::state::write(dir, word, jid) {
         sj::log::warn(&format!(
-            "unable to write {}/state: {}",
-            dir.display(),
+            "unable to write {}: {}",
+            dir.state().display(),
             sj::log::strerror(&e)
         ));
     }
@@ -155,14 +151,14 @@ fn run() -> Result<(), Fatal> {
         .map_err(|e| Fatal::permanent(format!("unable to use {}: {e}", args.jid)))?;
     let bare = jid.bare();
     let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None => {
-            let home = std::env::var_os("HOME")
-                .ok_or_else(|| Fatal::permanent("neither -d, SJ_DIR nor HOME is set"))?;
-            PathBuf::from(home).join("xmpp").join(bare.to_string())
-        }
+        Some(d) => Dir::new(d),
+        None => sj::account::home_root()
+            .ok_or_else(|| Fatal::permanent("neither -d, SJ_DIR nor HOME is set"))?
+            .account(&bare)
+            .map_err(|e| Fatal::permanent(format!("unable to name a directory for {bare}: {e}")))?,
     };
-    sj::fifo::make_dir(&dir).map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
+    sj::fifo::make_dir(dir.path())
+        .map_err(|e| Fatal::io(format!("create {}", dir.display()), &e))?;
     // One owner per DIR, for our whole life: a second sj-proxy (or a
     // supervisor's twin) stops here. Then the state is made truthful
     // before anything else can fail: whatever an earlier owner left
@@ -179,7 +175,7 @@ fn run() -> Result<(), Fatal> {
 fn session(
     args: &Args,
     jid: &Jid,
-    dir: &std::path::Path,
+    dir: &Dir,
     mut inherited: sj::ucspi::Inherited,
     handover: Option<Result<sj::ucspi::Handover, Fatal>>,
 ) -> Result<(), Fatal> {
@@ -189,39 +185,9 @@ fn session(
         .clone()
         .or_else(|| jid.resource().map(str::to_string));
 
-    // Signals: a flag for the loops, and a self-pipe to wake the poll.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sig_r, sig_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Fatal::io("create the signal pipe", &e.into()))?;
-    for s in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(s, Arc::clone(&stop))
-            .map_err(|e| Fatal::io("set a signal handler", &e))?;
-        let w = sig_w
-            .try_clone()
-            .map_err(|e| Fatal::io("dup the signal pipe", &e))?;
-        signal_hook::low_level::pipe::register(s, w)
-            .map_err(|e| Fatal::io("set a signal handler", &e))?;
-    }
-    {
-        let stop = Arc::clone(&stop);
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            signal_hook::low_level::register(signal_hook::consts::SIGTERM, move || {
-                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            })
-        }
-        .map_err(|e| Fatal::io("set a signal handler", &e))?;
-        // SAFETY: the handler only stores to an atomic.
-        unsafe {
-            signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
-                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-            })
-        }
-        .map_err(|e| Fatal::io("set a signal handler", &e))?;
-    }
-    signal_hook::low_level::pipe::register(signal_hook::consts::SIGCHLD, sig_w)
+    // SIGTERM/SIGINT stop the session (DESIGN §7); SIGCHLD reaps and
+    // restarts the daemons.
+    sj::signal::install(sj::signal::STOP_SIGNALS, true)
         .map_err(|e| Fatal::io("set a signal handler", &e))?;
 
     let rfd = inherited.take(6, "reading from the server")?;
@@ -231,7 +197,7 @@ fn session(
     // (socat, s6-tlsc), not just the socket fd 6 shares.
     sj::io::set_nonblocking(&wfd).map_err(|e| Fatal::io("set fd 7 non-blocking", &e))?;
     let tls = args.tls || sj::ucspi::encrypted();
-    let mut up = upstream::Upstream::new(rfd, wfd, tls, handover, Arc::clone(&stop));
+    let mut up = upstream::Upstream::new(rfd, wfd, tls, handover);
 
     let creds = upstream::Credentials {
         jid: jid.clone(),
@@ -258,19 +224,13 @@ fn session(
         "online as {full}{}",
         if session.carbons { " with carbons" } else { "" }
     ));
-    let acct = route::Account {
-        bare: session.full.bare().to_string(),
-        full: full.clone(),
-        resource: session.full.resource().unwrap_or("").to_string(),
-        domain: session.full.domain().to_string(),
-    };
+    let acct = Account::new(&session.full, dir.clone());
     let opts = router::Options {
-        dir: dir.to_path_buf(),
         verbose: args.verbose,
         keepalive: Duration::from_secs(args.keepalive),
         keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),
     };
-    let mut router = router::Router::new(up, acct, sig_r, opts)?;
+    let mut router = router::Router::new(up, acct, opts)?;
     router.start_daemons();
     write_state(dir, Word::Online, &session.full);
     if let Some(fd) = args.notify_fd {

@@ -4,6 +4,7 @@
 //! back a list of destinations with the (possibly edited) bytes for each.
 
 use memchr::memmem::Finder;
+use sj::account::Account;
 use sj::xml::{self, Element};
 use std::sync::LazyLock;
 
@@ -40,18 +41,6 @@ pub enum Origin {
     Client(String),
 }
 
-/// The account as the router sees it.
-pub struct Account {
-    /// Own bare JID, normalised.
-    pub bare: String,
-    /// Bound upstream full JID.
-    pub full: String,
-    /// Upstream resource.
-    pub resource: String,
-    /// Server domain.
-    pub domain: String,
-}
-
 /// The name `DIR/in` stamps as its origin (reserved: never a client name).
 pub const IN_ORIGIN: &str = "in";
 
@@ -64,33 +53,24 @@ pub const OWN_ID: &str = "sjp-";
 /// end the session of every client.
 pub const SERVER_MAX: usize = sj::framer::Limits::DEFAULT.max_record;
 
-impl Account {
-    /// Is `jid` the account's own bare JID (case-insensitive in local and
-    /// domain, as normalisation would make it)?
-    pub fn is_own_bare(&self, jid: Option<&str>) -> bool {
-        match jid {
-            Some(j) => sj::jid::Jid::parse(j)
-                .map(|j| j.is_bare() && j.to_string() == self.bare)
-                .unwrap_or(false),
-            None => false,
-        }
-    }
+/// The account's rules as routing asks them (`sj::account::Account`).
+trait Own {
+    /// Is `jid` the account's own bare JID?
+    fn is_own_bare(&self, jid: Option<&str>) -> bool;
+    /// The `from` stamped on a record of `origin`.
+    fn origin_jid(&self, origin: &Origin) -> String;
+}
 
-    /// `Some(NAME)` if `to` is `BARE/NAME` for a resource other than the upstream one.
-    pub fn local_client<'a>(&self, to: &'a str) -> Option<&'a str> {
-        let (bare, res) = to.split_once('/')?;
-        if res == self.resource || res.is_empty() {
-            return None;
-        }
-        let j = sj::jid::Jid::parse(bare).ok()?;
-        (j.to_string() == self.bare).then_some(res)
+impl Own for Account {
+    fn is_own_bare(&self, jid: Option<&str>) -> bool {
+        jid.is_some_and(|j| self.is_bare(j))
     }
 
     fn origin_jid(&self, origin: &Origin) -> String {
         match origin {
-            Origin::Daemon => self.full.clone(),
-            Origin::In => format!("{}/{IN_ORIGIN}", self.bare),
-            Origin::Client(n) => format!("{}/{n}", self.bare),
+            Origin::Daemon => self.full().to_string(),
+            Origin::In => self.client_jid(IN_ORIGIN),
+            Origin::Client(n) => self.client_jid(n),
         }
     }
 }
@@ -192,7 +172,7 @@ fn from_upstream_iq(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
             }
             if let Some((client, orig)) = untag_id(&id) {
                 let r = xml::set_attr(rec, "id", orig);
-                let r = xml::set_attr(&r, "to", &format!("{}/{client}", acct.bare));
+                let r = xml::set_attr(&r, "to", &acct.client_jid(&client));
                 return vec![(Dest::Mirror, r)];
             }
             vec![(Dest::Iqd, rec.to_vec())]
@@ -209,7 +189,7 @@ fn from_upstream_iq(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
             if ty == "get" && mentions(rec, &PING) {
                 let from_server = match from.as_deref() {
                     None => true,
-                    Some(f) => f == acct.domain || acct.is_own_bare(Some(f)),
+                    Some(f) => f == acct.domain() || acct.is_own_bare(Some(f)),
                 };
                 if from_server {
                     return vec![(Dest::Own, rec.to_vec())];
@@ -259,8 +239,8 @@ pub fn sent_copy(acct: &Account, inner: &[u8]) -> Vec<u8> {
     out.extend_from_slice(
         format!(
             "<message from='{}' to='{}' type='chat'><sent xmlns='{NS_CARBONS}'><forwarded xmlns='{NS_FORWARD}'>",
-            sj::escape::attr(&acct.bare),
-            sj::escape::attr(&acct.full)
+            sj::escape::attr(acct.bare()),
+            sj::escape::attr(acct.full())
         )
         .as_bytes(),
     );
@@ -322,7 +302,7 @@ pub fn from_local(
     let to = xml::attr(&rec, "to");
     // Another resource of the account that is not a client here (a device
     // connected to the server directly) is reached through the server.
-    if let Some(target) = to.as_deref().and_then(|t| acct.local_client(t)) {
+    if let Some(target) = to.as_deref().and_then(|t| acct.client_of(t)) {
         if is_client(target) {
             return vec![(Dest::Mirror, rec)];
         }
@@ -406,12 +386,8 @@ mod tests {
     use super::*;
 
     fn acct() -> Account {
-        Account {
-            bare: "alice@localhost".into(),
-            full: "alice@localhost/sj".into(),
-            resource: "sj".into(),
-            domain: "localhost".into(),
-        }
+        let jid = sj::jid::Jid::parse("alice@localhost/sj").expect("jid");
+        Account::new(&jid, sj::account::Dir::new("/nonexistent"))
     }
 
     fn dests(v: &[(Dest, Vec<u8>)]) -> Vec<Dest> {

@@ -2,17 +2,17 @@
 //! state, moving records between upstream, the daemons, `DIR/in` and the
 //! clients according to `route`.
 
-use crate::route::{self, Account, Dest, Origin};
+use crate::route::{self, Dest, Origin};
 use crate::upstream::Upstream;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use sj::account::Account;
 use sj::child::Child;
 use sj::exit::{Fatal, OK, TEMPORARY};
 use sj::fifo::LineFifo;
 use sj::framer::{canonical_record, Dropped, Event, Limits};
 use sj::io::{LineReader, Read, WriteQueue};
+use sj::poll::{Interest, PollSet};
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 /// Stop reading local sources while this much waits for the server.
@@ -28,6 +28,9 @@ const CHILD_HIGH: usize = 1 << 20;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest line accepted from a FIFO or a daemon: the library's rule.
 const LINE_MAX: usize = sj::framer::MAX_LINE;
+/// How often `DIR/clients` is rescanned and children reaped and restarted
+/// without being woken for it (no inotify; a restart's backoff is over).
+const SCAN_EVERY: Duration = Duration::from_secs(1);
 
 /// The four daemons, in the order they are started.
 pub const DAEMONS: [&str; 4] = ["messaged", "presenced", "iqd", "mirrord"];
@@ -39,7 +42,6 @@ struct Daemon {
 }
 
 pub struct Options {
-    pub dir: PathBuf,
     pub verbose: bool,
     /// Seconds of upstream silence before a keepalive ping.
     pub keepalive: Duration,
@@ -56,7 +58,6 @@ pub struct Router {
     /// Each client's `out` FIFO, by name.
     clients: BTreeMap<String, LineFifo>,
     watcher: sj::fifo::ClientWatcher,
-    sig: OwnedFd,
     opts: Options,
     last_heard: Instant,
     ping_sent: Option<Instant>,
@@ -133,16 +134,15 @@ fn daemon_index(d: &Dest) -> Option<usize> {
 }
 
 impl Router {
-    pub fn new(up: Upstream, acct: Account, sig: OwnedFd, opts: Options) -> Result<Router, Fatal> {
-        let dir = &opts.dir;
-        let in_path = dir.join("in");
+    pub fn new(up: Upstream, acct: Account, opts: Options) -> Result<Router, Fatal> {
+        let dir = acct.dir();
+        let in_path = dir.in_fifo();
         sj::fifo::make(&in_path)
             .map_err(|e| Fatal::io(format!("create {}", in_path.display()), &e))?;
         let dir_in = LineFifo::open(&in_path, LINE_MAX)
             .map_err(|e| Fatal::io(format!("open {}", in_path.display()), &e))?;
-        let clients_dir = dir.join("clients");
-        let watcher = sj::fifo::ClientWatcher::new(&clients_dir)
-            .map_err(|e| Fatal::io(format!("watch {}", clients_dir.display()), &e))?;
+        let watcher = sj::fifo::ClientWatcher::new(dir)
+            .map_err(|e| Fatal::io(format!("watch {}", dir.clients().display()), &e))?;
         let mut daemons = Vec::new();
         for name in DAEMONS {
             let mut args = Vec::new();
@@ -152,11 +152,11 @@ impl Router {
             args.extend([
                 "-d".to_string(),
                 dir.display().to_string(),
-                acct.full.clone(),
+                acct.full().to_string(),
             ]);
             let env = vec![
                 ("SJ_DIR".to_string(), dir.display().to_string()),
-                ("SJ_JID".to_string(), acct.full.clone()),
+                ("SJ_JID".to_string(), acct.full().to_string()),
             ];
             daemons.push(Daemon {
                 child: Child::new(name, &sj::child::locate(name), args, env),
@@ -172,7 +172,6 @@ impl Router {
             dir_in,
             clients: BTreeMap::new(),
             watcher,
-            sig,
             opts,
             last_heard: Instant::now(),
             ping_sent: None,
@@ -257,7 +256,7 @@ impl Router {
             return;
         };
         let own = match sj::jid::Jid::parse(from) {
-            Ok(j) => j.bare().to_string() == self.acct.bare || j.to_string() == self.acct.domain,
+            Ok(j) => j.bare() == *self.acct.jid() || j.to_string() == self.acct.domain(),
             // Not a JID: nobody to answer.
             Err(_) => true,
         };
@@ -307,7 +306,10 @@ impl Router {
     }
 
     fn client_arrived(&mut self, name: &str) {
-        let path = self.opts.dir.join("clients").join(name).join("out");
+        let path = match self.acct.dir().client(name) {
+            Ok(c) => c.out_fifo(),
+            Err(e) => return sj::log::warn(&format!("ignoring client directory {name}: {e}")),
+        };
         match LineFifo::open(&path, LINE_MAX) {
             Ok(out) => {
                 sj::log::info(&format!("client {name} arrived"));
@@ -331,7 +333,7 @@ impl Router {
         sj::log::info(&format!("client {name} left"));
         let gone = format!(
             "<presence from='{}' type='unavailable'/>\n",
-            sj::escape::attr(&format!("{}/{name}", self.acct.bare))
+            sj::escape::attr(&self.acct.client_jid(name))
         );
         self.deliver(Dest::Presenced, gone.into_bytes());
     }
@@ -394,7 +396,8 @@ impl Router {
             self.client_left(&n);
         }
         for n in added {
-            if sj::path::RESERVED.contains(&n.as_str()) || n == self.acct.resource {
+            if sj::path::RESERVED.contains(&n.as_str()) || Some(n.as_str()) == self.acct.resource()
+            {
                 sj::log::warn(&format!("ignoring client directory {n}: reserved name"));
                 continue;
             }
@@ -498,15 +501,13 @@ impl Router {
                     self.flush_daemon(i);
                 }
             }
-            let waiting: Vec<PollFd> = self
-                .daemons
-                .iter()
-                .filter(|d| !d.queue.is_empty())
-                .filter_map(|d| d.child.stdin.as_ref())
-                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLOUT))
-                .collect();
-            let now = Instant::now();
-            if waiting.is_empty() || now >= end {
+            let mut waiting = PollSet::with_capacity(self.daemons.len());
+            for d in self.daemons.iter().filter(|d| !d.queue.is_empty()) {
+                if let Some(fd) = &d.child.stdin {
+                    waiting.add(fd.as_fd(), (), Interest::Write);
+                }
+            }
+            if waiting.is_empty() || Instant::now() >= end {
                 for d in self.daemons.iter().filter(|d| !d.queue.is_empty()) {
                     sj::log::warn(&format!(
                         "stopping with {} bytes {} did not take",
@@ -516,12 +517,8 @@ impl Router {
                 }
                 return;
             }
-            let mut fds = waiting;
-            let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
-            if let Err(e) = nix::poll::poll(&mut fds, t) {
-                if e != nix::errno::Errno::EINTR {
-                    return;
-                }
+            if waiting.wait(Some(end)).is_err() {
+                return;
             }
         }
     }
@@ -533,135 +530,84 @@ impl Router {
         let mut upbuf = Vec::with_capacity(64 * 1024);
         let mut next_scan = Instant::now();
         loop {
-            let now = Instant::now();
-            if now >= next_scan {
+            if Instant::now() >= next_scan {
                 self.rescan_clients();
                 self.reap_children();
-                next_scan = now + Duration::from_secs(1);
+                next_scan = Instant::now() + SCAN_EVERY;
             }
-            if let Some(t) = self.stopping {
-                self.close_drained_stdins();
-                let drained = self.daemons.iter().all(|d| !d.child.is_running());
-                if (drained && self.up_queue.is_empty()) || t.elapsed() > STOP_GRACE {
-                    self.end_stream(b"</stream:stream>", sj::io::End::Close);
-                    return Ok(());
-                }
-            }
-            // Build the poll set from what each buffer needs.
-            let up_full = self.up_queue.len() >= UPSTREAM_HIGH;
-            let daemons_full = self
-                .daemons
-                .iter()
-                .any(|d| d.child.is_running() && d.queue.len() >= CHILD_HIGH);
-            if daemons_full {
-                // Not reading is not silence: the server's bytes wait in
-                // the socket, so no keepalive is due.
-                self.last_heard = Instant::now();
-                self.ping_sent = None;
+            if self.stop_done() {
+                return Ok(());
             }
             self.keepalive()?;
-            let mut fds: Vec<PollFd> = Vec::new();
-            let mut kinds: Vec<Slot> = Vec::new();
-            let add = |fds: &mut Vec<PollFd>,
-                       kinds: &mut Vec<Slot>,
-                       fd: BorrowedFd<'_>,
-                       ev: PollFlags,
-                       k: Slot| {
-                // SAFETY of lifetimes: the descriptors outlive this turn.
-                fds.push(PollFd::new(
-                    unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&fd)) },
-                    ev,
-                ));
-                kinds.push(k);
-            };
-            add(
-                &mut fds,
-                &mut kinds,
-                self.sig.as_fd(),
-                PollFlags::POLLIN,
-                Slot::Signal,
-            );
-            if !daemons_full {
-                add(
-                    &mut fds,
-                    &mut kinds,
-                    self.up.rfd.as_fd(),
-                    PollFlags::POLLIN,
-                    Slot::UpRead,
-                );
-            }
-            if !self.up_queue.is_empty() {
-                add(
-                    &mut fds,
-                    &mut kinds,
-                    self.up.wfd.as_fd(),
-                    PollFlags::POLLOUT,
-                    Slot::UpWrite,
-                );
-            }
-            if let Some(fd) = self.watcher.fd() {
-                add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::Watcher);
-            }
-            if !up_full && self.stopping.is_none() {
-                if let Some(fd) = self.dir_in.fd() {
-                    add(&mut fds, &mut kinds, fd, PollFlags::POLLIN, Slot::DirIn);
-                }
-                for (name, c) in &self.clients {
-                    if let Some(fd) = c.fd() {
-                        add(
-                            &mut fds,
-                            &mut kinds,
-                            fd,
-                            PollFlags::POLLIN,
-                            Slot::Client(name.clone()),
-                        );
-                    }
-                }
-            }
-            for (i, d) in self.daemons.iter().enumerate() {
-                if let Some(out) = &d.child.stdout {
-                    if !up_full {
-                        add(
-                            &mut fds,
-                            &mut kinds,
-                            out.as_fd(),
-                            PollFlags::POLLIN,
-                            Slot::ChildRead(i),
-                        );
-                    }
-                }
-                if let Some(inp) = &d.child.stdin {
-                    if !d.queue.is_empty() {
-                        add(
-                            &mut fds,
-                            &mut kinds,
-                            inp.as_fd(),
-                            PollFlags::POLLOUT,
-                            Slot::ChildWrite(i),
-                        );
-                    }
-                }
-            }
-            let timeout = next_scan
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(1000));
-            let ms = u16::try_from(timeout.as_millis()).unwrap_or(1000).max(1);
-            match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Fatal::io("poll", &e.into())),
-            }
-            let ready: Vec<(Slot, PollFlags)> = fds
-                .iter()
-                .zip(kinds)
-                .filter_map(|(p, k)| p.revents().filter(|r| !r.is_empty()).map(|r| (k, r)))
-                .collect();
-            drop(fds);
-            for (slot, rev) in ready {
-                self.handle(slot, rev, &mut upbuf)?;
+            let ready = self
+                .poll_set()
+                .wait(Some(next_scan))
+                .map_err(|e| Fatal::io("poll", &e))?;
+            for (token, _) in ready {
+                self.handle(token, &mut upbuf)?;
             }
             self.flush_queues()?;
         }
+    }
+
+    /// While stopping: true (and the stream's end decided) once the
+    /// daemons have drained and exited and the server took what was
+    /// queued, or the grace time is over.
+    fn stop_done(&mut self) -> bool {
+        let Some(t) = self.stopping else {
+            return false;
+        };
+        self.close_drained_stdins();
+        let drained = self.daemons.iter().all(|d| !d.child.is_running());
+        if (drained && self.up_queue.is_empty()) || t.elapsed() > STOP_GRACE {
+            self.end_stream(b"</stream:stream>", sj::io::End::Close);
+            return true;
+        }
+        false
+    }
+
+    /// A running daemon has so much waiting that the server is not read.
+    fn daemons_full(&self) -> bool {
+        self.daemons
+            .iter()
+            .any(|d| d.child.is_running() && d.queue.len() >= CHILD_HIGH)
+    }
+
+    /// What to wait for this turn, from what each buffer needs.
+    fn poll_set(&self) -> PollSet<'_, Token> {
+        let up_full = self.up_queue.len() >= UPSTREAM_HIGH;
+        let mut set = PollSet::with_capacity(8 + self.clients.len() + 2 * self.daemons.len());
+        if let Some(fd) = sj::signal::fd() {
+            set.add(fd, Token::Signal, Interest::Read);
+        }
+        if !self.daemons_full() {
+            set.add(self.up.rfd.as_fd(), Token::UpRead, Interest::Read);
+        }
+        if !self.up_queue.is_empty() {
+            set.add(self.up.wfd.as_fd(), Token::UpWrite, Interest::Write);
+        }
+        if let Some(fd) = self.watcher.fd() {
+            set.add(fd, Token::Watcher, Interest::Read);
+        }
+        if !up_full && self.stopping.is_none() {
+            if let Some(fd) = self.dir_in.fd() {
+                set.add(fd, Token::DirIn, Interest::Read);
+            }
+            for (name, c) in &self.clients {
+                if let Some(fd) = c.fd() {
+                    set.add(fd, Token::Client(name.clone()), Interest::Read);
+                }
+            }
+        }
+        for (i, d) in self.daemons.iter().enumerate() {
+            if let (Some(out), false) = (&d.child.stdout, up_full) {
+                set.add(out.as_fd(), Token::ChildRead(i), Interest::Read);
+            }
+            if let (Some(inp), false) = (&d.child.stdin, d.queue.is_empty()) {
+                set.add(inp.as_fd(), Token::ChildWrite(i), Interest::Write);
+            }
+        }
+        set
     }
 
     /// Write what this turn queued now rather than a poll later: each
@@ -703,6 +649,12 @@ impl Router {
         if self.stopping.is_some() {
             return Ok(());
         }
+        if self.daemons_full() {
+            // Not reading is not silence: the server's bytes wait in the
+            // socket, so no keepalive is due.
+            self.last_heard = Instant::now();
+            self.ping_sent = None;
+        }
         if let Some(t) = self.ping_sent {
             if t.elapsed() >= self.opts.keepalive_timeout {
                 self.end_stream(b"</stream:stream>", sj::io::End::Close);
@@ -717,7 +669,7 @@ impl Router {
                 "<iq type='get' id='{}ping-{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>\n",
                 route::OWN_ID,
                 self.ping_seq,
-                sj::escape::attr(&self.acct.domain)
+                sj::escape::attr(self.acct.domain())
             );
             self.up_queue.push(ping.into_bytes());
             self.ping_sent = Some(Instant::now());
@@ -725,55 +677,52 @@ impl Router {
         Ok(())
     }
 
-    fn handle(&mut self, slot: Slot, rev: PollFlags, upbuf: &mut Vec<u8>) -> Result<(), Fatal> {
-        match slot {
-            Slot::Signal => {
-                let mut b = [0u8; 64];
-                let _ = nix::unistd::read(&self.sig, &mut b);
+    fn handle(&mut self, token: Token, upbuf: &mut Vec<u8>) -> Result<(), Fatal> {
+        match token {
+            Token::Signal => {
+                let arrived = sj::signal::drain();
                 self.reap_children();
-                if crate::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                if arrived.stop {
                     self.begin_stop();
                 }
             }
-            Slot::Watcher => self.rescan_clients(),
-            Slot::UpWrite => {
+            Token::Watcher => self.rescan_clients(),
+            Token::UpWrite => {
                 if let Err(e) = self.up_queue.flush(&self.up.wfd) {
                     return Err(Fatal::io("write to the server", &e));
                 }
             }
-            Slot::UpRead => {
-                upbuf.clear();
-                match sj::io::read_into(&self.up.rfd, upbuf) {
-                    Ok(Read::Data(_)) => {
-                        self.last_heard = Instant::now();
-                        self.ping_sent = None;
-                        self.up.framer.feed(upbuf);
-                        self.drain_upstream()?;
-                    }
-                    Ok(Read::WouldBlock) => {}
-                    Ok(Read::Eof) => {
-                        return Err(Fatal::temporary(
-                            "unable to read from the server: connection closed",
-                        ))
-                    }
-                    Err(e) => return Err(Fatal::io("read from the server", &e)),
-                }
-            }
-            Slot::DirIn => {
+            Token::UpRead => self.read_upstream(upbuf)?,
+            Token::DirIn => {
                 self.read_local(Origin::In);
             }
-            Slot::Client(name) => {
+            Token::Client(name) => {
                 self.read_local(Origin::Client(name));
             }
-            Slot::ChildRead(i) => {
+            Token::ChildRead(i) => {
                 self.read_child(i);
             }
-            Slot::ChildWrite(i) => {
-                self.flush_daemon(i);
-                let _ = rev;
-            }
+            Token::ChildWrite(i) => self.flush_daemon(i),
         }
         Ok(())
+    }
+
+    /// One read from the server, and route what it completed.
+    fn read_upstream(&mut self, upbuf: &mut Vec<u8>) -> Result<(), Fatal> {
+        upbuf.clear();
+        match sj::io::read_into(&self.up.rfd, upbuf) {
+            Ok(Read::Data(_)) => {
+                self.last_heard = Instant::now();
+                self.ping_sent = None;
+                self.up.framer.feed(upbuf);
+                self.drain_upstream()
+            }
+            Ok(Read::WouldBlock) => Ok(()),
+            Ok(Read::Eof) => Err(Fatal::temporary(
+                "unable to read from the server: connection closed",
+            )),
+            Err(e) => Err(Fatal::io("read from the server", &e)),
+        }
     }
 
     /// One read from a daemon's stdout; true while more may come.
@@ -855,13 +804,20 @@ impl Router {
             d.child.close_stdin();
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.daemons.iter().any(|d| d.child.is_running()) && Instant::now() < deadline {
+        loop {
             for (pid, _) in sj::child::reap() {
                 if let Some(d) = self.daemons.iter_mut().find(|d| d.child.pid == Some(pid)) {
                     d.child.pid = None;
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if !self.daemons.iter().any(|d| d.child.is_running()) || Instant::now() >= deadline {
+                break;
+            }
+            // SIGCHLD wakes the wait (its byte stays in the self-pipe if
+            // it came before the wait began).
+            let Some(sig) = sj::signal::fd() else { break };
+            let _ = sj::poll::wait_one(sig, Interest::Read, Some(deadline));
+            sj::signal::drain();
         }
         for d in &self.daemons {
             if let Some(pid) = d.child.pid {
@@ -874,7 +830,8 @@ impl Router {
     }
 }
 
-enum Slot {
+/// What each descriptor of a turn's poll set is.
+enum Token {
     Signal,
     Watcher,
     UpRead,

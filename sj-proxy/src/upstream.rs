@@ -36,8 +36,6 @@ pub struct Upstream {
     pub tls: bool,
     /// The wrapper's UCSPI-TLS descriptors, if it gave any, until STARTTLS.
     handover: Option<Result<Handover, Fatal>>,
-    /// Set by the signal handler: stop negotiating.
-    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The stream was ended (`close`): nothing more is written.
     closed: bool,
 }
@@ -111,7 +109,6 @@ impl Upstream {
         wfd: OwnedFd,
         tls: bool,
         handover: Option<Result<Handover, Fatal>>,
-        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Upstream {
             rfd,
@@ -119,7 +116,6 @@ impl Upstream {
             framer: Framer::new(Mode::Stream, Limits::PRE_AUTH),
             tls,
             handover,
-            stop,
             closed: false,
         }
     }
@@ -186,7 +182,7 @@ impl Upstream {
         refused(e)
     }
 
-    /// Block (with a deadline, and watching the stop flag) for the next event.
+    /// Block (with a deadline, and woken by a stop signal) for the next event.
     pub fn next_event(&mut self, deadline: Instant) -> Result<Event, Fatal> {
         let mut buf = Vec::new();
         loop {
@@ -200,25 +196,19 @@ impl Upstream {
                 Ok(None) => {}
                 Err(e) => return Err(self.refuse(&e)),
             }
-            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if sj::signal::stopping() {
                 return Err(Fatal::new(
                     sj::exit::OK,
                     "stopped by a signal while negotiating",
                 ));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Err(Fatal::temporary(
                     "unable to negotiate with the server: timed out",
                 ));
             }
-            let wait = (deadline - now).min(Duration::from_millis(200));
-            let pfd = nix::poll::PollFd::new(self.rfd.as_fd(), nix::poll::PollFlags::POLLIN);
-            let ms = u16::try_from(wait.as_millis()).unwrap_or(200);
-            match nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(ms)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(Fatal::io("poll the server connection", &e.into())),
+            if !self.wait_readable(deadline)? {
+                continue;
             }
             buf.clear();
             match sj::io::read_into(&self.rfd, &mut buf) {
@@ -232,6 +222,24 @@ impl Upstream {
                 Err(e) => return Err(Fatal::io("read from the server", &e)),
             }
         }
+    }
+
+    /// Wait for the server's bytes until `deadline`, or a signal; true
+    /// when they came.
+    fn wait_readable(&self, deadline: Instant) -> Result<bool, Fatal> {
+        use sj::poll::{Interest, PollSet};
+        let mut set = PollSet::with_capacity(2);
+        set.add(self.rfd.as_fd(), true, Interest::Read);
+        if let Some(sig) = sj::signal::fd() {
+            set.add(sig, false, Interest::Read);
+        }
+        let ready = set
+            .wait(Some(deadline))
+            .map_err(|e| Fatal::io("poll the server connection", &e))?;
+        if ready.iter().any(|(up, _)| !up) {
+            sj::signal::drain();
+        }
+        Ok(ready.iter().any(|(up, _)| *up))
     }
 
     /// The next record, with stream errors and stream end as fatal errors.

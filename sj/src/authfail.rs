@@ -26,8 +26,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-/// The file's name in DIR (reserved: `sj::path::RESERVED`).
-pub const NAME: &str = "auth-failures";
 /// Spacing after the first failure; it doubles with each further one.
 pub const FIRST_DELAY: Duration = Duration::from_millis(500);
 /// Largest spacing.
@@ -155,15 +153,8 @@ pub struct Failures {
 }
 
 impl Failures {
-    /// The record of the account in `dir`.
-    pub fn of(dir: &Path) -> Failures {
-        Failures {
-            path: dir.join(NAME),
-        }
-    }
-
-    /// A record at `path` (sj-c2s keeps the one for names of no account in
-    /// its root).
+    /// The record at `path`: an account's (`Dir::auth_failures`), or a
+    /// root's for the names of no account there (`Root::auth_failures`).
     pub fn at(path: PathBuf) -> Failures {
         Failures { path }
     }
@@ -302,7 +293,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("sj-authfail-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         crate::fifo::make_dir(&d).expect("mkdir");
-        let f = Failures::of(&d);
+        let f = Failures::at(crate::account::Dir::new(&d).auth_failures());
         assert_eq!(f.count(), 0);
         let now = SystemTime::now();
         assert!(matches!(
@@ -311,17 +302,17 @@ mod tests {
         ));
         assert_eq!(f.refused(now).expect("refused"), None);
         assert_eq!(f.count(), 1);
-        let text = std::fs::read_to_string(d.join(NAME)).expect("read");
+        let text = std::fs::read_to_string(f.path()).expect("read");
         assert!(text.starts_with("failures=1 next="), "{text}");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.join(NAME))
+        let mode = std::fs::metadata(f.path())
             .expect("stat")
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // Not through a symlink.
-        std::fs::remove_file(d.join(NAME)).expect("rm");
-        std::os::unix::fs::symlink("/dev/null", d.join(NAME)).expect("ln");
+        std::fs::remove_file(f.path()).expect("rm");
+        std::os::unix::fs::symlink("/dev/null", f.path()).expect("ln");
         assert!(f.attempt(false, now, WAIT).is_err());
         std::fs::remove_dir_all(&d).ok();
     }

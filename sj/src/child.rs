@@ -150,11 +150,9 @@ mod tests {
         let out = c.stdout.take().expect("stdout");
         let mut buf = Vec::new();
         loop {
-            let pfd = nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&out),
-                nix::poll::PollFlags::POLLIN,
-            );
-            nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(5000u16)).expect("poll");
+            let wake = std::time::Instant::now() + Duration::from_secs(5);
+            let fd = std::os::fd::AsFd::as_fd(&out);
+            crate::poll::wait_one(fd, crate::poll::Interest::Read, Some(wake)).expect("poll");
             match crate::io::read_into(&out, &mut buf).expect("read") {
                 crate::io::Read::Eof => break,
                 _ => continue,

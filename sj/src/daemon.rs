@@ -3,39 +3,23 @@
 //! are not given. Each program parses its own options (lexopt) and hands
 //! the optional DIR and JID here.
 
+use crate::account::{Account, Dir, Root};
 use crate::exit::Fatal;
 use crate::jid::Jid;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// Resolve the account directory and the bound JID.
+/// Resolve the account: its directory and the bound JID.
 ///
 /// JID: the argument, else a non-empty `SJ_JID`. DIR: `-d`, else a
-/// non-empty `SJ_DIR`, else `$HOME/xmpp/BARE`. Errors are permanent (exit
-/// 100) and end with `usage`. A DIR that a live sj-proxy other than our
-/// parent owns is refused with exit 111 (`sj::lock::check_daemon`).
-pub fn resolve(
-    dir: Option<PathBuf>,
-    jid: Option<String>,
-    usage: &str,
-) -> Result<(PathBuf, Jid), Fatal> {
+/// non-empty `SJ_DIR`, else `$HOME/xmpp/BARE` (`sj::account::Root`).
+/// Errors are permanent (exit 100) and end with `usage`. A DIR that a
+/// live sj-proxy other than our parent owns is refused with exit 111
+/// (`sj::lock::check_daemon`).
+pub fn resolve(dir: Option<PathBuf>, jid: Option<String>, usage: &str) -> Result<Account, Fatal> {
     let (dir, jid) = resolve_from(dir, jid, usage, &|k| std::env::var_os(k))?;
     crate::lock::check_daemon(&dir)?;
-    Ok((dir, jid))
-}
-
-/// The JID text alone: the argument, else a non-empty `SJ_JID` (for a
-/// program that parses the JID its own way; then `dir`).
-pub fn jid(jid: Option<String>, usage: &str) -> Result<String, Fatal> {
-    jid_from(jid, usage, &|k| std::env::var_os(k))
-}
-
-/// The account directory alone: `-d`, else a non-empty `SJ_DIR`, else
-/// `$HOME/xmpp/BARE`; refused like `resolve`'s when another sj-proxy owns it.
-pub fn dir(dir: Option<PathBuf>, bare: &str, usage: &str) -> Result<PathBuf, Fatal> {
-    let dir = dir_from(dir, bare, usage, &|k| std::env::var_os(k))?;
-    crate::lock::check_daemon(&dir)?;
-    Ok(dir)
+    Ok(Account::new(&jid, dir))
 }
 
 type Env<'a> = &'a dyn Fn(&str) -> Option<OsString>;
@@ -44,29 +28,24 @@ fn non_empty(env: Env, k: &str) -> Option<OsString> {
     env(k).filter(|v| !v.is_empty())
 }
 
-fn jid_from(jid: Option<String>, usage: &str, env: Env) -> Result<String, Fatal> {
-    jid.or_else(|| non_empty(env, "SJ_JID").and_then(|v| v.into_string().ok()))
-        .ok_or_else(|| Fatal::permanent(format!("missing JID; {usage}")))
-}
-
-fn dir_from(dir: Option<PathBuf>, bare: &str, usage: &str, env: Env) -> Result<PathBuf, Fatal> {
-    if let Some(d) = dir.or_else(|| non_empty(env, "SJ_DIR").map(PathBuf::from)) {
-        return Ok(d);
-    }
-    let home = non_empty(env, "HOME")
-        .ok_or_else(|| Fatal::permanent(format!("no -d DIR, SJ_DIR or HOME; {usage}")))?;
-    Ok(PathBuf::from(home).join("xmpp").join(bare))
-}
-
 fn resolve_from(
     dir: Option<PathBuf>,
     jid: Option<String>,
     usage: &str,
     env: Env,
-) -> Result<(PathBuf, Jid), Fatal> {
-    let jid = jid_from(jid, usage, env)?;
+) -> Result<(Dir, Jid), Fatal> {
+    let jid = jid
+        .or_else(|| non_empty(env, "SJ_JID").and_then(|v| v.into_string().ok()))
+        .ok_or_else(|| Fatal::permanent(format!("missing JID; {usage}")))?;
     let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("{e}: {jid}")))?;
-    let dir = dir_from(dir, &jid.bare().to_string(), usage, env)?;
+    if let Some(d) = dir.or_else(|| non_empty(env, "SJ_DIR").map(PathBuf::from)) {
+        return Ok((Dir::new(d), jid));
+    }
+    let home = non_empty(env, "HOME")
+        .ok_or_else(|| Fatal::permanent(format!("no -d DIR, SJ_DIR or HOME; {usage}")))?;
+    let dir = Root::in_home(home)
+        .account(&jid)
+        .map_err(|e| Fatal::permanent(format!("unable to name a directory for {jid}: {e}")))?;
     Ok((dir, jid))
 }
 
@@ -92,10 +71,10 @@ mod tests {
             &env(&[("SJ_DIR", "/b"), ("SJ_JID", "o@h")]),
         )
         .expect("ok");
-        assert_eq!((d, j.to_string()), (PathBuf::from("/a"), "me@h/r".into()));
+        assert_eq!((d, j.to_string()), (Dir::new("/a"), "me@h/r".into()));
         let (d, j) =
             resolve_from(None, None, u, &env(&[("SJ_DIR", "/b"), ("SJ_JID", "o@h")])).expect("ok");
-        assert_eq!((d, j.to_string()), (PathBuf::from("/b"), "o@h".into()));
+        assert_eq!((d, j.to_string()), (Dir::new("/b"), "o@h".into()));
         let (d, _) = resolve_from(
             None,
             Some("Me@H/r".into()),
@@ -103,7 +82,17 @@ mod tests {
             &env(&[("SJ_DIR", ""), ("HOME", "/home/me")]),
         )
         .expect("ok");
-        assert_eq!(d, PathBuf::from("/home/me/xmpp/me@h"));
+        assert_eq!(d, Dir::new("/home/me/xmpp/me@h"));
+        // The one rule for every JID-named directory: the same name sj-c2s
+        // -R looks for, and the roster tool.
+        let (d, _) = resolve_from(
+            None,
+            Some("a!b@h/r".into()),
+            u,
+            &env(&[("HOME", "/home/me")]),
+        )
+        .expect("ok");
+        assert_eq!(d, Dir::new("/home/me/xmpp/a%21b@h"));
     }
 
     #[test]

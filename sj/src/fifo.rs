@@ -17,6 +17,7 @@
 //! never a symbolic link that would lead out of DIR. DIR itself may be a
 //! symbolic link: where the account lives is its owner's choice.
 
+use crate::account::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::{Mode, SFlag};
@@ -27,11 +28,6 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-
-/// The marker mirrord leaves in `DIR/clients/NAME/` when it drops the
-/// client for falling behind (mirrord(8)); its reader (sj-c2s) looks for
-/// it when mirrord closes `in`.
-pub const DROPPED: &str = "dropped";
 
 /// An entry refused by the rules: `InvalidInput`, with what was found.
 fn refused(what: String) -> io::Error {
@@ -513,8 +509,8 @@ fn unique() -> u64 {
 
 /// The clients registered under `DIR/clients`: a subdirectory whose `in`
 /// and `out` are both FIFOs. Names are the directory names as they are.
-pub fn list_clients(clients_dir: &Path) -> BTreeSet<String> {
-    client_fifos(clients_dir).0.into_keys().collect()
+pub fn list_clients(dir: &Dir) -> BTreeSet<String> {
+    client_fifos(dir).0.into_keys().collect()
 }
 
 /// Identity of a client's registration: device and inode of its `out`.
@@ -525,11 +521,11 @@ type OutId = (u64, u64);
 /// directory elsewhere, whose FIFOs would take records out of DIR), or an
 /// `in` or `out` that is there but not a FIFO. A directory still being
 /// made (no `in` or `out` yet) is neither.
-fn client_fifos(clients_dir: &Path) -> (BTreeMap<String, OutId>, BTreeMap<String, String>) {
+fn client_fifos(dir: &Dir) -> (BTreeMap<String, OutId>, BTreeMap<String, String>) {
     use std::os::unix::fs::MetadataExt;
     let mut found = BTreeMap::new();
     let mut refused = BTreeMap::new();
-    let Ok(rd) = fs::read_dir(clients_dir) else {
+    let Ok(rd) = fs::read_dir(dir.clients()) else {
         return (found, refused);
     };
     for ent in rd.flatten() {
@@ -548,10 +544,12 @@ fn client_fifos(clients_dir: &Path) -> (BTreeMap<String, OutId>, BTreeMap<String
             }
             _ => continue,
         }
-        let dir = ent.path();
+        let Ok(client) = dir.client(&name) else {
+            continue;
+        };
         let (i, o) = (
-            fs::symlink_metadata(dir.join("in")),
-            fs::symlink_metadata(dir.join("out")),
+            fs::symlink_metadata(client.in_fifo()),
+            fs::symlink_metadata(client.out_fifo()),
         );
         match (&i, &o) {
             (Ok(i), Ok(o)) if i.file_type().is_fifo() && o.file_type().is_fifo() => {
@@ -575,7 +573,7 @@ fn client_fifos(clients_dir: &Path) -> (BTreeMap<String, OutId>, BTreeMap<String
 /// cheap (one readdir and two lstat per client) and driven by inotify when
 /// available; `changes` is also safe to call on a timer.
 pub struct ClientWatcher {
-    dir: PathBuf,
+    dir: Dir,
     known: BTreeSet<String>,
     /// The `out` each known client had at the last scan: a client that
     /// left and registered again under the same name between two scans (a
@@ -587,18 +585,19 @@ pub struct ClientWatcher {
 }
 
 impl ClientWatcher {
-    pub fn new(clients_dir: &Path) -> io::Result<Self> {
+    /// Watch `DIR/clients`, made if missing.
+    pub fn new(dir: &Dir) -> io::Result<Self> {
         use nix::sys::inotify::{InitFlags, Inotify};
-        make_subdir(clients_dir)?;
+        make_subdir(&dir.clients())?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok();
         let mut w = ClientWatcher {
-            dir: clients_dir.to_path_buf(),
+            dir: dir.clone(),
             known: BTreeSet::new(),
             ids: BTreeMap::new(),
             refused: BTreeMap::new(),
             inotify,
         };
-        w.watch(&w.dir.clone());
+        w.watch(&w.dir.clients());
         Ok(w)
     }
 
@@ -640,7 +639,7 @@ impl ClientWatcher {
     /// a reader holding the old FIFO open (sj-proxy) guarantees.
     pub fn changes(&mut self) -> (Vec<String>, Vec<String>) {
         // Watch every subdirectory so FIFOs made inside it wake us too.
-        if let Ok(rd) = fs::read_dir(&self.dir) {
+        if let Ok(rd) = fs::read_dir(self.dir.clients()) {
             for ent in rd.flatten() {
                 if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                     self.watch(&ent.path());
@@ -874,7 +873,7 @@ mod tests {
         fs::write(c.join("regin/in"), b"").expect("write");
         make(&c.join("regin/out")).expect("fifo");
         make(&c.join("half/in")).expect("fifo");
-        let (found, refused) = client_fifos(&c);
+        let (found, refused) = client_fifos(&Dir::new(&d));
         assert_eq!(found.keys().collect::<Vec<_>>(), vec!["good"]);
         assert_eq!(
             refused.into_iter().collect::<Vec<_>>(),
@@ -893,7 +892,7 @@ mod tests {
     fn watcher_sees_clients_come_and_go() {
         let d = tmpdir("watch");
         let c = d.join("clients");
-        let mut w = ClientWatcher::new(&c).expect("watcher");
+        let mut w = ClientWatcher::new(&Dir::new(&d)).expect("watcher");
         assert_eq!(w.changes(), (vec![], vec![]));
         make_dir(&c.join("a")).expect("mkdir");
         make(&c.join("a/in")).expect("fifo");

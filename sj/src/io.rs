@@ -1,6 +1,7 @@
 //! Non-blocking byte and line I/O on raw descriptors, for event loops that
 //! recompute what to wait for from buffer state.
 
+use crate::poll::{Interest, PollSet};
 use memchr::memchr;
 use nix::errno::Errno;
 use std::collections::VecDeque;
@@ -246,22 +247,15 @@ impl WriteQueue {
 
     /// Flush, waiting for the descriptor at most `max` (on the way out).
     pub fn drain(&mut self, fd: impl AsFd, max: std::time::Duration) -> io::Result<()> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout};
         let end = std::time::Instant::now() + max;
         loop {
             if self.flush(fd.as_fd())? {
                 return Ok(());
             }
-            let now = std::time::Instant::now();
-            if now >= end {
+            if std::time::Instant::now() >= end {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
             }
-            let t = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::NONE);
-            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-            match nix::poll::poll(&mut fds, t) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+            crate::poll::wait_one(fd.as_fd(), Interest::Write, Some(end))?;
         }
     }
 
@@ -368,7 +362,6 @@ pub fn close_stream(
     linger: Linger,
     end: End,
 ) -> Closed {
-    use nix::poll::{PollFd, PollFlags, PollTimeout};
     use std::time::Instant;
     let deadline = Instant::now() + linger.time;
     let mut flushed = false;
@@ -403,23 +396,19 @@ pub fn close_stream(
             }
             break;
         }
-        let now = Instant::now();
-        if now >= deadline {
+        if Instant::now() >= deadline {
             break;
         }
-        let t = PollTimeout::try_from(deadline - now).unwrap_or(PollTimeout::NONE);
-        let mut fds = Vec::with_capacity(2);
+        let mut set = PollSet::with_capacity(2);
         if !eof {
-            fds.push(PollFd::new(rfd.as_fd(), PollFlags::POLLIN));
+            set.add(rfd.as_fd(), (), Interest::Read);
         }
         if !flushed {
-            fds.push(PollFd::new(wfd.as_fd(), PollFlags::POLLOUT));
+            set.add(wfd.as_fd(), (), Interest::Write);
         }
-        match nix::poll::poll(&mut fds, t) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(_) => break,
+        if set.wait(Some(deadline)).is_err() {
+            break;
         }
-        drop(fds);
         if !eof {
             sink.clear();
             match read_into(rfd.as_fd(), &mut sink) {
@@ -462,8 +451,8 @@ pub fn write_all(fd: impl AsFd, mut data: &[u8]) -> io::Result<()> {
             Ok(n) => data = &data[n..],
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => {
-                let pfd = nix::poll::PollFd::new(fd.as_fd(), nix::poll::PollFlags::POLLOUT);
-                let _ = nix::poll::poll(&mut [pfd], nix::poll::PollTimeout::from(1000u16));
+                let wake = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                let _ = crate::poll::wait_one(fd.as_fd(), Interest::Write, Some(wake));
             }
             Err(e) => return Err(e.into()),
         }

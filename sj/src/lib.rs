@@ -13,9 +13,15 @@
 //! wrapper hands both session ends, with the stream headers and stream
 //! errors they write (`ucspi`).
 //!
+//! The floor every program stands on: the account directory's layout and
+//! who the account is (`account`: every path under DIR is named there),
+//! and the event loop's two pieces (`poll`: one poll(2) set per turn;
+//! `signal`: the handlers, one stop flag and one self-pipe).
+//!
 //! What is not here: policy. Routing, logging formats and session state
 //! machines live in the programs that own them.
 
+pub mod account;
 pub mod archive;
 pub mod authfail;
 pub mod child;
@@ -31,7 +37,9 @@ pub mod log;
 pub mod outlog;
 pub mod passwd;
 pub mod path;
+pub mod poll;
 pub mod sasl;
+pub mod signal;
 pub mod state;
 pub mod time;
 pub mod ucspi;

@@ -7,16 +7,13 @@
 //! and a reader can tell a live owner from a dead one by probing the lock
 //! (`owner`) rather than trusting what the owner last wrote.
 
+use crate::account::Dir;
 use crate::exit::Fatal;
 use nix::errno::Errno;
 use nix::fcntl::{open, Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// The lock file's name in DIR (reserved: `sj::path::RESERVED`).
-pub const NAME: &str = "lock";
 
 /// How long `acquire` keeps trying a lock that is taken: a reader's probe
 /// holds a shared lock for a few microseconds, which must not make a
@@ -46,17 +43,17 @@ impl Owner {
     }
 }
 
-fn open_lock(dir: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+fn open_lock(dir: &Dir, flags: OFlag) -> nix::Result<OwnedFd> {
     open(
-        &dir.join(NAME),
+        &dir.lock(),
         flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY,
         Mode::from_bits_truncate(0o600),
     )
 }
 
 /// The pid written in DIR/lock, if any.
-fn written_pid(dir: &Path) -> Option<i32> {
-    crate::fifo::read_text(&dir.join(NAME), 4096)
+fn written_pid(dir: &Dir) -> Option<i32> {
+    crate::fifo::read_text(&dir.lock(), 4096)
         .ok()?
         .trim()
         .parse::<i32>()
@@ -66,7 +63,7 @@ fn written_pid(dir: &Path) -> Option<i32> {
 
 /// The one error for a directory someone else runs (exit 111: the other
 /// owner may stop).
-fn taken(dir: &Path, pid: Option<i32>) -> Fatal {
+fn taken(dir: &Dir, pid: Option<i32>) -> Fatal {
     let pid = pid.map_or_else(|| "?".to_string(), |p| p.to_string());
     Fatal::temporary(format!(
         "unable to lock {}: another sj-proxy (pid {pid}) runs it",
@@ -76,10 +73,10 @@ fn taken(dir: &Path, pid: Option<i32>) -> Fatal {
 
 /// Take DIR's lock for this process and write our pid into it. When another
 /// process holds it: exit 111 with a line naming that process.
-pub fn acquire(dir: &Path) -> Result<Lock, Fatal> {
+pub fn acquire(dir: &Dir) -> Result<Lock, Fatal> {
     let what = || format!("lock {}", dir.display());
     let mut fd = open_lock(dir, OFlag::O_RDWR | OFlag::O_CREAT)
-        .map_err(|e| Fatal::io(format!("open {}/{NAME}", dir.display()), &e.into()))?;
+        .map_err(|e| Fatal::io(format!("open {}", dir.lock().display()), &e.into()))?;
     let give_up = Instant::now() + PROBE_GRACE;
     let lock = loop {
         match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
@@ -101,7 +98,7 @@ pub fn acquire(dir: &Path) -> Result<Lock, Fatal> {
 /// Who owns DIR. Probes the lock with a shared non-blocking `flock`, which
 /// fails while an owner holds it and, when it succeeds, is let go at once;
 /// the owner is never disturbed.
-pub fn owner(dir: &Path) -> Owner {
+pub fn owner(dir: &Dir) -> Owner {
     let fd = match open_lock(dir, OFlag::O_RDONLY) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Owner::Never,
@@ -122,7 +119,7 @@ pub fn owner(dir: &Path) -> Owner {
 /// For a daemon at startup (messaged, presenced, iqd, mirrord): refuse to run
 /// against a DIR that a live sj-proxy owns, unless that sj-proxy is our
 /// parent (it started us). Exit 111 with the same line as `acquire`.
-pub fn check_daemon(dir: &Path) -> Result<(), Fatal> {
+pub fn check_daemon(dir: &Dir) -> Result<(), Fatal> {
     match owner(dir) {
         Owner::Alive(Some(pid)) if pid == nix::unistd::getppid().as_raw() => Ok(()),
         Owner::Alive(pid) => Err(taken(dir, pid)),
@@ -134,11 +131,11 @@ pub fn check_daemon(dir: &Path) -> Result<(), Fatal> {
 mod tests {
     use super::*;
 
-    fn tmpdir(tag: &str) -> std::path::PathBuf {
+    fn tmpdir(tag: &str) -> Dir {
         let d = std::env::temp_dir().join(format!("sj-lock-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         crate::fifo::make_dir(&d).expect("mkdir");
-        d
+        Dir::new(d)
     }
 
     #[test]
@@ -163,14 +160,14 @@ mod tests {
         assert_eq!(owner(&d), Owner::Gone(me));
         let again = acquire(&d).expect("free again");
         drop(again);
-        std::fs::remove_dir_all(&d).ok();
+        std::fs::remove_dir_all(d.path()).ok();
     }
 
     #[test]
     fn lock_refuses_a_symlink() {
         let d = tmpdir("link");
-        std::os::unix::fs::symlink("/dev/null", d.join(NAME)).expect("symlink");
+        std::os::unix::fs::symlink("/dev/null", d.lock()).expect("symlink");
         assert!(acquire(&d).is_err());
-        std::fs::remove_dir_all(&d).ok();
+        std::fs::remove_dir_all(d.path()).ok();
     }
 }

@@ -101,18 +101,14 @@ pub fn write(path: &Path, password: &str) -> std::io::Result<()> {
     crate::fifo::write_durable(path, format(&creds).as_bytes())
 }
 
-/// Name of the key file, in DIR (or sj-c2s's ROOT), from which the salts
-/// of users without credentials are made (`salt_key`).
-pub const SALT_KEY: &str = ".salt-key";
-
 /// The key that makes salts for names that have no credentials here, so an
 /// unknown user gets a challenge like a known one's, the same on every try
-/// (`sasl::fake_salt`). Read from `dir/.salt-key`; made on first use
-/// (32 random bytes in base64, mode 0600). Delete the file to change the key.
-pub fn salt_key(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let path = dir.join(SALT_KEY);
+/// (`sasl::fake_salt`). Read from `path` (DIR's or ROOT's `.salt-key`:
+/// `sj::account`); made on first use (32 random bytes in base64, mode
+/// 0600). Delete the file to change the key.
+pub fn salt_key(path: &Path) -> std::io::Result<Vec<u8>> {
     for _ in 0..2 {
-        match crate::fifo::read_text(&path, 4096) {
+        match crate::fifo::read_text(path, 4096) {
             Ok(text) => {
                 return b64decode(text.trim())
                     .ok()
@@ -125,7 +121,7 @@ pub fn salt_key(dir: &Path) -> std::io::Result<Vec<u8>> {
                     .map_err(|e| Error::other(format!("no random numbers: {e}")))?;
                 let text = format!("{}\n", b64encode(&key));
                 // Whoever links it first wins; the other reads theirs.
-                if crate::fifo::write_new(&path, text.as_bytes())? {
+                if crate::fifo::write_new(path, text.as_bytes())? {
                     return Ok(key.to_vec());
                 }
             }
@@ -256,16 +252,14 @@ mod tests {
     #[test]
     fn salt_key_made_once_then_read() {
         let dir = TempDir::new("key");
-        let k = salt_key(&dir.0).expect("made");
+        let path = crate::account::Dir::new(&dir.0).salt_key();
+        let k = salt_key(&path).expect("made");
         assert_eq!(k.len(), 32);
-        assert_eq!(salt_key(&dir.0).expect("read"), k);
-        let mode = std::fs::metadata(dir.0.join(SALT_KEY))
-            .expect("stat")
-            .permissions()
-            .mode();
+        assert_eq!(salt_key(&path).expect("read"), k);
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        std::fs::write(dir.0.join(SALT_KEY), "zz\n").expect("w");
-        assert!(salt_key(&dir.0).is_err());
+        std::fs::write(&path, "zz\n").expect("w");
+        assert!(salt_key(&path).is_err());
     }
 
     #[test]

@@ -8,22 +8,9 @@
 //! rules are percent-encoded (`%2F`), and so is `%` itself, so the mapping
 //! is reversible and two different names never share a path.
 
-/// Names the account directory reserves for itself.
-pub const RESERVED: &[&str] = &[
-    "in",
-    "out",
-    "state",
-    "mypresence",
-    "roster",
-    "passwd",
-    "iq",
-    "iq.d",
-    "clients",
-    "presence",
-    "subscriptions",
-    "lock",
-    "auth-failures",
-];
+/// Names the account directory reserves for itself (its layout is
+/// `sj::account`'s).
+pub use crate::account::RESERVED;
 
 /// What kind of name is being mapped (contacts must be valid bare JIDs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,14 +12,11 @@
 //! is the lock's business (`sj::lock`): `Report` puts the two together for
 //! readers that tell a person the account's state.
 
+use crate::account::Dir;
 use crate::jid::Jid;
 use crate::lock::Owner;
 use std::fmt;
-use std::path::Path;
 use std::time::SystemTime;
-
-/// The file's name in DIR.
-pub const NAME: &str = "state";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Word {
@@ -66,9 +63,9 @@ pub fn line(word: Word, jid: &Jid, at: SystemTime) -> String {
 }
 
 /// Replace DIR/state atomically with `word` and `jid`, as of now.
-pub fn write(dir: &Path, word: Word, jid: &Jid) -> std::io::Result<()> {
+pub fn write(dir: &Dir, word: Word, jid: &Jid) -> std::io::Result<()> {
     let text = line(word, jid, SystemTime::now());
-    crate::fifo::write_atomic(&dir.join(NAME), text.as_bytes())
+    crate::fifo::write_atomic(&dir.state(), text.as_bytes())
 }
 
 /// Parse the first line of a state file. A file of the older space-separated
@@ -98,8 +95,8 @@ pub fn parse(text: &str) -> Option<State> {
 /// a state line, an error when it cannot be read (the opening rules of
 /// DIR, `sj::fifo`: a symlink or a FIFO in its place is refused, not
 /// followed or waited on).
-pub fn load(dir: &Path) -> std::io::Result<Option<State>> {
-    match crate::fifo::read_text(&dir.join(NAME), 4096) {
+pub fn load(dir: &Dir) -> std::io::Result<Option<State>> {
+    match crate::fifo::read_text(&dir.state(), 4096) {
         Ok(t) => Ok(parse(&t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
@@ -107,7 +104,7 @@ pub fn load(dir: &Path) -> std::io::Result<Option<State>> {
 }
 
 /// DIR/state, `None` when it is missing or unreadable (`load` says why).
-pub fn read(dir: &Path) -> Option<State> {
+pub fn read(dir: &Dir) -> Option<State> {
     load(dir).ok().flatten()
 }
 
@@ -122,7 +119,7 @@ pub struct Report {
 }
 
 /// Read DIR/state and probe DIR's lock.
-pub fn report(dir: &Path) -> Report {
+pub fn report(dir: &Dir) -> Report {
     // The lock first: an owner that stops between the two reads then
     // shows as alive with its last line, never as dead with a line a new
     // owner wrote.

@@ -7,13 +7,13 @@
 
 use iqd::roster::{set_request, Item, Roster};
 use iqd::stanza;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use sj::account::Dir;
 use sj::exit::Fatal;
 use sj::io::{LineReader, Read};
 use sj::jid::Jid;
 use sj::xml::Element;
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -72,19 +72,18 @@ fn parse_args() -> Result<Args, Fatal> {
 }
 
 /// `-d`, else `SJ_DIR`, else `$HOME/xmpp/<bare JID of SJ_JID>`.
-fn account_dir(a: &Args) -> Result<PathBuf, Fatal> {
+fn account_dir(a: &Args) -> Result<Dir, Fatal> {
     if let Some(d) = &a.dir {
-        return Ok(d.clone());
+        return Ok(Dir::new(d));
     }
     if let Some(d) = std::env::var_os("SJ_DIR") {
-        return Ok(PathBuf::from(d));
+        return Ok(Dir::new(d));
     }
     let jid = std::env::var("SJ_JID").map_err(|_| usage("no -d DIR and no SJ_DIR"))?;
     let jid = Jid::parse(&jid).map_err(|e| Fatal::permanent(format!("SJ_JID: {e}")))?;
-    let home = std::env::var_os("HOME").ok_or_else(|| usage("no -d DIR and no HOME"))?;
-    let c = sj::path::component(sj::path::Kind::Contact, &jid.bare().to_string())
-        .map_err(|e| Fatal::permanent(format!("SJ_JID: {e}")))?;
-    Ok(PathBuf::from(home).join("xmpp").join(c))
+    let root = sj::account::home_root().ok_or_else(|| usage("no -d DIR and no HOME"))?;
+    root.account(&jid)
+        .map_err(|e| Fatal::permanent(format!("SJ_JID: {e}")))
 }
 
 fn run() -> Result<u8, Fatal> {
@@ -137,8 +136,8 @@ fn run() -> Result<u8, Fatal> {
     request(&dir, &item, a.timeout)
 }
 
-fn list(dir: &Path) -> Result<u8, Fatal> {
-    let p = dir.join("roster");
+fn list(dir: &Dir) -> Result<u8, Fatal> {
+    let p = dir.roster();
     let text =
         iqd::roster::read_file(dir).map_err(|e| Fatal::io(format!("read {}", p.display()), &e))?;
     let mut out = String::new();
@@ -162,7 +161,7 @@ impl Drop for Cleanup {
     }
 }
 
-fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
+fn request(dir: &Dir, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = format!("roster-{}-{n}", std::process::id());
@@ -172,18 +171,19 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
             "request too large for DIR/in (4096 bytes)",
         ));
     }
-    let iq_dir = dir.join("iq");
+    let iq_dir = dir.iq();
     sj::fifo::make_subdir(&iq_dir)
         .map_err(|e| Fatal::io(format!("create {}", iq_dir.display()), &e))?;
-    let fifo = iqd::paths::iq_result(dir, &id)
-        .ok_or_else(|| Fatal::permanent(format!("id {id} cannot name a file")))?;
+    let fifo = dir
+        .iq_result(&id)
+        .map_err(|e| Fatal::permanent(format!("id {id} cannot name a file: {e}")))?;
     let _ = std::fs::remove_file(&fifo);
     sj::fifo::make(&fifo).map_err(|e| Fatal::io(format!("create {}", fifo.display()), &e))?;
     let _cleanup = Cleanup(fifo.clone());
     let answer = sj::fifo::open_read(&fifo)
         .map_err(|e| Fatal::io(format!("open {}", fifo.display()), &e))?;
 
-    let inp = dir.join("in");
+    let inp = dir.in_fifo();
     let w = match sj::fifo::open_write(&inp) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         r => r.map_err(|e| Fatal::io(format!("open {}", inp.display()), &e))?,
@@ -217,18 +217,13 @@ fn request(dir: &Path, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
             sj::log::warn("ignored an answer not from the account's server");
         }
         reader.warn_overlong(&fifo.display().to_string());
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= end {
             return Err(Fatal::temporary(format!(
                 "timed out waiting for the answer to {id}"
             )));
         }
-        let ms = u16::try_from(left.as_millis().min(30_000)).unwrap_or(30_000);
-        let mut f = [PollFd::new(answer.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut f, PollTimeout::from(ms)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(Fatal::io("poll", &e.into())),
-        }
+        sj::poll::wait_one(answer.as_fd(), sj::poll::Interest::Read, Some(end))
+            .map_err(|e| Fatal::io("poll", &e))?;
         match reader.fill(&answer) {
             Ok(Read::Data(_)) | Ok(Read::WouldBlock) | Ok(Read::Eof) => {}
             Err(e) => return Err(Fatal::io(format!("read {}", fifo.display()), &e)),

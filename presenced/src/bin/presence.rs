@@ -9,19 +9,16 @@
 //! What it does not do: talk to the server or to presenced directly;
 //! presenced notices the files with inotify.
 
+use sj::account::Dir;
 use sj::exit::Fatal;
 use sj::jid::Jid;
-use sj::path::Kind;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-#[allow(dead_code)]
-#[path = "../common.rs"]
-mod common;
-use common::{MyPresence, Show};
+use presenced::common::{self, MyPresence, Show};
 
 const USAGE: &str = "usage: presence [-d DIR] show [online|chat|away|xa|dnd|offline] [status...]
        presence [-d DIR] priority [N]
@@ -69,6 +66,7 @@ fn run() -> Result<(), Fatal> {
     }
     let dir = dir
         .or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from))
+        .map(Dir::new)
         .ok_or_else(|| usage("no DIR: give -d DIR or set SJ_DIR"))?;
     let Some((cmd, rest)) = words.split_first() else {
         return Err(usage("no command"));
@@ -125,8 +123,8 @@ fn print(line: &str) -> Result<(), Fatal> {
         .map_err(|e| Fatal::io("write to stdout", &e))
 }
 
-fn cmd_show(dir: &Path, words: &[String]) -> Result<(), Fatal> {
-    let path = dir.join("mypresence");
+fn cmd_show(dir: &Dir, words: &[String]) -> Result<(), Fatal> {
+    let path = dir.mypresence();
     if words.is_empty() {
         return print(&read_file(&path)?.line());
     }
@@ -135,8 +133,8 @@ fn cmd_show(dir: &Path, words: &[String]) -> Result<(), Fatal> {
     write_file(&path, &parse_show(words, &old)?)
 }
 
-fn cmd_priority(dir: &Path, words: &[String]) -> Result<(), Fatal> {
-    let path = dir.join("mypresence");
+fn cmd_priority(dir: &Dir, words: &[String]) -> Result<(), Fatal> {
+    let path = dir.mypresence();
     match words {
         [] => print(&read_file(&path)?.priority.to_string()),
         [n] => {
@@ -150,21 +148,15 @@ fn cmd_priority(dir: &Path, words: &[String]) -> Result<(), Fatal> {
     }
 }
 
-/// The directory of a contact, by the one mapping rule.
-fn contact_dir(dir: &Path, contact: &str) -> Result<(String, PathBuf), Fatal> {
-    let jid = Jid::parse(contact).map_err(|e| usage(format!("{e}: {contact}")))?;
-    let bare = jid.bare().to_string();
-    let comp =
-        sj::path::component(Kind::Contact, &bare).map_err(|e| usage(format!("{contact}: {e}")))?;
-    Ok((bare, dir.join(comp)))
-}
-
-fn cmd_to(dir: &Path, words: &[String]) -> Result<(), Fatal> {
+fn cmd_to(dir: &Dir, words: &[String]) -> Result<(), Fatal> {
     let Some((contact, rest)) = words.split_first() else {
         return Err(usage("to: no contact given"));
     };
-    let (_, cdir) = contact_dir(dir, contact)?;
-    let path = cdir.join("mypresence");
+    let jid = Jid::parse(contact).map_err(|e| usage(format!("{e}: {contact}")))?;
+    let cdir = dir
+        .contact(&jid.bare().to_string())
+        .map_err(|e| usage(format!("{contact}: {e}")))?;
+    let path = cdir.mypresence();
     match rest {
         [] => {
             if fs::symlink_metadata(&path).is_ok() {
@@ -180,8 +172,8 @@ fn cmd_to(dir: &Path, words: &[String]) -> Result<(), Fatal> {
         },
         _ => {
             let m = parse_show(rest, &MyPresence::default())?;
-            sj::fifo::make_subdir(&cdir)
-                .map_err(|e| Fatal::io(format_args!("create {}", cdir.display()), &e))?;
+            sj::fifo::make_subdir(cdir.path())
+                .map_err(|e| Fatal::io(format_args!("create {}", cdir.path().display()), &e))?;
             write_file(&path, &m)
         }
     }
@@ -192,13 +184,13 @@ fn subscription_stanza(typ: &str, bare: &str) -> String {
     format!("<presence to='{}' type='{typ}'/>\n", sj::escape::attr(bare))
 }
 
-fn cmd_subscription(dir: &Path, typ: &str, words: &[String]) -> Result<(), Fatal> {
+fn cmd_subscription(dir: &Dir, typ: &str, words: &[String]) -> Result<(), Fatal> {
     let [contact] = words else {
         return Err(usage(format!("{typ} takes one contact")));
     };
     let jid = Jid::parse(contact).map_err(|e| usage(format!("{e}: {contact}")))?;
     let rec = subscription_stanza(typ, &jid.bare().to_string());
-    let path = dir.join("in");
+    let path = dir.in_fifo();
     let no_reader = || {
         Fatal::temporary(format!(
             "unable to open {}: no reader (is sj-proxy running?)",
@@ -221,7 +213,7 @@ fn cmd_subscription(dir: &Path, typ: &str, words: &[String]) -> Result<(), Fatal
 /// One line: the state to believe first (`online`, `connecting`,
 /// `offline`), then what DIR/state says and whether its sj-proxy runs.
 /// Exit 0 when online, 111 otherwise, so scripts can test it.
-fn cmd_state(dir: &Path) -> Result<(), Fatal> {
+fn cmd_state(dir: &Dir) -> Result<(), Fatal> {
     let report = sj::state::report(dir);
     print(&report.to_string())?;
     if report.word() == sj::state::Word::Online {
@@ -231,25 +223,16 @@ fn cmd_state(dir: &Path) -> Result<(), Fatal> {
     }
 }
 
-fn cmd_list(dir: &Path) -> Result<(), Fatal> {
-    let rd =
-        fs::read_dir(dir).map_err(|e| Fatal::io(format_args!("read {}", dir.display()), &e))?;
+fn cmd_list(dir: &Dir) -> Result<(), Fatal> {
+    // DIR must be readable: an empty list would say no contact is online.
+    fs::read_dir(dir.path()).map_err(|e| Fatal::io(format_args!("read {}", dir.display()), &e))?;
     let mut rows = Vec::new();
-    for ent in rd.flatten() {
-        let Ok(name) = ent.file_name().into_string() else {
-            continue;
-        };
-        if name.starts_with('.') || sj::path::RESERVED.contains(&name.as_str()) {
-            continue;
-        }
-        if !ent.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let Ok(text) = sj::fifo::read_file(&ent.path().join("presence"), 64 * 1024) else {
+    for c in dir.contacts() {
+        let Ok(text) = sj::fifo::read_file(&c.presence(), 64 * 1024) else {
             continue;
         };
         let text = String::from_utf8_lossy(&text);
-        let jid = sj::path::decode(&name).unwrap_or(name);
+        let jid = c.decoded().unwrap_or_else(|| c.name().to_string());
         rows.push(format!(
             "{jid}\t{}",
             text.lines().next().unwrap_or("offline")

@@ -132,7 +132,7 @@ fn run() -> Result<(), Fatal> {
         .mode(0o700)
         .create(&dir)
         .map_err(|e| Fatal::io(format_args!("create {}", dir.display()), &e))?;
-    let path = dir.join("passwd");
+    let path = sj::account::Dir::new(&dir).passwd();
     sj::passwd::write(&path, &password)
         .map_err(|e| Fatal::io(format_args!("write {}", path.display()), &e))
 }
