@@ -234,6 +234,26 @@ pub fn query<'e, 'a>(iq: &'e Element<'a>) -> Option<&'e Element<'a>> {
 mod tests {
     use super::*;
 
+    /// A group or name with a line break (the roster tool takes any
+    /// text) makes a one-line roster set that reads back the same.
+    #[test]
+    fn set_request_with_line_breaks_is_one_line() {
+        let i = Item {
+            jid: "carol@localhost".into(),
+            subscription: "none".into(),
+            name: "Carol\nC".into(),
+            groups: vec!["Friends\r\nold".into()],
+        };
+        let s = set_request("r1", &i);
+        assert_eq!(s.find('\n'), Some(s.len() - 1), "{s:?}");
+        let e = Element::parse(s.as_bytes()).expect("parses");
+        let item = query(&e)
+            .and_then(|q| q.elements().next())
+            .and_then(Item::from_element)
+            .expect("item");
+        assert_eq!(item, i);
+    }
+
     #[test]
     fn line_format_round_trips() {
         let i = Item {

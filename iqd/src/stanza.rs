@@ -218,6 +218,22 @@ pub fn from_handler(to: Option<&str>, id: &str, success: bool, out: &[u8]) -> St
 mod tests {
     use super::*;
 
+    /// An id with a line break (`&#10;` in the request) is answered on one
+    /// record line, and comes back as it was.
+    #[test]
+    fn answers_to_an_id_with_line_breaks_stay_one_line() {
+        for s in [
+            result(Some("bob@x/r"), "a\nb\r\tc", ""),
+            error(None, "a\nb\r\tc", Cond::BadRequest),
+            from_handler(None, "a\nb\r\tc", true, b"<iq type='result' id='z'/>"),
+        ] {
+            assert_eq!(s.find('\n'), Some(s.len() - 1), "{s:?}");
+            assert!(!s.contains(['\r', '\t']), "{s:?}");
+            let e = Element::parse(s.as_bytes()).expect("parses");
+            assert_eq!(e.attr("id"), Some("a\nb\r\tc"));
+        }
+    }
+
     #[test]
     fn error_shape() {
         let s = error(Some("bob@x/r"), "a1", Cond::ServiceUnavailable);

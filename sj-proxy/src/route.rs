@@ -577,6 +577,24 @@ mod tests {
         }
     }
 
+    /// The error for a too-large stanza whose id holds a line break
+    /// (`&#10;` in the client's record) is one record line with the id
+    /// as the client sent it.
+    #[test]
+    fn too_large_error_keeps_a_line_break_of_the_id_on_one_line() {
+        let iq = format!(
+            "<iq type='set' id='q&#10;1&#9;' to='bob@localhost'><query xmlns='x'>{}</query></iq>",
+            "z".repeat(SERVER_MAX)
+        );
+        let out = from_local(&acct(), &Origin::Client("a".into()), iq.as_bytes(), |_| {
+            true
+        });
+        let e = &out[1].1;
+        assert_eq!(e.iter().position(|&b| b == b'\n'), Some(e.len() - 1));
+        let e = Element::parse(e).expect("iq error parses");
+        assert_eq!(e.attr("id"), Some("q\n1\t"));
+    }
+
     #[test]
     fn groupchat_and_private_get_no_copy() {
         let gc = b"<message to='room@muc' type='groupchat'><body>hi</body></message>\n";
