@@ -337,107 +337,119 @@ impl Translator {
         let (Some(el), Some(top)) = (Element::parse(record), Top::parse(record)) else {
             return Inbound::Drop(Some("unparsable record".into()));
         };
+        let retarget = match self.retarget(&el) {
+            Ok(r) => r,
+            Err(not_here) => return not_here,
+        };
         let full = self.full.to_string();
-        // `to` rewriting.
-        let mut retarget = None;
-        if let Some(to_raw) = el.attr("to") {
-            let Ok(to) = Jid::parse(to_raw) else {
-                return Inbound::Drop(Some(format!("bad to {to_raw:?}")));
-            };
-            if to.bare() == self.bare && to.resource().is_some() && to != self.full {
-                if Some(&to) == self.upstream.as_ref() {
-                    retarget = Some(Edit::Set("to", &full));
-                } else {
-                    return Inbound::Stranger;
-                }
-            }
-        }
-        let out = || top.rewrite(retarget.as_slice());
-        let from = parse_jid(el.attr("from"));
-        let ty = el.attr("type");
+        let edits = [Edit::Set("to", &full)];
+        let as_is = || Inbound::Deliver(line(top.rewrite(if retarget { &edits } else { &[] })));
         match &*el.name {
-            "message" => {
-                let sent = el.child("sent", ns::CARBONS);
-                let received = el.child("received", ns::CARBONS);
-                let Some(carbon) = sent.or(received) else {
-                    return Inbound::Deliver(line(out()));
-                };
-                if from.as_ref() != Some(&self.bare) {
-                    return Inbound::Drop(Some(format!(
-                        "carbon from {:?} is not from the account: dropped",
-                        el.attr("from").unwrap_or("")
-                    )));
-                }
-                let Some(inner) = path(
-                    carbon,
-                    &[("forwarded", ns::FORWARD), ("message", ns::CLIENT)],
-                ) else {
-                    return Inbound::Drop(Some("carbon without a forwarded message".into()));
-                };
-                if sent.is_some() {
-                    if parse_jid(inner.attr("from")).as_ref() == Some(&self.full) {
-                        return Inbound::Drop(None);
-                    }
-                    if self.carbons {
-                        Inbound::Deliver(line(out()))
-                    } else {
-                        Inbound::Drop(None)
-                    }
-                } else if self.carbons {
-                    Inbound::Deliver(line(out()))
-                } else {
-                    let Some(bytes) = record.get(inner.span.clone()) else {
-                        return Inbound::Drop(Some("bad span".into()));
-                    };
-                    let msg = match (Top::parse(bytes), parse_jid(inner.attr("to"))) {
-                        (Some(m), Some(t)) if Some(&t) == self.upstream.as_ref() => {
-                            m.rewrite(&[Edit::Set("to", &full)])
-                        }
-                        _ => bytes.to_vec(),
-                    };
-                    Inbound::Deliver(line(msg))
-                }
+            "message" => self.inbound_message(record, &el).unwrap_or_else(as_is),
+            "iq" => self.inbound_iq(&top, &el).unwrap_or_else(as_is),
+            _ => as_is(),
+        }
+    }
+
+    /// Whether the record's `to` names the upstream session, to be
+    /// rewritten to the client's full JID; `Err` for a record not to
+    /// deliver here.
+    fn retarget(&self, el: &Element<'_>) -> Result<bool, Inbound> {
+        let Some(to_raw) = el.attr("to") else {
+            return Ok(false);
+        };
+        let Ok(to) = Jid::parse(to_raw) else {
+            return Err(Inbound::Drop(Some(format!("bad to {to_raw:?}"))));
+        };
+        if to.bare() != self.bare || to.resource().is_none() || to == self.full {
+            return Ok(false);
+        }
+        if Some(&to) == self.upstream.as_ref() {
+            Ok(true)
+        } else {
+            Err(Inbound::Stranger)
+        }
+    }
+
+    /// A message from mirrord: what becomes of a carbon (`None`: deliver
+    /// it as it is).
+    fn inbound_message(&self, record: &[u8], el: &Element<'_>) -> Option<Inbound> {
+        let sent = el.child("sent", ns::CARBONS);
+        let received = el.child("received", ns::CARBONS);
+        let carbon = sent.or(received)?;
+        if parse_jid(el.attr("from")).as_ref() != Some(&self.bare) {
+            return Some(Inbound::Drop(Some(format!(
+                "carbon from {:?} is not from the account: dropped",
+                el.attr("from").unwrap_or("")
+            ))));
+        }
+        let Some(inner) = path(
+            carbon,
+            &[("forwarded", ns::FORWARD), ("message", ns::CLIENT)],
+        ) else {
+            return Some(Inbound::Drop(Some(
+                "carbon without a forwarded message".into(),
+            )));
+        };
+        if sent.is_some() {
+            if parse_jid(inner.attr("from")).as_ref() == Some(&self.full) {
+                return Some(Inbound::Drop(None));
             }
-            "iq" => {
-                let id = el.attr("id").unwrap_or("").to_string();
-                match ty {
-                    Some("result") | Some("error") => {
-                        if self.roster_ids.remove(&id) && ty == Some("result") {
-                            if let Some(q) = el.child("query", ns::ROSTER) {
-                                let has = q.elements().any(|i| i.attr("jid") == Some(CONTROL));
-                                if !has {
-                                    let item = control_item();
-                                    let r = self.with_child(&top, &el, Edit::Child(q, &item));
-                                    return Inbound::Deliver(line(r));
-                                }
-                            }
-                        }
-                        if self.disco_ids.remove(&id)
-                            && ty == Some("result")
-                            && self.account_or_server(from.as_ref())
-                        {
-                            if let Some((q, add)) = missing_features(&el) {
-                                let r = self.with_child(&top, &el, Edit::Child(q, &add));
-                                return Inbound::Deliver(line(r));
-                            }
-                        }
-                        Inbound::Deliver(line(out()))
-                    }
-                    Some("set") => {
-                        if el.child("query", ns::ROSTER).is_some()
-                            && (from.is_none() || from.as_ref() == Some(&self.bare))
-                        {
-                            if self.push_ids.len() >= MAX_PUSH_IDS {
-                                self.push_ids.pop_front();
-                            }
-                            self.push_ids.push_back(id);
-                        }
-                        Inbound::Deliver(line(out()))
-                    }
-                    _ => Inbound::Deliver(line(out())),
-                }
+            return (!self.carbons).then_some(Inbound::Drop(None));
+        }
+        if self.carbons {
+            return None;
+        }
+        // A client without carbons gets the message it would have had.
+        let Some(bytes) = record.get(inner.span.clone()) else {
+            return Some(Inbound::Drop(Some("bad span".into())));
+        };
+        let full = self.full.to_string();
+        let msg = match (Top::parse(bytes), parse_jid(inner.attr("to"))) {
+            (Some(m), Some(t)) if Some(&t) == self.upstream.as_ref() => {
+                m.rewrite(&[Edit::Set("to", &full)])
             }
-            _ => Inbound::Deliver(line(out())),
+            _ => bytes.to_vec(),
+        };
+        Some(Inbound::Deliver(line(msg)))
+    }
+
+    /// An iq from mirrord: answers to the client's roster and disco
+    /// queries get the control contact and the carbons features, roster
+    /// pushes are remembered (`None`: deliver it as it is).
+    fn inbound_iq(&mut self, top: &Top<'_>, el: &Element<'_>) -> Option<Inbound> {
+        let from = parse_jid(el.attr("from"));
+        let id = el.attr("id").unwrap_or("").to_string();
+        match el.attr("type") {
+            Some(ty @ ("result" | "error")) => {
+                let result = ty == "result";
+                let roster = el.child("query", ns::ROSTER);
+                if let (true, Some(q)) = (self.roster_ids.remove(&id) && result, roster) {
+                    if !q.elements().any(|i| i.attr("jid") == Some(CONTROL)) {
+                        let item = control_item();
+                        let r = self.with_child(top, el, Edit::Child(q, &item));
+                        return Some(Inbound::Deliver(line(r)));
+                    }
+                }
+                if self.disco_ids.remove(&id) && result && self.account_or_server(from.as_ref()) {
+                    let (q, add) = missing_features(el)?;
+                    let r = self.with_child(top, el, Edit::Child(q, &add));
+                    return Some(Inbound::Deliver(line(r)));
+                }
+                None
+            }
+            Some("set") => {
+                if el.child("query", ns::ROSTER).is_some()
+                    && (from.is_none() || from.as_ref() == Some(&self.bare))
+                {
+                    if self.push_ids.len() >= MAX_PUSH_IDS {
+                        self.push_ids.pop_front();
+                    }
+                    self.push_ids.push_back(id);
+                }
+                None
+            }
+            _ => None,
         }
     }
 
