@@ -68,22 +68,34 @@ pub(crate) static NAME_CHAR_ASCII_NO_COLON: [bool; 256] = {
 /// End of the XML `Name` starting at `s[i]` (`i` itself if there is none).
 /// Stops at a byte that does not start a name character, or at UTF-8 that
 /// is cut or invalid.
-pub(crate) fn name_end(s: &[u8], mut i: usize) -> usize {
+#[inline]
+pub(crate) fn name_end(s: &[u8], i: usize) -> usize {
+    // Names are nearly always ASCII: a table lookup a byte.
+    match s.get(i) {
+        Some(&b) if b < 0x80 && !NAME_START_ASCII[b as usize] => return i,
+        Some(&b) if b < 0x80 => {}
+        _ => return name_end_general(s, i),
+    }
+    let mut j = i + 1;
+    while let Some(&b) = s.get(j) {
+        if b >= 0x80 {
+            return name_end_general(s, i);
+        }
+        if !NAME_CHAR_ASCII[b as usize] {
+            break;
+        }
+        j += 1;
+    }
+    j
+}
+
+/// `name_end` for any characters.
+#[inline(never)]
+fn name_end_general(s: &[u8], mut i: usize) -> usize {
     let start = i;
     while let Some(&b) = s.get(i) {
-        if b < 0x80 {
-            let table = if i == start {
-                &NAME_START_ASCII
-            } else {
-                &NAME_CHAR_ASCII
-            };
-            if !table[b as usize] {
-                break;
-            }
-            i += 1;
-            continue;
-        }
         let len = match b {
+            0..=0x7F => 1,
             0xC0..=0xDF => 2,
             0xE0..=0xEF => 3,
             _ => 4,
@@ -158,13 +170,25 @@ pub(crate) fn escape_into(out: &mut Vec<u8>, s: &str, attr: bool) {
 /// do. `None` on invalid UTF-8, an unknown entity, or a malformed
 /// reference or one to a non-`Char`.
 pub fn unescape(raw: &[u8], attr: bool) -> Option<Cow<'_, str>> {
-    let s = std::str::from_utf8(raw).ok()?;
+    unescape_str(std::str::from_utf8(raw).ok()?, attr)
+}
+
+/// `unescape` of text already known to be UTF-8.
+pub(crate) fn unescape_str(s: &str, attr: bool) -> Option<Cow<'_, str>> {
+    let raw = s.as_bytes();
     // memchr scans many bytes a step; a body is hundreds of bytes and
-    // nearly always plain, and this test ran a byte a step before.
-    let plain = if attr {
-        memchr::memchr3(b'&', b'\r', b'\n', raw).is_none() && memchr::memchr(b'\t', raw).is_none()
-    } else {
-        memchr::memchr2(b'&', b'\r', raw).is_none()
+    // nearly always plain, and this test ran a byte a step before. A
+    // short value (a JID, an id) is done faster a byte at a time.
+    let plain = match (attr, raw.len() <= 32) {
+        (true, true) => !raw
+            .iter()
+            .any(|b| matches!(b, b'&' | b'\r' | b'\n' | b'\t')),
+        (false, true) => !raw.iter().any(|b| matches!(b, b'&' | b'\r')),
+        (true, false) => {
+            memchr::memchr3(b'&', b'\r', b'\n', raw).is_none()
+                && memchr::memchr(b'\t', raw).is_none()
+        }
+        (false, false) => memchr::memchr2(b'&', b'\r', raw).is_none(),
     };
     if plain {
         return Some(Cow::Borrowed(s));
@@ -310,6 +334,19 @@ mod tests {
         assert_eq!(name_end(b"a-1.b:c>", 0), 7);
         assert_eq!(name_end("é\u{300}x ".as_bytes(), 0), 5);
         assert_eq!(name_end(b"a\xC3", 0), 1);
+        for t in [
+            &b"ab-c d"[..],
+            b"a\xC3\xA9b>",
+            b"\xC3\xA9",
+            b"_:x/",
+            b"-a",
+            b"",
+            b"a\xFF",
+        ] {
+            for i in 0..t.len() {
+                assert_eq!(name_end(t, i), name_end_general(t, i), "{t:?} {i}");
+            }
+        }
         for b in 0..128u8 {
             let c = b as char;
             assert_eq!(NAME_START_ASCII[b as usize], is_name_start(c), "{b}");

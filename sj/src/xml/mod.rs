@@ -20,7 +20,8 @@ pub use chars::{
     escape_attr, escape_text, is_name_char, is_name_start, is_ws, is_xml_char, unescape,
 };
 pub(crate) use chars::{
-    escape_into, name_end, NAME_CHAR_ASCII, NAME_CHAR_ASCII_NO_COLON, NAME_START_ASCII,
+    escape_into, name_end, unescape_str, NAME_CHAR_ASCII, NAME_CHAR_ASCII_NO_COLON,
+    NAME_START_ASCII,
 };
 pub use top::{Edit, Top};
 pub use tree::{Element, Node};

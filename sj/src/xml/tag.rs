@@ -18,12 +18,11 @@ pub(super) struct AttrPos {
 
 /// Walks the attributes of the start tag at `s[at..]`. After the last one,
 /// `close` is the index of `>` or of `/` in `/>`, or `None` if the tag is
-/// malformed.
+/// malformed (then every later call answers `None` again).
 pub(super) struct TagScan<'a> {
     s: &'a [u8],
     i: usize,
     pub close: Option<usize>,
-    done: bool,
 }
 
 /// The start tag at `s[at] == '<'`: its name and a walker over its attributes.
@@ -40,9 +39,18 @@ pub(super) fn start_tag(s: &[u8], at: usize) -> Option<(Range<usize>, TagScan<'_
         s,
         i: ne,
         close: None,
-        done: false,
     };
     Some((ns..ne, scan))
+}
+
+/// `memchr`, but most values are short, where a plain loop wins over the
+/// vector setup (the tag is read on every hop).
+fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    let head = hay.len().min(32);
+    match hay[..head].iter().position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None => memchr::memchr(needle, &hay[head..]).map(|i| i + head),
+    }
 }
 
 fn skip_ws(s: &[u8], mut i: usize) -> usize {
@@ -54,11 +62,8 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
 
 impl Iterator for TagScan<'_> {
     type Item = AttrPos;
+    #[inline]
     fn next(&mut self) -> Option<AttrPos> {
-        if self.done {
-            return None;
-        }
-        self.done = true;
         let s = self.s;
         let ws_start = self.i;
         let mut i = skip_ws(s, self.i);
@@ -84,9 +89,8 @@ impl Iterator for TagScan<'_> {
         i = skip_ws(s, i + 1);
         let q = *s.get(i).filter(|&&q| q == b'\'' || q == b'"')?;
         let vs = i + 1;
-        let ve = vs + memchr::memchr(q, s.get(vs..)?)?;
+        let ve = vs + find_byte(q, s.get(vs..)?)?;
         self.i = ve + 1;
-        self.done = false;
         Some(AttrPos {
             ws_start,
             name,

@@ -4,8 +4,8 @@
 //! does not touch stays as it was (DESIGN §4: no re-serialisation).
 
 use super::chars::{escape_into, is_ws};
-use super::tag::{start_tag, AttrPos};
-use super::{unescape, Element};
+use super::tag::start_tag;
+use super::{unescape_str, Element};
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -13,10 +13,47 @@ use std::ops::Range;
 #[derive(Debug, Clone)]
 pub struct Top<'a> {
     rec: &'a [u8],
+    /// The start tag, through its `>`, checked as UTF-8 once: names and
+    /// values are slices of it.
+    tag: &'a str,
     name: Range<usize>,
-    attrs: Vec<AttrPos>,
+    attrs: Spans,
     /// Index of `>`, or of `/` in `/>`: where new attributes go.
     close: usize,
+}
+
+/// Where one attribute is in the record: the whitespace before it from
+/// `ws`, its name, its value inside the quotes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    ws: usize,
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Attributes kept inline: a top-level tag has a few, and an allocation
+/// per tag cost as much as reading it (the tag is read on every hop).
+const INLINE: usize = 6;
+
+#[derive(Debug, Clone, Default)]
+struct Spans {
+    len: usize,
+    inline: [Span; INLINE],
+    more: Vec<Span>,
+}
+
+impl Spans {
+    fn push(&mut self, a: Span) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = a,
+            None => self.more.push(a),
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Span> {
+        self.inline[..self.len.min(INLINE)].iter().chain(&self.more)
+    }
 }
 
 /// One change `Top::rewrite` makes. When several edits name one attribute,
@@ -40,13 +77,26 @@ impl<'a> Top<'a> {
     pub fn parse(record: &'a [u8]) -> Option<Top<'a>> {
         let at = record.iter().position(|&b| !is_ws(b))?;
         let (name, mut scan) = start_tag(record, at)?;
-        std::str::from_utf8(&record[name.clone()]).ok()?;
-        let attrs = scan.by_ref().collect();
+        let mut attrs = Spans::default();
+        for a in scan.by_ref() {
+            attrs.push(Span {
+                ws: a.ws_start,
+                name: (a.name.start, a.name.end),
+                value: (a.value.start, a.value.end),
+            });
+        }
+        let close = scan.close?;
+        let end = if record[close] == b'/' {
+            close + 2
+        } else {
+            close + 1
+        };
         Some(Top {
             rec: record,
+            tag: std::str::from_utf8(&record[..end]).ok()?,
             name,
             attrs,
-            close: scan.close?,
+            close,
         })
     }
 
@@ -57,8 +107,7 @@ impl<'a> Top<'a> {
 
     /// The qualified name, e.g. `message`.
     pub fn name(&self) -> &'a str {
-        // Checked as UTF-8 by `parse`.
-        std::str::from_utf8(&self.rec[self.name.clone()]).unwrap_or_default()
+        self.tag.get(self.name.clone()).unwrap_or_default()
     }
 
     /// Whether the element is empty (`<presence/>`).
@@ -66,15 +115,16 @@ impl<'a> Top<'a> {
         self.rec[self.close] == b'/'
     }
 
-    fn find(&self, name: &str) -> Option<&AttrPos> {
+    fn find(&self, name: &str) -> Option<&Span> {
         self.attrs
             .iter()
-            .find(|a| &self.rec[a.name.clone()] == name.as_bytes())
+            .find(|a| &self.rec[a.name.0..a.name.1] == name.as_bytes())
     }
 
     /// The unescaped value of an attribute, by qualified name.
     pub fn attr(&self, name: &str) -> Option<Cow<'a, str>> {
-        unescape(&self.rec[self.find(name)?.value.clone()], true)
+        let a = self.find(name)?;
+        unescape_str(self.tag.get(a.value.0..a.value.1)?, true)
     }
 
     /// The record with `edits` made, in one copy.
@@ -90,17 +140,17 @@ impl<'a> Top<'a> {
             .sum();
         let mut out = Vec::with_capacity(rec.len() + grow + 16);
         let mut at = 0;
-        for a in &self.attrs {
-            match last_edit(edits, &rec[a.name.clone()]) {
+        for a in self.attrs.iter() {
+            match last_edit(edits, &rec[a.name.0..a.name.1]) {
                 Some(Edit::Set(_, v)) => {
                     // The quotes too, so the value may contain either quote.
-                    out.extend_from_slice(&rec[at..a.value.start - 1]);
+                    out.extend_from_slice(&rec[at..a.value.0 - 1]);
                     push_value(&mut out, v);
-                    at = a.value.end + 1;
+                    at = a.value.1 + 1;
                 }
                 Some(Edit::Remove(_)) => {
-                    out.extend_from_slice(&rec[at..a.ws_start]);
-                    at = a.value.end + 1;
+                    out.extend_from_slice(&rec[at..a.ws]);
+                    at = a.value.1 + 1;
                 }
                 _ => {}
             }
@@ -271,6 +321,21 @@ mod tests {
         for (r, want) in cases {
             assert_eq!(edit(r, &[Remove("from")]), want);
         }
+    }
+
+    #[test]
+    fn more_attributes_than_kept_inline() {
+        let r = "<m a='1' b='2' c='3' d='4' e='5' f='6' g='7' h='8'/>";
+        let top = Top::parse(r.as_bytes()).expect("parses");
+        assert_eq!(top.attr("a").as_deref(), Some("1"));
+        assert_eq!(top.attr("h").as_deref(), Some("8"));
+        assert_eq!(
+            edit(
+                r,
+                &[Edit::Remove("b"), Edit::Set("g", "x"), Edit::Set("i", "9")]
+            ),
+            "<m a='1' c='3' d='4' e='5' f='6' g='x' h='8' i='9'/>"
+        );
     }
 
     #[test]
