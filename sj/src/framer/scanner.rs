@@ -6,7 +6,7 @@
 //! pass (`checker`) runs on whole elements first (`start_item`) and at
 //! the end the scanner finds (`finish_record`).
 
-use super::checker::{canonicalise, check_element};
+use super::checker::{canonicalise, check_element, too_deep};
 use super::header::{in_streams_ns, parse_decl, parse_header};
 use super::names::{split_qname, tag_name};
 use super::{fail, Condition, Event, Framer, Limits, Phase, Res, StreamHeader};
@@ -398,10 +398,7 @@ impl Framer {
             }
         }
         if self.depth + 1 > self.limits.max_depth {
-            return fail(
-                Condition::PolicyViolation,
-                format!("nesting deeper than {}", self.limits.max_depth),
-            );
+            return too_deep(self.limits.max_depth);
         }
         let self_closing = end - start >= 3 && self.buf[end - 2] == b'/';
         if !self_closing {
