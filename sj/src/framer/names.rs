@@ -130,6 +130,7 @@ pub(super) fn check_ns_decl(prefix: Option<&[u8]>, raw: &[u8]) -> Res<()> {
 }
 
 /// A namespace name as sent (`raw`), its references resolved: rarely any.
+#[inline]
 pub(super) fn ns_name(raw: &[u8]) -> Cow<'_, [u8]> {
     if raw.contains(&b'&') {
         let v = unescape(raw, true).unwrap_or_default();
