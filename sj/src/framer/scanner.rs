@@ -10,7 +10,7 @@ use super::checker::{canonicalise, check_element, too_deep};
 use super::header::{in_streams_ns, parse_decl, parse_header};
 use super::names::{split_qname, tag_name};
 use super::{fail, Condition, Event, Framer, Limits, Phase, Res, StreamHeader};
-use crate::xml::is_ws;
+use crate::xml::{find_byte, is_ws};
 
 /// RFC 6120 §11.6: a stream in another encoding gets unsupported-encoding.
 /// A UTF-16 (or UTF-32) stream shows itself in its first bytes: a byte
@@ -301,16 +301,25 @@ impl Framer {
         Ok(Flow::Go)
     }
 
-    /// Inside a CDATA section: to its `]]>`.
-    fn in_cdata(&mut self, content: usize) -> Res<Flow> {
+    /// The next `>` from `scan`, which moves past it; `None`: more bytes
+    /// are needed.
+    fn next_gt(&mut self) -> Res<Option<usize>> {
         let n = self.buf.len();
         let Some(off) = memchr::memchr(b'>', &self.buf[self.scan..]) else {
             self.scan = n;
             self.limit(n)?;
-            return Ok(Flow::More);
+            return Ok(None);
         };
         let p = self.scan + off;
         self.scan = p + 1;
+        Ok(Some(p))
+    }
+
+    /// Inside a CDATA section: to its `]]>`.
+    fn in_cdata(&mut self, content: usize) -> Res<Flow> {
+        let Some(p) = self.next_gt()? else {
+            return Ok(Flow::More);
+        };
         if p >= content + 2 && &self.buf[p - 2..p] == b"]]" {
             self.limit(p + 1)?;
             self.lex = Lex::Idle;
@@ -320,14 +329,9 @@ impl Framer {
 
     /// Inside the XML declaration: to its `?>`.
     fn in_decl(&mut self) -> Res<Flow> {
-        let n = self.buf.len();
-        let Some(off) = memchr::memchr(b'>', &self.buf[self.scan..]) else {
-            self.scan = n;
-            self.limit(n)?;
+        let Some(p) = self.next_gt()? else {
             return Ok(Flow::More);
         };
-        let p = self.scan + off;
-        self.scan = p + 1;
         if self.buf[p - 1] == b'?' {
             self.limit(p + 1)?;
             let start = self.item.unwrap_or(0);
@@ -502,15 +506,5 @@ impl Framer {
                 None
             }
         }
-    }
-}
-
-/// `memchr`, but text between tags is usually a few bytes long, where a
-/// plain loop wins over the vector setup.
-fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
-    let head = hay.len().min(16);
-    match hay[..head].iter().position(|&b| b == needle) {
-        Some(i) => Some(i),
-        None => memchr::memchr(needle, &hay[head..]).map(|i| i + head),
     }
 }

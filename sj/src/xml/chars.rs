@@ -120,6 +120,18 @@ fn name_end_general(s: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// `memchr`, but what is searched is usually a few bytes long (text
+/// between tags, an attribute value), where a plain loop wins over the
+/// vector setup.
+#[inline]
+pub(crate) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    let head = hay.len().min(16);
+    match hay[..head].iter().position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None => memchr::memchr(needle, &hay[head..]).map(|i| i + head),
+    }
+}
+
 /// Escape character data: `&`, `<`, `>`, and LF and CR as references.
 pub fn escape_text(s: &str) -> String {
     escape(s, false)

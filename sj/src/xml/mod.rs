@@ -20,7 +20,7 @@ pub use chars::{
     escape_attr, escape_text, is_name_char, is_name_start, is_ws, is_xml_char, unescape,
 };
 pub(crate) use chars::{
-    escape_into, name_end, unescape_str, NAME_CHAR_ASCII, NAME_CHAR_ASCII_NO_COLON,
+    escape_into, find_byte, name_end, unescape_str, NAME_CHAR_ASCII, NAME_CHAR_ASCII_NO_COLON,
     NAME_START_ASCII,
 };
 pub use top::{Edit, Top};

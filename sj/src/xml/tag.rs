@@ -4,7 +4,7 @@
 //! never panics on one that is not: it stops, and its callers answer
 //! `None`. It does not allocate.
 
-use super::chars::{is_ws, name_end};
+use super::chars::{find_byte, is_ws, name_end};
 use std::ops::Range;
 
 /// One attribute of a start tag: the whitespace before it starts at
@@ -41,16 +41,6 @@ pub(super) fn start_tag(s: &[u8], at: usize) -> Option<(Range<usize>, TagScan<'_
         close: None,
     };
     Some((ns..ne, scan))
-}
-
-/// `memchr`, but most values are short, where a plain loop wins over the
-/// vector setup (the tag is read on every hop).
-fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
-    let head = hay.len().min(32);
-    match hay[..head].iter().position(|&b| b == needle) {
-        Some(i) => Some(i),
-        None => memchr::memchr(needle, &hay[head..]).map(|i| i + head),
-    }
 }
 
 fn skip_ws(s: &[u8], mut i: usize) -> usize {
