@@ -269,9 +269,8 @@ pub fn floor() -> Result<procfs::Mem, String> {
 
 /// The id of a chat message record, if it is one.
 fn message_id(rec: &[u8]) -> Option<String> {
-    (sj::xml::name(rec) == Some("message"))
-        .then(|| sj::xml::attr(rec, "id"))
-        .flatten()
+    let top = sj::xml::Top::parse(rec).filter(|t| t.name() == "message")?;
+    top.attr("id").map(|id| id.into_owned())
 }
 
 /// One receiving path; the contact's connection is passed to each call.

@@ -5,16 +5,17 @@
 //! of either.
 
 use sj::framer::{Event, Framer, Limits, Mode};
-use sj::sasl::{self, Hash, ScramClient, ScramServer, StoredCredentials, NS as NS_SASL};
+use sj::ns::{
+    BIND as NS_BIND, DISCO_INFO as NS_DISCO_INFO, ROSTER as NS_ROSTER, SASL as NS_SASL,
+    SESSION as NS_SESSION,
+};
+use sj::sasl::{self, Hash, ScramClient, ScramServer, StoredCredentials};
 use sj::xml::Element;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
-
-const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
-const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 
 /// One negotiation step may take this long.
 pub const STEP: Duration = Duration::from_secs(20);
@@ -134,9 +135,11 @@ impl<S: Sock> Conn<S> {
         }
     }
 
-    pub fn element(&mut self, deadline: Instant) -> Result<Element, String> {
+    pub fn element(&mut self, deadline: Instant) -> Result<Element<'static>, String> {
         let r = self.record(deadline)?;
-        Element::parse(&r).ok_or_else(|| "unable to parse a record from the peer".to_string())
+        Element::parse(&r)
+            .map(Element::into_owned)
+            .ok_or_else(|| "unable to parse a record from the peer".to_string())
     }
 
     fn expect_header(&mut self, deadline: Instant) -> Result<(), String> {
@@ -200,7 +203,7 @@ pub fn login<S: Sock>(
     c.send(
         format!(
             "<iq type='set' id='bind'><bind xmlns='{NS_BIND}'><resource>{}</resource></bind></iq>",
-            sj::escape::text(resource)
+            sj::xml::escape_text(resource)
         )
         .as_bytes(),
     )?;
@@ -291,28 +294,25 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
             c.send(
                 format!(
                     "<iq type='result' id='{}'><bind xmlns='{NS_BIND}'><jid>{}</jid></bind></iq>",
-                    sj::escape::attr(&id),
-                    sj::escape::text(full)
+                    sj::xml::escape_attr(&id),
+                    sj::xml::escape_text(full)
                 )
                 .as_bytes(),
             )?;
-        } else if el
-            .child("query", "http://jabber.org/protocol/disco#info")
-            .is_some()
-        {
+        } else if el.child("query", NS_DISCO_INFO).is_some() {
             c.send(
                 format!(
-                    "<iq type='result' id='{}' from='{domain}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
-                    sj::escape::attr(&id)
+                    "<iq type='result' id='{}' from='{domain}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
+                    sj::xml::escape_attr(&id)
                 )
                 .as_bytes(),
             )?;
-        } else if el.child("query", "jabber:iq:roster").is_some() {
+        } else if el.child("query", NS_ROSTER).is_some() {
             // sj-proxy's own roster get, the last step before it is online.
             c.send(
                 format!(
-                    "<iq type='result' id='{}'><query xmlns='jabber:iq:roster'/></iq>",
-                    sj::escape::attr(&id)
+                    "<iq type='result' id='{}'><query xmlns='{NS_ROSTER}'/></iq>",
+                    sj::xml::escape_attr(&id)
                 )
                 .as_bytes(),
             )?;

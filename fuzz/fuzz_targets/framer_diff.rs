@@ -18,14 +18,12 @@ use sj_fuzz::reference::{self, Elem, Node, IMPLIED};
 use sj_fuzz::{frame, Case};
 use std::collections::BTreeMap;
 
-const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
-
 /// `sj::xml`'s reading of a record, as the oracle's infoset.
-fn from_sj(el: &sj::xml::Element, scope: &[(String, String)]) -> Result<Elem, String> {
+fn from_sj(el: &sj::xml::Element<'_>, scope: &[(String, String)]) -> Result<Elem, String> {
     let mut scope = scope.to_vec();
     for (k, v) in &el.attrs {
         if let Some(p) = k.strip_prefix("xmlns:") {
-            scope.push((p.to_owned(), v.clone()));
+            scope.push((p.to_owned(), v.to_string()));
         }
     }
     let mut attrs = BTreeMap::new();
@@ -34,8 +32,8 @@ fn from_sj(el: &sj::xml::Element, scope: &[(String, String)]) -> Result<Elem, St
             continue;
         }
         let key = match k.split_once(':') {
-            None => (String::new(), k.clone()),
-            Some(("xml", l)) => (XML_NS.to_owned(), l.to_owned()),
+            None => (String::new(), k.to_string()),
+            Some(("xml", l)) => (sj::ns::XML.to_owned(), l.to_owned()),
             Some((p, l)) => {
                 let (_, uri) = scope
                     .iter()
@@ -45,7 +43,7 @@ fn from_sj(el: &sj::xml::Element, scope: &[(String, String)]) -> Result<Elem, St
                 (uri.clone(), l.to_owned())
             }
         };
-        attrs.insert(key, v.clone());
+        attrs.insert(key, v.to_string());
     }
     let mut children: Vec<Node> = Vec::new();
     for n in &el.children {
@@ -54,12 +52,12 @@ fn from_sj(el: &sj::xml::Element, scope: &[(String, String)]) -> Result<Elem, St
             sj::xml::Node::Text(t) if t.is_empty() => {}
             sj::xml::Node::Text(t) => match children.last_mut() {
                 Some(Node::Text(prev)) => prev.push_str(t),
-                _ => children.push(Node::Text(t.clone())),
+                _ => children.push(Node::Text(t.to_string())),
             },
         }
     }
     Ok(Elem {
-        ns: el.ns.clone(),
+        ns: el.ns.to_string(),
         local: el.local_name().to_owned(),
         attrs,
         children,

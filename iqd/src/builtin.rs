@@ -4,16 +4,9 @@
 //! Each answers a `get` only; anything else (a `set`, a disco `node` iqd
 //! does not own) is not for the built-ins and goes on to delegation.
 
-use sj::escape;
-use sj::xml::Element;
+use sj::ns::{CARBONS, DISCO_INFO, LAST, PING, TIME, VERSION};
+use sj::xml::{escape_attr, escape_text, Element};
 use std::time::{Duration, SystemTime};
-
-pub const PING: &str = "urn:xmpp:ping";
-pub const VERSION: &str = "jabber:iq:version";
-pub const TIME: &str = "urn:xmpp:time";
-pub const LAST: &str = "jabber:iq:last";
-pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const CARBONS: &str = "urn:xmpp:carbons:2";
 
 /// Features advertised in disco#info besides the handlers' namespaces.
 pub const FEATURES: &[&str] = &[DISCO_INFO, PING, VERSION, TIME, LAST, CARBONS];
@@ -42,12 +35,12 @@ pub fn answer(iq: &Element, env: &Env) -> Option<String> {
     if kids.next().is_some() {
         return None;
     }
-    match (q.ns.as_str(), q.local_name()) {
+    match (&*q.ns, q.local_name()) {
         (PING, "ping") => Some(String::new()),
         (VERSION, "query") => Some(format!(
             "<query xmlns='{VERSION}'><name>sj-proxy</name><version>{}</version><os>{}</os></query>",
-            escape::text(env!("CARGO_PKG_VERSION")),
-            escape::text(env.os)
+            escape_text(env!("CARGO_PKG_VERSION")),
+            escape_text(env.os)
         )),
         (TIME, "time") => Some(format!(
             "<time xmlns='{TIME}'><tzo>{}</tzo><utc>{}</utc></time>",
@@ -74,7 +67,7 @@ fn disco(extra: &[String]) -> String {
         "<query xmlns='{DISCO_INFO}'><identity category='client' type='pc' name='sj-proxy'/>"
     );
     for f in feats {
-        s.push_str(&format!("<feature var='{}'/>", escape::attr(f)));
+        s.push_str(&format!("<feature var='{}'/>", escape_attr(f)));
     }
     s.push_str("</query>");
     s

@@ -479,7 +479,7 @@ impl Iqd {
             self.send(stanza::error(to, &req.id, Cond::BadRequest));
             return;
         };
-        if ns == roster::NS {
+        if ns == sj::ns::ROSTER {
             if req.kind == "set" && roster::push_believed(to, self.acct.full_jid()) {
                 if let Some(q) = roster::query(e) {
                     self.roster.apply_push(q);
@@ -514,7 +514,10 @@ impl Iqd {
         }
         if let Some(name) = sj::fifo::list_clients(self.acct.dir()).into_iter().next() {
             let target = self.acct.client_jid(&name);
-            let rec = sj::xml::set_attr(line, "to", &target);
+            let rec = match sj::xml::Top::parse(line) {
+                Some(top) => top.rewrite(&[sj::xml::Edit::Set("to", &target)]),
+                None => line.to_vec(),
+            };
             match String::from_utf8(rec) {
                 Ok(r) => {
                     sj::log::trace("delegate", target.as_bytes());

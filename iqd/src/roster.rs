@@ -7,12 +7,10 @@
 //! `%0A`, `%0D`, `%2C`) so every line splits the same way. Lines are sorted
 //! by JID; the file is replaced atomically (mode 0600).
 
-use sj::escape;
 use sj::jid::Jid;
-use sj::xml::Element;
+use sj::ns::ROSTER as NS;
+use sj::xml::{escape_attr, escape_text, Element};
 use std::collections::BTreeMap;
-
-pub const NS: &str = "jabber:iq:roster";
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Item {
@@ -116,9 +114,9 @@ impl Item {
 
     /// The `<item/>` for a roster set (the tool), every value escaped.
     pub fn to_xml(&self) -> String {
-        let mut s = format!("<item jid='{}'", escape::attr(&self.jid));
+        let mut s = format!("<item jid='{}'", escape_attr(&self.jid));
         if !self.name.is_empty() {
-            s.push_str(&format!(" name='{}'", escape::attr(&self.name)));
+            s.push_str(&format!(" name='{}'", escape_attr(&self.name)));
         }
         if self.subscription == "remove" {
             s.push_str(" subscription='remove'");
@@ -128,7 +126,7 @@ impl Item {
         } else {
             s.push('>');
             for g in &self.groups {
-                s.push_str(&format!("<group>{}</group>", escape::text(g)));
+                s.push_str(&format!("<group>{}</group>", escape_text(g)));
             }
             s.push_str("</item>");
         }
@@ -140,7 +138,7 @@ impl Item {
 pub fn set_request(id: &str, item: &Item) -> String {
     format!(
         "<iq type='set' id='{}'><query xmlns='{NS}'>{}</query></iq>\n",
-        escape::attr(id),
+        escape_attr(id),
         item.to_xml()
     )
 }
@@ -149,7 +147,7 @@ pub fn set_request(id: &str, item: &Item) -> String {
 pub fn get_request(id: &str) -> String {
     format!(
         "<iq type='get' id='{}'><query xmlns='{NS}'/></iq>\n",
-        escape::attr(id)
+        escape_attr(id)
     )
 }
 
@@ -228,13 +226,33 @@ pub fn push_believed(from: Option<&str>, account: &Jid) -> bool {
 }
 
 /// The `<query xmlns='jabber:iq:roster'/>` child of an iq, if any.
-pub fn query(iq: &Element) -> Option<&Element> {
+pub fn query<'e, 'a>(iq: &'e Element<'a>) -> Option<&'e Element<'a>> {
     iq.child("query", NS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A group or name with a line break (the roster tool takes any
+    /// text) makes a one-line roster set that reads back the same.
+    #[test]
+    fn set_request_with_line_breaks_is_one_line() {
+        let i = Item {
+            jid: "carol@localhost".into(),
+            subscription: "none".into(),
+            name: "Carol\nC".into(),
+            groups: vec!["Friends\r\nold".into()],
+        };
+        let s = set_request("r1", &i);
+        assert_eq!(s.find('\n'), Some(s.len() - 1), "{s:?}");
+        let e = Element::parse(s.as_bytes()).expect("parses");
+        let item = query(&e)
+            .and_then(|q| q.elements().next())
+            .and_then(Item::from_element)
+            .expect("item");
+        assert_eq!(item, i);
+    }
 
     #[test]
     fn line_format_round_trips() {

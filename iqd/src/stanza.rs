@@ -5,11 +5,8 @@
 //! request's `id`. iqd's records carry no `from`: sj-proxy strips it and the
 //! server stamps it.
 
-use sj::escape;
-use sj::xml::Element;
-
-/// Stanza error namespace (RFC 6120 §8.3.3).
-pub const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+use sj::ns::{CLIENT, STANZAS};
+use sj::xml::{escape_attr, Edit, Element, Top};
 
 /// The stanza error conditions iqd sends, with their error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +46,9 @@ impl Cond {
 fn head(kind: &str, to: Option<&str>, id: &str) -> String {
     let mut s = format!("<iq type='{kind}'");
     if let Some(to) = to {
-        s.push_str(&format!(" to='{}'", escape::attr(to)));
+        s.push_str(&format!(" to='{}'", escape_attr(to)));
     }
-    s.push_str(&format!(" id='{}'", escape::attr(id)));
+    s.push_str(&format!(" id='{}'", escape_attr(id)));
     s
 }
 
@@ -71,7 +68,7 @@ pub fn result(to: Option<&str>, id: &str, payload: &str) -> String {
 /// An error answer, as one record line.
 pub fn error(to: Option<&str>, id: &str, cond: Cond) -> String {
     format!(
-        "{}><error type='{}'><{} xmlns='{STANZAS_NS}'/></error></iq>\n",
+        "{}><error type='{}'><{} xmlns='{STANZAS}'/></error></iq>\n",
         head("error", to, id),
         cond.error_type(),
         cond.name()
@@ -93,13 +90,13 @@ pub struct Request {
 impl Request {
     /// `None` when the element is not an iq.
     pub fn from_element(e: &Element) -> Option<Request> {
-        if e.local_name() != "iq" || e.ns != "jabber:client" {
+        if e.local_name() != "iq" || e.ns != CLIENT {
             return None;
         }
         let kinds: Vec<&Element> = e.elements().collect();
         let payload = kinds
             .first()
-            .map(|c| (c.ns.clone(), c.local_name().to_string()));
+            .map(|c| (c.ns.to_string(), c.local_name().to_string()));
         Some(Request {
             kind: e.attr("type").unwrap_or("").to_string(),
             id: e.attr("id").unwrap_or("").to_string(),
@@ -122,10 +119,10 @@ pub fn error_condition(e: &Element) -> Option<String> {
     let err = e.elements().find(|c| c.local_name() == "error")?;
     let cond = err
         .elements()
-        .find(|c| c.ns == STANZAS_NS && c.local_name() != "text")
+        .find(|c| c.ns == STANZAS && c.local_name() != "text")
         .map(|c| c.local_name().to_string())
         .unwrap_or_else(|| "undefined-condition".to_string());
-    match err.child("text", STANZAS_NS).map(|t| t.text()) {
+    match err.child("text", STANZAS).map(|t| t.text()) {
         Some(t) if !t.is_empty() => Some(format!("{cond}: {t}")),
         _ => Some(cond),
     }
@@ -174,18 +171,20 @@ pub fn from_handler(to: Option<&str>, id: &str, success: bool, out: &[u8]) -> St
             return fail();
         };
         if e.local_name() != "iq"
-            || e.ns != "jabber:client"
+            || e.ns != CLIENT
             || !matches!(e.attr("type"), Some("result" | "error"))
         {
             return fail();
         }
-        let body = rec.strip_suffix(b"\n").unwrap_or(&rec);
-        let body = sj::xml::remove_attr(body, "from");
-        let body = sj::xml::set_attr(&body, "id", id);
-        match to {
-            Some(to) => sj::xml::set_attr(&body, "to", to),
-            None => sj::xml::remove_attr(&body, "to"),
-        }
+        let Some(top) = Top::parse(&rec) else {
+            return fail();
+        };
+        let to = match to {
+            Some(to) => Edit::Set("to", to),
+            None => Edit::Remove("to"),
+        };
+        let body = top.rewrite(&[Edit::Remove("from"), Edit::Set("id", id), to]);
+        body.strip_suffix(b"\n").unwrap_or(&body).to_vec()
     } else {
         let mut w = result(to, id, "\u{0}").into_bytes();
         // Replace the placeholder with the payload bytes as they are.
@@ -218,6 +217,22 @@ pub fn from_handler(to: Option<&str>, id: &str, success: bool, out: &[u8]) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An id with a line break (`&#10;` in the request) is answered on one
+    /// record line, and comes back as it was.
+    #[test]
+    fn answers_to_an_id_with_line_breaks_stay_one_line() {
+        for s in [
+            result(Some("bob@x/r"), "a\nb\r\tc", ""),
+            error(None, "a\nb\r\tc", Cond::BadRequest),
+            from_handler(None, "a\nb\r\tc", true, b"<iq type='result' id='z'/>"),
+        ] {
+            assert_eq!(s.find('\n'), Some(s.len() - 1), "{s:?}");
+            assert!(!s.contains(['\r', '\t']), "{s:?}");
+            let e = Element::parse(s.as_bytes()).expect("parses");
+            assert_eq!(e.attr("id"), Some("a\nb\r\tc"));
+        }
+    }
 
     #[test]
     fn error_shape() {

@@ -14,24 +14,17 @@
 //!   become `-!-` events; receipts, markers and chat states are not logged.
 
 use sj::jid::Jid;
+use sj::ns::{CARBONS, CLIENT, CORRECT, DELAY, FORWARD, LEGACY_DELAY, STANZAS};
 use sj::outlog::Kind;
-use sj::xml::View;
-
-pub const CLIENT: &str = "jabber:client";
-pub const CARBONS: &str = "urn:xmpp:carbons:2";
-pub const FORWARD: &str = "urn:xmpp:forward:0";
-pub const DELAY: &str = "urn:xmpp:delay";
-pub const LEGACY_DELAY: &str = "jabber:x:delay";
-pub const CORRECT: &str = "urn:xmpp:message-correct:0";
-pub const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+use sj::xml::Element;
 
 /// Payloads that mean "this message is encrypted"; a body beside them is a
 /// fallback text for clients that cannot decrypt, and is not logged.
 const ENCRYPTED: &[(&str, &str)] = &[
-    ("encrypted", "eu.siacs.conversations.axolotl"),
-    ("encrypted", "urn:xmpp:omemo:2"),
-    ("openpgp", "urn:xmpp:openpgp:0"),
-    ("x", "jabber:x:encrypted"),
+    ("encrypted", sj::ns::OMEMO_LEGACY),
+    ("encrypted", sj::ns::OMEMO),
+    ("openpgp", sj::ns::OPENPGP),
+    ("x", sj::ns::LEGACY_OPENPGP),
 ];
 
 /// One thing to append to a contact's `out`.
@@ -48,7 +41,7 @@ pub struct Entry {
 }
 
 /// Classify one parsed record. `own` is the account's bare JID.
-pub fn classify(msg: &View, own: &Jid) -> Vec<Entry> {
+pub fn classify(msg: &Element, own: &Jid) -> Vec<Entry> {
     if msg.local_name() != "message" || msg.ns != CLIENT {
         return Vec::new();
     }
@@ -74,13 +67,13 @@ pub fn classify(msg: &View, own: &Jid) -> Vec<Entry> {
 }
 
 /// The message inside `<forwarded/>`, and the forwarded wrapper's delay.
-fn forwarded<'a, 'r>(carbon: &'r View<'a>) -> Option<(&'r View<'a>, Option<i64>)> {
+fn forwarded<'a, 'r>(carbon: &'r Element<'a>) -> Option<(&'r Element<'a>, Option<i64>)> {
     let fwd = carbon.child("forwarded", FORWARD)?;
     let inner = fwd.child("message", CLIENT)?;
     Some((inner, delay(fwd)))
 }
 
-fn delay(e: &View) -> Option<i64> {
+fn delay(e: &Element) -> Option<i64> {
     if let Some(d) = e.child("delay", DELAY) {
         if let Some(t) = d.attr("stamp").and_then(sj::time::parse_xmpp_datetime) {
             return Some(t);
@@ -92,7 +85,7 @@ fn delay(e: &View) -> Option<i64> {
 }
 
 /// The body to log: the one without `xml:lang`, else the first.
-fn body(m: &View) -> Option<String> {
+fn body(m: &Element) -> Option<String> {
     let mut first = None;
     for b in m.elements() {
         if b.local_name() == "body" && b.ns == CLIENT {
@@ -107,7 +100,7 @@ fn body(m: &View) -> Option<String> {
     first
 }
 
-fn encrypted(m: &View) -> bool {
+fn encrypted(m: &Element) -> bool {
     m.elements().any(|e| {
         ENCRYPTED
             .iter()
@@ -130,7 +123,7 @@ fn each_line(lead: &str, text: &str) -> String {
 /// be logged.
 /// `nick` is taken by value: a said line keeps it, and the caller has just
 /// made it (a second copy per message showed in the profile).
-fn content(m: &View, nick: String) -> Option<(Kind, String)> {
+fn content(m: &Element, nick: String) -> Option<(Kind, String)> {
     if encrypted(m) {
         return Some((Kind::Event, format!("{nick} sent an encrypted message")));
     }
@@ -141,7 +134,7 @@ fn content(m: &View, nick: String) -> Option<(Kind, String)> {
     Some((Kind::Said { nick }, body))
 }
 
-fn error_text(m: &View, from: &str) -> String {
+fn error_text(m: &Element, from: &str) -> String {
     let mut cond = String::new();
     let mut text = String::new();
     if let Some(err) = m.child("error", CLIENT) {
@@ -165,13 +158,13 @@ fn error_text(m: &View, from: &str) -> String {
 }
 
 /// A message that arrived here (or at another device of ours).
-fn incoming(m: &View, outer_delay: Option<i64>) -> Option<Entry> {
+fn incoming(m: &Element, outer_delay: Option<i64>) -> Option<Entry> {
     let from = Jid::parse(m.attr("from")?).ok()?;
     incoming_from(m, from, outer_delay)
 }
 
 /// `incoming` with the sender's `from` already parsed.
-fn incoming_from(m: &View, from: Jid, outer_delay: Option<i64>) -> Option<Entry> {
+fn incoming_from(m: &Element, from: Jid, outer_delay: Option<i64>) -> Option<Entry> {
     let contact = from.bare();
     let when = delay(m).or(outer_delay);
     let typ = m.attr("type").unwrap_or("normal");
@@ -220,7 +213,7 @@ fn incoming_from(m: &View, from: Jid, outer_delay: Option<i64>) -> Option<Entry>
 }
 
 /// A copy of a message the account sent (from any client or device).
-fn outgoing(m: &View, own: &Jid, outer_delay: Option<i64>) -> Option<Entry> {
+fn outgoing(m: &Element, own: &Jid, outer_delay: Option<i64>) -> Option<Entry> {
     let to = Jid::parse(m.attr("to")?).ok()?;
     let room = m.attr("type") == Some("groupchat");
     let (kind, text) = content(m, own.to_string())?;
@@ -242,7 +235,7 @@ mod tests {
     }
 
     fn run(rec: &str) -> Vec<Entry> {
-        let e = View::parse(rec.as_bytes()).expect("parse");
+        let e = Element::parse(rec.as_bytes()).expect("parse");
         classify(&e, &own())
     }
 

@@ -12,18 +12,12 @@ pub fn in_line(raw: &[u8]) -> Result<Option<String>, std::str::Utf8Error> {
     if s.trim().is_empty() {
         return Ok(None);
     }
-    Ok(Some(s.chars().filter(|&c| xml_char(c)).collect()))
-}
-
-/// XML 1.0 `Char`, minus CR (which an XML parser would turn into LF).
-fn xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// Escape character data (`&`, `<`, `>`), and write LF as `&#10;` so the
-/// record stays on one line (DESIGN §4).
-pub fn escape_text(s: &str) -> String {
-    sj::escape::text(s).replace('\n', "&#10;")
+    // CR too: an XML parser would turn it into LF.
+    Ok(Some(
+        s.chars()
+            .filter(|&c| c != '\r' && sj::xml::is_xml_char(c))
+            .collect(),
+    ))
 }
 
 /// The record for one line written to `in`.
@@ -31,9 +25,9 @@ pub fn message_record(to: &str, groupchat: bool, id: &str, body: &str) -> String
     let kind = if groupchat { "groupchat" } else { "chat" };
     format!(
         "<message to='{}' type='{kind}' id='{}'><body>{}</body></message>\n",
-        sj::escape::attr(to),
-        sj::escape::attr(id),
-        escape_text(body)
+        sj::xml::escape_attr(to),
+        sj::xml::escape_attr(id),
+        sj::xml::escape_text(body)
     )
 }
 
@@ -51,11 +45,6 @@ mod tests {
     }
 
     #[test]
-    fn escaped_text() {
-        assert_eq!(escape_text("<b>&'\"\n"), "&lt;b&gt;&amp;'\"&#10;");
-    }
-
-    #[test]
     fn record_for_in_line() {
         let r = message_record(
             "bob@localhost",
@@ -67,6 +56,9 @@ mod tests {
             r,
             "<message to='bob@localhost' type='chat' id='msgd-1-1-0'><body>&lt;/body&gt;&lt;x a='1'&gt;&amp;amp;</body></message>\n"
         );
+        // One line: a line break in the text is a reference.
+        let r = message_record("bob@localhost", false, "i", "a\nb");
+        assert!(r.contains("<body>a&#10;b</body>"), "{r}");
         let r = message_record("room@muc.localhost", true, "i", "hi");
         assert!(r.contains("type='groupchat'"));
         assert_eq!(r.matches('\n').count(), 1);

@@ -505,7 +505,7 @@ impl Daemon {
         if rec.is_empty() {
             return;
         }
-        let Some(el) = sj::xml::View::parse(rec) else {
+        let Some(el) = sj::xml::Element::parse(rec) else {
             sj::log::warn("dropping a record that does not parse");
             return;
         };

@@ -1,17 +1,15 @@
 //! Which clients a record goes to: the pure part of mirrord.
 //!
 //! Records arrive already validated (DESIGN §4), so this module only looks
-//! at what it needs: the top-level `to` and `from` (`sj::xml::attr`), and,
+//! at what it needs: the top-level `to` and `from` (`sj::xml::Top`), and,
 //! for the rare record that starts with `<message` and mentions
 //! `urn:xmpp:carbons:2`, the tree down to the forwarded message of a
-//! XEP-0280 sent copy (`sj::xml::Element::parse`). It never panics on a
+//! XEP-0280 sent copy (`sj::xml::Element`). It never panics on a
 //! malformed record; it answers "broadcast" instead.
 
 use sj::account::Account;
-
-const CARBONS: &str = "urn:xmpp:carbons:2";
-const FORWARD: &str = "urn:xmpp:forward:0";
-const CLIENT_NS: &str = "jabber:client";
+use sj::ns::{CARBONS, CLIENT, FORWARD};
+use sj::xml::{Element, Top};
 
 /// Where one record goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,15 +27,15 @@ pub enum Target {
 /// Decide where `record` goes. `client` maps a resource to the directory
 /// name of the registered client that has it, if any.
 ///
-/// Cost: the top-level start tag is scanned for `to`; only a record that
-/// starts with `<message` and mentions `urn:xmpp:carbons:2` is parsed
-/// further.
+/// Cost: the top-level start tag is read once; only a `<message>` that
+/// mentions `urn:xmpp:carbons:2` is parsed further.
 pub fn target<'c>(
     record: &[u8],
     account: &Account,
     client: impl Fn(&str) -> Option<&'c str>,
 ) -> Target {
-    if let Some(to) = sj::xml::attr(record, "to") {
+    let top = Top::parse(record);
+    if let Some(to) = top.as_ref().and_then(|t| t.attr("to")) {
         if let Some(res) = account.resource_of(&to) {
             if let Some(dir) = client(res) {
                 return Target::Only(dir.to_string());
@@ -48,8 +46,9 @@ pub fn target<'c>(
             }
         }
     }
-    if record.starts_with(b"<message") && mentions_carbons(record) {
-        if let Some(origin) = sent_origin(record, account) {
+    let message = top.as_ref().is_some_and(|t| t.name() == "message");
+    if message && mentions_carbons(record) {
+        if let Some(origin) = sent_origin(top.as_ref(), account) {
             if let Some(dir) = client(&origin) {
                 return Target::AllBut(dir.to_string());
             }
@@ -72,18 +71,19 @@ fn mentions_carbons(record: &[u8]) -> bool {
 /// The origin resource of a XEP-0280 sent copy made for this account:
 /// `<message from='BARE'><sent xmlns='urn:xmpp:carbons:2'><forwarded
 /// xmlns='urn:xmpp:forward:0'><message from='BARE/ORIGIN'>`.
-fn sent_origin(record: &[u8], account: &Account) -> Option<String> {
-    if !account.is_bare(&sj::xml::attr(record, "from")?) {
+fn sent_origin(top: Option<&Top<'_>>, account: &Account) -> Option<String> {
+    let top = top?;
+    if !account.is_bare(&top.attr("from")?) {
         return None;
     }
-    let top = sj::xml::Element::parse(record)?;
-    if top.local_name() != "message" || top.ns != CLIENT_NS {
+    let el = Element::parse(top.record())?;
+    if el.local_name() != "message" || el.ns != CLIENT {
         return None;
     }
-    let inner = top
+    let inner = el
         .child("sent", CARBONS)?
         .child("forwarded", FORWARD)?
-        .child("message", CLIENT_NS)?;
+        .child("message", CLIENT)?;
     account.resource_of(inner.attr("from")?).map(str::to_string)
 }
 

@@ -18,6 +18,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use sj::account::{Account, ContactDir};
 use sj::exit::Fatal;
 use sj::jid::Jid;
+use sj::ns::{CAPS as CAPS_NS, CLIENT as CLIENT_NS, STANZAS as STANZAS_NS};
 use sj::poll::{Interest, PollSet};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
@@ -30,9 +31,6 @@ mod owed;
 use presenced::common::{one_line, MyPresence, Show};
 
 const USAGE: &str = "usage: presenced [-v] [-a] -d DIR JID";
-const CAPS_NS: &str = "http://jabber.org/protocol/caps";
-const CLIENT_NS: &str = "jabber:client";
-const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 /// Longest record accepted on stdin: the library's rule.
 const MAX_LINE: usize = sj::framer::MAX_LINE;
 /// The largest `mypresence` file read (a show word, a status, a priority).
@@ -231,7 +229,7 @@ fn build_presence(
 ) -> Vec<u8> {
     let mut head = b"<presence".to_vec();
     if let Some(to) = to {
-        head.extend_from_slice(format!(" to='{}'", sj::escape::attr(to)).as_bytes());
+        head.extend_from_slice(format!(" to='{}'", sj::xml::escape_attr(to)).as_bytes());
     }
     if show == Show::Offline {
         head.extend_from_slice(b" type='unavailable'");
@@ -266,7 +264,7 @@ fn build_presence(
 }
 
 fn status_el(status: &str) -> String {
-    format!("<status>{}</status>", sj::escape::text(status))
+    format!("<status>{}</status>", sj::xml::escape_text(status))
 }
 
 const UNAVAILABLE: &[u8] = b"<presence type='unavailable'/>\n";
@@ -293,7 +291,10 @@ fn replay<'a>(cache: impl IntoIterator<Item = &'a Resource>, to: &str) -> Vec<Ve
         .into_iter()
         .map(|r| {
             let rec = r.record.strip_suffix(b"\n").unwrap_or(&r.record);
-            let mut out = sj::xml::set_attr(rec, "to", to);
+            let mut out = match sj::xml::Top::parse(rec) {
+                Some(top) => top.rewrite(&[sj::xml::Edit::Set("to", to)]),
+                None => rec.to_vec(),
+            };
             if out.last() != Some(&b'\n') {
                 out.push(b'\n');
             }
@@ -507,7 +508,7 @@ impl State {
         if auto {
             let rec = format!(
                 "<presence to='{}' type='subscribed'/>\n",
-                sj::escape::attr(bare)
+                sj::xml::escape_attr(bare)
             );
             self.send(rec.into_bytes());
         }

@@ -174,7 +174,7 @@ fn xml_safe(line: &str) -> String {
     sj::outlog::clean(line)
         .chars()
         .map(|c| {
-            if sj::escape::is_xml_char(c) {
+            if sj::xml::is_xml_char(c) {
                 c
             } else {
                 '\u{FFFD}'

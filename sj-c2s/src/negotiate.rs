@@ -15,14 +15,14 @@
 //! is held (`holding`) and given by `release` when its time comes; the
 //! client is not read meanwhile, so what it pipelined comes after.
 
-use crate::translate::{NS_BIND, NS_SESSION};
 use sj::authfail::Gate;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
 use sj::framer::StreamHeader;
 use sj::jid::Jid;
+use sj::ns::{BIND as NS_BIND, SASL as NS_SASL, SESSION as NS_SESSION, TLS as NS_TLS};
 use sj::path::{component, Kind};
-use sj::sasl::{self, Hash, ScramServer, StoredCredentials, NS as NS_SASL};
-use sj::ucspi::{self, NS_TLS};
+use sj::sasl::{self, Hash, ScramServer, StoredCredentials};
+use sj::ucspi;
 use sj::xml::Element;
 use std::time::{Duration, Instant};
 
@@ -323,8 +323,8 @@ impl<A: Accounts> Negotiation<A> {
         }
         self.send(format!(
             "<iq type='result' id='{}'><bind xmlns='{NS_BIND}'><jid>{}</jid></bind></iq>",
-            sj::escape::attr(id),
-            sj::escape::text(&full.to_string())
+            sj::xml::escape_attr(id),
+            sj::xml::escape_text(&full.to_string())
         ));
         self.phase = Phase::Online;
         self.deadline = None;
@@ -462,7 +462,7 @@ impl<A: Accounts> Negotiation<A> {
         if self.authed.is_some() {
             return self.on_bind(el);
         }
-        match (el.ns.as_str(), el.local_name()) {
+        match (&*el.ns, el.local_name()) {
             (NS_TLS, "starttls") if self.link.starttls && !self.link.encrypted => {
                 self.link.starttls = false;
                 self.send(format!("<proceed xmlns='{NS_TLS}'/>"));
@@ -743,7 +743,7 @@ impl<A: Accounts> Negotiation<A> {
     fn on_bind(&mut self, el: &Element) {
         let bind = el.child("bind", NS_BIND);
         if el.name != "iq" || el.attr("type") != Some("set") || bind.is_none() {
-            let cond = if matches!(el.name.as_str(), "iq" | "message" | "presence") {
+            let cond = if matches!(&*el.name, "iq" | "message" | "presence") {
                 "not-authorized"
             } else {
                 "unsupported-stanza-type"
@@ -797,7 +797,7 @@ pub fn name_problem(name: &str, upstream: Option<&str>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sj::ucspi::{NS_STREAM, NS_STREAM_ERRORS};
+    use sj::ns::{STREAMS as NS_STREAM, STREAM_ERRORS as NS_STREAM_ERRORS};
     use std::cell::RefCell;
     use std::collections::HashMap;
 

@@ -4,23 +4,13 @@
 //! `outbound` decides what happens to a stanza the client sent, `inbound`
 //! what happens to a record mirrord wrote into the client's `in` FIFO.
 
-use sj::escape;
 use sj::jid::Jid;
-use sj::xml::{self, Element};
+use sj::ns;
+use sj::xml::{escape_attr, escape_text, Edit, Element, Top};
 use std::collections::{HashSet, VecDeque};
 
 /// The control contact's reserved JID (`.invalid` never resolves, RFC 2606).
 pub const CONTROL: &str = sj::jid::CONTROL;
-
-pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
-pub const NS_CARBONS_RULES: &str = "urn:xmpp:carbons:rules:0";
-pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
-pub const NS_ROSTER: &str = "jabber:iq:roster";
-pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
-pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
-pub const NS_PING: &str = "urn:xmpp:ping";
-pub const NS_CLIENT: &str = "jabber:client";
 
 /// Remembered roster-push ids (results to them are swallowed).
 const MAX_PUSH_IDS: usize = 64;
@@ -73,46 +63,12 @@ fn parse_jid(s: Option<&str>) -> Option<Jid> {
 
 /// The first child element with this local name and namespace, at any depth
 /// along a path of (local, ns) pairs.
-fn path<'a>(el: &'a Element, steps: &[(&str, &str)]) -> Option<&'a Element> {
+fn path<'e, 'a>(el: &'e Element<'a>, steps: &[(&str, &str)]) -> Option<&'e Element<'a>> {
     let mut cur = el;
     for (local, ns) in steps {
         cur = cur.child(local, ns)?;
     }
     Some(cur)
-}
-
-/// Insert `child` as the last child of `el` (a descendant of the element
-/// parsed from `record`, with spans into `record`). Every other byte stays.
-pub fn insert_child(record: &[u8], el: &Element, child: &str) -> Option<Vec<u8>> {
-    let span = el.span.clone();
-    let bytes = record.get(span.clone())?;
-    let mut out = Vec::with_capacity(record.len() + child.len() + el.name.len() + 3);
-    if bytes.ends_with(b"/>") {
-        let cut = span.end - 2;
-        out.extend_from_slice(record.get(..cut)?);
-        out.push(b'>');
-        out.extend_from_slice(child.as_bytes());
-        out.extend_from_slice(b"</");
-        out.extend_from_slice(el.name.as_bytes());
-        out.push(b'>');
-        out.extend_from_slice(record.get(span.end..)?);
-    } else {
-        let rel = memrfind(bytes, b"</")?;
-        let cut = span.start + rel;
-        out.extend_from_slice(record.get(..cut)?);
-        out.extend_from_slice(child.as_bytes());
-        out.extend_from_slice(record.get(cut..)?);
-    }
-    Some(out)
-}
-
-fn memrfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.len() > hay.len() {
-        return None;
-    }
-    (0..=hay.len() - needle.len())
-        .rev()
-        .find(|&i| &hay[i..i + needle.len()] == needle)
 }
 
 /// Ensure a trailing LF (records are lines; the client stream does not care).
@@ -127,8 +83,8 @@ fn line(mut v: Vec<u8>) -> Vec<u8> {
 pub fn control_message(to: &Jid, text: &str) -> Vec<u8> {
     format!(
         "<message from='{CONTROL}' to='{}' type='chat'><body>{}</body></message>\n",
-        escape::attr(&to.to_string()),
-        escape::text(text)
+        escape_attr(&to.to_string()),
+        escape_text(text)
     )
     .into_bytes()
 }
@@ -182,7 +138,7 @@ impl Translator {
     fn iq_result(&self, el: &Element, payload: &str) -> Vec<u8> {
         let id = el.attr("id").unwrap_or("");
         let from = match el.attr("to") {
-            Some(t) => format!(" from='{}'", escape::attr(t)),
+            Some(t) => format!(" from='{}'", escape_attr(t)),
             None => String::new(),
         };
         let body = if payload.is_empty() {
@@ -192,8 +148,8 @@ impl Translator {
         };
         format!(
             "<iq type='result' id='{}'{from} to='{}'{body}\n",
-            escape::attr(id),
-            escape::attr(&self.full.to_string())
+            escape_attr(id),
+            escape_attr(&self.full.to_string())
         )
         .into_bytes()
     }
@@ -201,13 +157,14 @@ impl Translator {
     fn iq_error(&self, el: &Element, etype: &str, cond: &str) -> Vec<u8> {
         let id = el.attr("id").unwrap_or("");
         let from = match el.attr("to") {
-            Some(t) => format!(" from='{}'", escape::attr(t)),
+            Some(t) => format!(" from='{}'", escape_attr(t)),
             None => String::new(),
         };
         format!(
-            "<iq type='error' id='{}'{from} to='{}'><error type='{etype}'><{cond} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>\n",
-            escape::attr(id),
-            escape::attr(&self.full.to_string())
+            "<iq type='error' id='{}'{from} to='{}'><error type='{etype}'><{cond} xmlns='{}'/></error></iq>\n",
+            escape_attr(id),
+            escape_attr(&self.full.to_string()),
+            ns::STANZAS,
         )
         .into_bytes()
     }
@@ -216,7 +173,7 @@ impl Translator {
     pub fn control_presence(&self) -> Vec<u8> {
         format!(
             "<presence from='{CONTROL}' to='{}'/>\n",
-            escape::attr(&self.full.to_string())
+            escape_attr(&self.full.to_string())
         )
         .into_bytes()
     }
@@ -226,14 +183,14 @@ impl Translator {
         let Some(el) = Element::parse(record) else {
             return vec![Action::StreamError("not-well-formed")];
         };
-        if el.ns != NS_CLIENT {
+        if el.ns != ns::CLIENT {
             return vec![Action::StreamError("invalid-namespace")];
         }
         let to_raw = el.attr("to");
         let to = parse_jid(to_raw);
         if to_raw.is_some() && to.is_none() {
             // RFC 6120 §8.3.3.8: jid-malformed, answered by the server.
-            return match el.name.as_str() {
+            return match &*el.name {
                 "iq" | "message" | "presence" if el.attr("type") != Some("error") => {
                     vec![Action::Client(self.stanza_error(
                         &el,
@@ -245,14 +202,14 @@ impl Translator {
             };
         }
         let ty = el.attr("type");
-        match el.name.as_str() {
+        match &*el.name {
             "iq" => self.outbound_iq(record, &el, to.as_ref(), ty),
             "message" => {
                 if Self::is_control(to.as_ref()) {
                     if ty == Some("error") {
                         return vec![];
                     }
-                    return match el.child("body", NS_CLIENT) {
+                    return match el.child("body", ns::CLIENT) {
                         Some(b) => vec![Action::Control(b.text())],
                         None => vec![],
                     };
@@ -289,12 +246,13 @@ impl Translator {
         }
         let id = el
             .attr("id")
-            .map(|i| format!(" id='{}'", escape::attr(i)))
+            .map(|i| format!(" id='{}'", escape_attr(i)))
             .unwrap_or_default();
         format!(
-            "<{} type='error'{id} to='{}'><error type='{etype}'><{cond} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></{}>\n",
+            "<{} type='error'{id} to='{}'><error type='{etype}'><{cond} xmlns='{}'/></error></{}>\n",
             el.name,
-            escape::attr(&self.full.to_string()),
+            escape_attr(&self.full.to_string()),
+            ns::STANZAS,
             el.name
         )
         .into_bytes()
@@ -313,7 +271,7 @@ impl Translator {
             if !request {
                 return vec![];
             }
-            if ty == Some("get") && el.child("ping", NS_PING).is_some() {
+            if ty == Some("get") && el.child("ping", ns::PING).is_some() {
                 return vec![Action::Client(self.iq_result(el, ""))];
             }
             return vec![Action::Client(self.iq_error(
@@ -323,25 +281,25 @@ impl Translator {
             ))];
         }
         if ty == Some("set") && self.to_account(to) {
-            if el.child("enable", NS_CARBONS).is_some() {
+            if el.child("enable", ns::CARBONS).is_some() {
                 self.carbons = true;
                 return vec![Action::Client(self.iq_result(el, ""))];
             }
-            if el.child("disable", NS_CARBONS).is_some() {
+            if el.child("disable", ns::CARBONS).is_some() {
                 self.carbons = false;
                 return vec![Action::Client(self.iq_result(el, ""))];
             }
         }
         if ty == Some("set") && self.account_or_server(to) {
-            if el.child("session", NS_SESSION).is_some() {
+            if el.child("session", ns::SESSION).is_some() {
                 return vec![Action::Client(self.iq_result(el, ""))];
             }
-            if el.child("bind", NS_BIND).is_some() {
+            if el.child("bind", ns::BIND).is_some() {
                 return vec![Action::Client(self.iq_error(el, "cancel", "not-allowed"))];
             }
         }
         if ty == Some("set") && self.to_account(to) {
-            if let Some(q) = el.child("query", NS_ROSTER) {
+            if let Some(q) = el.child("query", ns::ROSTER) {
                 if q.elements().any(|i| i.attr("jid") == Some(CONTROL)) {
                     // The control contact lives here, never in the server's roster.
                     return vec![Action::Client(self.iq_result(el, ""))];
@@ -350,7 +308,7 @@ impl Translator {
         }
         if ty == Some("get")
             && self.to_account(to)
-            && el.child("query", NS_ROSTER).is_some()
+            && el.child("query", ns::ROSTER).is_some()
             && self.roster_ids.len() < MAX_PENDING
         {
             self.roster_ids.insert(id.clone());
@@ -358,7 +316,7 @@ impl Translator {
         if ty == Some("get")
             && self.account_or_server(to)
             && el
-                .child("query", NS_DISCO_INFO)
+                .child("query", ns::DISCO_INFO)
                 .is_some_and(|q| q.attr("node").is_none())
             && self.disco_ids.len() < MAX_PENDING
         {
@@ -376,138 +334,153 @@ impl Translator {
 
     /// A record from mirrord.
     pub fn inbound(&mut self, record: &[u8]) -> Inbound {
-        let Some(el) = Element::parse(record) else {
+        let (Some(el), Some(top)) = (Element::parse(record), Top::parse(record)) else {
             return Inbound::Drop(Some("unparsable record".into()));
         };
-        let mut out: Vec<u8> = record.to_vec();
-        // `to` rewriting.
-        if let Some(to_raw) = el.attr("to") {
-            let Ok(to) = Jid::parse(to_raw) else {
-                return Inbound::Drop(Some(format!("bad to {to_raw:?}")));
-            };
-            if to.bare() == self.bare && to.resource().is_some() && to != self.full {
-                if Some(&to) == self.upstream.as_ref() {
-                    out = xml::set_attr(&out, "to", &self.full.to_string());
-                } else {
-                    return Inbound::Stranger;
-                }
-            }
-        }
-        let from = parse_jid(el.attr("from"));
-        let ty = el.attr("type");
-        match el.name.as_str() {
-            "message" => {
-                let sent = el.child("sent", NS_CARBONS);
-                let received = el.child("received", NS_CARBONS);
-                let Some(carbon) = sent.or(received) else {
-                    return Inbound::Deliver(line(out));
-                };
-                if from.as_ref() != Some(&self.bare) {
-                    return Inbound::Drop(Some(format!(
-                        "carbon from {:?} is not from the account: dropped",
-                        el.attr("from").unwrap_or("")
-                    )));
-                }
-                let Some(inner) =
-                    path(carbon, &[("forwarded", NS_FORWARD), ("message", NS_CLIENT)])
-                else {
-                    return Inbound::Drop(Some("carbon without a forwarded message".into()));
-                };
-                if sent.is_some() {
-                    if parse_jid(inner.attr("from")).as_ref() == Some(&self.full) {
-                        return Inbound::Drop(None);
-                    }
-                    if self.carbons {
-                        Inbound::Deliver(line(out))
-                    } else {
-                        Inbound::Drop(None)
-                    }
-                } else if self.carbons {
-                    Inbound::Deliver(line(out))
-                } else {
-                    let Some(bytes) = record.get(inner.span.clone()) else {
-                        return Inbound::Drop(Some("bad span".into()));
-                    };
-                    let mut msg = bytes.to_vec();
-                    if let Some(t) = parse_jid(inner.attr("to")) {
-                        if Some(&t) == self.upstream.as_ref() {
-                            msg = xml::set_attr(&msg, "to", &self.full.to_string());
-                        }
-                    }
-                    Inbound::Deliver(line(msg))
-                }
-            }
-            "iq" => {
-                let id = el.attr("id").unwrap_or("").to_string();
-                match ty {
-                    Some("result") | Some("error") => {
-                        if self.roster_ids.remove(&id) && ty == Some("result") {
-                            if let Some(q) = el.child("query", NS_ROSTER) {
-                                let has = q.elements().any(|i| i.attr("jid") == Some(CONTROL));
-                                if !has {
-                                    // Spans refer to `record`; re-apply the to rewrite after.
-                                    if let Some(r) = insert_child(record, q, &control_item()) {
-                                        return Inbound::Deliver(line(self.retarget(r, &el)));
-                                    }
-                                }
-                            }
-                        }
-                        if self.disco_ids.remove(&id)
-                            && ty == Some("result")
-                            && self.account_or_server(from.as_ref())
-                        {
-                            if let Some(r) = self.add_features(record, &el) {
-                                return Inbound::Deliver(line(self.retarget(r, &el)));
-                            }
-                        }
-                        Inbound::Deliver(line(out))
-                    }
-                    Some("set") => {
-                        if el.child("query", NS_ROSTER).is_some()
-                            && (from.is_none() || from.as_ref() == Some(&self.bare))
-                        {
-                            if self.push_ids.len() >= MAX_PUSH_IDS {
-                                self.push_ids.pop_front();
-                            }
-                            self.push_ids.push_back(id);
-                        }
-                        Inbound::Deliver(line(out))
-                    }
-                    _ => Inbound::Deliver(line(out)),
-                }
-            }
-            _ => Inbound::Deliver(line(out)),
-        }
-    }
-
-    /// Re-apply the `to` rewrite to a record rebuilt from the original.
-    fn retarget(&self, record: Vec<u8>, el: &Element) -> Vec<u8> {
-        match parse_jid(el.attr("to")) {
-            Some(t) if Some(&t) == self.upstream.as_ref() => {
-                xml::set_attr(&record, "to", &self.full.to_string())
-            }
-            _ => record,
-        }
-    }
-
-    /// Add the carbons features to a disco#info result if absent.
-    fn add_features(&self, record: &[u8], el: &Element) -> Option<Vec<u8>> {
-        let q = el.child("query", NS_DISCO_INFO)?;
-        let has = |var: &str| {
-            q.elements()
-                .any(|f| f.local_name() == "feature" && f.attr("var") == Some(var))
+        let retarget = match self.retarget(&el) {
+            Ok(r) => r,
+            Err(not_here) => return not_here,
         };
-        let mut add = String::new();
-        for var in [NS_CARBONS, NS_CARBONS_RULES] {
-            if !has(var) {
-                add.push_str(&format!("<feature var='{var}'/>"));
-            }
+        let full = self.full.to_string();
+        let edits = [Edit::Set("to", &full)];
+        let as_is = || Inbound::Deliver(line(top.rewrite(if retarget { &edits } else { &[] })));
+        match &*el.name {
+            "message" => self.inbound_message(record, &el).unwrap_or_else(as_is),
+            "iq" => self.inbound_iq(&top, &el).unwrap_or_else(as_is),
+            _ => as_is(),
         }
-        if add.is_empty() {
+    }
+
+    /// Whether the record's `to` names the upstream session, to be
+    /// rewritten to the client's full JID; `Err` for a record not to
+    /// deliver here.
+    fn retarget(&self, el: &Element<'_>) -> Result<bool, Inbound> {
+        let Some(to_raw) = el.attr("to") else {
+            return Ok(false);
+        };
+        let Ok(to) = Jid::parse(to_raw) else {
+            return Err(Inbound::Drop(Some(format!("bad to {to_raw:?}"))));
+        };
+        if to.bare() != self.bare || to.resource().is_none() || to == self.full {
+            return Ok(false);
+        }
+        if Some(&to) == self.upstream.as_ref() {
+            Ok(true)
+        } else {
+            Err(Inbound::Stranger)
+        }
+    }
+
+    /// A message from mirrord: what becomes of a carbon (`None`: deliver
+    /// it as it is).
+    fn inbound_message(&self, record: &[u8], el: &Element<'_>) -> Option<Inbound> {
+        let sent = el.child("sent", ns::CARBONS);
+        let received = el.child("received", ns::CARBONS);
+        let carbon = sent.or(received)?;
+        if parse_jid(el.attr("from")).as_ref() != Some(&self.bare) {
+            return Some(Inbound::Drop(Some(format!(
+                "carbon from {:?} is not from the account: dropped",
+                el.attr("from").unwrap_or("")
+            ))));
+        }
+        let Some(inner) = path(
+            carbon,
+            &[("forwarded", ns::FORWARD), ("message", ns::CLIENT)],
+        ) else {
+            return Some(Inbound::Drop(Some(
+                "carbon without a forwarded message".into(),
+            )));
+        };
+        if sent.is_some() {
+            if parse_jid(inner.attr("from")).as_ref() == Some(&self.full) {
+                return Some(Inbound::Drop(None));
+            }
+            return (!self.carbons).then_some(Inbound::Drop(None));
+        }
+        if self.carbons {
             return None;
         }
-        insert_child(record, q, &add)
+        // A client without carbons gets the message it would have had.
+        let Some(bytes) = record.get(inner.span.clone()) else {
+            return Some(Inbound::Drop(Some("bad span".into())));
+        };
+        let full = self.full.to_string();
+        let msg = match (Top::parse(bytes), parse_jid(inner.attr("to"))) {
+            (Some(m), Some(t)) if Some(&t) == self.upstream.as_ref() => {
+                m.rewrite(&[Edit::Set("to", &full)])
+            }
+            _ => bytes.to_vec(),
+        };
+        Some(Inbound::Deliver(line(msg)))
     }
+
+    /// An iq from mirrord: answers to the client's roster and disco
+    /// queries get the control contact and the carbons features, roster
+    /// pushes are remembered (`None`: deliver it as it is).
+    fn inbound_iq(&mut self, top: &Top<'_>, el: &Element<'_>) -> Option<Inbound> {
+        let from = parse_jid(el.attr("from"));
+        let id = el.attr("id").unwrap_or("").to_string();
+        match el.attr("type") {
+            Some(ty @ ("result" | "error")) => {
+                let result = ty == "result";
+                let roster = el.child("query", ns::ROSTER);
+                if let (true, Some(q)) = (self.roster_ids.remove(&id) && result, roster) {
+                    if !q.elements().any(|i| i.attr("jid") == Some(CONTROL)) {
+                        let item = control_item();
+                        let r = self.with_child(top, el, Edit::Child(q, &item));
+                        return Some(Inbound::Deliver(line(r)));
+                    }
+                }
+                if self.disco_ids.remove(&id) && result && self.account_or_server(from.as_ref()) {
+                    let (q, add) = missing_features(el)?;
+                    let r = self.with_child(top, el, Edit::Child(q, &add));
+                    return Some(Inbound::Deliver(line(r)));
+                }
+                None
+            }
+            Some("set") => {
+                if el.child("query", ns::ROSTER).is_some()
+                    && (from.is_none() || from.as_ref() == Some(&self.bare))
+                {
+                    if self.push_ids.len() >= MAX_PUSH_IDS {
+                        self.push_ids.pop_front();
+                    }
+                    self.push_ids.push_back(id);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// The record with `child` added, and `to` rewritten as `inbound`
+    /// does when it names the upstream session.
+    fn with_child(&self, top: &Top<'_>, el: &Element<'_>, child: Edit<'_>) -> Vec<u8> {
+        let full = self.full.to_string();
+        match parse_jid(el.attr("to")) {
+            Some(t) if Some(&t) == self.upstream.as_ref() => {
+                top.rewrite(&[Edit::Set("to", &full), child])
+            }
+            _ => top.rewrite(&[child]),
+        }
+    }
+}
+
+/// The carbons features a disco#info result lacks, as XML to add to its
+/// query.
+fn missing_features<'e, 'a>(el: &'e Element<'a>) -> Option<(&'e Element<'a>, String)> {
+    let q = el.child("query", ns::DISCO_INFO)?;
+    let has = |var: &str| {
+        q.elements()
+            .any(|f| f.local_name() == "feature" && f.attr("var") == Some(var))
+    };
+    let mut add = String::new();
+    for var in [ns::CARBONS, ns::CARBONS_RULES] {
+        if !has(var) {
+            add.push_str(&format!("<feature var='{var}'/>"));
+        }
+    }
+    (!add.is_empty()).then_some((q, add))
 }
 
 #[cfg(test)]
@@ -728,14 +701,19 @@ mod tests {
     }
 
     #[test]
-    fn insert_child_handles_prefixes_and_spaces() {
-        let rec = b"<iq type='result'><q:query xmlns:q='jabber:iq:roster'></q:query ></iq>";
-        let el = Element::parse(rec).expect("parse");
-        let q = el.child("query", NS_ROSTER).expect("query");
-        let out = insert_child(rec, q, "<x/>").expect("insert");
+    fn control_item_goes_into_a_prefixed_roster_query() {
+        let mut t = tr();
+        t.outbound(b"<iq type='get' id='r9'><query xmlns='jabber:iq:roster'/></iq>");
+        let r = deliver(
+            &mut t,
+            "<iq type='result' id='r9' to='alice@localhost/sj-proxy'><q:query xmlns:q='jabber:iq:roster'></q:query ></iq>",
+        );
         assert_eq!(
-            out,
-            b"<iq type='result'><q:query xmlns:q='jabber:iq:roster'><x/></q:query ></iq>".to_vec()
+            r,
+            format!(
+                "<iq type='result' id='r9' to='alice@localhost/phone'><q:query xmlns:q='jabber:iq:roster'>{}</q:query ></iq>\n",
+                control_item()
+            )
         );
     }
 }

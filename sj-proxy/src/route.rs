@@ -5,15 +5,9 @@
 
 use memchr::memmem::Finder;
 use sj::account::Account;
-use sj::xml::{self, Element};
+use sj::ns;
+use sj::xml::{Edit, Element, Top};
 use std::sync::LazyLock;
-
-pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
-const NS_FORWARD: &str = "urn:xmpp:forward:0";
-const NS_ROSTER: &str = "jabber:iq:roster";
-const NS_HINTS: &str = "urn:xmpp:hints";
-const NS_PING: &str = "urn:xmpp:ping";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
 /// Where a record may go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +99,9 @@ pub fn untag_id(id: &str) -> Option<(String, &str)> {
 /// memmem::find builds one per call, which cost more than searching a chat
 /// message (7% of sj-proxy's time in the pipeline bench).
 type Searcher = LazyLock<Finder<'static>>;
-static CARBONS: Searcher = LazyLock::new(|| Finder::new(NS_CARBONS));
-static ROSTER: Searcher = LazyLock::new(|| Finder::new(NS_ROSTER));
-static PING: Searcher = LazyLock::new(|| Finder::new(NS_PING));
+static CARBONS: Searcher = LazyLock::new(|| Finder::new(ns::CARBONS));
+static ROSTER: Searcher = LazyLock::new(|| Finder::new(ns::ROSTER));
+static PING: Searcher = LazyLock::new(|| Finder::new(ns::PING));
 
 /// Does `hay` mention the namespace `ns` searches for?
 fn mentions(hay: &[u8], ns: &Searcher) -> bool {
@@ -118,22 +112,22 @@ fn mentions(hay: &[u8], ns: &Searcher) -> bool {
 /// `urn:xmpp:carbons:2`) as a direct child?
 fn carbon_child(el: &Element) -> bool {
     el.elements()
-        .any(|c| c.ns == NS_CARBONS && matches!(c.local_name(), "sent" | "received"))
+        .any(|c| c.ns == ns::CARBONS && matches!(c.local_name(), "sent" | "received"))
 }
 
 /// Routing of a record that came from upstream.
 pub fn from_upstream(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
-    let name = xml::name(rec).unwrap_or("");
+    let Some(top) = Top::parse(rec) else {
+        return drop("unexpected <> from the server".into());
+    };
+    let name = top.name();
     // The control contact lives in sj-c2s and never on the server: anything
     // the server sends in its name (a bounce of a stanza that leaked, or a
     // forgery) would reach clients as if the proxy had said it.
-    if let Some(from) = xml::attr(rec, "from").filter(|f| sj::jid::is_control(f)) {
-        return vec![(
-            Dest::Drop(format!(
-                "<{name}> from {from} (the control contact) from the server"
-            )),
-            Vec::new(),
-        )];
+    if let Some(from) = top.attr("from").filter(|f| sj::jid::is_control(f)) {
+        return drop(format!(
+            "<{name}> from {from} (the control contact) from the server"
+        ));
     }
     match name {
         "message" => {
@@ -141,10 +135,7 @@ pub fn from_upstream(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
                 if let Some(el) = Element::parse(rec) {
                     if carbon_child(&el) && !acct.is_own_bare(el.attr("from")) {
                         let from = el.attr("from").unwrap_or("(none)");
-                        return vec![(
-                            Dest::Drop(format!("forged carbon from {from}")),
-                            Vec::new(),
-                        )];
+                        return drop(format!("forged carbon from {from}"));
                     }
                 }
             }
@@ -154,34 +145,37 @@ pub fn from_upstream(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
             (Dest::Presenced, rec.to_vec()),
             (Dest::Mirror, rec.to_vec()),
         ],
-        "iq" => from_upstream_iq(acct, rec),
-        _ => vec![(
-            Dest::Drop(format!("unexpected <{name}> from the server")),
-            Vec::new(),
-        )],
+        "iq" => from_upstream_iq(acct, &top),
+        _ => drop(format!("unexpected <{name}> from the server")),
     }
 }
 
-fn from_upstream_iq(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
-    let ty = xml::attr(rec, "type").unwrap_or_default();
-    let id = xml::attr(rec, "id").unwrap_or_default();
-    match ty.as_str() {
+/// Refused, with the reason for the log.
+fn drop(why: String) -> Vec<(Dest, Vec<u8>)> {
+    vec![(Dest::Drop(why), Vec::new())]
+}
+
+fn from_upstream_iq(acct: &Account, top: &Top<'_>) -> Vec<(Dest, Vec<u8>)> {
+    let rec = top.record();
+    let ty = top.attr("type").unwrap_or_default();
+    let id = top.attr("id").unwrap_or_default();
+    match &*ty {
         "result" | "error" => {
             if id.starts_with(OWN_ID) {
                 return vec![(Dest::Own, rec.to_vec())];
             }
             if let Some((client, orig)) = untag_id(&id) {
-                let r = xml::set_attr(rec, "id", orig);
-                let r = xml::set_attr(&r, "to", &acct.client_jid(&client));
+                let to = acct.client_jid(&client);
+                let r = top.rewrite(&[Edit::Set("id", orig), Edit::Set("to", &to)]);
                 return vec![(Dest::Mirror, r)];
             }
             vec![(Dest::Iqd, rec.to_vec())]
         }
         "get" | "set" => {
-            let from = xml::attr(rec, "from");
+            let from = top.attr("from");
             if ty == "set" && mentions(rec, &ROSTER) {
                 let is_push =
-                    Element::parse(rec).is_some_and(|e| e.child("query", NS_ROSTER).is_some());
+                    Element::parse(rec).is_some_and(|e| e.child("query", ns::ROSTER).is_some());
                 if is_push && (from.is_none() || acct.is_own_bare(from.as_deref())) {
                     return vec![(Dest::Iqd, rec.to_vec()), (Dest::Mirror, rec.to_vec())];
                 }
@@ -197,50 +191,43 @@ fn from_upstream_iq(acct: &Account, rec: &[u8]) -> Vec<(Dest, Vec<u8>)> {
             }
             vec![(Dest::Iqd, rec.to_vec())]
         }
-        _ => vec![(
-            Dest::Drop(format!("iq with type '{ty}' from the server")),
-            Vec::new(),
-        )],
+        _ => drop(format!("iq with type '{ty}' from the server")),
     }
 }
 
 /// XEP-0280 §6: would the server copy this message to other resources?
 pub fn carbon_copyable(el: &Element) -> bool {
-    if el.child("private", NS_CARBONS).is_some() || el.child("no-copy", NS_HINTS).is_some() {
+    if el.child("private", ns::CARBONS).is_some() || el.child("no-copy", ns::HINTS).is_some() {
         return false;
     }
     match el.attr("type").unwrap_or("normal") {
         "chat" => true,
         "normal" => {
-            el.child("body", "jabber:client").is_some()
-                || el.elements().any(|c| {
-                    matches!(
-                        c.ns.as_str(),
-                        "urn:xmpp:receipts"
-                            | "urn:xmpp:chat-markers:0"
-                            | "http://jabber.org/protocol/chatstates"
-                    )
-                })
+            el.child("body", ns::CLIENT).is_some()
+                || el
+                    .elements()
+                    .any(|c| [ns::RECEIPTS, ns::MARKERS, ns::CHATSTATES].contains(&&*c.ns))
         }
         _ => false,
     }
 }
 
-/// The XEP-0280 sent copy of `inner` (a message already stamped with its origin).
-pub fn sent_copy(acct: &Account, inner: &[u8]) -> Vec<u8> {
-    let inner = inner.strip_suffix(b"\n").unwrap_or(inner);
-    let inner: Vec<u8> = if xml::attr(inner, "xmlns").is_none() {
-        xml::set_attr(inner, "xmlns", "jabber:client")
-    } else {
-        inner.to_vec()
-    };
+/// The XEP-0280 sent copy of message `msg`, stamped with its origin `from`.
+pub fn sent_copy(acct: &Account, msg: &Top<'_>, from: &str) -> Vec<u8> {
+    let mut edits = vec![Edit::Set("from", from)];
+    if msg.attr("xmlns").is_none() {
+        edits.push(Edit::Set("xmlns", ns::CLIENT));
+    }
+    let inner = msg.rewrite(&edits);
     let inner = inner.strip_suffix(b"\n").unwrap_or(&inner);
     let mut out = Vec::with_capacity(inner.len() + 256);
     out.extend_from_slice(
         format!(
-            "<message from='{}' to='{}' type='chat'><sent xmlns='{NS_CARBONS}'><forwarded xmlns='{NS_FORWARD}'>",
-            sj::escape::attr(acct.bare()),
-            sj::escape::attr(acct.full())
+            "<message from='{}' to='{}' type='chat'><sent xmlns='{}'><forwarded xmlns='{}'>",
+            sj::xml::escape_attr(acct.bare()),
+            sj::xml::escape_attr(acct.full()),
+            ns::CARBONS,
+            ns::FORWARD,
         )
         .as_bytes(),
     );
@@ -257,83 +244,86 @@ pub fn from_local(
     rec: &[u8],
     is_client: impl Fn(&str) -> bool,
 ) -> Vec<(Dest, Vec<u8>)> {
-    let name = xml::name(rec).unwrap_or("").to_string();
-    if !matches!(name.as_str(), "message" | "presence" | "iq") {
-        return vec![(Dest::Drop(format!("<{name}> is not a stanza")), Vec::new())];
-    }
+    let top = Top::parse(rec);
+    let name = top.as_ref().map_or("", |t| t.name());
+    let top = match top {
+        Some(t) if matches!(name, "message" | "presence" | "iq") => t,
+        _ => return drop(format!("<{name}> is not a stanza")),
+    };
     // Records imply jabber:client; one in another namespace is no stanza,
     // and the server would end the whole session over it
     // (unsupported-stanza-type from Prosody).
-    if let Some(ns) = xml::attr(rec, "xmlns").filter(|ns| ns != "jabber:client") {
-        return vec![(
-            Dest::Drop(format!("<{name}> in {ns} is not a stanza")),
-            Vec::new(),
-        )];
+    if let Some(ns) = top.attr("xmlns").filter(|ns| ns != ns::CLIENT) {
+        return drop(format!("<{name}> in {ns} is not a stanza"));
     }
     // The control contact answers in sj-c2s and is never on the server: a
     // stanza to it from a raw client, DIR/in or a daemon would go upstream
     // (and into the out log as a sent message) for nothing.
-    if let Some(to) = xml::attr(rec, "to").filter(|t| sj::jid::is_control(t)) {
-        return vec![(
-            Dest::Drop(format!(
-                "<{name}> to {to} (the control contact) from {}: it answers clients of sj-c2s only",
-                who(origin)
-            )),
-            Vec::new(),
-        )];
+    if let Some(to) = top.attr("to").filter(|t| sj::jid::is_control(t)) {
+        return drop(format!(
+            "<{name}> to {to} (the control contact) from {}: it answers clients of sj-c2s only",
+            who(origin)
+        ));
     }
-    // Origin stamp: what a client says about itself is never believed.
-    let mut rec = match origin {
-        Origin::Client(_) | Origin::In => xml::set_attr(rec, "from", &acct.origin_jid(origin)),
-        Origin::Daemon => rec.to_vec(),
+    let origin_jid = acct.origin_jid(origin);
+    // The id the sender knows, should the stanza come back as an error,
+    // and the tagged one that brings the answer back to it.
+    let (sent_id, tagged) = match client_request_id(origin, &top) {
+        Some((id, tagged)) => (Some(id), Some(tagged)),
+        None => (None, None),
     };
-    // The id the sender knows, should the stanza come back as an error.
-    let mut sent_id = None;
-    if name == "iq" {
-        if let Origin::Client(client) = origin {
-            let ty = xml::attr(&rec, "type").unwrap_or_default();
-            if ty == "get" || ty == "set" {
-                let id = xml::attr(&rec, "id").unwrap_or_default();
-                rec = xml::set_attr(&rec, "id", &tag_id(client, &id));
-                sent_id = Some(id);
-            }
-        }
-    }
-    let to = xml::attr(&rec, "to");
+    let retag = tagged.as_deref().map(|t| Edit::Set("id", t));
+    // Origin stamp: what a client says about itself is never believed.
+    let stamp = match origin {
+        Origin::Client(_) | Origin::In => Some(Edit::Set("from", &origin_jid)),
+        Origin::Daemon => None,
+    };
+    let here = || top.rewrite(&[stamp, retag].into_iter().flatten().collect::<Vec<_>>());
+    let to = top.attr("to");
     // Another resource of the account that is not a client here (a device
     // connected to the server directly) is reached through the server.
     if let Some(target) = to.as_deref().and_then(|t| acct.client_of(t)) {
         if is_client(target) {
-            return vec![(Dest::Mirror, rec)];
+            return vec![(Dest::Mirror, here())];
         }
     }
     if name == "presence" && to.is_none() {
         if let Origin::Client(_) = origin {
-            return vec![(Dest::Presenced, rec)];
+            return vec![(Dest::Presenced, here())];
         }
     }
     // Literal line breaks toward the server: as long as the sender wrote
     // it, which is what the server's limit counts.
-    let upstream = sj::framer::wire_form(xml::remove_attr(&rec, "from"));
+    let up_edits: Vec<Edit<'_>> = [Some(Edit::Remove("from")), retag]
+        .into_iter()
+        .flatten()
+        .collect();
+    let upstream = sj::framer::wire_form(top.rewrite(&up_edits));
     let size = upstream.strip_suffix(b"\n").unwrap_or(&upstream).len();
     if size > SERVER_MAX {
-        return too_large(acct, origin, &name, sent_id, &rec, size);
+        return too_large(acct, origin, name, sent_id, &top, size);
     }
     let mut out = vec![(Dest::Upstream, upstream)];
-    if name == "message" {
-        if let Some(el) = Element::parse(&rec) {
-            if carbon_copyable(&el) {
-                let stamped = match origin {
-                    Origin::Daemon => xml::set_attr(&rec, "from", &acct.origin_jid(origin)),
-                    _ => rec.clone(),
-                };
-                let copy = sent_copy(acct, &stamped);
-                out.push((Dest::Messaged, copy.clone()));
-                out.push((Dest::Mirror, copy));
-            }
-        }
+    if name == "message" && Element::parse(rec).is_some_and(|el| carbon_copyable(&el)) {
+        let copy = sent_copy(acct, &top, &origin_jid);
+        out.push((Dest::Messaged, copy.clone()));
+        out.push((Dest::Mirror, copy));
     }
     out
+}
+
+/// For an iq request from a client: its id, and the id tagged with the
+/// client's name (`tag_id`) it goes upstream with.
+fn client_request_id(origin: &Origin, top: &Top<'_>) -> Option<(String, String)> {
+    let Origin::Client(client) = origin else {
+        return None;
+    };
+    if top.name() != "iq" || !matches!(top.attr("type").as_deref(), Some("get" | "set")) {
+        return None;
+    }
+    let id = top.attr("id").unwrap_or_default().into_owned();
+    let tagged = tag_id(client, &id);
+    Some((id, tagged))
 }
 
 /// The sender of a local record, for log lines.
@@ -353,28 +343,29 @@ fn too_large(
     origin: &Origin,
     name: &str,
     sent_id: Option<String>,
-    rec: &[u8],
+    top: &Top<'_>,
     size: usize,
 ) -> Vec<(Dest, Vec<u8>)> {
     let why = format!(
         "policy-violation: a <{name}> of {size} bytes from {}, the server takes at most {SERVER_MAX}",
         who(origin)
     );
-    let mut out = vec![(Dest::Drop(why), Vec::new())];
-    let is_error = xml::attr(rec, "type").as_deref() == Some("error");
+    let mut out = drop(why);
+    let is_error = top.attr("type").as_deref() == Some("error");
     if let (Origin::Client(_), false) = (origin, is_error) {
         let mut e = format!("<{name} type='error'");
-        if let Some(id) = sent_id.or_else(|| xml::attr(rec, "id")) {
-            e.push_str(&format!(" id='{}'", sj::escape::attr(&id)));
+        if let Some(id) = sent_id.or_else(|| top.attr("id").map(|i| i.into_owned())) {
+            e.push_str(&format!(" id='{}'", sj::xml::escape_attr(&id)));
         }
-        if let Some(to) = xml::attr(rec, "to") {
-            e.push_str(&format!(" from='{}'", sj::escape::attr(&to)));
+        if let Some(to) = top.attr("to") {
+            e.push_str(&format!(" from='{}'", sj::xml::escape_attr(&to)));
         }
         e.push_str(&format!(
-            " to='{}'><error type='modify'><policy-violation xmlns='{NS_STANZAS}'/>\
-             <text xmlns='{NS_STANZAS}'>stanza of {size} bytes; the server takes at most \
+            " to='{}'><error type='modify'><policy-violation xmlns='{stanzas}'/>\
+             <text xmlns='{stanzas}'>stanza of {size} bytes; the server takes at most \
              {SERVER_MAX}</text></error></{name}>\n",
-            sj::escape::attr(&acct.origin_jid(origin))
+            sj::xml::escape_attr(&acct.origin_jid(origin)),
+            stanzas = ns::STANZAS,
         ));
         out.push((Dest::Mirror, e.into_bytes()));
     }
@@ -384,6 +375,11 @@ fn too_large(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A top-level attribute of a routed record.
+    fn attr(rec: &[u8], name: &str) -> Option<String> {
+        Top::parse(rec)?.attr(name).map(|v| v.into_owned())
+    }
 
     fn acct() -> Account {
         let jid = sj::jid::Jid::parse("alice@localhost/sj").expect("jid");
@@ -436,9 +432,9 @@ mod tests {
         let out = from_upstream(&acct(), r.as_bytes());
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, Dest::Mirror);
-        assert_eq!(xml::attr(&out[0].1, "id").as_deref(), Some("r1"));
+        assert_eq!(attr(&out[0].1, "id").as_deref(), Some("r1"));
         assert_eq!(
-            xml::attr(&out[0].1, "to").as_deref(),
+            attr(&out[0].1, "to").as_deref(),
             Some("alice@localhost/laptop")
         );
     }
@@ -472,16 +468,12 @@ mod tests {
             dests(&out),
             vec![Dest::Upstream, Dest::Messaged, Dest::Mirror]
         );
-        assert_eq!(
-            xml::attr(&out[0].1, "from"),
-            None,
-            "no from toward the server"
-        );
+        assert_eq!(attr(&out[0].1, "from"), None, "no from toward the server");
         let copy = Element::parse(&out[2].1).expect("copy parses");
         assert_eq!(copy.attr("from"), Some("alice@localhost"));
         let inner = copy
-            .child("sent", NS_CARBONS)
-            .and_then(|s| s.child("forwarded", NS_FORWARD))
+            .child("sent", ns::CARBONS)
+            .and_then(|s| s.child("forwarded", ns::FORWARD))
             .and_then(|f| f.child("message", "jabber:client"))
             .expect("inner message");
         assert_eq!(inner.attr("from"), Some("alice@localhost/a"));
@@ -514,8 +506,8 @@ mod tests {
         let body = |r: &[u8], copy: bool| {
             let el = Element::parse(r).expect("parses");
             let el = if copy {
-                el.child("sent", NS_CARBONS)
-                    .and_then(|s| s.child("forwarded", NS_FORWARD))
+                el.child("sent", ns::CARBONS)
+                    .and_then(|s| s.child("forwarded", ns::FORWARD))
                     .and_then(|f| f.child("message", "jabber:client"))
                     .expect("inner")
                     .clone()
@@ -551,7 +543,7 @@ mod tests {
         assert_eq!(e.attr("from"), Some("bob@localhost"));
         let err = e.child("error", "jabber:client").expect("error child");
         assert_eq!(err.attr("type"), Some("modify"));
-        assert!(err.child("policy-violation", NS_STANZAS).is_some());
+        assert!(err.child("policy-violation", ns::STANZAS).is_some());
         // An iq gets its own id back, not the tagged one.
         let iq = format!(
             "<iq type='set' id='q1' to='bob@localhost'><query xmlns='x'>{}</query></iq>",
@@ -561,7 +553,7 @@ mod tests {
             true
         });
         let e = Element::parse(&out[1].1).expect("iq error parses");
-        assert_eq!((e.name.as_str(), e.attr("id")), ("iq", Some("q1")));
+        assert_eq!((&*e.name, e.attr("id")), ("iq", Some("q1")));
         // No error for an error, nor for a sender that is not a client.
         let err = format!(
             "<message to='bob@localhost' type='error'><body>{}</body></message>",
@@ -585,6 +577,24 @@ mod tests {
         }
     }
 
+    /// The error for a too-large stanza whose id holds a line break
+    /// (`&#10;` in the client's record) is one record line with the id
+    /// as the client sent it.
+    #[test]
+    fn too_large_error_keeps_a_line_break_of_the_id_on_one_line() {
+        let iq = format!(
+            "<iq type='set' id='q&#10;1&#9;' to='bob@localhost'><query xmlns='x'>{}</query></iq>",
+            "z".repeat(SERVER_MAX)
+        );
+        let out = from_local(&acct(), &Origin::Client("a".into()), iq.as_bytes(), |_| {
+            true
+        });
+        let e = &out[1].1;
+        assert_eq!(e.iter().position(|&b| b == b'\n'), Some(e.len() - 1));
+        let e = Element::parse(e).expect("iq error parses");
+        assert_eq!(e.attr("id"), Some("q\n1\t"));
+    }
+
     #[test]
     fn groupchat_and_private_get_no_copy() {
         let gc = b"<message to='room@muc' type='groupchat'><body>hi</body></message>\n";
@@ -604,12 +614,12 @@ mod tests {
         let iq = b"<iq type='get' id='q'><query xmlns='jabber:iq:roster'/></iq>\n";
         let out = from_local(&acct(), &Origin::Client("b".into()), iq, |_| true);
         assert_eq!(out[0].0, Dest::Upstream);
-        assert_eq!(xml::attr(&out[0].1, "id"), Some(tag_id("b", "q")));
+        assert_eq!(attr(&out[0].1, "id"), Some(tag_id("b", "q")));
         let pres = b"<presence><show>away</show></presence>\n";
         let out = from_local(&acct(), &Origin::Client("b".into()), pres, |_| true);
         assert_eq!(dests(&out), vec![Dest::Presenced]);
         assert_eq!(
-            xml::attr(&out[0].1, "from").as_deref(),
+            attr(&out[0].1, "from").as_deref(),
             Some("alice@localhost/b")
         );
     }

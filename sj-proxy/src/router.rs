@@ -223,12 +223,12 @@ impl Router {
     /// Records addressed to sj-proxy itself: replies to its pings, the
     /// server's pings.
     fn own(&mut self, rec: &[u8]) {
-        let ty = sj::xml::attr(rec, "type").unwrap_or_default();
-        if ty == "get" {
-            let id = sj::xml::attr(rec, "id").unwrap_or_default();
-            let mut reply = format!("<iq type='result' id='{}'", sj::escape::attr(&id));
-            if let Some(from) = sj::xml::attr(rec, "from") {
-                reply.push_str(&format!(" to='{}'", sj::escape::attr(&from)));
+        let top = sj::xml::Top::parse(rec).filter(|t| t.attr("type").as_deref() == Some("get"));
+        if let Some(top) = top {
+            let id = top.attr("id").unwrap_or_default();
+            let mut reply = format!("<iq type='result' id='{}'", sj::xml::escape_attr(&id));
+            if let Some(from) = top.attr("from") {
+                reply.push_str(&format!(" to='{}'", sj::xml::escape_attr(&from)));
             }
             reply.push_str("/>\n");
             self.up_queue.push(reply.into_bytes());
@@ -265,15 +265,16 @@ impl Router {
         }
         let id =
             d.id.as_deref()
-                .map(|i| format!(" id='{}'", sj::escape::attr(i)))
+                .map(|i| format!(" id='{}'", sj::xml::escape_attr(i)))
                 .unwrap_or_default();
         let err = format!(
             "<{name} type='error' to='{to}'{id}><error type='modify'>\
-             <policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
-             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>{text}</text></error></{name}>\n",
+             <policy-violation xmlns='{stanzas}'/>\
+             <text xmlns='{stanzas}'>{text}</text></error></{name}>\n",
             name = d.name,
-            to = sj::escape::attr(from),
-            text = sj::escape::text(&format!("not delivered: {}", d.reason.detail)),
+            to = sj::xml::escape_attr(from),
+            text = sj::xml::escape_text(&format!("not delivered: {}", d.reason.detail)),
+            stanzas = sj::ns::STANZAS,
         );
         sj::log::trace(">>", err.as_bytes());
         self.up_queue.push(err.into_bytes());
@@ -333,7 +334,7 @@ impl Router {
         sj::log::info(&format!("client {name} left"));
         let gone = format!(
             "<presence from='{}' type='unavailable'/>\n",
-            sj::escape::attr(&self.acct.client_jid(name))
+            sj::xml::escape_attr(&self.acct.client_jid(name))
         );
         self.deliver(Dest::Presenced, gone.into_bytes());
     }
@@ -666,10 +667,11 @@ impl Router {
         } else if self.last_heard.elapsed() >= self.opts.keepalive {
             self.ping_seq += 1;
             let ping = format!(
-                "<iq type='get' id='{}ping-{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>\n",
+                "<iq type='get' id='{}ping-{}' to='{}'><ping xmlns='{}'/></iq>\n",
                 route::OWN_ID,
                 self.ping_seq,
-                sj::escape::attr(self.acct.domain())
+                sj::xml::escape_attr(self.acct.domain()),
+                sj::ns::PING,
             );
             self.up_queue.push(ping.into_bytes());
             self.ping_sent = Some(Instant::now());

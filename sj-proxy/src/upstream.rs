@@ -9,16 +9,16 @@ use crate::route::OWN_ID;
 use sj::exit::{Fatal, PERMANENT, PROTOCOL, TEMPORARY};
 use sj::framer::{Dropped, Event, FrameError, Framer, Limits, Mode, StreamHeader};
 use sj::io::WriteQueue;
-use sj::sasl::{self, Hash, ScramClient, NS as NS_SASL};
-use sj::ucspi::{Handover, NS_STREAM, NS_TLS};
+use sj::ns::{
+    BIND as NS_BIND, CARBONS as NS_CARBONS, CLIENT as NS_CLIENT, DISCO_INFO as NS_DISCO_INFO,
+    ROSTER as NS_ROSTER, SASL as NS_SASL, SESSION as NS_SESSION, STANZAS as NS_STANZAS,
+    STREAMS as NS_STREAM, TLS as NS_TLS,
+};
+use sj::sasl::{self, Hash, ScramClient};
+use sj::ucspi::Handover;
 use sj::xml::Element;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
-
-const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
-const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
-const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 
 /// How to run sj-proxy, for the error about a descriptor the wrapper did
 /// not pass.
@@ -266,15 +266,16 @@ impl Upstream {
         }
     }
 
-    fn next_element(&mut self) -> Result<(Element, Vec<u8>), Fatal> {
+    fn next_element(&mut self) -> Result<(Element<'static>, Vec<u8>), Fatal> {
         let r = self.next_record()?;
         let el = Element::parse(&r)
+            .map(Element::into_owned)
             .ok_or_else(|| Fatal::protocol("unable to parse a record from the server"))?;
         Ok((el, r))
     }
 
     /// Open (or restart) the stream and return the features.
-    fn restart(&mut self, domain: &str, from: Option<&str>) -> Result<Element, Fatal> {
+    fn restart(&mut self, domain: &str, from: Option<&str>) -> Result<Element<'static>, Fatal> {
         self.framer.reset();
         self.send(sj::ucspi::client_header(domain, from).as_bytes())?;
         match self.next_event(Instant::now() + STEP_TIMEOUT)? {
@@ -354,7 +355,12 @@ impl Upstream {
 
     /// Send an iq of ours and wait for its answer; other stanzas that arrive
     /// meanwhile are kept for routing later.
-    fn request(&mut self, id: &str, iq: &str, early: &mut Vec<Vec<u8>>) -> Result<Element, Fatal> {
+    fn request(
+        &mut self,
+        id: &str,
+        iq: &str,
+        early: &mut Vec<Vec<u8>>,
+    ) -> Result<Element<'static>, Fatal> {
         self.send(iq.as_bytes())?;
         loop {
             let (el, rec) = self.next_element()?;
@@ -410,7 +416,7 @@ impl Upstream {
         // itself, as it must after each of its restarts.
         let roster = self.request(
             "sjp-roster",
-            "<iq type='get' id='sjp-roster'><query xmlns='jabber:iq:roster'/></iq>",
+            &format!("<iq type='get' id='sjp-roster'><query xmlns='{NS_ROSTER}'/></iq>"),
             &mut early,
         )?;
         if roster.attr("type") != Some("result") {
@@ -434,7 +440,7 @@ impl Upstream {
             "sjp-disco",
             &format!(
                 "<iq type='get' id='sjp-disco' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
-                sj::escape::attr(domain)
+                sj::xml::escape_attr(domain)
             ),
             early,
         )?;
@@ -443,10 +449,7 @@ impl Upstream {
         }
         let r = self.request(
             "sjp-carbons",
-            &format!(
-                "<iq type='set' id='sjp-carbons'><enable xmlns='{}'/></iq>",
-                crate::route::NS_CARBONS
-            ),
+            &format!("<iq type='set' id='sjp-carbons'><enable xmlns='{NS_CARBONS}'/></iq>"),
             early,
         )?;
         let on = r.attr("type") == Some("result");
@@ -564,11 +567,11 @@ pub fn sasl_step(el: &Element, want: &str) -> Result<Vec<u8>, Fatal> {
 /// The bind request, for `resource` or one the server picks.
 pub fn bind_request(id: &str, resource: Option<&str>) -> String {
     let res = resource
-        .map(|r| format!("<resource>{}</resource>", sj::escape::text(r)))
+        .map(|r| format!("<resource>{}</resource>", sj::xml::escape_text(r)))
         .unwrap_or_default();
     format!(
         "<iq type='set' id='{}'><bind xmlns='{NS_BIND}'>{res}</bind></iq>",
-        sj::escape::attr(id)
+        sj::xml::escape_attr(id)
     )
 }
 
@@ -612,13 +615,13 @@ pub fn session_required(features: &Element) -> bool {
 pub fn offers_carbons(info: &Element) -> bool {
     info.child("query", NS_DISCO_INFO).is_some_and(|q| {
         q.elements()
-            .any(|f| f.local_name() == "feature" && f.attr("var") == Some(crate::route::NS_CARBONS))
+            .any(|f| f.local_name() == "feature" && f.attr("var") == Some(NS_CARBONS))
     })
 }
 
 /// The defined condition of a stanza error.
 pub fn stanza_error(el: &Element) -> String {
-    el.child("error", "jabber:client")
+    el.child("error", NS_CLIENT)
         .and_then(|e| {
             e.elements()
                 .find(|c| c.ns == NS_STANZAS && c.local_name() != "text")
@@ -631,17 +634,17 @@ pub fn stanza_error(el: &Element) -> String {
 mod tests {
     use super::*;
 
-    fn el(s: &str) -> Element {
-        Element::parse(s.as_bytes()).expect("parse")
+    fn el(s: &str) -> Element<'static> {
+        Element::parse(s.as_bytes()).expect("parse").into_owned()
     }
 
-    fn features(inner: &str) -> Element {
+    fn features(inner: &str) -> Element<'static> {
         el(&format!(
             "<stream:features xmlns:stream='{NS_STREAM}'>{inner}</stream:features>"
         ))
     }
 
-    fn mechanisms(names: &[&str]) -> Element {
+    fn mechanisms(names: &[&str]) -> Element<'static> {
         let m: String = names
             .iter()
             .map(|n| format!("<mechanism>{n}</mechanism>"))
@@ -796,7 +799,7 @@ mod tests {
                 "<iq type='result'><query xmlns='{NS_DISCO_INFO}'><feature var='{var}'/></query></iq>"
             ))
         };
-        assert!(offers_carbons(&info(crate::route::NS_CARBONS)));
+        assert!(offers_carbons(&info(NS_CARBONS)));
         assert!(!offers_carbons(&info("urn:xmpp:ping")));
     }
 
@@ -805,7 +808,7 @@ mod tests {
         let rec = |c: &str| {
             format!(
                 "<stream:error xmlns:stream='{NS_STREAM}'><{c} xmlns='{}'/></stream:error>",
-                sj::ucspi::NS_STREAM_ERRORS
+                sj::ns::STREAM_ERRORS
             )
         };
         let e = server_error(rec("host-unknown").as_bytes(), "refused");

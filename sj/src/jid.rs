@@ -86,7 +86,7 @@ pub const MAX_PART: usize = 1023;
 
 /// Control characters and XML non-characters are refused in every part.
 fn bad_char(c: char) -> bool {
-    c.is_control() || !crate::escape::is_xml_char(c)
+    c.is_control() || !crate::xml::is_xml_char(c)
 }
 
 fn check_local(l: &str) -> Result<String, JidError> {

@@ -1,11 +1,11 @@
 //! Protocol code shared by the sj-proxy programs.
 //!
 //! What is here: the streaming framer that turns XMPP bytes into one-line
-//! records (`framer`), a small read-only view of a record (`xml`), JIDs and
-//! the one function that maps a name to a path component (`jid`, `path`),
-//! XML escaping (`escape`), SASL SCRAM and PLAIN (`sasl`), the local
-//! credential file (`passwd`), FIFOs and non-blocking line I/O (`fifo`,
-//! `io`), child processes on a pipe pair (`child`), and one-line errors with
+//! records (`framer`), reading and editing records and XML escaping
+//! (`xml`), namespace names (`ns`), JIDs and the one function that maps a
+//! name to a path component (`jid`, `path`), SASL SCRAM and PLAIN (`sasl`),
+//! the local credential file (`passwd`), FIFOs and non-blocking line I/O
+//! (`fifo`, `io`), child processes on a pipe pair (`child`), and one-line errors with
 //! the skarnet exit codes (`exit`, `log`), the daemons' shared command
 //! line (`daemon`), dates and times (`time`), the contact `out` log
 //! format (`outlog`), `DIR/state` and the owner's lock (`state`, `lock`),
@@ -26,7 +26,6 @@ pub mod archive;
 pub mod authfail;
 pub mod child;
 pub mod daemon;
-pub mod escape;
 pub mod exit;
 pub mod fifo;
 pub mod framer;
@@ -34,6 +33,7 @@ pub mod io;
 pub mod jid;
 pub mod lock;
 pub mod log;
+pub mod ns;
 pub mod outlog;
 pub mod passwd;
 pub mod path;

@@ -61,7 +61,7 @@ pub fn trace(dir: &str, record: &[u8]) {
     }
     let text = String::from_utf8_lossy(record);
     let text = text.trim_end_matches('\n');
-    if text.contains("urn:ietf:params:xml:ns:xmpp-sasl") {
+    if text.contains(crate::ns::SASL) {
         let name = text.split([' ', '>']).next().unwrap_or("<?");
         emit("trace", &format!("{dir} {name} [sasl payload redacted]"));
     } else {

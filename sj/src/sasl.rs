@@ -33,16 +33,17 @@ impl std::fmt::Display for SaslError {
 
 impl std::error::Error for SaslError {}
 
-/// The SASL namespace of XMPP (RFC 6120 §6.4).
-pub const NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-
 /// One SASL element of RFC 6120 §6.4 (`auth`, `challenge`, `response`,
 /// `success`) carrying `data` in base64, with the mechanism on `auth`.
 pub fn element(name: &str, mechanism: Option<&str>, data: &[u8]) -> String {
     let mech = mechanism
-        .map(|m| format!(" mechanism='{}'", crate::escape::attr(m)))
+        .map(|m| format!(" mechanism='{}'", crate::xml::escape_attr(m)))
         .unwrap_or_default();
-    format!("<{name} xmlns='{NS}'{mech}>{}</{name}>", b64encode(data))
+    format!(
+        "<{name} xmlns='{}'{mech}>{}</{name}>",
+        crate::ns::SASL,
+        b64encode(data)
+    )
 }
 
 /// The SCRAM mechanism to use among those a server offers: SCRAM-SHA-256,

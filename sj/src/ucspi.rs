@@ -19,16 +19,10 @@
 
 use crate::exit::Fatal;
 use crate::framer::StreamHeader;
+use crate::ns::{CLIENT as NS_CLIENT, STREAMS as NS_STREAM, STREAM_ERRORS as NS_STREAM_ERRORS};
 use crate::xml::Element;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-/// The stream namespace (the `stream:` prefix).
-pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
-/// The namespace of stream error conditions.
-pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
-/// STARTTLS.
-pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 
 /// An environment lookup: the process's, or a table in tests.
 type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -267,11 +261,11 @@ pub fn server_header(id: &str, from: Option<&str>) -> String {
 
 fn header((name, value): (&str, &str), from: Option<&str>) -> String {
     let from = from
-        .map(|f| format!(" from='{}'", crate::escape::attr(f)))
+        .map(|f| format!(" from='{}'", crate::xml::escape_attr(f)))
         .unwrap_or_default();
     format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAM}' {name}='{}'{from} version='1.0' xml:lang='en'>",
-        crate::escape::attr(value)
+        "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='{NS_STREAM}' {name}='{}'{from} version='1.0' xml:lang='en'>",
+        crate::xml::escape_attr(value)
     )
 }
 
@@ -307,7 +301,7 @@ pub fn stream_error(condition: &str, text: Option<&str>) -> String {
         .map(|t| {
             format!(
                 "<text xmlns='{NS_STREAM_ERRORS}' xml:lang='en'>{}</text>",
-                crate::escape::text(t)
+                crate::xml::escape_text(t)
             )
         })
         .unwrap_or_default();

@@ -235,7 +235,7 @@ fn request(dir: &Dir, item: &Item, timeout: Duration) -> Result<u8, Fatal> {
 /// account's own (bare or full) JID as bound in DIR/state. Anyone else could
 /// only be guessing the id.
 fn from_account(line: &[u8], own: Option<&Jid>) -> bool {
-    match sj::xml::attr(line, "from") {
+    match sj::xml::Top::parse(line).and_then(|t| t.attr("from")) {
         None => true,
         Some(f) => match (Jid::parse(&f), own) {
             (Ok(j), Some(own)) => j.bare() == own.bare(),

@@ -181,7 +181,10 @@ fn cmd_to(dir: &Dir, words: &[String]) -> Result<(), Fatal> {
 
 /// The stanza a subscription command sends.
 fn subscription_stanza(typ: &str, bare: &str) -> String {
-    format!("<presence to='{}' type='{typ}'/>\n", sj::escape::attr(bare))
+    format!(
+        "<presence to='{}' type='{typ}'/>\n",
+        sj::xml::escape_attr(bare)
+    )
 }
 
 fn cmd_subscription(dir: &Dir, typ: &str, words: &[String]) -> Result<(), Fatal> {
