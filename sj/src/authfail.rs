@@ -80,6 +80,10 @@ fn epoch_ms(t: SystemTime) -> u64 {
     ms(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
 }
 
+/// Bytes of the record line on disk (padded with spaces): the longest
+/// line `format` can make, five u64 fields and their names, fits.
+const RECORD_WIDTH: usize = 160;
+
 impl Record {
     fn parse(text: &str) -> Record {
         let mut r = Record::default();
@@ -206,9 +210,15 @@ impl Failures {
         let mut rec = before;
         let out = f(&mut rec);
         if rec != before || n == 0 {
-            let text = rec.format();
-            nix::unistd::ftruncate(&*fd, 0)?;
-            nix::sys::uio::pwrite(&*fd, text.as_bytes(), 0)?;
+            // One write of a fixed width, never a truncation first: a
+            // reader without the lock (`count`) sees the old line or the
+            // new one, never an empty file.
+            let mut text = rec.format().into_bytes();
+            text.pop();
+            text.resize(RECORD_WIDTH - 1, b' ');
+            text.push(b'\n');
+            nix::sys::uio::pwrite(&*fd, &text, 0)?;
+            nix::unistd::ftruncate(&*fd, RECORD_WIDTH as i64)?;
         }
         Ok(out)
     }
