@@ -500,6 +500,11 @@ def test_raw_client_half_line_then_close(proxy, contact):
     half.outfd = None
     other.send(f"<message to='{BOB}' type='chat'><body>other fine</body></message>")
     bob.wait_message(lambda m: m["body"] == "other fine", start=start)
+    # A FIFO shows its reader the end of a writer only if no new writer has
+    # opened it meanwhile: wait until sj-proxy has seen the close before the
+    # client writes again (the CI once wrote first, and the two were glued).
+    assert wait_until(lambda: "client half: dropped an incomplete line" in full_err(p), 15), \
+        p.stderr_text()
     # The same client writes again, a whole record this time: it is routed
     # on its own, not glued to the fragment its earlier writer left.
     half.send(f"<message to='{BOB}' type='chat'><body>half again</body></message>")
