@@ -177,6 +177,43 @@ pub fn format_line(out: &mut Vec<u8>, id: u64, flow: Flow, record: &[u8]) {
     out.push(b'\n');
 }
 
+/// A `<message>` record (with or without its LF) with `child` spliced in
+/// as its last child, LF-terminated; `None` for anything else. Records are
+/// canonical (one line, default namespace, DESIGN §4), so a message ends
+/// with `</message>` or is one self-closing start tag: the splice is exact
+/// and costs no parse.
+pub fn append_child(rec: &[u8], child: &[u8]) -> Option<Vec<u8>> {
+    let body = rec.strip_suffix(b"\n").unwrap_or(rec);
+    let after = body.get(8)?;
+    if !body.starts_with(b"<message") || !matches!(after, b' ' | b'\t' | b'>' | b'/') {
+        return None;
+    }
+    let mut v = Vec::with_capacity(body.len() + child.len() + 12);
+    if body.ends_with(b"</message>") {
+        v.extend_from_slice(&body[..body.len() - 10]);
+    } else if body.ends_with(b"/>") && memchr::memchr(b'>', body) == Some(body.len() - 1) {
+        v.extend_from_slice(&body[..body.len() - 2]);
+        v.push(b'>');
+    } else {
+        return None;
+    }
+    v.extend_from_slice(child);
+    v.extend_from_slice(b"</message>\n");
+    Some(v)
+}
+
+/// The `ID ` prefix sj-proxy puts before a record it gives mirrord:
+/// the id and the record, or `None` and the line as it is.
+pub fn split_id(line: &[u8]) -> (Option<u64>, &[u8]) {
+    if line.len() > 17 && line[16] == b' ' && line[..16].iter().all(u8::is_ascii_digit) {
+        let id = line[..16]
+            .iter()
+            .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+        return (Some(id), &line[17..]);
+    }
+    (None, line)
+}
+
 /// One archive file: its first id and path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
@@ -428,6 +465,12 @@ impl Writer {
     /// Bytes appended but not yet written.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Forget the lines not yet written (a disk that takes nothing for
+    /// too long): the archive misses them, nothing else does.
+    pub fn discard(&mut self) {
+        self.buf.clear();
     }
 
     /// The next id at time `now`: never smaller than or equal to the last.
