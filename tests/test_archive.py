@@ -75,3 +75,169 @@ def test_raw_client_reader_restarted_gets_all_it_missed_once_in_order(proxy, con
     live = [l for l in got if b"<body>live-0000</body>" in l][0]
     assert b"urn:xmpp:delay" not in live and b"urn:xmpp:sid:0" in live
     assert "panicked" not in (read(p.stderr_path) or "")
+
+
+# ---- sj-c2s clients (slixmpp) ---------------------------------------------
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+
+import slixmpp  # noqa: E402
+from slixmpp.xmlstream.handler import Callback  # noqa: E402
+from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
+
+from sjtest.xmpp import C2S  # noqa: E402
+
+logging.getLogger("slixmpp").setLevel(logging.CRITICAL)
+ALICE = "alice@localhost"
+
+
+class Loop:
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, coro, timeout=60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+class Slix:
+    """A slixmpp client of sj-c2s keeping every message it gets as XML text."""
+
+    def __init__(self, loop, resource, port):
+        self.L = loop
+        self.cond = threading.Condition()
+        self.messages = []
+        self.started = False
+        self.L.call(self._make(resource))
+        self.port = port
+
+    async def _make(self, resource):
+        x = slixmpp.ClientXMPP(f"{ALICE}/{resource}", "local-pw")
+        for p in ("xep_0030", "xep_0059", "xep_0203", "xep_0297", "xep_0313", "xep_0359"):
+            x.register_plugin(p)
+        x.plugin["feature_mechanisms"].unencrypted_scram = True
+        x.enable_plaintext = True
+        x.enable_starttls = False
+        x.enable_direct_tls = False
+        x.register_handler(Callback("keep", MatchXPath("{jabber:client}message"), self._keep))
+        x.add_event_handler("session_start", self._start)
+        self.x = x
+
+    def _keep(self, st):
+        with self.cond:
+            self.messages.append(str(st))
+            self.cond.notify_all()
+
+    async def _start(self, _ev):
+        self.x.send_presence()
+        with self.cond:
+            self.started = True
+            self.cond.notify_all()
+
+    def connect(self):
+        async def go():
+            self.x.connect("127.0.0.1", self.port)
+        self.L.call(go())
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.started, 30), "no session"
+        return self
+
+    def wait(self, pred, timeout=60):
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(pred(m) for m in self.messages), timeout), \
+                self.messages[-5:]
+
+    def close(self):
+        async def go():
+            self.x.disconnect()
+        try:
+            self.L.call(go(), timeout=10)
+        except Exception:
+            pass
+
+
+def nums(msgs, tag):
+    return numbers([m.encode() for m in msgs], tag)
+
+
+def test_c2s_client_away_gets_all_on_relogin_with_delay_sibling_once(proxy, contact):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    c2s = C2S(p.dir)
+    L = Loop()
+    try:
+        sib = Slix(L, "sib", c2s.port).connect()
+        away = Slix(L, "away", c2s.port).connect()
+        bob.send_message(bound, "first-0000")
+        away.wait(lambda m: "first-0000" in m)
+        sib.wait(lambda m: "first-0000" in m)
+        away.close()
+        assert wait_until(lambda: not os.path.exists(os.path.join(p.dir, "clients", "away")), 20)
+        send_batch(bob, bound, "c", 500)
+        sib.wait(lambda m: "<body>c-0499</body>" in m)
+        back = Slix(L, "away", c2s.port).connect()
+        back.wait(lambda m: "<body>c-0499</body>" in m)
+        bob.send_message(bound, "after-0000")
+        back.wait(lambda m: "after-0000" in m)
+        sib.wait(lambda m: "after-0000" in m)
+        got = [m for m in back.messages if "<body>c-" in m]
+        assert nums(got, "c") == list(range(500))
+        assert all("urn:xmpp:delay" in m and "stamp=" in m for m in got), got[:2]
+        assert nums(back.messages, "first") == [], "replayed what it had"
+        assert nums(sib.messages, "c") == list(range(500)), "the sibling got each once"
+        assert nums(sib.messages, "after") == [0]
+        assert all("urn:xmpp:delay" not in m for m in sib.messages if "<body>c-" in m)
+        back.close()
+        sib.close()
+    finally:
+        c2s.stop()
+
+
+def test_mam_pages_a_5000_message_history(proxy, contact):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    send_batch(bob, bound, "h", 5000, batch=250)
+    wait_archived(p, "h", 5000, timeout=120)
+    c2s = C2S(p.dir)
+    L = Loop()
+    try:
+        c = Slix(L, "mam", c2s.port).connect()
+        info = L.call(c.x.plugin["xep_0030"].get_info(jid=ALICE, timeout=30))
+        feats = info["disco_info"]["features"]
+        assert "urn:xmpp:mam:2" in feats and "urn:xmpp:sid:0" in feats, feats
+
+        async def page_all():
+            got = []
+            async for m in c.x.plugin["xep_0313"].iterate(jid=slixmpp.JID(ALICE), with_jid=slixmpp.JID(BOB),
+                                                   rsm={"max": 250}):
+                got.append(m)
+            return got
+        got = L.call(page_all(), timeout=120)
+        bodies = [m["mam_result"]["forwarded"]["stanza"]["body"] for m in got]
+        assert [int(b[2:]) for b in bodies if b.startswith("h-")] == list(range(5000))
+        assert all(m["mam_result"]["forwarded"]["delay"]["stamp"] for m in got[:3])
+
+        # The last page, backwards (RSM <before/>), by hand.
+        import xml.etree.ElementTree as ET
+
+        async def last_page():
+            iq = c.x.Iq()
+            iq["type"] = "set"
+            iq["to"] = ALICE
+            iq.append(ET.fromstring(
+                "<query xmlns='urn:xmpp:mam:2' queryid='last'><set xmlns='http://jabber.org/protocol/rsm'>"
+                "<max>10</max><before/></set></query>"))
+            return await iq.send(timeout=30)
+        iq = L.call(last_page())
+        fin = iq.xml.find("{urn:xmpp:mam:2}fin")
+        assert fin is not None and fin.get("complete") == "false", str(iq)
+        last = [m for m in c.messages if "queryid=\"last\"" in m or "queryid='last'" in m]
+        assert nums(last, "h") == list(range(4990, 5000)), last[:2]
+        c.close()
+    finally:
+        c2s.stop()

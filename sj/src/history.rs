@@ -40,7 +40,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn wants(&self, m: &Msg) -> bool {
+    /// Is `m` one the filter lets through?
+    pub fn wants(&self, m: &Msg) -> bool {
         let Some(w) = &self.with else { return true };
         let Ok(p) = Jid::parse(&m.peer) else {
             return false;
