@@ -241,3 +241,112 @@ def test_mam_pages_a_5000_message_history(proxy, contact):
         c.close()
     finally:
         c2s.stop()
+
+
+# ---- crash safety, the horizon, sj-log ------------------------------------
+
+def newest_segment(p):
+    return sorted(glob.glob(os.path.join(p.dir, "archive", "????-??.*")))[-1]
+
+
+def test_archive_survives_sigkill_mid_append(proxy, contact, prosody):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    send_batch(bob, bound, "k", 300)
+    wait_archived(p, "k", 300)
+    # SIGKILL while records still come in.
+    send_batch(bob, bound, "m", 300)
+    os.kill(p.proxy_pid(), signal.SIGKILL)
+    p.wait_exit(15)
+    before = archive_text(p)
+    # A kill (or power loss) in the middle of a write leaves half a line.
+    seg = newest_segment(p)
+    torn = b"1900000000000000 2030-03-17T17:46:40.000000Z <* <message from='bob@localhost'><body>torn-00"
+    with open(seg, "ab") as f:
+        f.write(torn)
+    # Started again on the same directory, it cuts the torn line, keeps
+    # everything before it and goes on after it.
+    for c in p.clients.values():
+        c.close()
+    q = proxy("alice", workdir=p.workdir)
+    bound = q.online()
+    assert wait_until(lambda: "archive: cut a torn last line" in (read(q.stderr_path) or ""), 15), \
+        q.stderr_text()
+    bob.send_message(bound, "again-0000")
+    assert wait_until(lambda: b"<body>again-0000</body>" in archive_text(q), 20)
+    after = archive_text(q)
+    assert after.startswith(before), "something before the torn line was lost"
+    assert b"torn-00" not in after
+    assert numbers([before], "k") == list(range(300))
+    # Every line parses: id, stamp, flow, record.
+    line = re.compile(rb"^\d{16} \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z (<\*|<-|>c|>-|=\*|!!) <.*>$")
+    for ln in after.split(b"\n")[:-1]:
+        assert line.match(ln), ln[:200]
+    assert after.endswith(b"\n")
+    ids = [int(ln[:16]) for ln in after.split(b"\n")[:-1]]
+    assert ids == sorted(set(ids)), "ids not strictly increasing"
+
+
+def test_client_away_past_the_horizon_gets_one_notice_and_the_recent_part(proxy, contact):
+    p = proxy("alice", env={"SJ_CATCHUP_RECORDS": "50"})
+    bound = p.online()
+    bob = contact("bob")
+    rc = p.raw_client("far")
+    bob.send_message(bound, "hello-0000")
+    rc.wait_line(lambda l: b"<body>hello-0000</body>" in l, 20)
+    rc.close()
+    send_batch(bob, bound, "z", 200)
+    wait_archived(p, "z", 200)
+    rc = RawClient(p.dir, "far")
+    p.clients["far2"] = rc
+    rc.wait_line(lambda l: b"<body>z-0199</body>" in l, 60)
+    bob.send_message(bound, "live-0000")
+    rc.wait_line(lambda l: b"<body>live-0000</body>" in l, 20)
+    got = rc.drain()
+    notices = [l for l in got if b"sj-horizon-" in l]
+    assert len(notices) == 1, notices
+    assert b"catch-up horizon" in notices[0] and b"type='headline'" in notices[0]
+    assert got.index(notices[0]) < min(i for i, l in enumerate(got) if b"<body>z-" in l)
+    assert numbers(got, "z") == list(range(150, 200))
+    assert numbers(got, "live") == [0]
+
+
+def test_sj_log_prints_history_between_two_times(proxy, contact, prosody):
+    p = proxy("alice")
+    bound = p.online()
+    bob = contact("bob")
+    carol = contact("carol")
+    send_batch(bob, bound, "a", 20)
+    carol.send_message(bound, "carol-0000")
+    wait_archived(p, "a", 20)
+    assert wait_until(lambda: b"carol-0000" in archive_text(p), 20)
+    # A message the account sends, from a raw client.
+    rc = p.raw_client("sh")
+    rc.send(f"<message to='{BOB}' type='chat'><body>reply-0000</body></message>")
+    assert wait_until(lambda: b"reply-0000" in archive_text(p), 20)
+    send_batch(bob, bound, "b", 20)
+    wait_archived(p, "b", 20)
+    lines = archive_text(p).split(b"\n")
+    stamp = lambda tag: [ln for ln in lines if tag in ln][0].split(b" ")[1].decode()
+    t0, t1 = stamp(b"<body>a-0010</body>"), stamp(b"<body>b-0005</body>")
+    log = sj_bin("sj-log")
+    r = subprocess.run([log, "-d", p.dir, "-s", t0, "-e", t1, BOB], capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode().splitlines()
+    fields = [l.split("\t") for l in out]
+    assert all(len(f) == 4 for f in fields), out
+    bodies = [f[3] for f in fields]
+    assert bodies == [f"a-{i:04d}" for i in range(10, 20)] + ["reply-0000"] + \
+        [f"b-{i:04d}" for i in range(6)], bodies
+    assert [f[1] for f in fields if f[3] == "reply-0000"] == [">"]
+    assert fields[0][2].startswith(BOB) and fields[0][1] == "<"
+    # The whole account: carol too. Raw records: archive lines.
+    r = subprocess.run([log, "-d", p.dir, "-a", ALICE], capture_output=True, timeout=30)
+    assert "carol-0000" in r.stdout.decode() and "a-0000" in r.stdout.decode()
+    r = subprocess.run([log, "-r", "-d", p.dir, "-s", t0, "-e", t1, BOB], capture_output=True,
+                       timeout=30)
+    raw = r.stdout.split(b"\n")[:-1]
+    assert len(raw) == 17 and all(re.match(rb"^\d{16} ", ln) for ln in raw), raw[:2]
+    r = subprocess.run([log, "-d", p.dir, "-s", "yesterday"], capture_output=True, timeout=30)
+    assert r.returncode == 100 and b"sj-log: fatal:" in r.stderr

@@ -39,6 +39,14 @@ fn parse_time(s: &str, end: bool) -> Option<u64> {
         (sj::time::parse_xmpp_datetime(&format!("{s}Z"))?, 1)
     };
     let t = u64::try_from(t).ok()? * 1_000_000;
+    // A fraction of a second (an archive stamp) is kept to the microsecond.
+    if let Some((_, frac)) = s.split_once('.') {
+        let digits: String = frac.chars().take_while(char::is_ascii_digit).take(6).collect();
+        let n = digits.len();
+        let us: u64 = digits.parse().ok()?;
+        let us = us * 10u64.pow(6 - n as u32);
+        return Some(t + us);
+    }
     Some(if end { t + span * 1_000_000 - 1 } else { t })
 }
 
