@@ -139,6 +139,11 @@ pub struct Arch {
     /// The id of the newest record seen on stdin (or in the archive at
     /// start): catch-up reads up to it, the live stream goes on from it.
     live: u64,
+    /// The id of the newest record seen on stdin (0 before the first):
+    /// where a client seen for the first time starts. Not `live`: what
+    /// sj-proxy archived while mirrord was starting is still on its way
+    /// in the pipe.
+    seen: u64,
     cursors: PathBuf,
     horizon: catchup::Horizon,
     by: String,
@@ -176,6 +181,7 @@ impl Fanout {
         self.arch = Some(Arch {
             reader,
             live,
+            seen: 0,
             cursors: catchup::cursors_dir(&dir),
             horizon,
             by: sj::xml::escape_attr(self.account.bare()),
@@ -212,9 +218,19 @@ impl Fanout {
                 let mut c = Client::new(&dir);
                 if let Some(a) = arch {
                     // A client seen before starts where it stopped; a new
-                    // one with the live stream.
-                    let saved = catchup::load(&a.cursors, name);
-                    c.track = Track::at(saved.unwrap_or(a.live), a.live, saved.is_some());
+                    // one with the live stream, and its cursor is written
+                    // at once (a restarted mirrord must find it).
+                    match catchup::load(&a.cursors, name) {
+                        Some(cur) => c.track = Track::at(cur, a.live, true),
+                        None => {
+                            c.track = Track::at(a.seen, a.seen, false);
+                            // Before the first record (mirrord starting)
+                            // the first tick writes it: 0 would replay all.
+                            if a.seen > 0 && catchup::save(&a.cursors, name, a.seen).is_ok() {
+                                c.track.mark_saved(a.seen);
+                            }
+                        }
+                    }
                 }
                 c
             });
@@ -263,6 +279,7 @@ impl Fanout {
         let id = id.filter(|_| self.arch.is_some());
         if let (Some(id), Some(a)) = (id, self.arch.as_mut()) {
             a.live = a.live.max(id);
+            a.seen = a.seen.max(id);
         }
         let by_resource = &self.by_resource;
         let target = route::target(record, &self.account, |r| {
