@@ -223,18 +223,16 @@ pub fn rows(t: &mut Table, bin: &Path, rounds: usize) {
                 "48 B prefix (id, stamp, flow) + XEP-0359 stanza-id (~75 B) per line",
             );
         }
-        _ => t.fail(
-            "12",
-            "pipeline 512 B, archive on",
-            &err.unwrap_or_default(),
-        ),
+        _ => t.fail("12", "pipeline 512 B, archive on", &err.unwrap_or_default()),
     }
     // 2. Catch-up against cat.
     let data = Arc::new(pipeline::corpus(SIZE, 0, MISSED));
     let (mut sj_best, mut cat_best): (Option<f64>, Option<f64>) = (None, None);
     let mut err = None;
     for round in 1..=rounds {
-        crate::progress(&format!("archive round {round}/{rounds}: catch-up of {MISSED}"));
+        crate::progress(&format!(
+            "archive round {round}/{rounds}: catch-up of {MISSED}"
+        ));
         match cat_run(&data, MISSED) {
             Ok(s) => cat_best = Some(cat_best.map_or(s, |b: f64| b.min(s))),
             Err(e) => err = Some(format!("cat: {e}")),

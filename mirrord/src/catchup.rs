@@ -86,10 +86,10 @@ impl Track {
             self.marks.pop_front();
         }
         if self.marks.is_empty() {
-            self.upto
-        } else {
-            self.taken
+            // All taken: what came after the last one was not for it.
+            self.taken = self.upto;
         }
+        self.taken
     }
 
     /// The reader went away (or a new FIFO replaced the old one): what it

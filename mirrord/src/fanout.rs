@@ -62,8 +62,6 @@ struct Client {
     refused: Option<String>,
     /// Its place in the archive (`catchup`), when records carry ids.
     track: Track,
-    /// When a reader was last looked for while it is behind.
-    probed: Option<std::time::Instant>,
 }
 
 impl Client {
@@ -78,7 +76,6 @@ impl Client {
             pin: None,
             refused: None,
             track: Track::default(),
-            probed: None,
         }
     }
 
@@ -417,14 +414,11 @@ impl Fanout {
 
     /// Feed the clients that are behind from the archive, a chunk each,
     /// while their queue is short. `probe`: also look for a reader of
-    /// those that had none. Returns true when a client could take more
-    /// at once (the caller polls again without waiting).
-    pub fn pump(&mut self, probe: bool) -> bool {
+    /// those that had none (`can_pump` says whether to come back at once).
+    pub fn pump(&mut self, probe: bool) {
         let Some(a) = self.arch.as_mut() else {
-            return false;
+            return;
         };
-        let mut more = false;
-        let now = std::time::Instant::now();
         let by_resource = &self.by_resource;
         let account = &self.account;
         for (name, c) in self.clients.iter_mut() {
@@ -432,13 +426,11 @@ impl Fanout {
                 continue;
             }
             if c.fd.is_none() {
-                let due = probe
-                    || c.probed
-                        .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_millis(50));
-                if !due {
+                // With each read of records and each tick: a failed open
+                // (ENXIO) is one system call.
+                if !probe {
                     continue;
                 }
-                c.probed = Some(now);
                 match sj::fifo::open_write(&c.path) {
                     Ok(Some(fd)) => {
                         c.ino = ino_of_fd(&fd);
@@ -461,11 +453,17 @@ impl Fanout {
                 c.track.pos = None;
                 c.track.behind = false;
             }
-            if c.track.behind && c.queue.len() < catchup::LOW {
-                more = true;
-            }
         }
-        more
+    }
+
+    /// Is there a client the archive can feed at once (behind, with a
+    /// reader, its queue short)? Then the loop does not wait.
+    pub fn can_pump(&self) -> bool {
+        self.arch.is_some()
+            && self
+                .clients
+                .values()
+                .any(|c| c.track.behind && c.fd.is_some() && c.queue.len() < catchup::LOW)
     }
 
     /// One chunk of a client's catch-up.
@@ -479,7 +477,9 @@ impl Fanout {
         if !c.track.horizon_checked {
             c.track.horizon_checked = true;
             let now = sj::archive::micros(std::time::SystemTime::now());
-            if let Some(cut) = catchup::horizon_cut(&mut a.reader, c.track.upto, a.live, a.horizon, now)? {
+            if let Some(cut) =
+                catchup::horizon_cut(&mut a.reader, c.track.upto, a.live, a.horizon, now)?
+            {
                 sj::log::info(&format!(
                     "client {name}: away past the catch-up horizon; replaying from {}",
                     sj::archive::stamp(cut)

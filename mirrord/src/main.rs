@@ -211,9 +211,7 @@ impl Mirror {
         } else {
             self.next_tick
         };
-        let ready = set
-            .wait(Some(when))
-            .map_err(|e| Fatal::io("poll", &e))?;
+        let ready = set.wait(Some(when)).map_err(|e| Fatal::io("poll", &e))?;
         let (mut stdin_ready, mut inotify_ready, mut writable) = (false, false, Vec::new());
         for (t, _) in ready {
             match t {
@@ -239,8 +237,11 @@ impl Mirror {
         } else {
             true
         };
-        self.pump_more = self.fan.pump(tick || inotify_ready);
+        self.fan.pump(tick || inotify_ready || stdin_ready);
         self.fan.flush_all();
+        // A reader that took all of a chunk at once leaves no queue to
+        // wait on: the next chunk is due now.
+        self.pump_more = self.fan.can_pump();
         Ok(go_on)
     }
 

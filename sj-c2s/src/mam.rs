@@ -32,12 +32,10 @@ pub fn answer(rec: &[u8], acct: &Account, full: &Jid) -> Option<Vec<u8>> {
     let el = Element::parse(rec)?;
     let q = el.child("query", ns::MAM)?;
     let bare = acct.jid();
-    match el.attr("to") {
-        None => {}
-        Some(to) => {
-            if Jid::parse(to).ok().as_ref() != Some(bare) {
-                return None;
-            }
+    // Another JID's archive (a room's) is the server's business.
+    if let Some(to) = el.attr("to") {
+        if Jid::parse(to).ok().as_ref() != Some(bare) {
+            return None;
         }
     }
     let id = escape_attr(el.attr("id").unwrap_or(""));

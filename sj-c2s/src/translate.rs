@@ -471,7 +471,10 @@ impl Translator {
 /// query.
 /// On the account's bare JID also MAM and stanza ids, which sj-c2s
 /// serves from the account archive (mam.rs).
-fn missing_features<'e, 'a>(el: &'e Element<'a>, account: bool) -> Option<(&'e Element<'a>, String)> {
+fn missing_features<'e, 'a>(
+    el: &'e Element<'a>,
+    account: bool,
+) -> Option<(&'e Element<'a>, String)> {
     let q = el.child("query", ns::DISCO_INFO)?;
     let has = |var: &str| {
         q.elements()

@@ -24,6 +24,9 @@ use std::time::SystemTime;
 /// benchmark's baseline; a user who wants no history on disk).
 pub const ENV: &str = "SJ_ARCHIVE";
 
+/// Length of the stanza-id element without its `by`.
+const SID_LEN: usize = 64;
+
 /// Stop holding lines for a disk that takes nothing past this.
 const PENDING_MAX: usize = 64 << 20;
 
@@ -87,13 +90,28 @@ impl Archive {
         let now = SystemTime::now();
         match mirror {
             Some(i) => {
+                // One buffer: `ID ` for mirrord, then the record, stamped
+                // when it is a message; the archive line is made from it.
                 let id = self.w.next_id(now);
                 let rec = &routed[i].1;
-                let stamped = stamp(rec, id, &self.by);
-                let body = stamped.as_deref().unwrap_or(rec);
-                let got = self.w.append(flow, body, now);
+                let mut line = Vec::with_capacity(17 + rec.len() + 24 + SID_LEN + self.by.len());
+                sj::archive::push_digits(&mut line, id, 16);
+                line.push(b' ');
+                let by = self.by.as_bytes();
+                let stamped = sj::archive::append_child_into(&mut line, rec, |v| {
+                    v.extend_from_slice(b"<stanza-id xmlns='urn:xmpp:sid:0' by='");
+                    v.extend_from_slice(by);
+                    v.extend_from_slice(b"' id='");
+                    sj::archive::push_digits(v, id, 16);
+                    v.extend_from_slice(b"'/>");
+                });
+                if !stamped {
+                    line.extend_from_slice(rec.strip_suffix(b"\n").unwrap_or(rec));
+                    line.push(b'\n');
+                }
+                let got = self.w.append(flow, &line[17..], now);
                 debug_assert_eq!(got, id);
-                routed[i].1 = prefixed(id, body);
+                routed[i].1 = line;
             }
             None => {
                 let pick = routed
@@ -140,12 +158,16 @@ impl Archive {
     pub fn close(&mut self) {
         self.flush();
         if let Err(e) = self.w.sync() {
-            sj::log::warn(&format!("archive: unable to sync: {}", sj::log::strerror(&e)));
+            sj::log::warn(&format!(
+                "archive: unable to sync: {}",
+                sj::log::strerror(&e)
+            ));
         }
     }
 }
 
 /// The mirrord line: `ID record` (the record keeps its LF).
+#[cfg(test)]
 fn prefixed(id: u64, rec: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(17 + rec.len() + 1);
     v.extend_from_slice(format!("{id:016} ").as_bytes());
@@ -158,8 +180,12 @@ fn prefixed(id: u64, rec: &[u8]) -> Vec<u8> {
 
 /// A `<message>` record with a `<stanza-id/>` of `id` as its last child
 /// (`sj::archive::append_child`); `None` for anything else.
+#[cfg(test)]
 pub fn stamp(rec: &[u8], id: u64, by: &str) -> Option<Vec<u8>> {
-    let sid = format!("<stanza-id xmlns='{}' by='{by}' id='{id}'/>", sj::ns::SID);
+    let sid = format!(
+        "<stanza-id xmlns='{}' by='{by}' id='{id:016}'/>",
+        sj::ns::SID
+    );
     sj::archive::append_child(rec, sid.as_bytes())
 }
 
@@ -169,16 +195,15 @@ mod tests {
 
     #[test]
     fn stamps_messages_only() {
-        let s = stamp(b"<message from='b@x'><body>hi</body></message>\n", 7, "a@l")
-            .expect("stamp");
+        let s = stamp(b"<message from='b@x'><body>hi</body></message>\n", 7, "a@l").expect("stamp");
         assert_eq!(
             s,
-            b"<message from='b@x'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='7'/></message>\n"
+            b"<message from='b@x'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='0000000000000007'/></message>\n"
         );
         let s = stamp(b"<message to='b@x'/>", 8, "a@l").expect("stamp");
         assert_eq!(
             s,
-            b"<message to='b@x'><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='8'/></message>\n"
+            b"<message to='b@x'><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='0000000000000008'/></message>\n"
         );
         assert!(stamp(b"<presence/>\n", 1, "a@l").is_none());
         assert!(stamp(b"<messages/>\n", 1, "a@l").is_none());

@@ -64,7 +64,10 @@ pub fn message(e: &Entry<'_>, own: &Jid) -> Option<Msg> {
     if el.local_name() != "message" {
         return None;
     }
-    let own_bare = |j: Option<&str>| j.and_then(|s| Jid::parse(s).ok()).is_some_and(|j| j == *own);
+    let own_bare = |j: Option<&str>| {
+        j.and_then(|s| Jid::parse(s).ok())
+            .is_some_and(|j| j == *own)
+    };
     let (inner, outgoing) = match e.flow {
         Flow::FromServer => {
             if own_bare(el.attr("from")) {
@@ -232,7 +235,11 @@ mod tests {
 
     #[test]
     fn messages_of_a_conversation() {
-        let m = e(Flow::FromServer, "<message from='bob@l/x' to='alice@l/p' type='chat'><body>hi</body></message>").expect("in");
+        let m = e(
+            Flow::FromServer,
+            "<message from='bob@l/x' to='alice@l/p' type='chat'><body>hi</body></message>",
+        )
+        .expect("in");
         assert!(!m.outgoing);
         assert_eq!(m.peer, "bob@l/x");
         assert_eq!(m.body, "hi");
@@ -242,18 +249,40 @@ mod tests {
         assert!(m.outgoing);
         assert_eq!(m.peer, "bob@l");
         assert_eq!(m.body, "yo");
-        assert!(m.xml.starts_with(b"<message xmlns='jabber:client' from='alice@l/c'"));
+        assert!(m
+            .xml
+            .starts_with(b"<message xmlns='jabber:client' from='alice@l/c'"));
         // A server carbon is unwrapped too.
         let m = e(Flow::FromServer, sent).expect("carbon");
         assert!(m.outgoing);
-        assert!(e(Flow::FromServer, "<message from='r@muc' type='groupchat'><body>x</body></message>").is_none());
-        assert!(e(Flow::FromServer, "<message from='b@l'><active xmlns='http://jabber.org/protocol/chatstates'/></message>").is_none());
+        assert!(e(
+            Flow::FromServer,
+            "<message from='r@muc' type='groupchat'><body>x</body></message>"
+        )
+        .is_none());
+        assert!(e(
+            Flow::FromServer,
+            "<message from='b@l'><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )
+        .is_none());
         assert!(e(Flow::Local, "<message from='b@l'><body>x</body></message>").is_none());
         assert!(e(Flow::FromServer, "<presence from='b@l'/>").is_none());
         let f = Filter {
             with: Some(Jid::parse("bob@l").expect("jid")),
         };
-        assert!(f.wants(&e(Flow::ToServer, "<message to='bob@l/r'><body>a</body></message>").expect("m")));
-        assert!(!f.wants(&e(Flow::ToServer, "<message to='eve@l'><body>a</body></message>").expect("m")));
+        assert!(f.wants(
+            &e(
+                Flow::ToServer,
+                "<message to='bob@l/r'><body>a</body></message>"
+            )
+            .expect("m")
+        ));
+        assert!(!f.wants(
+            &e(
+                Flow::ToServer,
+                "<message to='eve@l'><body>a</body></message>"
+            )
+            .expect("m")
+        ));
     }
 }

@@ -32,7 +32,10 @@ struct Args {
 /// inclusive.
 fn parse_time(s: &str, end: bool) -> Option<u64> {
     let (t, span) = if s.len() == 10 && s.as_bytes().get(4) == Some(&b'-') {
-        (sj::time::parse_xmpp_datetime(&format!("{s}T00:00:00Z"))?, 86_400)
+        (
+            sj::time::parse_xmpp_datetime(&format!("{s}T00:00:00Z"))?,
+            86_400,
+        )
     } else if let Some(t) = sj::time::parse_xmpp_datetime(s) {
         (t, 1)
     } else {
@@ -41,7 +44,11 @@ fn parse_time(s: &str, end: bool) -> Option<u64> {
     let t = u64::try_from(t).ok()? * 1_000_000;
     // A fraction of a second (an archive stamp) is kept to the microsecond.
     if let Some((_, frac)) = s.split_once('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).take(6).collect();
+        let digits: String = frac
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .take(6)
+            .collect();
         let n = digits.len();
         let us: u64 = digits.parse().ok()?;
         let us = us * 10u64.pow(6 - n as u32);
@@ -96,7 +103,11 @@ fn account(a: &Args) -> Result<(Dir, Jid), Fatal> {
         .or_else(|| std::env::var("SJ_JID").ok().filter(|v| !v.is_empty()))
         .map(|j| Jid::parse(&j).map_err(|e| usage(format!("{e}: {j}"))))
         .transpose()?;
-    let dir = match a.dir.clone().or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from)) {
+    let dir = match a
+        .dir
+        .clone()
+        .or_else(|| std::env::var_os("SJ_DIR").map(PathBuf::from))
+    {
         Some(d) => Dir::new(d),
         None => {
             let jid = jid
