@@ -11,7 +11,7 @@ INSTALL   ?= install
 # Where cargo puts the release build (honours CARGO_TARGET_DIR).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Every program of the project; install copies those that were built.
-PROGS = sj-proxy sj-c2s sj-passwd messaged presenced presence iqd roster mirrord
+PROGS = sj-proxy sj-log sj-c2s sj-passwd messaged presenced presence iqd roster mirrord
 VERSION = $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
 .PHONY: all test check bench demo clean release install uninstall fuzz fuzz-tool fuzz-replay fuzz-cmin

@@ -35,7 +35,7 @@ from hostile import CASES, C2S_HDR, UP
 from scripted_server import HEADER, ScriptedServer
 from sjtest.poll import wait_until
 from sjtest.prosody import free_port, make_workdir
-from sjtest.proxy import Proxy, bin_dir, sj_bin
+from sjtest.proxy import Proxy, bin_dir, sj_bin, unstamp
 
 NS_STREAMS = b"urn:ietf:params:xml:ns:xmpp-streams"
 BARE = "alice@localhost"
@@ -502,10 +502,11 @@ class Live:
                       + tag + b"</body></message>")
         line = self.watch.wait_line(lambda ln: tag + b"</body>" in ln, timeout=WAIT)
         i = self.watch.lines.index(line, self.watch_pos)
-        got_watch = self.watch.lines[self.watch_pos:i]
+        # Records as they were before sj-proxy stamped its archive id.
+        got_watch = [unstamp(ln) for ln in self.watch.lines[self.watch_pos:i]]
         self.watch_pos = i + 1
         j = self.tcp_lines.wait(lambda ln: tag + b"</body>" in ln, start=self.tcp_pos)
-        got_tcp = self.tcp_lines.lines[self.tcp_pos:j - 1]
+        got_tcp = [unstamp(ln) for ln in self.tcp_lines.lines[self.tcp_pos:j - 1]]
         self.tcp_pos = j
         return got_watch, got_tcp
 

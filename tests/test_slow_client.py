@@ -1,4 +1,8 @@
-"""A slow sj-c2s client is dropped by mirrord and told so (issue 17, item 3).
+"""A slow sj-c2s client: with the account archive (issue 12, the default)
+it is no longer dropped: mirrord stops queueing for it at the bound, and it
+catches up from the archive at its own pace, getting every message once and
+in order. Without the archive (SJ_ARCHIVE=off) the old rule of issue 17,
+item 3 holds and is tested too:
 
 A client of sj-c2s stops reading while a contact on Prosody sends more than
 mirrord's queue bound holds (SJ_MIRRORD_QUEUE, passed to mirrord through
@@ -79,8 +83,49 @@ class SocketTally(threading.Thread):
             return list(self.seen)
 
 
-def test_slow_c2s_client_dropped_by_mirrord_ends_with_resource_constraint(proxy, contact):
+def test_slow_c2s_client_catches_up_from_the_archive_not_dropped(proxy, contact):
     p = proxy("alice", env={"SJ_MIRRORD_QUEUE": "1M"})
+    bound = p.online()
+    bob = contact("bob")
+    c2s = C2S(p.dir, verbose=True)
+    try:
+        sib = c2s.client("sib")
+        sib_tally = SocketTally(sib)
+        sib_tally.start()
+        slow = c2s.client("slow", rcvbuf=4096)
+        # `slow` reads nothing until the sibling has everything: mirrord
+        # must not wait for it, and must not drop it.
+        behind = "mirrord: info: client slow: more than 1048576 bytes behind; catching up from the archive"
+        for start in range(0, N, 50):
+            bob.send_raw("".join(f"<message to='{bound}' type='chat'><body>s{i:04d} {PAD}</body></message>"
+                                 for i in range(start, start + 50)))
+            assert wait_until(lambda: sib_tally.count() >= start + 50, 30), sib_tally.count()
+        assert sib_tally.numbers() == list(range(N))
+        assert wait_until(lambda: behind in (read(p.stderr_path) or ""), 15), p.stderr_text()
+        assert "dropping client" not in (read(p.stderr_path) or "")
+        # Now it reads, at its own pace: everything, once, in order, and
+        # its stream stays open for what comes next.
+        tally = SocketTally(slow)
+        tally.start()
+        assert wait_until(lambda: tally.count() >= N, 120), tally.count()
+        assert tally.numbers() == list(range(N))
+        bob.send_message(bound, "after the catch-up")
+        assert wait_until(lambda: b"<body>after the catch-up</body>" in tally.snapshot(), 20)
+        assert not tally.done and RC_ERROR not in tally.snapshot()
+        assert os.path.isdir(os.path.join(p.dir, "clients", "slow"))
+        # What came from the archive carries its time.
+        assert b"urn:xmpp:delay" in tally.snapshot()
+        slow.close()
+        sib.close()
+    finally:
+        c2s.stop()
+    assert "panicked" not in (read(p.stderr_path) or "")
+
+
+def test_slow_c2s_client_dropped_by_mirrord_ends_with_resource_constraint(proxy, contact):
+    # Without the archive (SJ_ARCHIVE=off) there is nothing to catch up
+    # from: the old rule holds.
+    p = proxy("alice", env={"SJ_MIRRORD_QUEUE": "1M", "SJ_ARCHIVE": "off"})
     bound = p.online()
     bob = contact("bob")
     c2s = C2S(p.dir, verbose=True)

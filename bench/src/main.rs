@@ -14,6 +14,7 @@
 //! Nothing in a measured path is Python: the fake server, the load client
 //! and the drains are this program.
 
+mod archive;
 mod contacts;
 mod pipeline;
 mod procfs;
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use table::{fit, mib, quantile, size, thousands, Table};
 
-const USAGE: &str = "usage: sj-bench [-b BIN_DIR] [-f FRAMER_OUTPUT] [-r ROUNDS] [-s pipeline,server,contacts] [-c SIZE:CLIENTS]...\n       sj-bench --peak-rss PROG [ARGS...]";
+const USAGE: &str = "usage: sj-bench [-b BIN_DIR] [-f FRAMER_OUTPUT] [-r ROUNDS] [-s pipeline,server,contacts,archive] [-c SIZE:CLIENTS]...\n       sj-bench --peak-rss PROG [ARGS...]";
 
 /// A chat message with the usual extensions is about this big.
 const TYPICAL: usize = 512;
@@ -59,7 +60,7 @@ struct Opts {
     cases: Vec<(usize, usize)>,
 }
 
-const SECTIONS: [&str; 3] = ["pipeline", "server", "contacts"];
+const SECTIONS: [&str; 4] = ["pipeline", "server", "contacts", "archive"];
 
 impl Opts {
     fn wants(&self, section: &str) -> bool {
@@ -742,6 +743,9 @@ fn run() -> Result<bool, String> {
     }
     if o.wants("contacts") {
         contact_rows(&mut t, &o.bin);
+    }
+    if o.wants("archive") {
+        archive::rows(&mut t, &o.bin, o.rounds);
     }
     println!("sj-bench: one run, {} round(s) per measurement\n", o.rounds);
     for l in machine(&version) {

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const JID: &str = "alice@localhost/bench";
-const PASSWORD: &str = "bench-pw";
+pub(crate) const JID: &str = "alice@localhost/bench";
+pub(crate) const PASSWORD: &str = "bench-pw";
 /// The timed part of one run may take this long before it counts as failed.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -42,7 +42,7 @@ pub struct Run {
 }
 
 /// Record `i` of `size` bytes: a chat message whose body pads it out.
-fn message(size: usize, i: usize) -> Vec<u8> {
+pub(crate) fn message(size: usize, i: usize) -> Vec<u8> {
     let head = format!(
         "<message from='bob@localhost' to='alice@localhost' type='chat' id='{i:07}'><body>"
     );
@@ -58,7 +58,7 @@ fn message(size: usize, i: usize) -> Vec<u8> {
 }
 
 /// `n` records of `size` bytes, numbered from `first`, LF after each.
-fn corpus(size: usize, first: usize, n: usize) -> Vec<u8> {
+pub(crate) fn corpus(size: usize, first: usize, n: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity((size + 1) * n);
     for i in first..first + n {
         v.extend_from_slice(&message(size, i));
@@ -185,6 +185,11 @@ fn timed(
 }
 
 pub struct Pipeline {
+    /// Run sj-proxy with its account archive (the default); off sets
+    /// SJ_ARCHIVE=off, the baseline of the archive's cost.
+    pub archive: bool,
+    /// Bytes in the archive after the last run with it on.
+    pub archive_bytes: u64,
     bin: PathBuf,
     data: std::collections::HashMap<(usize, usize), Arc<Vec<u8>>>,
 }
@@ -192,6 +197,8 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(bin: &Path) -> Pipeline {
         Pipeline {
+            archive: true,
+            archive_bytes: 0,
             bin: bin.to_path_buf(),
             data: Default::default(),
         }
@@ -267,6 +274,9 @@ impl Pipeline {
             .arg(&pwfile)
             .args(["-n", "8", JID])
             .stdout(Stdio::null());
+        if !self.archive {
+            cmd.env("SJ_ARCHIVE", "off");
+        }
         let cli = OwnedFd::from(cli);
         let mut proxy = spawn::spawn("sj-proxy", cmd, &[(&cli, 6), (&cli, 7), (&ready_w, 8)])?;
         drop((cli, ready_w));
@@ -284,6 +294,9 @@ impl Pipeline {
             .map(|m| (m.name, m.hwm))
             .collect();
         let st = proxy.stop(Duration::from_secs(10));
+        if self.archive {
+            self.archive_bytes = crate::archive::bytes(&dir.join("archive"));
+        }
         stop.store(true, Ordering::Relaxed);
         let _ = reader.join();
         let warnings = warnings(&log);
@@ -301,7 +314,7 @@ impl Pipeline {
 
 /// Read and forget what sj-proxy sends the server (presence, iq) until
 /// told to stop or the stream ends.
-fn discard<S: xmpp::Sock + 'static>(
+pub(crate) fn discard<S: xmpp::Sock + 'static>(
     mut conn: xmpp::Conn<S>,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {

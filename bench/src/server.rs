@@ -19,7 +19,7 @@ pub const DIRECT: (&str, &str) = ("alice", "alice-pw");
 pub const PROXIED: (&str, &str) = ("carol", "carol-pw");
 pub const CONTACT: (&str, &str) = ("bob", "bob-pw");
 /// The proxied account's local password (DIR/passwd, for sj-c2s).
-const LOCAL_PW: &str = "carol-local-pw";
+pub const LOCAL_PW: &str = "carol-local-pw";
 
 /// How the server is kept from being the bottleneck; quoted in BENCHMARKS.md.
 const CONFIG: &str = r#"-- written by sj-bench: a throwaway server on 127.0.0.1
@@ -51,7 +51,7 @@ log = { { levels = { min = "error" }, to = "file", filename = "@DIR@/prosody.log
 VirtualHost "localhost"
 "#;
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -60,7 +60,7 @@ fn free_port() -> Result<u16, String> {
 
 /// Connect to 127.0.0.1:port, retrying until `limit` (the listener is
 /// starting up).
-fn connect(port: u16, limit: Duration) -> Result<TcpStream, String> {
+pub fn connect(port: u16, limit: Duration) -> Result<TcpStream, String> {
     let end = Instant::now() + limit;
     loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -86,15 +86,27 @@ pub struct Prosody {
 
 impl Prosody {
     pub fn start(dir: &Path) -> Result<Prosody, String> {
+        Prosody::start_with(dir, false)
+    }
+
+    /// `mam`: with mod_mam archiving every user's messages (the archive
+    /// rows' baseline).
+    pub fn start_with(dir: &Path, mam: bool) -> Result<Prosody, String> {
         let port = free_port()?;
         for sub in ["data", "certs"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("unable to create {}/{sub}: {e}", dir.display()))?;
         }
         let cfg = dir.join("prosody.cfg.lua");
-        let text = CONFIG
+        let mut text = CONFIG
             .replace("@DIR@", &dir.display().to_string())
             .replace("@PORT@", &port.to_string());
+        if mam {
+            text = text.replace("\"ping\"; }", "\"ping\"; \"mam\"; }").replace(
+                "VirtualHost",
+                "archive_expires_after = \"never\"\ndefault_archive_policy = true\nVirtualHost",
+            );
+        }
         std::fs::write(&cfg, text)
             .map_err(|e| format!("unable to write {}: {e}", cfg.display()))?;
         let mut cmd = spawn::command(Path::new("prosody"), &dir.join("prosody.stderr"))?;

@@ -8,6 +8,7 @@
 //! the client's directory before closing the FIFO, so its reader, which
 //! sees the end of input next, can tell a drop from mirrord stopping.
 
+use crate::catchup::{self, Track};
 use crate::route::{self, Target};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -59,6 +60,8 @@ struct Client {
     pin: Option<OwnedFd>,
     /// Why its `in` could not be opened last time, logged once.
     refused: Option<String>,
+    /// Its place in the archive (`catchup`), when records carry ids.
+    track: Track,
 }
 
 impl Client {
@@ -72,12 +75,18 @@ impl Client {
             dropped: false,
             pin: None,
             refused: None,
+            track: Track::default(),
         }
     }
 
     fn close(&mut self) {
         self.fd = None;
         self.queue.clear();
+    }
+
+    /// Bytes queued or in the pipe that its reader has not taken.
+    fn unread(&self) -> u64 {
+        self.queue.len() as u64 + self.fd.as_ref().map_or(0, catchup::unread_in_pipe)
     }
 
     /// Over the bound: mark the drop, close, forget the queue, remember
@@ -116,13 +125,32 @@ impl Client {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub dropped: Vec<String>,
+    /// Fell behind the bound and goes on from the archive.
+    pub behind: Vec<String>,
     pub gone: Vec<String>,
+}
+
+/// The archive side of the fan-out: present when sj-proxy archives.
+pub struct Arch {
+    reader: sj::archive::Reader,
+    /// The id of the newest record seen on stdin (or in the archive at
+    /// start): catch-up reads up to it, the live stream goes on from it.
+    live: u64,
+    /// The id of the newest record seen on stdin (0 before the first):
+    /// where a client seen for the first time starts. Not `live`: what
+    /// sj-proxy archived while mirrord was starting is still on its way
+    /// in the pipe.
+    seen: u64,
+    cursors: PathBuf,
+    horizon: catchup::Horizon,
+    by: String,
 }
 
 /// All clients of one account directory.
 pub struct Fanout {
     account: Account,
     bound: usize,
+    arch: Option<Arch>,
     clients: BTreeMap<String, Client>,
     /// Resource → directory name.
     by_resource: HashMap<String, String>,
@@ -131,6 +159,7 @@ pub struct Fanout {
 impl Fanout {
     pub fn new(account: Account, bound: usize) -> Self {
         Fanout {
+            arch: None,
             account,
             bound,
             clients: BTreeMap::new(),
@@ -138,22 +167,77 @@ impl Fanout {
         }
     }
 
+    /// Read the archive too (catch-up, cursors); the newest id in it is
+    /// where the live stream starts.
+    pub fn open_archive(&mut self, horizon: catchup::Horizon) -> std::io::Result<()> {
+        let dir = self.account.dir().archive();
+        let mut reader = sj::archive::Reader::open(&dir)?;
+        let end = reader.end()?;
+        let (buf, _) = reader.read_backward(&end, sj::archive::LINE_MAX)?;
+        let live = sj::archive::entries(&buf).last().map_or(0, |e| e.id);
+        self.arch = Some(Arch {
+            reader,
+            live,
+            seen: 0,
+            cursors: catchup::cursors_dir(&dir),
+            horizon,
+            by: sj::xml::escape_attr(self.account.bare()),
+        });
+        Ok(())
+    }
+
     /// Bring the client set in line with `names` (the directories that are
     /// clients now), and notice clients whose `in` FIFO was made anew.
     pub fn sync(&mut self, names: &BTreeSet<String>) {
+        if self.arch.is_some() {
+            let gone: Vec<String> = self
+                .clients
+                .keys()
+                .filter(|n| !names.contains(*n))
+                .cloned()
+                .collect();
+            for n in gone {
+                if let Some(mut c) = self.clients.remove(&n) {
+                    let unread = c.unread();
+                    c.track.rewind(unread);
+                    self.save_cursor(&n, &mut c, true);
+                }
+            }
+        }
         self.clients.retain(|n, _| names.contains(n));
         self.by_resource.retain(|_, d| names.contains(d));
         for name in names {
             let Ok(dir) = self.account.dir().client(name) else {
                 continue;
             };
-            let c = self
-                .clients
-                .entry(name.clone())
-                .or_insert_with(|| Client::new(&dir));
+            let arch = &self.arch;
+            let c = self.clients.entry(name.clone()).or_insert_with(|| {
+                let mut c = Client::new(&dir);
+                if let Some(a) = arch {
+                    // A client seen before starts where it stopped; a new
+                    // one with the live stream, and its cursor is written
+                    // at once (a restarted mirrord must find it).
+                    match catchup::load(&a.cursors, name) {
+                        Some(cur) => c.track = Track::at(cur, a.live, true),
+                        None => {
+                            c.track = Track::at(a.seen, a.seen, false);
+                            // Before the first record (mirrord starting)
+                            // the first tick writes it: 0 would replay all.
+                            if a.seen > 0 && catchup::save(&a.cursors, name, a.seen).is_ok() {
+                                c.track.mark_saved(a.seen);
+                            }
+                        }
+                    }
+                }
+                c
+            });
             if let Some(old) = c.ino {
                 if ino_of(&c.path) != Some(old) {
                     // Registered again: start afresh.
+                    if arch.is_some() {
+                        let unread = c.unread();
+                        c.track.rewind(unread);
+                    }
                     c.close();
                     c.ino = None;
                     if c.dropped {
@@ -181,7 +265,19 @@ impl Fanout {
 
     /// Queue `record` (without its LF) for the clients it is for. Returns
     /// where it went.
+    #[cfg(test)]
     pub fn deliver(&mut self, record: &[u8]) -> (Target, Report) {
+        self.deliver_id(None, record)
+    }
+
+    /// `deliver` for a record with its archive id: a client that is
+    /// behind gets it from the archive later, in its turn.
+    pub fn deliver_id(&mut self, id: Option<u64>, record: &[u8]) -> (Target, Report) {
+        let id = id.filter(|_| self.arch.is_some());
+        if let (Some(id), Some(a)) = (id, self.arch.as_mut()) {
+            a.live = a.live.max(id);
+            a.seen = a.seen.max(id);
+        }
         let by_resource = &self.by_resource;
         let target = route::target(record, &self.account, |r| {
             by_resource.get(r).map(String::as_str)
@@ -195,6 +291,15 @@ impl Fanout {
                 Target::AllBut(n) => n != name,
                 Target::Nobody => false,
             };
+            if let Some(id) = id {
+                if c.track.behind || id <= c.track.upto {
+                    continue;
+                }
+                if !wanted {
+                    c.track.upto = id;
+                    continue;
+                }
+            }
             if !wanted || c.dropped {
                 continue;
             }
@@ -205,8 +310,12 @@ impl Fanout {
                         c.fd = Some(fd);
                         c.refused = None;
                     }
-                    // No reader: nothing to keep for it.
-                    Ok(None) => continue,
+                    // No reader: nothing to keep for it (the archive
+                    // keeps it, when there is one).
+                    Ok(None) => {
+                        c.track.fall_behind();
+                        continue;
+                    }
                     // Replaced by something that is not a FIFO since the
                     // scan (never written into), or removed: said once.
                     Err(e) => {
@@ -220,13 +329,23 @@ impl Fanout {
                 }
             }
             c.queue.push_parts(&[record, b"\n"]);
+            if let Some(id) = id {
+                c.track.queued(id, record.len() + 1);
+            }
             // The bound is on what waits besides this record: a record
             // longer than the bound is no sign of a slow client.
             let judged = bound.saturating_add(record.len() + 1);
             if c.queue.len() > judged {
                 // Give the pipe a chance before judging.
                 Self::flush_one(name, c, &mut report);
-                if c.queue.len() > judged {
+                if c.queue.len() > judged && id.is_some() {
+                    // Not dropped: it goes on from the archive at its pace.
+                    sj::log::info(&format!(
+                        "client {name}: more than {bound} bytes behind; catching up from the archive"
+                    ));
+                    c.track.fall_behind();
+                    report.behind.push(name.clone());
+                } else if c.queue.len() > judged {
                     sj::log::warn(&format!("dropping client {name}: queue over {bound} bytes"));
                     c.drop_until_new(name, bound);
                     report.dropped.push(name.clone());
@@ -254,9 +373,184 @@ impl Fanout {
             sj::log::info(&format!(
                 "client {name}: {why}; reopening when a reader comes back"
             ));
+            // What the reader did not take comes again from the archive.
+            let unread = c.unread();
+            c.track.rewind(unread);
             c.close();
             report.gone.push(name.to_string());
         }
+    }
+
+    /// Write a client's cursor to disk if it moved (`force`: even if not).
+    fn save_cursor(&self, name: &str, c: &mut Client, force: bool) {
+        let Some(a) = &self.arch else { return };
+        let unread = c.unread();
+        let cur = c.track.cursor(unread);
+        if !force && !c.track.unsaved(cur) {
+            return;
+        }
+        match catchup::save(&a.cursors, name, cur) {
+            Ok(()) => c.track.mark_saved(cur),
+            Err(e) => sj::log::warn(&format!(
+                "client {name}: unable to save its cursor: {}",
+                sj::log::strerror(&e)
+            )),
+        }
+    }
+
+    /// Write the cursors that moved (lazily: each tick, and at exit).
+    pub fn save_cursors(&mut self) {
+        if self.arch.is_none() {
+            return;
+        }
+        let names: Vec<String> = self.clients.keys().cloned().collect();
+        for n in names {
+            if let Some(mut c) = self.clients.remove(&n) {
+                self.save_cursor(&n, &mut c, false);
+                self.clients.insert(n, c);
+            }
+        }
+    }
+
+    /// Feed the clients that are behind from the archive, a chunk each,
+    /// while their queue is short. `probe`: also look for a reader of
+    /// those that had none (`can_pump` says whether to come back at once).
+    pub fn pump(&mut self, probe: bool) {
+        let Some(a) = self.arch.as_mut() else {
+            return;
+        };
+        let by_resource = &self.by_resource;
+        let account = &self.account;
+        for (name, c) in self.clients.iter_mut() {
+            if !c.track.behind {
+                continue;
+            }
+            if c.fd.is_none() {
+                // With each read of records and each tick: a failed open
+                // (ENXIO) is one system call.
+                if !probe {
+                    continue;
+                }
+                match sj::fifo::open_write(&c.path) {
+                    Ok(Some(fd)) => {
+                        c.ino = ino_of_fd(&fd);
+                        c.fd = Some(fd);
+                        c.refused = None;
+                    }
+                    _ => continue,
+                }
+            }
+            if c.queue.len() >= catchup::LOW {
+                continue;
+            }
+            if let Err(e) = Self::catch_up(a, name, c, account, by_resource) {
+                sj::log::warn(&format!(
+                    "client {name}: unable to read the archive: {}",
+                    sj::log::strerror(&e)
+                ));
+                // Nothing to replay that can be read: on with the live stream.
+                c.track.upto = a.live;
+                c.track.pos = None;
+                c.track.behind = false;
+            }
+        }
+    }
+
+    /// Is there a client the archive can feed at once (behind, with a
+    /// reader, its queue short)? Then the loop does not wait.
+    pub fn can_pump(&self) -> bool {
+        self.arch.is_some()
+            && self
+                .clients
+                .values()
+                .any(|c| c.track.behind && c.fd.is_some() && c.queue.len() < catchup::LOW)
+    }
+
+    /// One chunk of a client's catch-up.
+    fn catch_up(
+        a: &mut Arch,
+        name: &str,
+        c: &mut Client,
+        account: &Account,
+        by_resource: &HashMap<String, String>,
+    ) -> std::io::Result<()> {
+        if !c.track.horizon_checked {
+            c.track.horizon_checked = true;
+            let now = sj::archive::micros(std::time::SystemTime::now());
+            if let Some(cut) =
+                catchup::horizon_cut(&mut a.reader, c.track.upto, a.live, a.horizon, now)?
+            {
+                sj::log::info(&format!(
+                    "client {name}: away past the catch-up horizon; replaying from {}",
+                    sj::archive::stamp(cut)
+                ));
+                let n = catchup::notice(account.bare(), c.track.upto.max(1), cut, a.horizon);
+                c.queue.push(n);
+                c.track.upto = cut;
+                c.track.pos = None;
+            }
+        }
+        let pos = match c.track.pos {
+            Some(p) => p,
+            None => a.reader.seek_after(c.track.upto)?,
+        };
+        let (buf, next) = a.reader.read_forward(&pos, catchup::CHUNK)?;
+        // read_forward may have moved on to the next file: the lines start
+        // where `next` says, less their length.
+        let chunk_start = sj::archive::Pos {
+            segment: next.segment,
+            offset: next.offset - buf.len() as u64,
+        };
+        let mut end = next;
+        let mut reached = buf.is_empty();
+        let mut off = 0usize;
+        for line in buf.split_inclusive(|&b| b == b'\n') {
+            let start = off;
+            off += line.len();
+            let Some(e) = sj::archive::parse_line(line.strip_suffix(b"\n").unwrap_or(line)) else {
+                continue;
+            };
+            if e.id > a.live {
+                // Not live yet: it comes on stdin.
+                end = sj::archive::Pos {
+                    segment: chunk_start.segment,
+                    offset: chunk_start.offset + start as u64,
+                };
+                reached = true;
+                break;
+            }
+            if e.id <= c.track.upto {
+                continue;
+            }
+            if catchup::for_clients(e.flow) && catchup::replayed(e.record) {
+                let target = route::target(e.record, account, |r| {
+                    by_resource.get(r).map(String::as_str)
+                });
+                let wanted = match &target {
+                    Target::All => true,
+                    Target::Only(n) => n == name,
+                    Target::AllBut(n) => n != name,
+                    Target::Nobody => false,
+                };
+                if wanted {
+                    let v = catchup::replay_form(&e, &a.by);
+                    let len = v.len();
+                    c.queue.push(v);
+                    c.track.queued(e.id, len);
+                }
+            }
+            c.track.upto = e.id;
+        }
+        c.track.pos = Some(end);
+        if reached || c.track.upto >= a.live {
+            // The seam: everything up to the live stream's newest record is
+            // queued; what comes next comes live.
+            c.track.upto = c.track.upto.max(a.live);
+            c.track.pos = None;
+            c.track.behind = false;
+            sj::log::info(&format!("client {name}: caught up"));
+        }
+        Ok(())
     }
 
     /// Write what each client's descriptor takes now.

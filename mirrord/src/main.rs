@@ -8,6 +8,7 @@
 //! is dropped until it registers again. EOF on stdin: flush what can be
 //! flushed within a second, exit 0.
 
+mod catchup;
 mod fanout;
 mod route;
 
@@ -21,7 +22,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: mirrord [-v] [-q BYTES] -d DIR JID";
+const USAGE: &str = "usage: mirrord [-v] [-q BYTES] [-n RECORDS] [-a SECONDS] -d DIR JID";
+/// The environment variables that set the catch-up horizon when `-n`
+/// and `-a` are not given.
+const HORIZON_RECORDS_ENV: &str = "SJ_CATCHUP_RECORDS";
+const HORIZON_SECS_ENV: &str = "SJ_CATCHUP_SECONDS";
 /// Default per-client queue bound.
 const DEFAULT_BOUND: usize = 4 << 20;
 /// The environment variable that sets the bound when `-q` is not given.
@@ -37,6 +42,7 @@ const GRACE: Duration = Duration::from_secs(1);
 struct Opts {
     verbose: bool,
     bound: usize,
+    horizon: catchup::Horizon,
     account: Account,
 }
 
@@ -68,6 +74,22 @@ fn parse_args() -> Result<Opts, Fatal> {
             .ok_or_else(|| usage(format!("invalid queue bound in {QUEUE_ENV}: {v}")))?,
         _ => DEFAULT_BOUND,
     };
+    let number = |name: &str, v: &str| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| usage(format!("invalid {name}: {v}")))
+    };
+    let mut horizon = catchup::Horizon {
+        records: catchup::HORIZON_RECORDS,
+        secs: catchup::HORIZON_SECS,
+    };
+    if let Ok(v) = std::env::var(HORIZON_RECORDS_ENV) {
+        horizon.records = number(HORIZON_RECORDS_ENV, &v)?;
+    }
+    if let Ok(v) = std::env::var(HORIZON_SECS_ENV) {
+        horizon.secs = number(HORIZON_SECS_ENV, &v)?;
+    }
     let mut dir: Option<PathBuf> = None;
     let mut jid: Option<String> = None;
     while let Some(arg) = parser.next().map_err(|e| usage(e.to_string()))? {
@@ -77,6 +99,14 @@ fn parse_args() -> Result<Opts, Fatal> {
                 let v = parser.value().map_err(|e| usage(e.to_string()))?;
                 let v = v.to_string_lossy();
                 bound = parse_size(&v).ok_or_else(|| usage(format!("invalid queue bound: {v}")))?;
+            }
+            Short('n') => {
+                let v = parser.value().map_err(|e| usage(e.to_string()))?;
+                horizon.records = number("-n", &v.to_string_lossy())?;
+            }
+            Short('a') => {
+                let v = parser.value().map_err(|e| usage(e.to_string()))?;
+                horizon.secs = number("-a", &v.to_string_lossy())?;
             }
             Short('d') | Long("dir") => {
                 dir = Some(parser.value().map_err(|e| usage(e.to_string()))?.into())
@@ -90,6 +120,7 @@ fn parse_args() -> Result<Opts, Fatal> {
     Ok(Opts {
         verbose,
         bound,
+        horizon,
         account,
     })
 }
@@ -104,16 +135,28 @@ fn run() -> Result<(), Fatal> {
         .map_err(|e| Fatal::io(format!("watch {}", dir.clients().display()), &e))?;
     let stdin = std::io::stdin();
     sj::io::set_nonblocking(&stdin).map_err(|e| Fatal::io("set stdin non-blocking", &e))?;
+    // sj-proxy archives unless SJ_ARCHIVE=off (it passes its environment
+    // on): then the records carry ids and clients catch up.
+    let off = std::env::var("SJ_ARCHIVE").is_ok_and(|v| v == "off" || v == "0" || v == "no");
+    let archive = dir.archive();
+    let archive = (!off && archive.is_dir()).then_some(archive);
+    let mut fan = Fanout::new(opts.account, opts.bound);
+    if let Some(a) = archive {
+        fan.open_archive(opts.horizon)
+            .map_err(|e| Fatal::io(format!("read {}", a.display()), &e))?;
+    }
     let mut m = Mirror {
-        fan: Fanout::new(opts.account, opts.bound),
+        fan,
         watcher,
         stdin,
         reader: LineReader::new(MAX_RECORD),
         next_tick: Instant::now() + TICK,
+        pump_more: false,
     };
     m.rescan();
     while m.turn()? {}
     m.drain();
+    m.fan.save_cursors();
     Ok(())
 }
 
@@ -125,6 +168,8 @@ struct Mirror {
     stdin: std::io::Stdin,
     reader: LineReader,
     next_tick: Instant,
+    /// A behind client can take more from the archive now.
+    pump_more: bool,
 }
 
 /// What each descriptor of a turn's poll set is.
@@ -161,9 +206,12 @@ impl Mirror {
         for (i, (_, fd)) in pending.iter().enumerate() {
             set.add(*fd, Token::Client(i), Interest::Write);
         }
-        let ready = set
-            .wait(Some(self.next_tick))
-            .map_err(|e| Fatal::io("poll", &e))?;
+        let when = if self.pump_more {
+            Instant::now()
+        } else {
+            self.next_tick
+        };
+        let ready = set.wait(Some(when)).map_err(|e| Fatal::io("poll", &e))?;
         let (mut stdin_ready, mut inotify_ready, mut writable) = (false, false, Vec::new());
         for (t, _) in ready {
             match t {
@@ -180,13 +228,21 @@ impl Mirror {
             self.watcher.drain();
             self.rescan();
             if tick {
+                self.fan.save_cursors();
                 self.next_tick = Instant::now() + TICK;
             }
         }
-        if stdin_ready {
-            return self.read_stdin();
-        }
-        Ok(true)
+        let go_on = if stdin_ready {
+            self.read_stdin()?
+        } else {
+            true
+        };
+        self.fan.pump(tick || inotify_ready || stdin_ready);
+        self.fan.flush_all();
+        // A reader that took all of a chunk at once leaves no queue to
+        // wait on: the next chunk is due now.
+        self.pump_more = self.fan.can_pump();
+        Ok(go_on)
     }
 
     /// One read of records, queued for their clients; false at the end
@@ -202,7 +258,8 @@ impl Mirror {
             if line.is_empty() {
                 continue;
             }
-            let (target, _) = self.fan.deliver(line);
+            let (id, line) = sj::archive::split_id(line);
+            let (target, _) = self.fan.deliver_id(id, line);
             if sj::log::verbose() {
                 sj::log::trace(&format!("> {target:?}"), line);
             }

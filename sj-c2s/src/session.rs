@@ -559,6 +559,10 @@ impl Session {
         let Some(client) = self.client.as_mut() else {
             return;
         };
+        // MAM for the account's own archive is answered here (mam.rs).
+        if let Some(reply) = crate::mam::answer(rec, &client.account, &client.tr.full) {
+            return self.send(reply);
+        }
         let acts = client.tr.outbound(rec);
         for a in acts {
             match a {

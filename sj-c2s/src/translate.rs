@@ -432,7 +432,8 @@ impl Translator {
                     }
                 }
                 if self.disco_ids.remove(&id) && result && self.account_or_server(from.as_ref()) {
-                    let (q, add) = missing_features(el)?;
+                    let account = from.as_ref() == Some(&self.bare);
+                    let (q, add) = missing_features(el, account)?;
                     let r = self.with_child(top, el, Edit::Child(q, &add));
                     return Some(Inbound::Deliver(line(r)));
                 }
@@ -468,14 +469,20 @@ impl Translator {
 
 /// The carbons features a disco#info result lacks, as XML to add to its
 /// query.
-fn missing_features<'e, 'a>(el: &'e Element<'a>) -> Option<(&'e Element<'a>, String)> {
+/// On the account's bare JID also MAM and stanza ids, which sj-c2s
+/// serves from the account archive (mam.rs).
+fn missing_features<'e, 'a>(
+    el: &'e Element<'a>,
+    account: bool,
+) -> Option<(&'e Element<'a>, String)> {
     let q = el.child("query", ns::DISCO_INFO)?;
     let has = |var: &str| {
         q.elements()
             .any(|f| f.local_name() == "feature" && f.attr("var") == Some(var))
     };
     let mut add = String::new();
-    for var in [ns::CARBONS, ns::CARBONS_RULES] {
+    let archive: &[&str] = if account { &[ns::MAM, ns::SID] } else { &[] };
+    for &var in [ns::CARBONS, ns::CARBONS_RULES].iter().chain(archive) {
         if !has(var) {
             add.push_str(&format!("<feature var='{var}'/>"));
         }

@@ -7,6 +7,7 @@
 //! It does not parse conversations, keep logs or talk to clients directly:
 //! those are the daemons' and sj-c2s's jobs.
 
+mod archive;
 mod route;
 mod router;
 mod upstream;

@@ -69,6 +69,8 @@ pub struct Router {
     /// Who ends the stream (`sj::io::End`), with `tail`.
     end: sj::io::End,
     drops: DropLog,
+    /// The account archive (`crate::archive`), unless switched off.
+    archive: Option<crate::archive::Archive>,
 }
 
 /// Stanzas dropped for a limit are logged one line each, up to
@@ -164,7 +166,9 @@ impl Router {
                 lines: LineReader::new(LINE_MAX),
             });
         }
+        let archive = crate::archive::Archive::open(&acct)?;
         Ok(Router {
+            archive,
             up,
             up_queue: WriteQueue::new(),
             acct,
@@ -281,7 +285,11 @@ impl Router {
     }
 
     fn route_upstream(&mut self, rec: &[u8]) {
-        for (d, r) in route::from_upstream(&self.acct, rec) {
+        let mut routed = route::from_upstream(&self.acct, rec);
+        if let Some(a) = &mut self.archive {
+            a.record(crate::archive::Side::Server, &mut routed);
+        }
+        for (d, r) in routed {
             self.deliver(d, r);
         }
     }
@@ -300,7 +308,10 @@ impl Router {
             }
         };
         let clients = &self.clients;
-        let routed = route::from_local(&self.acct, &origin, &rec, |n| clients.contains_key(n));
+        let mut routed = route::from_local(&self.acct, &origin, &rec, |n| clients.contains_key(n));
+        if let Some(a) = &mut self.archive {
+            a.record(crate::archive::Side::Local, &mut routed);
+        }
         for (d, r) in routed {
             self.deliver(d, r);
         }
@@ -486,6 +497,9 @@ impl Router {
         let r = self.run_loop();
         let tail = self.tail.take().unwrap_or_default();
         self.up.close(&mut self.up_queue, &tail, self.end);
+        if let Some(a) = &mut self.archive {
+            a.close();
+        }
         self.hand_over(STOP_GRACE);
         self.drops.flush();
         r
@@ -495,6 +509,9 @@ impl Router {
     /// most `max` in all: records routed from the same read as a fatal
     /// error are delivered, as on a stop.
     fn hand_over(&mut self, max: Duration) {
+        if let Some(a) = &mut self.archive {
+            a.flush();
+        }
         let end = Instant::now() + max;
         loop {
             for i in 0..self.daemons.len() {
@@ -616,6 +633,9 @@ impl Router {
     /// (all are non-blocking), and only a queue that would block waits for
     /// POLLOUT. One poll and one wakeup fewer per hop.
     fn flush_queues(&mut self) -> Result<(), Fatal> {
+        if let Some(a) = &mut self.archive {
+            a.flush();
+        }
         if !self.up_queue.is_empty() {
             self.up_queue
                 .flush(&self.up.wfd)

@@ -163,18 +163,95 @@ pub fn parse_line(line: &[u8]) -> Option<Entry<'_>> {
     Some(Entry { record, ..head })
 }
 
-/// Append one line to `out`.
+/// Append one line to `out`. Formatted by hand, the date part of the
+/// stamp cached per second: this runs once per routed record.
 pub fn format_line(out: &mut Vec<u8>, id: u64, flow: Flow, record: &[u8]) {
-    let mut head = String::with_capacity(PREFIX_LEN);
-    use std::fmt::Write;
-    let _ = write!(head, "{id:016} ");
-    push_stamp(&mut head, id);
-    head.push(' ');
-    head.push_str(flow.as_str());
-    head.push(' ');
-    out.extend_from_slice(head.as_bytes());
+    out.reserve(PREFIX_LEN + record.len() + 1);
+    push_digits(out, id, 16);
+    out.push(b' ');
+    push_stamp_bytes(out, id);
+    out.push(b' ');
+    out.extend_from_slice(flow.as_str().as_bytes());
+    out.push(b' ');
     out.extend_from_slice(record.strip_suffix(b"\n").unwrap_or(record));
     out.push(b'\n');
+}
+
+/// `n` as exactly `width` decimal digits (the low ones).
+pub fn push_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut d = [b'0'; 20];
+    for i in (0..width.min(20)).rev() {
+        d[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&d[..width.min(20)]);
+}
+
+/// The stamp of `id` as bytes; the `YYYY-MM-DDTHH:MM:SS` part is made
+/// once per second.
+fn push_stamp_bytes(out: &mut Vec<u8>, id: u64) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = id / 1_000_000;
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let mut s = stamp(secs * 1_000_000);
+            s.truncate(19);
+            *c = (secs, s);
+        }
+        out.extend_from_slice(c.1.as_bytes());
+    });
+    out.push(b'.');
+    push_digits(out, id % 1_000_000, 6);
+    out.push(b'Z');
+}
+
+/// A `<message>` record (with or without its LF) with `child` spliced in
+/// as its last child, LF-terminated; `None` for anything else. Records are
+/// canonical (one line, default namespace, DESIGN §4), so a message ends
+/// with `</message>` or is one self-closing start tag: the splice is exact
+/// and costs no parse.
+pub fn append_child(rec: &[u8], child: &[u8]) -> Option<Vec<u8>> {
+    let mut v = Vec::with_capacity(rec.len() + child.len() + 12);
+    append_child_into(&mut v, rec, |v| v.extend_from_slice(child)).then_some(v)
+}
+
+/// `append_child` into `out` (after what it holds), the child written by
+/// `child`; false (and `out` unchanged) when `rec` is not a message.
+pub fn append_child_into(out: &mut Vec<u8>, rec: &[u8], child: impl FnOnce(&mut Vec<u8>)) -> bool {
+    let body = rec.strip_suffix(b"\n").unwrap_or(rec);
+    let Some(after) = body.get(8) else {
+        return false;
+    };
+    if !body.starts_with(b"<message") || !matches!(after, b' ' | b'\t' | b'>' | b'/') {
+        return false;
+    }
+    if body.ends_with(b"</message>") {
+        out.extend_from_slice(&body[..body.len() - 10]);
+    } else if body.ends_with(b"/>") && memchr::memchr(b'>', body) == Some(body.len() - 1) {
+        out.extend_from_slice(&body[..body.len() - 2]);
+        out.push(b'>');
+    } else {
+        return false;
+    }
+    child(out);
+    out.extend_from_slice(b"</message>\n");
+    true
+}
+
+/// The `ID ` prefix sj-proxy puts before a record it gives mirrord:
+/// the id and the record, or `None` and the line as it is.
+pub fn split_id(line: &[u8]) -> (Option<u64>, &[u8]) {
+    if line.len() > 17 && line[16] == b' ' && line[..16].iter().all(u8::is_ascii_digit) {
+        let id = line[..16]
+            .iter()
+            .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+        return (Some(id), &line[17..]);
+    }
+    (None, line)
 }
 
 /// One archive file: its first id and path.
@@ -428,6 +505,12 @@ impl Writer {
     /// Bytes appended but not yet written.
     pub fn pending(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Forget the lines not yet written (a disk that takes nothing for
+    /// too long): the archive misses them, nothing else does.
+    pub fn discard(&mut self) {
+        self.buf.clear();
     }
 
     /// The next id at time `now`: never smaller than or equal to the last.

@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod exit;
 pub mod fifo;
 pub mod framer;
+pub mod history;
 pub mod io;
 pub mod jid;
 pub mod lock;

@@ -53,3 +53,10 @@ pub const OMEMO: &str = "urn:xmpp:omemo:2";
 pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
 pub const OPENPGP: &str = "urn:xmpp:openpgp:0";
 pub const LEGACY_OPENPGP: &str = "jabber:x:encrypted";
+
+/// XEP-0313 message archive management, XEP-0359 stanza ids, XEP-0059
+/// result set management, XEP-0004 data forms.
+pub const MAM: &str = "urn:xmpp:mam:2";
+pub const SID: &str = "urn:xmpp:sid:0";
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+pub const DATA: &str = "jabber:x:data";

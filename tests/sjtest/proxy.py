@@ -45,6 +45,15 @@ def parse_record(line):
     return kids[0]
 
 
+_STAMP = re.compile(rb"<stanza-id xmlns='urn:xmpp:sid:0' by='[^']*' id='\d+'/>(</message>)$")
+
+
+def unstamp(line):
+    """A record as it was before sj-proxy stamped its archive id on it
+    (the XEP-0359 <stanza-id/> it adds as a message's last child, sj(7))."""
+    return _STAMP.sub(rb"\1", line)
+
+
 def local(tag):
     return tag.rsplit("}", 1)[-1]
 
