@@ -7,8 +7,12 @@
 //! It does not parse conversations, keep logs or talk to clients directly:
 //! those are the daemons' and sj-c2s's jobs.
 
+mod caps;
+mod queries;
+mod rooms;
 mod route;
 mod router;
+mod shared;
 mod upstream;
 
 use sj::account::{Account, Dir};

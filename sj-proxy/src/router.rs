@@ -69,6 +69,8 @@ pub struct Router {
     /// Who ends the stream (`sj::io::End`), with `tail`.
     end: sj::io::End,
     drops: DropLog,
+    /// Who is in which group chat (`rooms`), and what the clients asked.
+    shared: crate::shared::Shared,
 }
 
 /// Stanzas dropped for a limit are logged one line each, up to
@@ -180,6 +182,7 @@ impl Router {
             tail: None,
             end: sj::io::End::Close,
             drops: DropLog::new(),
+            shared: crate::shared::Shared::new(),
         })
     }
 
@@ -281,7 +284,8 @@ impl Router {
     }
 
     fn route_upstream(&mut self, rec: &[u8]) {
-        for (d, r) in route::from_upstream(&self.acct, rec) {
+        let routed = route::from_upstream(&self.acct, rec);
+        for (d, r) in self.shared.on_upstream(&self.acct, rec, routed) {
             self.deliver(d, r);
         }
     }
@@ -299,8 +303,15 @@ impl Router {
                 return;
             }
         };
+        if let Some(routed) = self.shared.on_local(&self.acct, &origin, &rec) {
+            for (d, r) in routed {
+                self.deliver(d, r);
+            }
+            return;
+        }
         let clients = &self.clients;
         let routed = route::from_local(&self.acct, &origin, &rec, |n| clients.contains_key(n));
+        let routed = self.shared.after_local(&self.acct, &origin, routed);
         for (d, r) in routed {
             self.deliver(d, r);
         }
@@ -315,6 +326,9 @@ impl Router {
             Ok(out) => {
                 sj::log::info(&format!("client {name} arrived"));
                 self.clients.insert(name.to_string(), out);
+                for (d, r) in self.shared.client_arrived(&self.acct, name) {
+                    self.deliver(d, r);
+                }
             }
             Err(e) => sj::log::warn(&format!(
                 "unable to open {}: {}",
@@ -337,6 +351,9 @@ impl Router {
             sj::xml::escape_attr(&self.acct.client_jid(name))
         );
         self.deliver(Dest::Presenced, gone.into_bytes());
+        for (d, r) in self.shared.client_left(&self.acct, name) {
+            self.deliver(d, r);
+        }
     }
 
     /// One read from `DIR/in` or a client's `out` FIFO, and route the
