@@ -8,6 +8,7 @@
 //! descriptors (negotiate.rs); session.rs has the one poll loop.
 
 mod control;
+mod csi;
 mod negotiate;
 mod session;
 mod translate;
