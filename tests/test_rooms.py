@@ -361,6 +361,13 @@ def test_room_traffic_only_to_the_joined_client_mcabber_stays_quiet(env, clients
     a.send_raw(f"<message to='{room}' type='groupchat'><body>still-here</body></message>")
     carol.wait_said(room, "still-here")
     assert not [p for p in carol.alice_presences(room) if p.get("type") == "unavailable"]
+    # A client that connects later is not replayed the room's presences.
+    late = clients("late")
+    late.send_raw("<iq type='get' id='late-ping'><ping xmlns='urn:xmpp:ping'/></iq>")
+    late.wait(lambda el: el.get("id") == "late-ping", "a round trip through the server")
+    carol.c.send_raw(f"<message to='{BARE}' type='chat'><body>barrier-late</body></message>")
+    late.wait(lambda el: body(el) == "barrier-late", "barrier at the late client")
+    assert late.count(lambda el: (el.get("from") or "").split("/")[0] == room) == 0
     # DIR/<room>/out has each of carol's messages once.
     out = env["dir"] / room / "out"
     wait_until(lambda: out.exists() and "still-here" in out.read_text(), what="room log")

@@ -146,9 +146,14 @@ impl Rooms {
         let Some(room) = self.rooms.get(&key) else {
             return routed;
         };
+        // Occupant presences are the room's clients' business: presenced
+        // would keep them and replay them to every client that connects
+        // later, and never hears that they are stale once the account
+        // has left.
+        let presence = name == "presence";
         let mut out: Routed = routed
             .into_iter()
-            .filter(|(d, _)| *d != Dest::Mirror)
+            .filter(|(d, _)| *d != Dest::Mirror && !(presence && *d == Dest::Presenced))
             .collect();
         out.extend(self.copies(acct, room, rec));
         if room.leaving && room.own.is_none() && !room.joined {
