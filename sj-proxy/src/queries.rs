@@ -17,9 +17,9 @@
 //! of a query.
 
 use crate::route::{Dest, Origin};
+use memchr::memmem::Finder;
 use sj::account::Account;
 use sj::xml::{escape_attr, Edit, Element, Top};
-use memchr::memmem::Finder;
 use std::collections::VecDeque;
 use std::sync::LazyLock;
 

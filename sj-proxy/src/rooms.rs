@@ -34,6 +34,8 @@ const MUC: &str = "http://jabber.org/protocol/muc";
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 /// The status code that marks a room's presence about the occupant itself.
 const SELF_PRESENCE: &str = "110";
+/// The status code of an unavailable presence that is a nick change.
+const NICK_CHANGE: &str = "303";
 /// Occupant presences kept per room; a larger room is answered with
 /// these (a later join still sees every change after it joined).
 const MAX_OCCUPANTS: usize = 2000;
@@ -77,12 +79,18 @@ fn room_and_nick(jid: &str) -> Option<(String, Option<String>)> {
     Some((j.bare().to_string(), j.resource().map(str::to_string)))
 }
 
+/// The status codes of a room's presence.
+fn statuses<'e>(el: &'e Element) -> impl Iterator<Item = &'e str> {
+    el.child("x", MUC_USER)
+        .into_iter()
+        .flat_map(|x| x.elements())
+        .filter(|s| s.local_name() == "status")
+        .filter_map(|s| s.attr("code"))
+}
+
 /// Does the room's presence carry `<status code='110'/>`?
 fn is_self(el: &Element) -> bool {
-    el.child("x", MUC_USER).is_some_and(|x| {
-        x.elements()
-            .any(|s| s.local_name() == "status" && s.attr("code") == Some(SELF_PRESENCE))
-    })
+    statuses(el).any(|c| c == SELF_PRESENCE)
 }
 
 /// The record addressed to local client `name`.
@@ -172,7 +180,23 @@ impl Rooms {
             return;
         };
         let ty = el.attr("type");
+        if ty == Some("error") && !room.joined {
+            // The join failed (from the room or the nick): the clients
+            // waiting get the error, and the room is forgotten.
+            room.leaving = true;
+            room.own = None;
+            return;
+        }
         let own = is_self(&el) || nick.as_deref() == Some(room.nick.as_str());
+        if ty == Some("unavailable") && statuses(&el).any(|c| c == NICK_CHANGE) {
+            // A nick change: the presence under the new nick follows.
+            if !own {
+                if let Some(n) = nick {
+                    room.occupants.remove(&n);
+                }
+            }
+            return;
+        }
         match (own, ty) {
             (true, Some("unavailable")) => {
                 // Left, kicked or the room went away: the clients in it get
@@ -181,11 +205,6 @@ impl Rooms {
                 room.own = None;
                 room.leaving = true;
                 room.occupants.clear();
-            }
-            (true, Some("error")) if !room.joined => {
-                // The join failed: the clients waiting get the error.
-                room.leaving = true;
-                room.own = None;
             }
             (true, None) => {
                 room.joined = true;
@@ -444,6 +463,34 @@ mod tests {
         let out = from_room(&mut r, &gone);
         assert_eq!(mirrored_to(&out), vec!["alice@localhost/two"]);
         assert!(r.rooms.is_empty(), "forgotten once left");
+    }
+
+    #[test]
+    fn nick_change_is_no_leave_and_a_failed_join_is_forgotten() {
+        let a = acct();
+        let mut r = Rooms::new();
+        assert_eq!(r.on_client(&a, "one", JOIN), None);
+        from_room(&mut r, SELF);
+        let renamed = SELF
+            .replace("<presence ", "<presence type='unavailable' ")
+            .replace(
+                "<status code='110'/>",
+                "<status code='303'/><status code='110'/>",
+            );
+        from_room(&mut r, &renamed);
+        from_room(&mut r, &SELF.replace("/alice'", "/al2'"));
+        let room = &r.rooms["room@muc.localhost"];
+        assert!(room.joined && room.nick == "al2");
+        // A join the room refuses: the error reaches the client, a later
+        // join goes to the room again.
+        let mut r = Rooms::new();
+        assert_eq!(r.on_client(&a, "one", JOIN), None);
+        let err = "<presence from='room@muc.localhost/alice' type='error'><error type='auth'/></presence>";
+        assert_eq!(
+            mirrored_to(&from_room(&mut r, err)),
+            vec!["alice@localhost/one"]
+        );
+        assert_eq!(r.on_client(&a, "one", JOIN), None);
     }
 
     #[test]
