@@ -4,7 +4,9 @@
 //! `nonza` sorts what a bound client sends: stanzas go on to the
 //! translation, `<active/>` and `<inactive/>` (urn:xmpp:csi:0) change the
 //! client's state here, and any other first-level element is refused with
-//! `unsupported-stanza-type` (RFC 6120 §4.9.3.24), whatever its namespace.
+//! `unsupported-stanza-type` (RFC 6120 §4.9.3.24), whatever its namespace
+//! (a message, presence or iq in another namespace than jabber:client is
+//! a stanza, which the translation refuses with `invalid-namespace`).
 //! Other nonzas (stream management, say) get their own arm in `nonza`.
 //!
 //! `Held` is what an inactive client is not sent yet: presence and
@@ -54,7 +56,9 @@ pub fn nonza(rec: &[u8]) -> Nonza {
         None => return Nonza::Unsupported,
     };
     match (ns.as_str(), local.as_str()) {
-        (sj::ns::CLIENT, "message" | "presence" | "iq") => Nonza::Stanza,
+        // A stanza in another namespace (jabber:server) is the
+        // translation's: invalid-namespace.
+        (_, "message" | "presence" | "iq") => Nonza::Stanza,
         (NS, "active") => Nonza::Active,
         (NS, "inactive") => Nonza::Inactive,
         _ => Nonza::Unsupported,
@@ -147,7 +151,7 @@ mod tests {
             nonza(b"<enable xmlns='urn:xmpp:sm:3'/>"),
             Nonza::Unsupported
         );
-        assert_eq!(nonza(b"<message xmlns='urn:x'/>"), Nonza::Unsupported);
+        assert_eq!(nonza(b"<message xmlns='jabber:server'/>"), Nonza::Stanza);
         assert_eq!(nonza(b"<foo/>"), Nonza::Unsupported);
     }
 
