@@ -143,7 +143,11 @@ impl Rooms {
         }
         if name == "presence" {
             self.room_presence(&key, nick, rec);
-        } else if let Some(el) = Element::parse(rec) {
+        } else if let Some(el) =
+            memchr::memmem::find(rec, b"subject").and_then(|_| Element::parse(rec))
+        {
+            // Parsed only when it may hold a subject: most room messages
+            // do not, and the tree costs more than the routing.
             let subject = el.attr("type") == Some("groupchat")
                 && el.child("subject", sj::ns::CLIENT).is_some()
                 && el.child("body", sj::ns::CLIENT).is_none();
