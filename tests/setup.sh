@@ -33,6 +33,16 @@ if ! dpkg -s ejabberd >/dev/null 2>&1; then
 	fi
 fi
 
+# mcabber in tmux: a real client that answers groupchat it did not join
+# with a leave (tests/test_rooms.py).
+if ! command -v mcabber >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then
+	echo "setup.sh: installing the Debian packages mcabber and tmux" >&2
+	SUDO=
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	$SUDO apt-get update
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y mcabber tmux
+fi
+
 PY=${PYTHON:-python3}
 if ! "$PY" -c 'import slixmpp, pytest, pytest_timeout' >/dev/null 2>&1; then
 	echo "setup.sh: installing Python packages slixmpp pytest pytest-timeout" >&2

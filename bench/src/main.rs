@@ -18,6 +18,7 @@ mod archive;
 mod contacts;
 mod pipeline;
 mod procfs;
+mod room;
 mod server;
 mod spawn;
 mod table;
@@ -60,7 +61,7 @@ struct Opts {
     cases: Vec<(usize, usize)>,
 }
 
-const SECTIONS: [&str; 4] = ["pipeline", "server", "contacts", "archive"];
+const SECTIONS: [&str; 5] = ["pipeline", "server", "contacts", "archive", "rooms"];
 
 impl Opts {
     fn wants(&self, section: &str) -> bool {
@@ -405,6 +406,65 @@ fn pipeline_rows(t: &mut Table, res: &BTreeMap<(usize, usize), (Case, Best)>, al
     }
 }
 
+/// Clients in the room run; one of them joined.
+const ROOM_CLIENTS: usize = 8;
+
+/// Groupchat from a room one client of `ROOM_CLIENTS` joined, against the
+/// 1-client chat pipeline of the same size in the same rounds: the room's
+/// traffic should cost one delivery, not one per client.
+fn room_rows(t: &mut Table, o: &Opts) {
+    let records = records_for(TYPICAL, 1);
+    let room_case = Case {
+        size: TYPICAL,
+        clients: ROOM_CLIENTS,
+        records,
+    };
+    let one = Case {
+        size: TYPICAL,
+        clients: 1,
+        records,
+    };
+    let measure = format!(
+        "room groupchat {}, 1 of {ROOM_CLIENTS} clients in it: records/s",
+        size(TYPICAL)
+    );
+    let mut p = Pipeline::new(&o.bin);
+    let (mut best_room, mut best_one): (Option<f64>, Option<f64>) = (None, None);
+    for round in 1..=o.rounds {
+        progress(&format!(
+            "rooms round {round}/{}: {records} groupchat records of {} to 1 of {ROOM_CLIENTS} clients",
+            o.rounds,
+            size(TYPICAL)
+        ));
+        match room::run(&o.bin, room_case) {
+            Ok(r) => best_room = Some(best_room.map_or(r.secs, |s| s.min(r.secs))),
+            Err(e) => return t.fail("6", measure, &e),
+        }
+        match p.proxy(one) {
+            Ok(r) => best_one = Some(best_one.map_or(r.secs, |s| s.min(r.secs))),
+            Err(e) => return t.fail("6", measure, &format!("1-client pipeline: {e}")),
+        }
+    }
+    let (Some(room_s), Some(one_s)) = (best_room, best_one) else {
+        return t.fail("6", measure, "no run finished");
+    };
+    let (room_rate, one_rate) = (records as f64 / room_s, records as f64 / one_s);
+    let ratio = room_rate / one_rate;
+    t.row(
+        "6",
+        measure,
+        thousands(room_rate),
+        format!("chat to 1 client {}", thousands(one_rate)),
+        format!("{ratio:.3}"),
+        format!("≥ 0.80 {}", if ratio >= 0.8 { "met" } else { "MISSED" }),
+        format!(
+            "{records} rec; {:.1} µs/rec; the {} others get none (checked)",
+            room_s / records as f64 * 1e6,
+            ROOM_CLIENTS - 1
+        ),
+    );
+}
+
 /// Memory by program: (largest peak, sum of peaks, count, anon, file).
 #[derive(Default, Clone, Copy)]
 struct Agg {
@@ -746,6 +806,9 @@ fn run() -> Result<bool, String> {
     }
     if o.wants("archive") {
         archive::rows(&mut t, &o.bin, o.rounds);
+    }
+    if o.wants("rooms") {
+        room_rows(&mut t, &o);
     }
     println!("sj-bench: one run, {} round(s) per measurement\n", o.rounds);
     for l in machine(&version) {

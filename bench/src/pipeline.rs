@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 pub(crate) const JID: &str = "alice@localhost/bench";
 pub(crate) const PASSWORD: &str = "bench-pw";
 /// The timed part of one run may take this long before it counts as failed.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Case {
@@ -67,16 +67,16 @@ pub(crate) fn corpus(size: usize, first: usize, n: usize) -> Vec<u8> {
 }
 
 /// The reading ends of the clients' `in` FIFOs, and what came out of each.
-struct Drain {
+pub(crate) struct Drain {
     fds: Vec<OwnedFd>,
-    lines: Vec<usize>,
+    pub(crate) lines: Vec<usize>,
     buf: Vec<u8>,
 }
 
 impl Drain {
     /// Make `DIR/clients/cN/{in,out}` and open every `in` the way a raw
     /// client does (read-write, non-blocking: never EOF).
-    fn open(dir: &Path, clients: usize) -> Result<Drain, String> {
+    pub(crate) fn open(dir: &Path, clients: usize) -> Result<Drain, String> {
         let mut fds = Vec::new();
         for i in 0..clients {
             let c = dir.join("clients").join(format!("c{i}"));
@@ -105,16 +105,23 @@ impl Drain {
 
     /// Read until every client has `each` lines, or `deadline`.
     fn wait(&mut self, each: usize, deadline: Instant) -> Result<(), String> {
+        let expect = vec![each; self.fds.len()];
+        self.wait_for(&expect, deadline)
+    }
+
+    /// Read until client `i` has `expect[i]` lines, or `deadline`.
+    pub(crate) fn wait_for(&mut self, expect: &[usize], deadline: Instant) -> Result<(), String> {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         loop {
             let open: Vec<usize> = (0..self.fds.len())
-                .filter(|&i| self.lines[i] < each)
+                .filter(|&i| self.lines[i] < expect[i])
                 .collect();
             if open.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let short: usize = open.iter().map(|&i| each - self.lines[i]).sum();
+                let short: usize = open.iter().map(|&i| expect[i] - self.lines[i]).sum();
+                let each = open.iter().map(|&i| expect[i]).max().unwrap_or(0);
                 return Err(format!(
                     "{} of {} clients short of {each} records ({short} missing) at the deadline",
                     open.len(),
@@ -152,7 +159,10 @@ impl Drain {
 }
 
 /// Write `data` from a thread (the drain must run meanwhile).
-fn writer(mut sock: UnixStream, data: Arc<Vec<u8>>) -> std::thread::JoinHandle<Result<(), String>> {
+pub(crate) fn writer(
+    mut sock: UnixStream,
+    data: Arc<Vec<u8>>,
+) -> std::thread::JoinHandle<Result<(), String>> {
     std::thread::spawn(move || {
         sock.write_all(&data)
             .map_err(|e| format!("unable to write the records: {e}"))
@@ -345,7 +355,7 @@ pub fn warnings(log: &Path) -> Vec<String> {
         .collect()
 }
 
-fn with_log(e: String, warnings: &[String]) -> String {
+pub(crate) fn with_log(e: String, warnings: &[String]) -> String {
     let mut distinct: Vec<&str> = Vec::new();
     for w in warnings {
         if !distinct.contains(&w.as_str()) {

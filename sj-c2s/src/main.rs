@@ -8,6 +8,7 @@
 //! descriptors (negotiate.rs); session.rs has the one poll loop.
 
 mod control;
+mod csi;
 mod mam;
 mod negotiate;
 mod session;

@@ -439,7 +439,8 @@ impl<A: Accounts> Negotiation<A> {
     fn features(&self) -> String {
         if self.authed.is_some() {
             return format!(
-                "<stream:features><bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session></stream:features>"
+                "<stream:features><bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>{}</stream:features>",
+                crate::csi::FEATURE
             );
         }
         let mut f = String::from("<stream:features>");

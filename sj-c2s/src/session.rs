@@ -75,6 +75,8 @@ struct Client {
     outfd: OwnedFd,
     outq: WriteQueue,
     tr: Translator,
+    /// XEP-0352: what waits while the client is inactive.
+    held: crate::csi::Held,
     // Last so the FIFOs close before the directory goes.
     _reg: Registration,
 }
@@ -549,13 +551,46 @@ impl Session {
             outfd,
             outq: WriteQueue::new(),
             tr: Translator::new(acct.jid().clone(), full, upstream),
+            held: crate::csi::Held::new(),
             _reg: reg,
         })
     }
 
     // ---- online -------------------------------------------------------
 
+    /// A first-level element that is not a stanza (`csi::nonza`): true
+    /// when it was handled here.
+    fn on_nonza(&mut self, rec: &[u8]) -> bool {
+        use crate::csi::Nonza;
+        let Some(client) = self.client.as_mut() else {
+            return false;
+        };
+        match crate::csi::nonza(rec) {
+            Nonza::Stanza => return false,
+            Nonza::Inactive => client.held.inactive(),
+            Nonza::Active => {
+                for r in client.held.active() {
+                    self.send(r);
+                }
+            }
+            Nonza::Unsupported => {
+                let what = sj::xml::Top::parse(rec)
+                    .map_or("?", |t| t.name())
+                    .to_string();
+                self.stream_error(
+                    "unsupported-stanza-type",
+                    PROTOCOL,
+                    format!("client sent <{what}>, which is no stanza"),
+                );
+            }
+        }
+        true
+    }
+
     fn on_stanza(&mut self, rec: &[u8]) {
+        if self.on_nonza(rec) {
+            return;
+        }
         let Some(client) = self.client.as_mut() else {
             return;
         };
@@ -617,7 +652,11 @@ impl Session {
             }
         }
         match verdict {
-            Inbound::Deliver(b) => self.send(b),
+            Inbound::Deliver(b) => {
+                for r in client.held.deliver(b) {
+                    self.send(r);
+                }
+            }
             Inbound::Drop(Some(why)) => sj::log::warn(&format!("{}: {why}", client.name)),
             Inbound::Drop(None) => {}
             Inbound::Stranger => sj::log::info(&format!(

@@ -440,7 +440,12 @@ impl Translator {
                 None
             }
             Some("set") => {
-                if el.child("query", ns::ROSTER).is_some()
+                // Block-list pushes (XEP-0191) are answered upstream once
+                // as roster pushes are (sj-proxy's `queries`).
+                let blocking = ["block", "unblock"]
+                    .iter()
+                    .any(|n| el.child(n, "urn:xmpp:blocking").is_some());
+                if (el.child("query", ns::ROSTER).is_some() || blocking)
                     && (from.is_none() || from.as_ref() == Some(&self.bare))
                 {
                     if self.push_ids.len() >= MAX_PUSH_IDS {

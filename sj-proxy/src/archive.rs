@@ -125,6 +125,13 @@ impl Archive {
         }
     }
 
+    /// Archive a record from the server as it came, for the history
+    /// only (`<-`): a group chat's traffic, which `rooms` copies to the
+    /// room's members of the moment, is not replayed by catch-up.
+    pub fn record_quiet(&mut self, rec: &[u8]) {
+        self.w.append(Flow::FromServerQuiet, rec, SystemTime::now());
+    }
+
     /// Write what this turn appended: before mirrord gets the turn's
     /// records, so an id mirrord sees is always in the file.
     pub fn flush(&mut self) {

@@ -8,8 +8,12 @@
 //! those are the daemons' and sj-c2s's jobs.
 
 mod archive;
+mod caps;
+mod queries;
+mod rooms;
 mod route;
 mod router;
+mod shared;
 mod upstream;
 
 use sj::account::{Account, Dir};

@@ -71,6 +71,8 @@ pub struct Router {
     drops: DropLog,
     /// The account archive (`crate::archive`), unless switched off.
     archive: Option<crate::archive::Archive>,
+    /// Who is in which group chat (`rooms`), and what the clients asked.
+    shared: crate::shared::Shared,
 }
 
 /// Stanzas dropped for a limit are logged one line each, up to
@@ -184,6 +186,7 @@ impl Router {
             tail: None,
             end: sj::io::End::Close,
             drops: DropLog::new(),
+            shared: crate::shared::Shared::new(),
         })
     }
 
@@ -285,9 +288,14 @@ impl Router {
     }
 
     fn route_upstream(&mut self, rec: &[u8]) {
-        let mut routed = route::from_upstream(&self.acct, rec);
+        let routed = route::from_upstream(&self.acct, rec);
+        let mut routed = self.shared.on_upstream(&self.acct, rec, routed);
         if let Some(a) = &mut self.archive {
-            a.record(crate::archive::Side::Server, &mut routed);
+            if self.shared.room_traffic() {
+                a.record_quiet(rec);
+            } else {
+                a.record(crate::archive::Side::Server, &mut routed);
+            }
         }
         for (d, r) in routed {
             self.deliver(d, r);
@@ -307,8 +315,15 @@ impl Router {
                 return;
             }
         };
+        if let Some(routed) = self.shared.on_local(&self.acct, &origin, &rec) {
+            for (d, r) in routed {
+                self.deliver(d, r);
+            }
+            return;
+        }
         let clients = &self.clients;
-        let mut routed = route::from_local(&self.acct, &origin, &rec, |n| clients.contains_key(n));
+        let routed = route::from_local(&self.acct, &origin, &rec, |n| clients.contains_key(n));
+        let mut routed = self.shared.after_local(&self.acct, &origin, routed);
         if let Some(a) = &mut self.archive {
             a.record(crate::archive::Side::Local, &mut routed);
         }
@@ -326,6 +341,9 @@ impl Router {
             Ok(out) => {
                 sj::log::info(&format!("client {name} arrived"));
                 self.clients.insert(name.to_string(), out);
+                for (d, r) in self.shared.client_arrived(&self.acct, name) {
+                    self.deliver(d, r);
+                }
             }
             Err(e) => sj::log::warn(&format!(
                 "unable to open {}: {}",
@@ -348,6 +366,9 @@ impl Router {
             sj::xml::escape_attr(&self.acct.client_jid(name))
         );
         self.deliver(Dest::Presenced, gone.into_bytes());
+        for (d, r) in self.shared.client_left(&self.acct, name) {
+            self.deliver(d, r);
+        }
     }
 
     /// One read from `DIR/in` or a client's `out` FIFO, and route the

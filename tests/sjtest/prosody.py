@@ -65,6 +65,8 @@ https_ports = {{ }}
 modules_enabled = {{
     "roster"; "saslauth"; "tls"; "disco"; "carbons"; "ping";
     "presence"; "private"; "vcard"; "version"; "time";
+    -- PEP and block lists, for tests/test_rooms.py (caps, XEP-0191).
+    "pep"; "blocklist";
 }}
 modules_disabled = {{ "s2s"; "register"; "admin_socket"; }}
 allow_registration = false
