@@ -9,6 +9,7 @@
 
 mod route;
 mod router;
+mod sm;
 mod upstream;
 
 use sj::account::{Account, Dir};
@@ -204,7 +205,7 @@ fn session(
         password,
         resource,
     };
-    let session = match up.negotiate(&creds) {
+    let mut session = match up.negotiate(&creds, dir) {
         Ok(s) => s,
         Err(e) => {
             // Every way out closes the stream (a no-op where it is closed).
@@ -232,7 +233,24 @@ fn session(
     };
     let mut router = router::Router::new(up, acct, opts)?;
     router.start_daemons();
-    write_state(dir, Word::Online, &session.full);
+    match session.resumed {
+        // The session goes on: DIR/state keeps the time it began.
+        Some(since) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(since.max(0) as u64);
+            let line = sj::state::line(Word::Online, &session.full, at);
+            if let Err(e) = sj::fifo::write_atomic(&dir.state(), line.as_bytes()) {
+                sj::log::warn(&format!(
+                    "unable to write {}: {}",
+                    dir.state().display(),
+                    sj::log::strerror(&e)
+                ));
+            }
+        }
+        None => write_state(dir, Word::Online, &session.full),
+    }
+    if let Some(sm) = session.sm.take() {
+        router.stream_management(sm);
+    }
     if let Some(fd) = args.notify_fd {
         let owned = inherited.take(fd, "the readiness notification")?;
         let _ = sj::io::write_all(&owned, b"\n");
