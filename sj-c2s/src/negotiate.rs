@@ -97,6 +97,9 @@ pub enum Action {
         id: String,
         requested: Option<String>,
     },
+    /// XEP-0198 `<resume/>` instead of bind: resume the session `previd`
+    /// (sm.rs), then call `resumed`, or answer `<failed/>` and go on.
+    Resume { previd: String, h: u32 },
     /// A line for the log (info).
     Log(String),
     /// The stream ends (the error and `</stream:stream>` are queued):
@@ -439,7 +442,8 @@ impl<A: Accounts> Negotiation<A> {
     fn features(&self) -> String {
         if self.authed.is_some() {
             return format!(
-                "<stream:features><bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session></stream:features>"
+                "<stream:features><bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session><sm xmlns='{}'/></stream:features>",
+                sj::sm::NS
             );
         }
         let mut f = String::from("<stream:features>");
@@ -741,6 +745,9 @@ impl<A: Accounts> Negotiation<A> {
     }
 
     fn on_bind(&mut self, el: &Element) {
+        if el.ns == sj::sm::NS {
+            return self.on_sm_before_bind(el);
+        }
         let bind = el.child("bind", NS_BIND);
         if el.name != "iq" || el.attr("type") != Some("set") || bind.is_none() {
             let cond = if matches!(&*el.name, "iq" | "message" | "presence") {
@@ -758,6 +765,34 @@ impl<A: Accounts> Negotiation<A> {
             id: el.attr("id").unwrap_or("").to_string(),
             requested,
         });
+    }
+}
+
+impl<A: Accounts> Negotiation<A> {
+    /// XEP-0198 before bind: `<resume/>` is for session.rs (sm.rs);
+    /// `<enable/>` comes too early (§3).
+    fn on_sm_before_bind(&mut self, el: &Element) {
+        let h = el.attr("h").and_then(|h| h.trim().parse::<u32>().ok());
+        match (el.local_name(), el.attr("previd"), h) {
+            ("resume", Some(previd), Some(h)) => self.out.push(Action::Resume {
+                previd: previd.to_string(),
+                h,
+            }),
+            ("resume", _, _) => self.send(crate::sm::failed("bad-request", None)),
+            ("enable", _, _) => self.send(crate::sm::failed("unexpected-request", None)),
+            (other, _, _) => self.fail(
+                "unsupported-stanza-type",
+                PROTOCOL,
+                format!("<{other}/> before bind"),
+            ),
+        }
+    }
+
+    /// A `<resume/>` succeeded: the session is online as it was, without
+    /// a bind.
+    pub fn resumed(&mut self) {
+        self.phase = Phase::Online;
+        self.deadline = None;
     }
 }
 
