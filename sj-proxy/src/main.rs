@@ -230,6 +230,7 @@ fn session(
         verbose: args.verbose,
         keepalive: Duration::from_secs(args.keepalive),
         keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),
+        resumed: session.resumed.is_some(),
     };
     let mut router = router::Router::new(up, acct, opts)?;
     router.start_daemons();

@@ -47,6 +47,9 @@ pub struct Options {
     pub keepalive: Duration,
     /// Seconds to wait for any data after a keepalive ping.
     pub keepalive_timeout: Duration,
+    /// The upstream session was resumed (XEP-0198): the daemons are told
+    /// with SJ_SM_RESUMED=1.
+    pub resumed: bool,
 }
 
 pub struct Router {
@@ -156,10 +159,13 @@ impl Router {
                 dir.display().to_string(),
                 acct.full().to_string(),
             ]);
-            let env = vec![
+            let mut env = vec![
                 ("SJ_DIR".to_string(), dir.display().to_string()),
                 ("SJ_JID".to_string(), acct.full().to_string()),
             ];
+            if opts.resumed {
+                env.push(("SJ_SM_RESUMED".to_string(), "1".to_string()));
+            }
             daemons.push(Daemon {
                 child: Child::new(name, &sj::child::locate(name), args, env),
                 queue: WriteQueue::new(),

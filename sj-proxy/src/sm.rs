@@ -455,3 +455,69 @@ impl UpSm {
         let _ = self.turn(handed_on);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sm(tag: &str, inbound: u32, acked: u32) -> (UpSm, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("sjp-sm-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        let st = Store::new(d.join("session"), d.join("counts"), d.join("queue"));
+        (UpSm::new(st, Outbox::new(acked), inbound), d)
+    }
+
+    #[test]
+    fn counts_wrap_and_floods_get_one_answer_a_turn() {
+        let (mut s, d) = sm("flood", u32::MAX, u32::MAX);
+        for _ in 0..3 {
+            assert!(matches!(s.inbound(b"<message><body>x</body></message>"), Inbound::Route));
+        }
+        for _ in 0..10_000 {
+            assert!(matches!(s.inbound(b"<r xmlns='urn:xmpp:sm:3'/>"), Inbound::Done));
+        }
+        // The count is reported once the daemons have the records.
+        let out = s.turn(false).expect("an answer");
+        assert_eq!(out, b"<a xmlns='urn:xmpp:sm:3' h='4294967295'/>\n");
+        let out = s.turn(true);
+        assert_eq!(out, None, "one answer for the whole flood");
+        assert!(matches!(s.inbound(b"<r xmlns='urn:xmpp:sm:3'/>"), Inbound::Done));
+        assert_eq!(
+            s.turn(true).expect("answer"),
+            b"<a xmlns='urn:xmpp:sm:3' h='2'/>\n"
+        );
+        let c = Store::new(d.join("session"), d.join("counts"), d.join("queue"))
+            .load_counts()
+            .expect("counts");
+        assert_eq!(c.inbound, 2);
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn an_ack_beyond_what_was_sent_is_undefined_condition() {
+        let (mut s, d) = sm("ack", 0, u32::MAX - 1);
+        s.sending(b"<message to='b@x'><body>1</body></message>\n");
+        s.sending(b"<message to='b@x'><body>2</body></message>\n");
+        s.sending(b"<r xmlns='urn:xmpp:sm:3'/>\n");
+        assert_eq!(s.out.len(), 2, "nonzas are not counted");
+        let r = s.turn(true).expect("a request");
+        assert_eq!(r, b"<r xmlns='urn:xmpp:sm:3'/>\n");
+        assert!(matches!(s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='4294967295'/>"), Inbound::Done));
+        assert_eq!(s.out.len(), 1);
+        assert!(!s.overdue(Duration::ZERO), "answered");
+        match s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='1'/>") {
+            Inbound::Fail(c, why) => {
+                assert_eq!(c, "undefined-condition");
+                assert!(why.contains("only 0 were sent"), "{why}");
+            }
+            _ => panic!("accepted"),
+        }
+        assert!(matches!(s.inbound(b"<a xmlns='urn:xmpp:sm:3'/>"), Inbound::Fail(..)));
+        s.turn(true);
+        let q = std::fs::read_to_string(d.join("queue")).expect("queue");
+        assert!(q.starts_with("4294967295 <message"), "{q}");
+        assert!(q.contains("\n0 <message"), "{q}");
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
