@@ -37,6 +37,9 @@ use std::time::{Duration, Instant, SystemTime};
 const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
 /// Bytes queued toward the client before `in` stops being read.
 const CLIENT_HIGH_WATER: usize = 1 << 20;
+/// Bytes kept for a client whose session waits to be resumed, before the
+/// session ends instead (sj-c2s(8), Stream management).
+const HIBERNATION_MAX: usize = 32 << 20;
 /// Longest line accepted from the `in` FIFO: the library's rule.
 const IN_LINE_MAX: usize = sj::framer::MAX_LINE;
 /// The largest `state` or `pid` file read.
@@ -420,8 +423,18 @@ impl Session {
         if let Some(sm) = &mut self.sm {
             sm.sending(&data);
         }
-        // Kept in the queue for the connection that resumes.
+        // Kept in the queue for the connection that resumes, up to a bound.
         if self.hibernating.is_some() {
+            if self
+                .sm
+                .as_ref()
+                .is_some_and(|sm| sm.out.bytes() > HIBERNATION_MAX)
+            {
+                sj::log::warn(&format!(
+                    "more than {HIBERNATION_MAX} bytes wait for a client that is gone; the session ends"
+                ));
+                self.finish_with(Ok(()));
+            }
             return;
         }
         sj::log::trace("c<", &data);

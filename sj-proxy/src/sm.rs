@@ -472,17 +472,26 @@ mod tests {
     fn counts_wrap_and_floods_get_one_answer_a_turn() {
         let (mut s, d) = sm("flood", u32::MAX, u32::MAX);
         for _ in 0..3 {
-            assert!(matches!(s.inbound(b"<message><body>x</body></message>"), Inbound::Route));
+            assert!(matches!(
+                s.inbound(b"<message><body>x</body></message>"),
+                Inbound::Route
+            ));
         }
         for _ in 0..10_000 {
-            assert!(matches!(s.inbound(b"<r xmlns='urn:xmpp:sm:3'/>"), Inbound::Done));
+            assert!(matches!(
+                s.inbound(b"<r xmlns='urn:xmpp:sm:3'/>"),
+                Inbound::Done
+            ));
         }
         // The count is reported once the daemons have the records.
         let out = s.turn(false).expect("an answer");
         assert_eq!(out, b"<a xmlns='urn:xmpp:sm:3' h='4294967295'/>\n");
         let out = s.turn(true);
         assert_eq!(out, None, "one answer for the whole flood");
-        assert!(matches!(s.inbound(b"<r xmlns='urn:xmpp:sm:3'/>"), Inbound::Done));
+        assert!(matches!(
+            s.inbound(b"<r xmlns='urn:xmpp:sm:3'/>"),
+            Inbound::Done
+        ));
         assert_eq!(
             s.turn(true).expect("answer"),
             b"<a xmlns='urn:xmpp:sm:3' h='2'/>\n"
@@ -503,7 +512,10 @@ mod tests {
         assert_eq!(s.out.len(), 2, "nonzas are not counted");
         let r = s.turn(true).expect("a request");
         assert_eq!(r, b"<r xmlns='urn:xmpp:sm:3'/>\n");
-        assert!(matches!(s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='4294967295'/>"), Inbound::Done));
+        assert!(matches!(
+            s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='4294967295'/>"),
+            Inbound::Done
+        ));
         assert_eq!(s.out.len(), 1);
         assert!(!s.overdue(Duration::ZERO), "answered");
         match s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='1'/>") {
@@ -513,7 +525,10 @@ mod tests {
             }
             _ => panic!("accepted"),
         }
-        assert!(matches!(s.inbound(b"<a xmlns='urn:xmpp:sm:3'/>"), Inbound::Fail(..)));
+        assert!(matches!(
+            s.inbound(b"<a xmlns='urn:xmpp:sm:3'/>"),
+            Inbound::Fail(..)
+        ));
         s.turn(true);
         let q = std::fs::read_to_string(d.join("queue")).expect("queue");
         assert!(q.starts_with("4294967295 <message"), "{q}");
