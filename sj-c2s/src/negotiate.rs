@@ -962,6 +962,7 @@ mod tests {
                     Action::Authenticated(j) => self.authed = Some(j),
                     Action::Bind { id, requested } => self.bind = Some((id, requested)),
                     Action::StartTls => self.tls = true,
+                    Action::Resume { previd, h } => self.logs.push(format!("resume {previd} {h}")),
                 }
             }
         }
@@ -1625,7 +1626,7 @@ mod tests {
                 "not-authorized",
             ),
             (
-                "<enable xmlns='urn:xmpp:sm:3'/>".to_string(),
+                "<r xmlns='urn:xmpp:sm:3'/>".to_string(),
                 "unsupported-stanza-type",
             ),
         ] {
@@ -1634,6 +1635,23 @@ mod tests {
             assert_eq!(t.end_condition(), Some(cond), "{rec}");
             assert!(t.bind.is_none());
         }
+        // XEP-0198 §3: <enable/> before bind fails, the stream goes on;
+        // <resume/> is for the session to carry out.
+        let mut t = online_ready();
+        let got = t.el("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+        assert!(
+            got.contains("<failed") && got.contains("unexpected-request"),
+            "{got}"
+        );
+        assert_eq!(t.end_condition(), None);
+        t.el("<resume xmlns='urn:xmpp:sm:3' previd='70.x' h='4294967295'/>");
+        assert!(
+            t.logs.iter().any(|l| l == "resume 70.x 4294967295"),
+            "{:?}",
+            t.logs
+        );
+        let got = t.el("<resume xmlns='urn:xmpp:sm:3' previd='70.x' h='-1'/>");
+        assert!(got.contains("bad-request"), "{got}");
     }
 
     #[test]

@@ -1065,7 +1065,7 @@ impl Session {
                 "unsupported-stanza-type",
                 format!("client sent {other:?} without enabling stream management"),
             ),
-            (Some(sm), n) => sm.from_client(n),
+            (Some(sm), n) => sm.on_nonza(n),
         };
         match reply {
             FromClient::Nothing => {}

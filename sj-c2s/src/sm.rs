@@ -36,7 +36,7 @@ fn hexname(name: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 || s.is_empty() {
+    if !s.len().is_multiple_of(2) || s.is_empty() {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -179,7 +179,7 @@ impl ClientSm {
     }
 
     /// A nonza from the client, online.
-    pub fn from_client(&mut self, n: Nonza) -> FromClient {
+    pub fn on_nonza(&mut self, n: Nonza) -> FromClient {
         match n {
             Nonza::R => {
                 self.ack_due = true;
