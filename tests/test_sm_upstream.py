@@ -174,9 +174,16 @@ def test_cut_mid_flow_resumes_and_loses_nothing(server):
         drainer.close()
         got_out = [str(m["body"]) for m in bob.messages(lambda m: str(m["body"]).startswith("out-"))]
         assert got_out == want_out, f"bob: {len(got_out)} messages, dups or gaps"
+        logged_in = log_bodies(logpath, "in")
+        assert sorted(logged_in) == want_in, "out log: dups or gaps"
         for c in (a, b):
-            assert bodies(c.lines, "in") == want_in, f"client {c.name}: dups or gaps"
-        assert log_bodies(logpath, "in") == want_in
+            got = bodies(c.lines, "in")
+            assert sorted(got) == want_in, f"client {c.name}: dups or gaps"
+            assert got == logged_in, f"client {c.name} and the out log disagree on the order"
+        if isinstance(server, Prosody):
+            assert logged_in == want_in, "Prosody keeps the order across a resumption"
+        # ejabberd 23.01 may deliver the last stanza of its resent queue
+        # after a few new ones; sj-proxy keeps the order it gets.
         assert log_bodies(logpath, "out") == want_out
         assert "resumed the upstream session" in sup.log(), sup.stderr()
         assert read(os.path.join(p.dir, "sm", "last")).startswith("resumed")
