@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use table::{fit, mib, quantile, size, thousands, Table};
 
-const USAGE: &str = "usage: sj-bench [-b BIN_DIR] [-f FRAMER_OUTPUT] [-r ROUNDS] [-s pipeline,server,contacts,archive] [-c SIZE:CLIENTS]...\n       sj-bench --peak-rss PROG [ARGS...]";
+const USAGE: &str = "usage: sj-bench [-b BIN_DIR] [-f FRAMER_OUTPUT] [-r ROUNDS] [-s pipeline,server,contacts,archive,rooms,sm] [-c SIZE:CLIENTS]...\n       sj-bench --peak-rss PROG [ARGS...]";
 
 /// A chat message with the usual extensions is about this big.
 const TYPICAL: usize = 512;
@@ -61,7 +61,7 @@ struct Opts {
     cases: Vec<(usize, usize)>,
 }
 
-const SECTIONS: [&str; 5] = ["pipeline", "server", "contacts", "archive", "rooms"];
+const SECTIONS: [&str; 6] = ["pipeline", "server", "contacts", "archive", "rooms", "sm"];
 
 impl Opts {
     fn wants(&self, section: &str) -> bool {
@@ -305,6 +305,57 @@ fn run_pipeline(o: &Opts) -> BTreeMap<(usize, usize), (Case, Best)> {
         }
     }
     out
+}
+
+/// Item 6: what XEP-0198 costs the pipeline (numbering, the queue file
+/// written ahead, the counts rewritten each turn, `<a/>` answers): the
+/// typical case with and without it, interleaved, best of each.
+fn sm_rows(t: &mut Table, o: &Opts) {
+    let c = Case {
+        size: TYPICAL,
+        clients: 1,
+        records: records_for(TYPICAL, 1),
+    };
+    let measure = format!(
+        "pipeline {}, 1 client, XEP-0198 on: records/s",
+        size(TYPICAL)
+    );
+    let mut p = Pipeline::new(&o.bin);
+    let (mut off, mut on) = (None::<f64>, None::<f64>);
+    for round in 1..=o.rounds {
+        progress(&format!(
+            "sm round {round}/{}: {} records",
+            o.rounds, c.records
+        ));
+        for sm in [false, true] {
+            match p.proxy_sm(c, sm) {
+                Ok(r) => {
+                    let best = if sm { &mut on } else { &mut off };
+                    *best = Some(best.map_or(r.secs, |s| s.min(r.secs)));
+                }
+                Err(e) => return t.fail("6", measure, &e),
+            }
+        }
+    }
+    let (Some(off), Some(on)) = (off, on) else {
+        return t.fail("6", measure, "no run finished");
+    };
+    let (r_on, r_off) = (c.records as f64 / on, c.records as f64 / off);
+    let ratio = r_on / r_off;
+    t.row(
+        "6",
+        measure,
+        thousands(r_on),
+        format!("SM off {}", thousands(r_off)),
+        format!("{ratio:.3}"),
+        format!("≥ 0.95 {}", if ratio >= 0.95 { "met" } else { "MISSED" }),
+        format!(
+            "{} rec, an <r/> from the server every 64; {:.2} µs/rec added; best of {} interleaved",
+            c.records,
+            (on - off) / c.records as f64 * 1e6,
+            o.rounds
+        ),
+    );
 }
 
 fn rss_note(rss: &BTreeMap<String, u64>) -> String {
@@ -809,6 +860,9 @@ fn run() -> Result<bool, String> {
     }
     if o.wants("rooms") {
         room_rows(&mut t, &o);
+    }
+    if o.wants("sm") {
+        sm_rows(&mut t, &o);
     }
     println!("sj-bench: one run, {} round(s) per measurement\n", o.rounds);
     for l in machine(&version) {

@@ -1,5 +1,5 @@
 //! The pipeline: chat messages written into a socket that sj-proxy has as
-//! fds 6/7 (a fake server, `xmpp::serve_login`), through sj-proxy and
+//! fds 6/7 (a fake server, `xmpp::serve_login_sm`), through sj-proxy and
 //! mirrord (messaged logging them beside), into K raw clients'
 //! `DIR/clients/NAME/in` FIFOs drained as fast as the bench can read.
 //! The baseline moves the same bytes through the same number of pipes
@@ -202,6 +202,7 @@ pub struct Pipeline {
     pub archive_bytes: u64,
     bin: PathBuf,
     data: std::collections::HashMap<(usize, usize), Arc<Vec<u8>>>,
+    sm_data: std::collections::HashMap<(usize, usize), Arc<Vec<u8>>>,
 }
 
 impl Pipeline {
@@ -211,6 +212,7 @@ impl Pipeline {
             archive_bytes: 0,
             bin: bin.to_path_buf(),
             data: Default::default(),
+            sm_data: Default::default(),
         }
     }
 
@@ -266,7 +268,27 @@ impl Pipeline {
 
     /// sj-proxy with its daemons, the fake server on the other end.
     pub fn proxy(&mut self, c: Case) -> Result<Run, String> {
-        let data = self.data(c);
+        self.proxy_sm(c, false)
+    }
+
+    /// The same records with XEP-0198 on (`sm`): the fake server offers
+    /// it and asks for an acknowledgement every 64 stanzas, as Prosody
+    /// and ejabberd do under load.
+    pub fn proxy_sm(&mut self, c: Case, sm: bool) -> Result<Run, String> {
+        let data = if sm {
+            Arc::clone(self.sm_data.entry((c.size, c.records)).or_insert_with(|| {
+                let mut v = Vec::new();
+                for i in 0..c.records {
+                    v.extend_from_slice(&message(c.size, i));
+                    if i % 64 == 63 {
+                        v.extend_from_slice(b"<r xmlns='urn:xmpp:sm:3'/>\n");
+                    }
+                }
+                Arc::new(v)
+            }))
+        } else {
+            self.data(c)
+        };
         let scratch = Scratch::new(&format!("sj-{}-{}", c.size, c.clients))?;
         let dir = scratch.0.join("dir");
         let mut drain = Drain::open(&dir, c.clients)?;
@@ -290,7 +312,7 @@ impl Pipeline {
         let cli = OwnedFd::from(cli);
         let mut proxy = spawn::spawn("sj-proxy", cmd, &[(&cli, 6), (&cli, 7), (&ready_w, 8)])?;
         drop((cli, ready_w));
-        let conn = xmpp::serve_login(srv, PASSWORD, JID)?;
+        let conn = xmpp::serve_login_sm(srv, PASSWORD, JID, sm)?;
         spawn::wait_ready(&ready_r, Duration::from_secs(20), "sj-proxy")?;
         let sock = conn
             .sock

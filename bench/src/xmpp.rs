@@ -234,10 +234,22 @@ pub fn login<S: Sock>(
     Ok((c, full))
 }
 
+/// `serve_login_sm` without XEP-0198.
+pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<S>, String> {
+    serve_login_sm(sock, password, full, false)
+}
+
 /// The server side of sj-proxy's login, on the socket it has as fds 6/7:
 /// SCRAM against `password`, bind to `full`, a disco#info answer without
 /// carbons, an empty roster. Returns once sj-proxy is online.
-pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<S>, String> {
+/// With `sm` it offers XEP-0198 too, and answers sj-proxy's `<enable/>`
+/// with `<enabled/>` before it returns.
+pub fn serve_login_sm<S: Sock>(
+    sock: S,
+    password: &str,
+    full: &str,
+    sm: bool,
+) -> Result<Conn<S>, String> {
     let mut c = Conn::new(sock)?;
     let step = || Instant::now() + STEP;
     let domain = full
@@ -279,8 +291,13 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
     c.expect_header(step())?;
     c.send(
         format!(
-            "{}<stream:features><bind xmlns='{NS_BIND}'/></stream:features>",
-            srv_header(2)
+            "{}<stream:features><bind xmlns='{NS_BIND}'/>{}</stream:features>",
+            srv_header(2),
+            if sm {
+                format!("<sm xmlns='{}'/>", sj::sm::NS)
+            } else {
+                String::new()
+            }
         )
         .as_bytes(),
     )?;
@@ -308,7 +325,8 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
                 .as_bytes(),
             )?;
         } else if el.child("query", NS_ROSTER).is_some() {
-            // sj-proxy's own roster get, the last step before it is online.
+            // sj-proxy's own roster get, the last step before it is online
+            // (but for <enable/>).
             c.send(
                 format!(
                     "<iq type='result' id='{}'><query xmlns='{NS_ROSTER}'/></iq>",
@@ -316,7 +334,22 @@ pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<
                 )
                 .as_bytes(),
             )?;
-            return Ok(c);
+            if !sm {
+                return Ok(c);
+            }
+            loop {
+                let el = c.element(step())?;
+                if el.ns == sj::sm::NS && el.local_name() == "enable" {
+                    c.send(
+                        format!(
+                            "<enabled xmlns='{}' id='bench' resume='true' max='300'/>",
+                            sj::sm::NS
+                        )
+                        .as_bytes(),
+                    )?;
+                    return Ok(c);
+                }
+            }
         }
     }
 }

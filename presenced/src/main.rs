@@ -731,7 +731,11 @@ fn run() -> Result<(), Fatal> {
     sj::fifo::make_dir(dir.path())
         .map_err(|e| Fatal::io(format_args!("create {}", dir.display()), &e))?;
     let mut st = State::new(args.acct, args.auto_approve);
-    st.reset_presence_files();
+    // A resumed upstream session (XEP-0198, sj-proxy(8)) gets no presence
+    // again from the server: the files of the old one stay true.
+    if std::env::var_os("SJ_SM_RESUMED").is_none() {
+        st.reset_presence_files();
+    }
     let mut watcher = Watcher::new(dir.path());
     if watcher.is_none() {
         sj::log::warn("inotify unavailable; checking mypresence files every second");

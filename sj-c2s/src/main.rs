@@ -12,16 +12,20 @@ mod csi;
 mod mam;
 mod negotiate;
 mod session;
+mod sm;
 mod translate;
 
 use sj::exit::Fatal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: sj-c2s [-v] [-t] [-a SECS] [-d DIR | -R ROOT]";
+const USAGE: &str = "usage: sj-c2s [-v] [-t] [-a SECS] [-w SECS] [-d DIR | -R ROOT]";
 
 /// Time from connect to a successful authentication, unless `-a` says.
 const AUTH_TIMEOUT: u64 = 10;
+/// How long a client's XEP-0198 session waits to be resumed, unless `-w`
+/// says.
+const RESUME_WINDOW: u64 = 300;
 
 /// Where the accounts are.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct Opts {
     pub place: Where,
     /// Time allowed from connect to a successful authentication.
     pub auth_timeout: std::time::Duration,
+    /// How long a session with stream management outlives its connection.
+    pub resume_window: std::time::Duration,
 }
 
 fn parse_args() -> Result<Opts, Fatal> {
@@ -49,6 +55,7 @@ fn parse_args() -> Result<Opts, Fatal> {
     let mut dir: Option<PathBuf> = None;
     let mut root: Option<PathBuf> = None;
     let mut auth_timeout = AUTH_TIMEOUT;
+    let mut resume_window = RESUME_WINDOW;
     let mut p = lexopt::Parser::from_env();
     let usage = |e: String| Fatal::permanent(format!("{e}\n{USAGE}"));
     while let Some(arg) = p.next().map_err(|e| usage(e.to_string()))? {
@@ -66,6 +73,16 @@ fn parse_args() -> Result<Opts, Fatal> {
                     .map_err(|e: lexopt::Error| usage(e.to_string()))?;
                 if auth_timeout == 0 {
                     return Err(usage("-a takes at least 1 second".into()));
+                }
+            }
+            Short('w') | Long("resume-window") => {
+                resume_window = p
+                    .value()
+                    .map_err(|e| usage(e.to_string()))?
+                    .parse()
+                    .map_err(|e: lexopt::Error| usage(e.to_string()))?;
+                if resume_window == 0 {
+                    return Err(usage("-w takes at least 1 second".into()));
                 }
             }
             Short('R') | Long("root") => {
@@ -96,6 +113,7 @@ fn parse_args() -> Result<Opts, Fatal> {
         tls,
         place,
         auth_timeout: std::time::Duration::from_secs(auth_timeout),
+        resume_window: std::time::Duration::from_secs(resume_window),
     })
 }
 

@@ -97,6 +97,9 @@ pub enum Action {
         id: String,
         requested: Option<String>,
     },
+    /// XEP-0198 `<resume/>` instead of bind: resume the session `previd`
+    /// (sm.rs), then call `resumed`, or answer `<failed/>` and go on.
+    Resume { previd: String, h: u32 },
     /// A line for the log (info).
     Log(String),
     /// The stream ends (the error and `</stream:stream>` are queued):
@@ -439,8 +442,9 @@ impl<A: Accounts> Negotiation<A> {
     fn features(&self) -> String {
         if self.authed.is_some() {
             return format!(
-                "<stream:features><bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>{}</stream:features>",
-                crate::csi::FEATURE
+                "<stream:features><bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>{}<sm xmlns='{}'/></stream:features>",
+                crate::csi::FEATURE,
+                sj::sm::NS
             );
         }
         let mut f = String::from("<stream:features>");
@@ -742,6 +746,9 @@ impl<A: Accounts> Negotiation<A> {
     }
 
     fn on_bind(&mut self, el: &Element) {
+        if el.ns == sj::sm::NS {
+            return self.on_sm_before_bind(el);
+        }
         let bind = el.child("bind", NS_BIND);
         if el.name != "iq" || el.attr("type") != Some("set") || bind.is_none() {
             let cond = if matches!(&*el.name, "iq" | "message" | "presence") {
@@ -759,6 +766,34 @@ impl<A: Accounts> Negotiation<A> {
             id: el.attr("id").unwrap_or("").to_string(),
             requested,
         });
+    }
+}
+
+impl<A: Accounts> Negotiation<A> {
+    /// XEP-0198 before bind: `<resume/>` is for session.rs (sm.rs);
+    /// `<enable/>` comes too early (§3).
+    fn on_sm_before_bind(&mut self, el: &Element) {
+        let h = el.attr("h").and_then(|h| h.trim().parse::<u32>().ok());
+        match (el.local_name(), el.attr("previd"), h) {
+            ("resume", Some(previd), Some(h)) => self.out.push(Action::Resume {
+                previd: previd.to_string(),
+                h,
+            }),
+            ("resume", _, _) => self.send(crate::sm::failed("bad-request", None)),
+            ("enable", _, _) => self.send(crate::sm::failed("unexpected-request", None)),
+            (other, _, _) => self.fail(
+                "unsupported-stanza-type",
+                PROTOCOL,
+                format!("<{other}/> before bind"),
+            ),
+        }
+    }
+
+    /// A `<resume/>` succeeded: the session is online as it was, without
+    /// a bind.
+    pub fn resumed(&mut self) {
+        self.phase = Phase::Online;
+        self.deadline = None;
     }
 }
 
@@ -928,6 +963,7 @@ mod tests {
                     Action::Authenticated(j) => self.authed = Some(j),
                     Action::Bind { id, requested } => self.bind = Some((id, requested)),
                     Action::StartTls => self.tls = true,
+                    Action::Resume { previd, h } => self.logs.push(format!("resume {previd} {h}")),
                 }
             }
         }
@@ -1591,7 +1627,7 @@ mod tests {
                 "not-authorized",
             ),
             (
-                "<enable xmlns='urn:xmpp:sm:3'/>".to_string(),
+                "<r xmlns='urn:xmpp:sm:3'/>".to_string(),
                 "unsupported-stanza-type",
             ),
         ] {
@@ -1600,6 +1636,23 @@ mod tests {
             assert_eq!(t.end_condition(), Some(cond), "{rec}");
             assert!(t.bind.is_none());
         }
+        // XEP-0198 §3: <enable/> before bind fails, the stream goes on;
+        // <resume/> is for the session to carry out.
+        let mut t = online_ready();
+        let got = t.el("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+        assert!(
+            got.contains("<failed") && got.contains("unexpected-request"),
+            "{got}"
+        );
+        assert_eq!(t.end_condition(), None);
+        t.el("<resume xmlns='urn:xmpp:sm:3' previd='70.x' h='4294967295'/>");
+        assert!(
+            t.logs.iter().any(|l| l == "resume 70.x 4294967295"),
+            "{:?}",
+            t.logs
+        );
+        let got = t.el("<resume xmlns='urn:xmpp:sm:3' previd='70.x' h='-1'/>");
+        assert!(got.contains("bad-request"), "{got}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ use std::time::{Duration, Instant, SystemTime};
 const OUT_LIMIT: usize = (1 << 20) + sj::framer::MAX_LINE;
 /// Bytes queued toward the client before `in` stops being read.
 const CLIENT_HIGH_WATER: usize = 1 << 20;
+/// Bytes kept for a client whose session waits to be resumed, before the
+/// session ends instead (sj-c2s(8), Stream management).
+const HIBERNATION_MAX: usize = 32 << 20;
 /// Longest line accepted from the `in` FIFO: the library's rule.
 const IN_LINE_MAX: usize = sj::framer::MAX_LINE;
 /// The largest `state` or `pid` file read.
@@ -48,10 +51,15 @@ const UCSPI_HINT: &str =
 /// The registered client: `DIR/clients/NAME`, removed on drop.
 struct Registration {
     cdir: PathBuf,
+    /// Handed over to a resuming sj-c2s (sm.rs): the directory stays.
+    keep: bool,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         if let Err(e) = fs::remove_dir_all(&self.cdir) {
             if e.kind() != io::ErrorKind::NotFound {
                 sj::log::warn(&format!(
@@ -98,6 +106,14 @@ pub struct Session {
     end: sj::io::End,
     /// The client's input ended (EOF); it is not read any more.
     input_closed: bool,
+    /// XEP-0198 with the client, once enabled or resumed (sm.rs).
+    sm: Option<crate::sm::ClientSm>,
+    /// The connection is gone and the session waits to be resumed until
+    /// then (sm.rs).
+    hibernating: Option<Instant>,
+    resume_window: Duration,
+    /// A resuming sj-c2s takes the session over: stop without ending it.
+    handing_over: bool,
 }
 
 fn io_fatal(what: impl std::fmt::Display, e: &io::Error) -> Fatal {
@@ -397,11 +413,32 @@ impl Session {
             peer_closed: false,
             end: sj::io::End::Close,
             input_closed: false,
+            sm: None,
+            hibernating: None,
+            resume_window: opts.resume_window,
+            handing_over: false,
         })
     }
 
     fn send(&mut self, data: impl Into<Vec<u8>>) {
         let data = data.into();
+        if let Some(sm) = &mut self.sm {
+            sm.sending(&data);
+        }
+        // Kept in the queue for the connection that resumes, up to a bound.
+        if self.hibernating.is_some() {
+            if self
+                .sm
+                .as_ref()
+                .is_some_and(|sm| sm.out.bytes() > HIBERNATION_MAX)
+            {
+                sj::log::warn(&format!(
+                    "more than {HIBERNATION_MAX} bytes wait for a client that is gone; the session ends"
+                ));
+                self.finish_with(Ok(()));
+            }
+            return;
+        }
         sj::log::trace("c<", &data);
         self.to_client.push(data);
     }
@@ -430,6 +467,7 @@ impl Session {
                 Step::StartTls => self.start_tls(),
                 Step::Authenticated(bare) => self.authenticated(bare),
                 Step::Bind { id, requested } => self.bind(&id, requested.as_deref()),
+                Step::Resume { previd, h } => self.resume(&previd, h),
                 Step::End { code, why, .. } => {
                     self.end = sj::io::End::Close;
                     self.finish_with(Step::result(code, why));
@@ -520,13 +558,32 @@ impl Session {
             .map_err(|e| RegisterError::Io("create a client directory", io::Error::other(e)))?;
         let reg = Registration {
             cdir: cdir.path().to_path_buf(),
+            keep: false,
         };
         sj::fifo::make(&cdir.in_fifo()).map_err(io("create the client's in FIFO"))?;
         sj::fifo::make(&cdir.out_fifo()).map_err(io("create the client's out FIFO"))?;
+        self.open_client(acct, name, cdir, reg, upstream, None)
+    }
+
+    /// Open a registered client's FIFOs (`infifo` when it is open
+    /// already) and write its pid file.
+    fn open_client(
+        &self,
+        acct: &Account,
+        name: String,
+        cdir: ClientDir,
+        reg: Registration,
+        upstream: Option<Jid>,
+        infifo: Option<LineFifo>,
+    ) -> Result<Client, RegisterError> {
+        let io = |what: &'static str| move |e: io::Error| RegisterError::Io(what, e);
         sj::fifo::write_atomic(&cdir.pid(), format!("{}\n", std::process::id()).as_bytes())
             .map_err(io("write the client's pid file"))?;
-        let infifo = LineFifo::open(&cdir.in_fifo(), IN_LINE_MAX)
-            .map_err(io("open the client's in FIFO"))?;
+        let infifo = match infifo {
+            Some(f) => f,
+            None => LineFifo::open(&cdir.in_fifo(), IN_LINE_MAX)
+                .map_err(io("open the client's in FIFO"))?,
+        };
         // sj-proxy notices the new directory by itself; give it a moment.
         let give_up = Instant::now() + Duration::from_secs(5);
         let outfd = loop {
@@ -689,6 +746,15 @@ impl Session {
                         sj::log::trace("c>", &rec);
                     }
                     if self.neg.online() {
+                        match sj::sm::kind(&rec) {
+                            sj::sm::Kind::Sm if self.on_sm(&rec) => continue,
+                            sj::sm::Kind::Stanza => {
+                                if let Some(sm) = &mut self.sm {
+                                    sm.received();
+                                }
+                            }
+                            _ => {}
+                        }
                         self.on_stanza(&rec);
                         continue;
                     }
@@ -726,6 +792,9 @@ impl Session {
     /// The client's end of input: the session ends (a failure once
     /// authenticated; a probe that never logged in is none).
     fn end_of_input(&mut self) {
+        if self.hibernate("the client closed the connection") {
+            return;
+        }
         let r = if self.neg.authenticated() {
             Err(Fatal::temporary("client closed the connection"))
         } else {
@@ -773,6 +842,13 @@ impl Session {
     /// time has come, the negotiation deadline. False once the session is
     /// over.
     fn before_wait(&mut self) -> bool {
+        if sj::signal::stopping() && self.taken_over() {
+            return false;
+        }
+        if self.hibernating.is_some_and(|t| Instant::now() >= t) {
+            self.hibernation_over();
+            return false;
+        }
         if sj::signal::stopping() {
             if self.neg.header_sent() {
                 self.stream_error("system-shutdown", 0, String::new());
@@ -798,7 +874,10 @@ impl Session {
 
     /// When to stop waiting: the negotiation's next deadline or held answer.
     fn wake_at(&self) -> Option<Instant> {
-        self.neg.wake()
+        match (self.neg.wake(), self.hibernating) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// What to wait for this turn, in the order it is handled.
@@ -888,7 +967,9 @@ impl Session {
             }
             Err(e) => {
                 self.peer_closed = true;
-                self.finish_with(Err(io_fatal("read from the client", &e)));
+                if !self.hibernate(&format!("unable to read: {}", sj::log::strerror(&e))) {
+                    self.finish_with(Err(io_fatal("read from the client", &e)));
+                }
             }
         }
     }
@@ -896,9 +977,14 @@ impl Session {
     /// Write what this turn queued now, not a poll later; a queue that
     /// would block waits for POLLOUT (all descriptors are non-blocking).
     fn flush_queues(&mut self) {
+        if let Some(sm) = &mut self.sm {
+            sm.write_ahead();
+        }
         if let Err(e) = self.to_client.flush(&self.wfd) {
             self.peer_closed = true;
-            return self.finish_with(Err(io_fatal("write to the client", &e)));
+            if !self.hibernate(&format!("unable to write: {}", sj::log::strerror(&e))) {
+                return self.finish_with(Err(io_fatal("write to the client", &e)));
+            }
         }
         if let Some(c) = self.client.as_mut() {
             if let Err(e) = c.outq.flush(&c.outfd) {
@@ -906,6 +992,7 @@ impl Session {
                 self.stream_error("remote-connection-failed", TEMPORARY, msg);
             }
         }
+        self.sm_turn();
     }
 
     /// mirrord closed its end of `in`: if it left its `dropped` marker,
@@ -930,7 +1017,7 @@ impl Session {
 
     fn shutdown(mut self) -> Result<(), Fatal> {
         if let Some(mut c) = self.client.take() {
-            if c.tr.available {
+            if c.tr.available && !self.handing_over {
                 c.outq.push(b"<presence type='unavailable'/>\n".to_vec());
             }
             if let Err(e) = c.outq.drain(&c.outfd, Duration::from_secs(2)) {
@@ -940,7 +1027,30 @@ impl Session {
                     sj::log::strerror(&e)
                 ));
             }
-            sj::log::info(&format!("{} left", c.tr.full));
+            if let Some(sm) = &mut self.sm {
+                if self.handing_over {
+                    let _ = sm.turn(c.outq.is_empty(), false);
+                    let now = SystemTime::now();
+                    sm.save(
+                        &c.account,
+                        c.tr.carbons,
+                        c.tr.available,
+                        Some(now),
+                        self.resume_window,
+                    );
+                    c._reg.keep = true;
+                } else {
+                    sm.clear();
+                }
+            }
+            if self.handing_over {
+                sj::log::info(&format!(
+                    "{} handed over to a resumed connection",
+                    c.tr.full
+                ));
+            } else {
+                sj::log::info(&format!("{} left", c.tr.full));
+            }
             drop(c);
         }
         // Every close path ends here: what is queued (the stream error and
@@ -960,6 +1070,196 @@ impl Session {
             ));
         }
         self.done.take().unwrap_or(Ok(()))
+    }
+}
+
+// ---- XEP-0198 (sm.rs) ---------------------------------------------------
+
+impl Session {
+    /// An sm:3 nonza from the client, online; false when it is not one.
+    fn on_sm(&mut self, rec: &[u8]) -> bool {
+        use crate::sm::{ClientSm, FromClient};
+        let Some(parsed) = sj::sm::parse(rec) else {
+            return false;
+        };
+        let n = match parsed {
+            Ok(n) => n,
+            Err(why) => {
+                self.stream_error(
+                    "undefined-condition",
+                    PROTOCOL,
+                    format!("client sent {why}"),
+                );
+                return true;
+            }
+        };
+        let reply = match (&mut self.sm, n) {
+            (None, sj::sm::Nonza::Enable { .. }) => {
+                let Some(c) = self.client.as_ref() else {
+                    return true;
+                };
+                let sm = ClientSm::enable(&c.cdir, &c.account, &c.name, self.resume_window);
+                let reply = sm.enabled(self.resume_window);
+                sj::log::info(&format!("{}: stream management on", c.tr.full));
+                self.sm = Some(sm);
+                FromClient::Reply(reply)
+            }
+            (None, other) => FromClient::Fail(
+                "unsupported-stanza-type",
+                format!("client sent {other:?} without enabling stream management"),
+            ),
+            (Some(sm), n) => sm.on_nonza(n),
+        };
+        match reply {
+            FromClient::Nothing => {}
+            FromClient::Reply(s) => {
+                sj::log::trace("c<", s.as_bytes());
+                self.to_client.push(s.into_bytes());
+            }
+            FromClient::Fail(cond, why) => self.stream_error(cond, PROTOCOL, why),
+        }
+        true
+    }
+
+    /// End of a turn: acknowledgements and requests, the counts saved.
+    fn sm_turn(&mut self) {
+        let handed_on = self.client.as_ref().is_none_or(|c| c.outq.is_empty());
+        let connected = self.hibernating.is_none() && self.done.is_none() && !self.input_closed;
+        let Some(sm) = &mut self.sm else {
+            return;
+        };
+        if let Some(s) = sm.turn(handed_on, connected) {
+            sj::log::trace("c<", s.as_bytes());
+            self.to_client.push(s.into_bytes());
+            if self.to_client.flush(&self.wfd).is_err() {
+                // Seen again, and handled, on the next turn's flush.
+            }
+        }
+    }
+
+    /// The connection is gone: with resumption on, keep the session (and
+    /// keep reading `in` into the queue) for the window. False when there
+    /// is nothing to keep.
+    fn hibernate(&mut self, why: &str) -> bool {
+        if self.done.is_some() || self.hibernating.is_some() {
+            return false;
+        }
+        let (Some(sm), Some(c)) = (&mut self.sm, &self.client) else {
+            return false;
+        };
+        let now = SystemTime::now();
+        sm.save(
+            &c.account,
+            c.tr.carbons,
+            c.tr.available,
+            Some(now),
+            self.resume_window,
+        );
+        sj::log::info(&format!(
+            "{}: {why}; keeping the session {} s for resumption",
+            c.tr.full,
+            self.resume_window.as_secs()
+        ));
+        self.hibernating = Some(Instant::now() + self.resume_window);
+        self.input_closed = true;
+        self.peer_closed = true;
+        self.to_client.clear();
+        true
+    }
+
+    fn hibernation_over(&mut self) {
+        if let Some(c) = &self.client {
+            sj::log::info(&format!(
+                "{}: not resumed within {} s; the session ends",
+                c.tr.full,
+                self.resume_window.as_secs()
+            ));
+        }
+        self.finish_with(Ok(()));
+    }
+
+    /// A stop: a resuming sj-c2s asked for the session (`sm-takeover`).
+    fn taken_over(&mut self) -> bool {
+        let asked = self
+            .client
+            .as_ref()
+            .is_some_and(|c| self.sm.is_some() && crate::sm::takeover_asked(&c.cdir));
+        if asked {
+            self.handing_over = true;
+            if self.hibernating.is_none() {
+                self.to_client.push(b"</stream:stream>".to_vec());
+            }
+            self.finish_with(Ok(()));
+        }
+        asked
+    }
+
+    /// `<resume/>` before bind: take the session over from the files (and
+    /// the process that keeps them), or answer `<failed/>`.
+    fn resume(&mut self, previd: &str, h: u32) {
+        use crate::sm::Refused;
+        let Some(acct) = self.account.clone() else {
+            return;
+        };
+        // `in` is opened before the old process lets go of it, so that
+        // mirrord always finds a reader; it is read only once the old
+        // process has put what it read in the queue.
+        let infifo = crate::sm::name_of(previd)
+            .and_then(|n| acct.dir().client(&n).ok())
+            .filter(|c| sj::fifo::check_dir(c.path()).is_ok())
+            .and_then(|c| LineFifo::open(&c.in_fifo(), IN_LINE_MAX).ok());
+        let found = match crate::sm::take_over(&acct, previd, h) {
+            Ok(f) => f,
+            Err(Refused::NotFound(why)) => {
+                sj::log::info(&format!("refused to resume a session: {why}"));
+                let f = crate::sm::failed("item-not-found", None);
+                sj::log::trace("c<", f.as_bytes());
+                self.to_client.push(f.into_bytes());
+                return;
+            }
+            Err(Refused::TooMany(why)) => {
+                return self.stream_error("undefined-condition", PROTOCOL, why)
+            }
+        };
+        let upstream = read_state_jid(acct.dir()).filter(|j| j.bare() == *acct.jid());
+        let reg = Registration {
+            cdir: found.cdir.path().to_path_buf(),
+            keep: false,
+        };
+        match self.open_client(
+            &acct,
+            found.name.clone(),
+            found.cdir.clone(),
+            reg,
+            upstream,
+            infifo,
+        ) {
+            Ok(mut client) => {
+                client.tr.carbons = found.carbons;
+                client.tr.available = found.available;
+                let again = found.sm.out.len();
+                let bytes = found.sm.resumed(previd);
+                sj::log::info(&format!(
+                    "{} resumed ({again} stanza(s) sent again)",
+                    client.tr.full
+                ));
+                sj::log::trace("c<", &bytes);
+                self.to_client.push(bytes);
+                self.client = Some(client);
+                self.sm = Some(found.sm);
+                self.neg.resumed();
+            }
+            Err(RegisterError::NoReader) => self.stream_error(
+                "remote-connection-failed",
+                TEMPORARY,
+                "sj-proxy does not read the client's out FIFO: is it running?".into(),
+            ),
+            Err(RegisterError::Io(what, e)) => self.stream_error(
+                "internal-server-error",
+                TEMPORARY,
+                format!("unable to {what}: {}", sj::log::strerror(&e)),
+            ),
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod rooms;
 mod route;
 mod router;
 mod shared;
+mod sm;
 mod upstream;
 
 use sj::account::{Account, Dir};
@@ -209,7 +210,7 @@ fn session(
         password,
         resource,
     };
-    let session = match up.negotiate(&creds) {
+    let mut session = match up.negotiate(&creds, dir) {
         Ok(s) => s,
         Err(e) => {
             // Every way out closes the stream (a no-op where it is closed).
@@ -234,10 +235,28 @@ fn session(
         verbose: args.verbose,
         keepalive: Duration::from_secs(args.keepalive),
         keepalive_timeout: Duration::from_secs(args.keepalive.min(30)),
+        resumed: session.resumed.is_some(),
     };
     let mut router = router::Router::new(up, acct, opts)?;
     router.start_daemons();
-    write_state(dir, Word::Online, &session.full);
+    match session.resumed {
+        // The session goes on: DIR/state keeps the time it began.
+        Some(since) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(since.max(0) as u64);
+            let line = sj::state::line(Word::Online, &session.full, at);
+            if let Err(e) = sj::fifo::write_atomic(&dir.state(), line.as_bytes()) {
+                sj::log::warn(&format!(
+                    "unable to write {}: {}",
+                    dir.state().display(),
+                    sj::log::strerror(&e)
+                ));
+            }
+        }
+        None => write_state(dir, Word::Online, &session.full),
+    }
+    if let Some(sm) = session.sm.take() {
+        router.stream_management(sm);
+    }
     if let Some(fd) = args.notify_fd {
         let owned = inherited.take(fd, "the readiness notification")?;
         let _ = sj::io::write_all(&owned, b"\n");

@@ -47,6 +47,9 @@ pub struct Options {
     pub keepalive: Duration,
     /// Seconds to wait for any data after a keepalive ping.
     pub keepalive_timeout: Duration,
+    /// The upstream session was resumed (XEP-0198): the daemons are told
+    /// with SJ_SM_RESUMED=1.
+    pub resumed: bool,
 }
 
 pub struct Router {
@@ -73,6 +76,8 @@ pub struct Router {
     archive: Option<crate::archive::Archive>,
     /// Who is in which group chat (`rooms`), and what the clients asked.
     shared: crate::shared::Shared,
+    /// XEP-0198 with the server, when enabled (crate::sm).
+    sm: Option<crate::sm::UpSm>,
 }
 
 /// Stanzas dropped for a limit are logged one line each, up to
@@ -158,10 +163,13 @@ impl Router {
                 dir.display().to_string(),
                 acct.full().to_string(),
             ]);
-            let env = vec![
+            let mut env = vec![
                 ("SJ_DIR".to_string(), dir.display().to_string()),
                 ("SJ_JID".to_string(), acct.full().to_string()),
             ];
+            if opts.resumed {
+                env.push(("SJ_SM_RESUMED".to_string(), "1".to_string()));
+            }
             daemons.push(Daemon {
                 child: Child::new(name, &sj::child::locate(name), args, env),
                 queue: WriteQueue::new(),
@@ -187,7 +195,58 @@ impl Router {
             end: sj::io::End::Close,
             drops: DropLog::new(),
             shared: crate::shared::Shared::new(),
+            sm: None,
         })
+    }
+
+    /// Stream management is on: what a resumed session did not get
+    /// acknowledged goes first, then a failed resumption's messages.
+    pub fn stream_management(&mut self, mut sm: crate::sm::UpSm) {
+        for r in sm.take_resend() {
+            sj::log::trace(">>", &r);
+            self.up_queue.push(r);
+        }
+        let pending = std::mem::take(&mut sm.pending);
+        self.sm = Some(sm);
+        for r in pending {
+            self.push_up(r);
+        }
+    }
+
+    /// Queue a record for the server; with stream management a stanza is
+    /// numbered and kept until acknowledged.
+    fn push_up(&mut self, rec: Vec<u8>) {
+        if let Some(sm) = &mut self.sm {
+            sm.sending(&rec);
+        }
+        self.up_queue.push(rec);
+    }
+
+    /// Write what is queued for the server (the queue file first).
+    fn flush_up(&mut self) -> Result<(), Fatal> {
+        if let Some(sm) = &mut self.sm {
+            sm.write_ahead();
+        }
+        self.up_queue
+            .flush(&self.up.wfd)
+            .map(|_| ())
+            .map_err(|e| Fatal::io("write to the server", &e))
+    }
+
+    /// End of a turn with stream management: the inbound count is
+    /// durable once the daemons have every record routed; `<a/>` and
+    /// `<r/>` go out.
+    fn sm_turn(&mut self) -> Result<(), Fatal> {
+        let handed_on = self.daemons.iter().all(|d| d.queue.is_empty());
+        let Some(sm) = &mut self.sm else {
+            return Ok(());
+        };
+        if let Some(nonzas) = sm.turn(handed_on) {
+            sj::log::trace(">>", &nonzas);
+            self.up_queue.push(nonzas);
+            return self.flush_up();
+        }
+        Ok(())
     }
 
     /// Start the daemons. A daemon that cannot start is retried with backoff.
@@ -208,7 +267,7 @@ impl Router {
         match dest {
             Dest::Upstream => {
                 sj::log::trace(">>", &rec);
-                self.up_queue.push(rec);
+                self.push_up(rec);
             }
             Dest::Own => self.own(&rec),
             Dest::Drop(why) => sj::log::warn(&format!("dropping a record: {why}")),
@@ -238,7 +297,7 @@ impl Router {
                 reply.push_str(&format!(" to='{}'", sj::xml::escape_attr(&from)));
             }
             reply.push_str("/>\n");
-            self.up_queue.push(reply.into_bytes());
+            self.push_up(reply.into_bytes());
         } else {
             // A keepalive answer: hearing anything already reset the timer.
             self.ping_sent = None;
@@ -284,7 +343,7 @@ impl Router {
             stanzas = sj::ns::STANZAS,
         );
         sj::log::trace(">>", err.as_bytes());
-        self.up_queue.push(err.into_bytes());
+        self.push_up(err.into_bytes());
     }
 
     fn route_upstream(&mut self, rec: &[u8]) {
@@ -517,12 +576,21 @@ impl Router {
     pub fn run(&mut self) -> Result<(), Fatal> {
         let r = self.run_loop();
         let tail = self.tail.take().unwrap_or_default();
+        if let Some(sm) = &mut self.sm {
+            sm.write_ahead();
+        }
         self.up.close(&mut self.up_queue, &tail, self.end);
         if let Some(a) = &mut self.archive {
             a.close();
         }
         self.hand_over(STOP_GRACE);
         self.drops.flush();
+        let handed_on = self.daemons.iter().all(|d| d.queue.is_empty());
+        if let Some(sm) = &mut self.sm {
+            // A stop closed the stream: the server ends the session.
+            let clean = matches!(&r, Err(e) if e.code == OK) || r.is_ok();
+            sm.finish(clean, handed_on);
+        }
         r
     }
 
@@ -658,9 +726,7 @@ impl Router {
             a.flush();
         }
         if !self.up_queue.is_empty() {
-            self.up_queue
-                .flush(&self.up.wfd)
-                .map_err(|e| Fatal::io("write to the server", &e))?;
+            self.flush_up()?;
         }
         // mirrord (last) first: clients wait for it, and the first write
         // decides which reader the scheduler wakes first.
@@ -669,7 +735,7 @@ impl Router {
                 self.flush_daemon(i);
             }
         }
-        Ok(())
+        self.sm_turn()
     }
 
     fn flush_daemon(&mut self, i: usize) {
@@ -697,6 +763,17 @@ impl Router {
             self.last_heard = Instant::now();
             self.ping_sent = None;
         }
+        if self
+            .sm
+            .as_ref()
+            .is_some_and(|sm| sm.overdue(self.opts.keepalive_timeout))
+        {
+            self.end_stream(b"</stream:stream>", sj::io::End::Close);
+            return Err(Fatal::temporary(format!(
+                "the server did not acknowledge stanzas (XEP-0198) in {} seconds",
+                self.opts.keepalive_timeout.as_secs()
+            )));
+        }
         if let Some(t) = self.ping_sent {
             if t.elapsed() >= self.opts.keepalive_timeout {
                 self.end_stream(b"</stream:stream>", sj::io::End::Close);
@@ -705,6 +782,16 @@ impl Router {
                     self.opts.keepalive_timeout.as_secs()
                 )));
             }
+        } else if let (true, Some(sm)) = (
+            self.last_heard.elapsed() >= self.opts.keepalive,
+            self.sm.as_mut(),
+        ) {
+            // With stream management an <r/> is the ping: its answer
+            // also tells that the server handled what we sent.
+            let r = sm.keepalive_request();
+            sj::log::trace(">>", &r);
+            self.up_queue.push(r);
+            self.ping_sent = Some(Instant::now());
         } else if self.last_heard.elapsed() >= self.opts.keepalive {
             self.ping_seq += 1;
             let ping = format!(
@@ -714,7 +801,7 @@ impl Router {
                 sj::xml::escape_attr(self.acct.domain()),
                 sj::ns::PING,
             );
-            self.up_queue.push(ping.into_bytes());
+            self.push_up(ping.into_bytes());
             self.ping_sent = Some(Instant::now());
         }
         Ok(())
@@ -730,11 +817,7 @@ impl Router {
                 }
             }
             Token::Watcher => self.rescan_clients(),
-            Token::UpWrite => {
-                if let Err(e) = self.up_queue.flush(&self.up.wfd) {
-                    return Err(Fatal::io("write to the server", &e));
-                }
-            }
+            Token::UpWrite => self.flush_up()?,
             Token::UpRead => self.read_upstream(upbuf)?,
             Token::DirIn => {
                 self.read_local(Origin::In);
@@ -802,6 +885,19 @@ impl Router {
                 Ok(None) => return Ok(()),
                 Ok(Some(Event::Record(r))) => {
                     sj::log::trace("<<", &r);
+                    if let Some(sm) = &mut self.sm {
+                        match sm.inbound(&r) {
+                            crate::sm::Inbound::Route => {}
+                            crate::sm::Inbound::Done => continue,
+                            crate::sm::Inbound::Fail(cond, why) => {
+                                self.end_stream(
+                                    sj::ucspi::stream_error_end(cond).as_bytes(),
+                                    sj::io::End::Close,
+                                );
+                                return Err(Fatal::protocol(why));
+                            }
+                        }
+                    }
                     self.route_upstream(&r);
                 }
                 Ok(Some(Event::Dropped(d))) => self.on_dropped(d),

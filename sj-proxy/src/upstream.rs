@@ -46,6 +46,10 @@ pub struct Session {
     pub carbons: bool,
     /// Stanzas that arrived while negotiating, to route once online.
     pub early: Vec<Vec<u8>>,
+    /// XEP-0198 with the server, when it offers it (crate::sm).
+    pub sm: Option<crate::sm::UpSm>,
+    /// A session resumed, and when it began (unix seconds).
+    pub resumed: Option<i64>,
 }
 
 pub struct Credentials {
@@ -266,7 +270,7 @@ impl Upstream {
         }
     }
 
-    fn next_element(&mut self) -> Result<(Element<'static>, Vec<u8>), Fatal> {
+    pub(crate) fn next_element(&mut self) -> Result<(Element<'static>, Vec<u8>), Fatal> {
         let r = self.next_record()?;
         let el = Element::parse(&r)
             .map(Element::into_owned)
@@ -371,8 +375,13 @@ impl Upstream {
         }
     }
 
-    /// Negotiate up to a bound session.
-    pub fn negotiate(&mut self, creds: &Credentials) -> Result<Session, Fatal> {
+    /// Negotiate up to a bound session, or resume the one an earlier
+    /// sj-proxy left in `dir` (crate::sm).
+    pub fn negotiate(
+        &mut self,
+        creds: &Credentials,
+        dir: &sj::account::Dir,
+    ) -> Result<Session, Fatal> {
         let domain = creds.jid.domain().to_string();
         let bare = creds.jid.bare().to_string();
         let mut features = self.restart(&domain, self.tls.then_some(bare.as_str()))?;
@@ -387,6 +396,30 @@ impl Upstream {
             return Err(Fatal::protocol("the server offers no resource binding"));
         }
         let mut early = Vec::new();
+        let sm_offered = features.child("sm", sj::sm::NS).is_some();
+        let mut leftover = None;
+        if let Some(saved) = sm_offered
+            .then(|| crate::sm::load(dir, &creds.jid.bare()))
+            .flatten()
+        {
+            match crate::sm::resume(self, dir, saved, &mut early)? {
+                crate::sm::Resumed::Yes {
+                    full,
+                    carbons,
+                    since,
+                    sm,
+                } => {
+                    return Ok(Session {
+                        full,
+                        carbons,
+                        early,
+                        sm: Some(*sm),
+                        resumed: Some(since),
+                    })
+                }
+                crate::sm::Resumed::No(left) => leftover = Some(left),
+            }
+        }
         let bind = self.request(
             "sjp-bind",
             &bind_request("sjp-bind", creds.resource.as_deref()),
@@ -426,10 +459,17 @@ impl Upstream {
             ));
         }
         debug_assert!(OWN_ID.starts_with("sjp"));
+        let sm = if sm_offered {
+            crate::sm::enable(self, dir, &full, carbons, leftover, &mut early)?
+        } else {
+            None
+        };
         Ok(Session {
             full,
             carbons,
             early,
+            sm,
+            resumed: None,
         })
     }
 

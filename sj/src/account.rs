@@ -36,6 +36,8 @@ const ARCHIVE: &str = "archive";
 const IQ: &str = "iq";
 const IQ_D: &str = "iq.d";
 const CLIENTS: &str = "clients";
+/// sj-proxy's XEP-0198 state (`sj::sm`).
+const SM: &str = "sm";
 /// The key made-up SCRAM salts are derived from (DIR's, or ROOT's).
 const SALT_KEY: &str = ".salt-key";
 /// Under ROOT: the failure record of names that are no account there.
@@ -64,6 +66,7 @@ pub const RESERVED: &[&str] = &[
     LOCK,
     AUTH_FAILURES,
     ARCHIVE,
+    SM,
 ];
 
 /// Where accounts live by default: `$HOME/xmpp`; `None` without `HOME`.
@@ -213,6 +216,11 @@ impl Dir {
         under(self.iq_d(), component(Kind::Namespace, ns)?)
     }
 
+    /// `DIR/sm/`: the upstream XEP-0198 session (sj-proxy(8)).
+    pub fn sm(&self) -> PathBuf {
+        self.file(SM)
+    }
+
     /// `DIR/clients/`.
     pub fn clients(&self) -> PathBuf {
         self.file(CLIENTS)
@@ -295,6 +303,16 @@ impl ClientDir {
     /// `dropped`: mirrord's marker.
     pub fn dropped(&self) -> PathBuf {
         self.path.join(DROPPED)
+    }
+
+    /// `sm`, `sm-counts`, `sm-queue`, `sm-takeover`: the client's XEP-0198
+    /// session, kept for a later sj-c2s to resume (sj-c2s(8)).
+    pub fn sm_file(&self, which: &str) -> PathBuf {
+        if which.is_empty() {
+            self.path.join(SM)
+        } else {
+            self.path.join(format!("{SM}-{which}"))
+        }
     }
 }
 

@@ -41,6 +41,7 @@ pub mod path;
 pub mod poll;
 pub mod sasl;
 pub mod signal;
+pub mod sm;
 pub mod state;
 pub mod time;
 pub mod ucspi;

@@ -66,8 +66,8 @@ modules_enabled = {{
     "roster"; "saslauth"; "tls"; "disco"; "carbons"; "ping";
     "presence"; "private"; "vcard"; "version"; "time";
     -- PEP and block lists, for tests/test_rooms.py (caps, XEP-0191).
-    "pep"; "blocklist";
-}}
+    "pep"; "blocklist";{modules}
+}}{options}
 modules_disabled = {{ "s2s"; "register"; "admin_socket"; }}
 allow_registration = false
 authentication = "internal_hashed"
@@ -101,7 +101,10 @@ class Prosody:
     """One Prosody process. `host` is the XMPP domain (localhost), `addr`
     the listening address (127.0.0.1)."""
 
-    def __init__(self, workdir=None, host="localhost", loglevel="debug"):
+    def __init__(self, workdir=None, host="localhost", loglevel="debug", modules=(),
+                 options=""):
+        """`modules`: more modules_enabled (e.g. ("smacks",) for XEP-0198
+        tests); `options`: more global Lua lines."""
         self.dir = workdir or make_workdir("prosody-")
         self.host = host
         self.addr = "127.0.0.1"
@@ -117,7 +120,9 @@ class Prosody:
         self._make_cert()
         with open(self.config, "w") as f:
             f.write(CONFIG.format(dir=self.dir, port=self.port, tls_port=self.tls_port,
-                                  host=host, loglevel=loglevel))
+                                  host=host, loglevel=loglevel,
+                                  modules="".join(f' "{m}";' for m in modules),
+                                  options=("\n" + options) if options else ""))
 
     def _make_cert(self):
         crt = os.path.join(self.dir, "certs", "localhost.crt")

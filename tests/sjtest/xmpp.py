@@ -66,7 +66,8 @@ class RawXmpp:
         self.send(HEADER.format(to=self.domain))
         self.read_until(rb"</stream:features>")
 
-    def login(self):
+    def login(self, bind=True):
+        """SCRAM-SHA-1, the restart, and (unless `bind` is false) bind."""
         if self.rcvbuf:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
@@ -95,6 +96,8 @@ class RawXmpp:
         if b"success" not in got:
             raise AssertionError(f"{self.user}: SASL failed: {got!r}")
         self._open()
+        if not bind:
+            return self
         self.send(f"<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
                   f"<resource>{self.resource}</resource></bind></iq>")
         got = self.read_until(rb"</iq>|<iq[^>]*/>").decode()
