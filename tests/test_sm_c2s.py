@@ -3,8 +3,9 @@ behind sj-c2s, loses its TCP connection (a relay between them is cut) in
 the middle of 200 incoming messages, reconnects and resumes: a new sj-c2s
 process takes the session over from the old one and the client gets each
 message exactly once. A resumption id works for its own account only, and
-only whole; after the window the session is gone and the client binds
-afresh. Real Prosody upstream, real sj-proxy."""
+only whole; after the window the session is gone, the client binds
+afresh and the archive's catch-up gives it what it never acknowledged and
+what came since. Real Prosody upstream, real sj-proxy."""
 
 import asyncio
 import os
@@ -216,15 +217,33 @@ def test_acknowledging_more_than_was_sent_is_a_stream_error_and_floods_are_fine(
     a.close()
 
 
-def test_after_the_window_resumption_fails_and_the_client_binds(env):
+def in_archive(d, text):
+    adir = os.path.join(d, "archive")
+    for f in os.listdir(adir):
+        path = os.path.join(adir, f)
+        if os.path.isfile(path) and text.encode() in open(path, "rb").read():
+            return True
+    return False
+
+
+def test_after_the_window_resumption_fails_and_the_client_binds_and_gets_what_it_missed(
+        env, contact):
     c2s, relay = env["c2s"], env["relay"]
+    bob = contact("bob")
     r = RawXmpp("127.0.0.1", relay.port, "alice", "local-pw", resource="tablet").login()
     r.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
     sid = re.search(r"id='([^']+)'", r.read_until(rb"<enabled[^>]*/>").decode()).group(1)
+    # Received, never acknowledged (this client sends no <a/>).
+    bob.send_message(env["up"], "unacked-1")
+    r.read_until(rb"<body>unacked-1</body>")
     cdir = os.path.join(env["dir"], "clients", "tablet")
     relay.cut()
-    # The session waits for the window (20 s), then ends: directory gone.
+    # The session waits for the window (20 s); what comes meanwhile is not
+    # lost when nobody resumes it.
     assert wait_until(lambda: "keeping the session 20 s" in c2s.log_text(), 15)
+    bob.send_message(env["up"], "while-away-1")
+    assert wait_until(lambda: in_archive(env["dir"], "<body>while-away-1</body>"), 15)
+    # Then it ends: directory gone.
     assert wait_until(lambda: not os.path.exists(cdir), 40), c2s.log_text()[-2000:]
     r2 = RawXmpp("127.0.0.1", c2s.port, "alice", "local-pw").login(bind=False)
     r2.send(f"<resume xmlns='urn:xmpp:sm:3' previd='{sid}' h='0'/>")
@@ -233,4 +252,15 @@ def test_after_the_window_resumption_fails_and_the_client_binds(env):
     r2.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
             "<resource>tablet</resource></bind></iq>")
     assert b"alice@localhost/tablet" in r2.read_until(rb"</iq>")
+    # The catch-up of the archive: the unacknowledged message and what came
+    # while it was away, once each, with their original time.
+    seen = r2.read_until(rb"<body>while-away-1</body>.*?</message>")
+    bob.send_message(env["up"], "marker")
+    seen += r2.read_until(rb"<body>marker</body>")
+    assert seen.count(b"<body>unacked-1</body>") == 1, seen[-2000:]
+    assert seen.count(b"<body>while-away-1</body>") == 1, seen[-2000:]
+    replayed = re.search(rb"<message[^>]*>(?:(?!</message>).)*<body>unacked-1</body>.*?</message>",
+                         seen, re.S).group(0)
+    assert b"urn:xmpp:delay" in replayed, replayed
+    assert "unacknowledged stanza(s) come again" in c2s.log_text()
     r2.close()

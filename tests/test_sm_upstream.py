@@ -113,6 +113,19 @@ class Drainer:
         self.t.join(5)
 
 
+def archive_bodies(d, prefix):
+    """Bodies starting with `prefix` in the account archive, one per line
+    (a sent copy's line holds the message once)."""
+    adir, out = os.path.join(d, "archive"), []
+    for f in sorted(os.listdir(adir)):
+        path = os.path.join(adir, f)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                for ln in fh:
+                    out += [m.decode() for m in re.findall(rb"<body>(" + prefix.encode() + rb"-\d+)</body>", ln)]
+    return out
+
+
 def expected(prefix, n=N):
     return [f"{prefix}-{i:04d}" for i in range(n)]
 
@@ -185,6 +198,8 @@ def test_cut_mid_flow_resumes_and_loses_nothing(server):
         # ejabberd 23.01 may deliver the last stanza of its resent queue
         # after a few new ones; sj-proxy keeps the order it gets.
         assert log_bodies(logpath, "out") == want_out
+        assert sorted(archive_bodies(p.dir, "in")) == want_in, "archive: dups or gaps"
+        assert archive_bodies(p.dir, "out") == want_out, "archive: dups, gaps or order"
         assert "resumed the upstream session" in sup.log(), sup.stderr()
         assert read(os.path.join(p.dir, "sm", "last")).startswith("resumed")
         assert "panicked" not in sup.log()

@@ -103,6 +103,19 @@ impl Track {
         self.fall_behind();
     }
 
+    /// Replay from after `id` when that is before where it stands (a
+    /// client's stanzas that were taken but never acknowledged).
+    pub fn rewind_to(&mut self, id: u64) {
+        if id < self.upto || id < self.taken {
+            self.marks.clear();
+            self.upto = id;
+            self.taken = id;
+            self.pos = None;
+            self.saved = None;
+            self.fall_behind();
+        }
+    }
+
     pub fn fall_behind(&mut self) {
         if !self.behind {
             self.behind = true;
@@ -246,6 +259,18 @@ pub fn load(dir: &Path, name: &str) -> Option<u64> {
         return None;
     }
     std::fs::read_to_string(&p).ok()?.trim().parse().ok()
+}
+
+/// Take (read and remove) the rewind left for client `name` at `path`
+/// (`Dir::archive_rewind`), if any.
+pub fn take_rewind(path: &Path) -> Option<u64> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > 64 {
+        return None;
+    }
+    let id = std::fs::read_to_string(path).ok()?.trim().parse().ok();
+    let _ = std::fs::remove_file(path);
+    id
 }
 
 /// Save the cursor of client `name` (replaced atomically).

@@ -211,6 +211,7 @@ impl Fanout {
                 continue;
             };
             let arch = &self.arch;
+            let mut arrived = !self.clients.contains_key(name);
             let c = self.clients.entry(name.clone()).or_insert_with(|| {
                 let mut c = Client::new(&dir);
                 if let Some(a) = arch {
@@ -238,6 +239,7 @@ impl Fanout {
                         let unread = c.unread();
                         c.track.rewind(unread);
                     }
+                    arrived = true;
                     c.close();
                     c.ino = None;
                     if c.dropped {
@@ -250,6 +252,18 @@ impl Fanout {
                     }
                     c.dropped = false;
                     c.pin = None;
+                }
+            }
+            if arrived && arch.is_some() {
+                // An sj-c2s session that ended unresumed left where its
+                // client's unacknowledged stanzas start.
+                if let Some(id) = catchup::take_rewind(&self.account.dir().archive_rewind(name)) {
+                    if id < c.track.upto {
+                        sj::log::info(&format!(
+                            "client {name}: replaying what it did not acknowledge, from after {id}"
+                        ));
+                    }
+                    c.track.rewind_to(id);
                 }
             }
             self.by_resource

@@ -888,9 +888,12 @@ impl Session {
         }
         if let Some(c) = &self.client {
             if let Some(fd) = c.infifo.fd() {
-                // Not reading while the client is behind, but still told
-                // when mirrord closes its end.
-                let want = if self.to_client.len() < CLIENT_HIGH_WATER {
+                // Not reading while the client is behind, or gone and
+                // waiting for resumption (what comes meanwhile waits in
+                // the pipe and the archive, not in a queue that dies with
+                // this process), but still told when mirrord closes its end.
+                let want = if self.hibernating.is_none() && self.to_client.len() < CLIENT_HIGH_WATER
+                {
                     Interest::Read
                 } else {
                     Interest::Hangup
@@ -1174,6 +1177,9 @@ impl Session {
                 c.tr.full,
                 self.resume_window.as_secs()
             ));
+            if let Some(sm) = &self.sm {
+                crate::sm::leave_rewind(&c.account, &c.name, &sm.out);
+            }
         }
         self.finish_with(Ok(()));
     }

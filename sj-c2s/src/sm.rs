@@ -46,6 +46,42 @@ fn unhex(s: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// A session ends unresumed: what its client never acknowledged is to be
+/// replayed when `name` binds again. The archive id before the first
+/// unacknowledged message goes to `DIR/archive/rewind/NAME`, which
+/// mirrord takes (sj(7), Catch-up). Nothing without an archive.
+pub fn leave_rewind(acct: &Account, name: &str, out: &Outbox) {
+    let archive = acct.dir().archive();
+    if !archive.is_dir() {
+        return;
+    }
+    let Some(first) = out
+        .unacked()
+        .filter_map(|(_, rec)| sj::archive::stamped_id(rec, acct.bare()))
+        .min()
+    else {
+        return;
+    };
+    let path = acct.dir().archive_rewind(name);
+    let written = path
+        .parent()
+        .map_or(Ok(()), sj::fifo::make_subdir)
+        .and_then(|()| {
+            sj::fifo::write_atomic(&path, format!("{}\n", first.saturating_sub(1)).as_bytes())
+        });
+    match written {
+        Ok(()) => sj::log::info(&format!(
+            "{name}: {} unacknowledged stanza(s) come again at the next bind",
+            out.len()
+        )),
+        Err(e) => sj::log::warn(&format!(
+            "unable to write {}: {}",
+            path.display(),
+            sj::log::strerror(&e)
+        )),
+    }
+}
+
 /// The client name a resumption id names (`HEX(NAME).TOKEN`).
 pub fn name_of(previd: &str) -> Option<String> {
     unhex(previd.split_once('.')?.0)

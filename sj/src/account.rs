@@ -196,6 +196,14 @@ impl Dir {
         self.file(ARCHIVE)
     }
 
+    /// `DIR/archive/rewind/NAME`: where an sj-c2s whose resumable session
+    /// ended unresumed leaves the archive id before the first stanza its
+    /// client never acknowledged; mirrord takes it when NAME comes again
+    /// and replays from there (sj(7), Catch-up). `name` is a client name.
+    pub fn archive_rewind(&self, name: &str) -> PathBuf {
+        self.archive().join("rewind").join(name)
+    }
+
     /// `DIR/iq/`, where answers to file-system requesters go.
     pub fn iq(&self) -> PathBuf {
         self.file(IQ)

@@ -219,6 +219,23 @@ pub fn append_child(rec: &[u8], child: &[u8]) -> Option<Vec<u8>> {
     append_child_into(&mut v, rec, |v| v.extend_from_slice(child)).then_some(v)
 }
 
+/// The archive id sj-proxy stamped on a message for the clients: its last
+/// XEP-0359 `<stanza-id/>` by `bare` (the stamp is always the last child;
+/// one a contact put there comes before it). `None` when it has none.
+pub fn stamped_id(rec: &[u8], bare: &str) -> Option<u64> {
+    if !rec.starts_with(b"<message") {
+        return None;
+    }
+    let el = crate::xml::Element::parse(rec)?;
+    el.elements()
+        .filter(|c| c.local_name() == "stanza-id" && c.ns == crate::ns::SID)
+        .last()
+        .filter(|c| c.attr("by") == Some(bare))?
+        .attr("id")?
+        .parse()
+        .ok()
+}
+
 /// `append_child` into `out` (after what it holds), the child written by
 /// `child`; false (and `out` unchanged) when `rec` is not a message.
 pub fn append_child_into(out: &mut Vec<u8>, rec: &[u8], child: impl FnOnce(&mut Vec<u8>)) -> bool {
@@ -930,6 +947,17 @@ pub fn entries(buf: &[u8]) -> impl Iterator<Item = Entry<'_>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stamped_id_is_the_last_stanza_id_by_the_account() {
+        let by = "a@l";
+        let rec = b"<message from='b@x'><body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='0000000000000001'/><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='0000000000000042'/></message>\n";
+        assert_eq!(super::stamped_id(rec, by), Some(42));
+        // A forged one before another's last child is not taken.
+        let rec = b"<message><stanza-id xmlns='urn:xmpp:sid:0' by='a@l' id='1'/><stanza-id xmlns='urn:xmpp:sid:0' by='srv' id='x'/></message>";
+        assert_eq!(super::stamped_id(rec, by), None);
+        assert_eq!(super::stamped_id(b"<presence/>", by), None);
+    }
+
     use super::*;
     use std::time::Duration;
 
