@@ -29,7 +29,7 @@ import pytest
 slixmpp = pytest.importorskip("slixmpp")
 from slixmpp.xmlstream.handler import Callback  # noqa: E402
 from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
-from sjtest.proxy import Proxy, parse_record, sj_bin  # noqa: E402
+from sjtest.proxy import Proxy, RawClient, parse_record, sj_bin  # noqa: E402
 from sjtest.prosody import free_port, wait_port  # noqa: E402
 
 BARE = "alice@localhost"
@@ -374,6 +374,46 @@ def test_room_traffic_only_to_the_joined_client_mcabber_stays_quiet(env, clients
     text = out.read_text()
     for i in range(10):
         assert text.count(f"ten-{i}\n") == 1, text
+
+
+def test_room_member_away_gets_the_room_from_the_archive_others_do_not(env):
+    """A raw client in a room stops reading while carol says 20 things
+    there; when it reads again it gets each once, in order, with its time
+    (the archive's catch-up); a raw client that was away as long but never
+    joined gets none of them."""
+    carol = env["carol"]
+    room = room_jid("away")
+    carol.join(room)
+    p = env["proxy"]
+    member, other = p.raw_client("rmember"), p.raw_client("rother")
+    member.send(f"<presence to='{room}/alice'><x xmlns='{NS_MUC}'/></presence>")
+    member.wait_line(lambda ln: room.encode() in ln and b"code='110'" in ln, WAIT)
+    carol.say(room, "before-00")
+    member.wait_line(lambda ln: b"<body>before-00</body>" in ln, WAIT)
+    carol.c.send_raw(f"<message to='{BARE}' type='chat'><body>barrier-a1</body></message>")
+    other.wait_line(lambda ln: b"barrier-a1" in ln, WAIT)
+    member.close()
+    other.close()
+    for i in range(20):
+        carol.say(room, f"away-{i:02d}")
+    carol.wait_said(room, "away-19")
+    # The router had them: the room's log holds the last one.
+    out = env["dir"] / room / "out"
+    wait_until(lambda: out.exists() and "away-19" in out.read_text(), what="the room's log")
+    member, other = RawClient(p.dir, "rmember"), RawClient(p.dir, "rother")
+    p.clients["rmember-2"], p.clients["rother-2"] = member, other
+    member.wait_line(lambda ln: b"<body>away-19</body>" in ln, 30)
+    carol.c.send_raw(f"<message to='{BARE}' type='chat'><body>barrier-a2</body></message>")
+    member.wait_line(lambda ln: b"barrier-a2" in ln, WAIT)
+    other.wait_line(lambda ln: b"barrier-a2" in ln, WAIT)
+    said = [ln for ln in member.drain() if b"<body>away-" in ln]
+    assert [ln.split(b"<body>")[1][:7].decode() for ln in said] == \
+        [f"away-{i:02d}" for i in range(20)], said[:3]
+    assert all(b"urn:xmpp:delay" in ln for ln in said), said[0]
+    assert not any(b"<body>before-00</body>" in ln for ln in member.lines[-40:]), \
+        "a record it had taken came again"
+    assert not any(b"away-" in ln or room.encode() in ln for ln in other.drain()), \
+        "a client not in the room got the room's traffic"
 
 
 def test_second_join_answered_locally_and_leave_semantics(env, clients):

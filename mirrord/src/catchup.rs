@@ -19,7 +19,7 @@
 //! (`route`), the archive format (`sj::archive`).
 
 use sj::archive::{Entry, Flow, Pos, Reader};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,10 @@ use std::path::{Path, PathBuf};
 pub const LOW: usize = 256 * 1024;
 /// Bytes of archive read per client per turn.
 pub const CHUNK: usize = 256 * 1024;
+/// Ids of records addressed to one client kept for a replay of group chat
+/// lines, at most (the oldest go first).
+pub const FOR_IT_MAX: usize = 100_000;
+
 /// Default horizon: records, and age.
 pub const HORIZON_RECORDS: u64 = 10_000;
 pub const HORIZON_SECS: u64 = 7 * 24 * 3600;
@@ -52,6 +56,13 @@ pub struct Track {
     taken: u64,
     /// The cursor last written to disk.
     saved: Option<u64>,
+    /// The last id queued for it: a group chat record comes once per
+    /// client in the room, each copy with the one id.
+    last_queued: u64,
+    /// Ids of records addressed to this client alone that it may not have
+    /// taken yet: a group chat's `<#` line is replayed to the clients whose
+    /// copy it was.
+    for_it: BTreeSet<u64>,
 }
 
 impl Track {
@@ -69,6 +80,7 @@ impl Track {
 
     /// A record of `len` bytes with `id` was queued.
     pub fn queued(&mut self, id: u64, len: usize) {
+        self.last_queued = id;
         self.queued_total += len as u64;
         self.marks.push_back((id, self.queued_total));
         self.upto = id;
@@ -89,7 +101,29 @@ impl Track {
             // All taken: what came after the last one was not for it.
             self.taken = self.upto;
         }
-        self.taken
+        let taken = self.taken;
+        self.for_it = self.for_it.split_off(&(taken + 1));
+        taken
+    }
+
+    /// Whether a live record with `id` was decided for it already (queued,
+    /// replayed, or passed over); a group chat's copy for it comes after
+    /// the copies for others, with the same id.
+    pub fn decided(&self, id: u64) -> bool {
+        id < self.upto || (id == self.upto && self.last_queued == id)
+    }
+
+    /// A record with `id` was addressed to it alone.
+    pub fn addressed(&mut self, id: u64) {
+        self.for_it.insert(id);
+        if self.for_it.len() > FOR_IT_MAX {
+            self.for_it.pop_first();
+        }
+    }
+
+    /// Was the record with `id` addressed to it?
+    pub fn was_addressed(&self, id: u64) -> bool {
+        self.for_it.contains(&id)
     }
 
     /// The reader went away (or a new FIFO replaced the old one): what it

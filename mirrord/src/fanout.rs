@@ -306,7 +306,10 @@ impl Fanout {
                 Target::Nobody => false,
             };
             if let Some(id) = id {
-                if c.track.behind || id <= c.track.upto {
+                if wanted && matches!(target, Target::Only(_)) {
+                    c.track.addressed(id);
+                }
+                if c.track.behind || c.track.decided(id) {
                     continue;
                 }
                 if !wanted {
@@ -536,7 +539,13 @@ impl Fanout {
             if e.id <= c.track.upto {
                 continue;
             }
-            if catchup::for_clients(e.flow) && catchup::replayed(e.record) {
+            let room_copy = e.flow == sj::archive::Flow::Room && c.track.was_addressed(e.id);
+            if room_copy {
+                let v = catchup::replay_form(&e, &a.by);
+                let len = v.len();
+                c.queue.push(v);
+                c.track.queued(e.id, len);
+            } else if catchup::for_clients(e.flow) && catchup::replayed(e.record) {
                 let target = route::target(e.record, account, |r| {
                     by_resource.get(r).map(String::as_str)
                 });

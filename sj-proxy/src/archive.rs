@@ -125,11 +125,23 @@ impl Archive {
         }
     }
 
-    /// Archive a record from the server as it came, for the history
-    /// only (`<-`): a group chat's traffic, which `rooms` copies to the
-    /// room's members of the moment, is not replayed by catch-up.
-    pub fn record_quiet(&mut self, rec: &[u8]) {
-        self.w.append(Flow::FromServerQuiet, rec, SystemTime::now());
+    /// Archive a group chat's record as it came from the server (`<#`),
+    /// after `rooms` made one copy per client in the room: every copy for
+    /// mirrord carries the one archive id, so mirrord knows which clients
+    /// it was for when it replays the line. No stanza-id by the account:
+    /// a group chat message's stable id is the room's.
+    pub fn record_room(&mut self, rec: &[u8], routed: &mut [(Dest, Vec<u8>)]) {
+        let now = SystemTime::now();
+        let id = self.w.append(Flow::Room, rec, now);
+        for (d, r) in routed.iter_mut() {
+            if *d == Dest::Mirror {
+                let mut line = Vec::with_capacity(17 + r.len());
+                sj::archive::push_digits(&mut line, id, 16);
+                line.push(b' ');
+                line.extend_from_slice(r);
+                *r = line;
+            }
+        }
     }
 
     /// Write what this turn appended: before mirrord gets the turn's

@@ -351,7 +351,7 @@ impl Router {
         let mut routed = self.shared.on_upstream(&self.acct, rec, routed);
         if let Some(a) = &mut self.archive {
             if self.shared.room_traffic() {
-                a.record_quiet(rec);
+                a.record_room(rec, &mut routed);
             } else {
                 a.record(crate::archive::Side::Server, &mut routed);
             }

@@ -52,6 +52,10 @@ pub enum Flow {
     FromServer,
     /// `<-`: from the server, for the daemons only (an iq for iqd).
     FromServerQuiet,
+    /// `<#`: from the server, a group chat's traffic: the record as it
+    /// came; the clients in the room then got a copy each (sj-proxy's
+    /// `rooms`), so only those get it again from the archive.
+    Room,
     /// `>c`: toward the server; the other clients get a XEP-0280 sent copy.
     ToServerCopied,
     /// `>-`: toward the server, nothing for the clients.
@@ -68,6 +72,7 @@ impl Flow {
         match self {
             Flow::FromServer => "<*",
             Flow::FromServerQuiet => "<-",
+            Flow::Room => "<#",
             Flow::ToServerCopied => ">c",
             Flow::ToServer => ">-",
             Flow::Local => "=*",
@@ -79,6 +84,7 @@ impl Flow {
         Some(match s {
             b"<*" => Flow::FromServer,
             b"<-" => Flow::FromServerQuiet,
+            b"<#" => Flow::Room,
             b">c" => Flow::ToServerCopied,
             b">-" => Flow::ToServer,
             b"=*" => Flow::Local,
@@ -89,7 +95,7 @@ impl Flow {
 
     /// Did the record come from the server?
     pub fn from_server(self) -> bool {
-        matches!(self, Flow::FromServer | Flow::FromServerQuiet)
+        matches!(self, Flow::FromServer | Flow::FromServerQuiet | Flow::Room)
     }
 
     /// Did the record go to the server?
