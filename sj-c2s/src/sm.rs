@@ -13,7 +13,7 @@
 //! the files.
 
 use sj::account::{Account, ClientDir};
-use sj::sm::{Counts, Kind, Nonza, Outbox, Store};
+use sj::sm::{Counts, Nonza, Outbox, Store};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Stanzas sent before an `<r/>` goes with them.
@@ -188,13 +188,9 @@ impl ClientSm {
 
     /// A stanza for the client: numbered, kept, queued for the file.
     pub fn sending(&mut self, rec: &[u8]) {
-        if sj::sm::kind(rec) != Kind::Stanza {
-            return;
+        if self.out.number(rec, &mut self.append) {
+            self.since_request += 1;
         }
-        let body = rec.strip_suffix(b"\n").unwrap_or(rec).to_vec();
-        let seq = self.out.push(body);
-        self.append.extend_from_slice(&sj::sm::queue_line(seq, rec));
-        self.since_request += 1;
     }
 
     /// A stanza from the client was passed on.
@@ -244,15 +240,13 @@ impl ClientSm {
             self.durable = self.routed;
         }
         self.write_ahead();
-        let c = Counts {
-            inbound: self.durable,
-            acked: self.out.acked(),
-        };
-        if let Err(e) = self.store.save_counts(c) {
-            self.warn_once("write sm-counts", &e);
-        }
-        if let Err(e) = self.store.compact(&self.out, false) {
-            self.warn_once("rewrite sm-queue", &e);
+        if let Err((what, e)) = self.store.settle(self.durable, &self.out) {
+            let file = if what == "write" {
+                "sm-counts"
+            } else {
+                "sm-queue"
+            };
+            self.warn_once(&format!("{what} {file}"), &e);
         }
         if !connected {
             return None;

@@ -333,13 +333,9 @@ impl UpSm {
 
     /// A record for the server: a stanza is numbered and kept.
     pub fn sending(&mut self, rec: &[u8]) {
-        if sj::sm::kind(rec) != Kind::Stanza {
-            return;
+        if self.out.number(rec, &mut self.append) {
+            self.since_request += 1;
         }
-        let body = rec.strip_suffix(b"\n").unwrap_or(rec).to_vec();
-        let seq = self.out.push(body);
-        self.append.extend_from_slice(&sj::sm::queue_line(seq, rec));
-        self.since_request += 1;
     }
 
     /// Write what `sending` numbered to the queue file, before it goes out.
@@ -401,15 +397,13 @@ impl UpSm {
             self.durable = self.routed;
         }
         self.write_ahead();
-        let c = Counts {
-            inbound: self.durable,
-            acked: self.out.acked(),
-        };
-        if let Err(e) = self.store.save_counts(c) {
-            self.warn_once("write DIR/sm/counts", &e);
-        }
-        if let Err(e) = self.store.compact(&self.out, false) {
-            self.warn_once("rewrite DIR/sm/queue", &e);
+        if let Err((what, e)) = self.store.settle(self.durable, &self.out) {
+            let file = if what == "write" {
+                "DIR/sm/counts"
+            } else {
+                "DIR/sm/queue"
+            };
+            self.warn_once(&format!("{what} {file}"), &e);
         }
         let mut send = Vec::new();
         if std::mem::take(&mut self.ack_due) {

@@ -201,6 +201,17 @@ impl Outbox {
     }
 
     /// One more stanza sent (without its LF); its sequence number.
+    /// Number `rec` when it is a stanza (a nonza is not counted), keep it,
+    /// and add its queue line to `lines` for the queue file.
+    pub fn number(&mut self, rec: &[u8], lines: &mut Vec<u8>) -> bool {
+        if kind(rec) != Kind::Stanza {
+            return false;
+        }
+        let seq = self.push(rec.strip_suffix(b"\n").unwrap_or(rec).to_vec());
+        lines.extend_from_slice(&queue_line(seq, rec));
+        true
+    }
+
     pub fn push(&mut self, rec: Vec<u8>) -> u32 {
         self.sent = self.sent.wrapping_add(1);
         self.bytes += rec.len();
@@ -481,6 +492,17 @@ impl Store {
         self.queue_fd = None;
         self.queue_bytes = text.len();
         Ok(())
+    }
+
+    /// End of a turn: the counts (`inbound` the durable count) and, when
+    /// due, the compacted queue to disk. On an error, which file it was.
+    pub fn settle(&mut self, inbound: u32, out: &Outbox) -> Result<(), (&'static str, io::Error)> {
+        let c = Counts {
+            inbound,
+            acked: out.acked(),
+        };
+        self.save_counts(c).map_err(|e| ("write", e))?;
+        self.compact(out, false).map_err(|e| ("rewrite", e))
     }
 
     /// Remove every file: the session is over.
