@@ -423,14 +423,14 @@ impl Session {
     fn send(&mut self, data: impl Into<Vec<u8>>) {
         let data = data.into();
         if let Some(sm) = &mut self.sm {
-            sm.sending(&data);
+            sm.link.sending(&data);
         }
         // Kept in the queue for the connection that resumes, up to a bound.
         if self.hibernating.is_some() {
             if self
                 .sm
                 .as_ref()
-                .is_some_and(|sm| sm.out.bytes() > HIBERNATION_MAX)
+                .is_some_and(|sm| sm.link.out.bytes() > HIBERNATION_MAX)
             {
                 sj::log::warn(&format!(
                     "more than {HIBERNATION_MAX} bytes wait for a client that is gone; the session ends"
@@ -750,7 +750,7 @@ impl Session {
                             sj::sm::Kind::Sm if self.on_sm(&rec) => continue,
                             sj::sm::Kind::Stanza => {
                                 if let Some(sm) = &mut self.sm {
-                                    sm.received();
+                                    sm.link.received();
                                 }
                             }
                             _ => {}
@@ -981,7 +981,7 @@ impl Session {
     /// would block waits for POLLOUT (all descriptors are non-blocking).
     fn flush_queues(&mut self) {
         if let Some(sm) = &mut self.sm {
-            sm.write_ahead();
+            sm.link.write_ahead();
         }
         if let Err(e) = self.to_client.flush(&self.wfd) {
             self.peer_closed = true;
@@ -1033,14 +1033,7 @@ impl Session {
             if let Some(sm) = &mut self.sm {
                 if self.handing_over {
                     let _ = sm.turn(c.outq.is_empty(), false);
-                    let now = SystemTime::now();
-                    sm.save(
-                        &c.account,
-                        c.tr.carbons,
-                        c.tr.available,
-                        Some(now),
-                        self.resume_window,
-                    );
+                    save_gone(sm, &c, self.resume_window);
                     c._reg.keep = true;
                 } else {
                     sm.clear();
@@ -1150,14 +1143,7 @@ impl Session {
         let (Some(sm), Some(c)) = (&mut self.sm, &self.client) else {
             return false;
         };
-        let now = SystemTime::now();
-        sm.save(
-            &c.account,
-            c.tr.carbons,
-            c.tr.available,
-            Some(now),
-            self.resume_window,
-        );
+        save_gone(sm, c, self.resume_window);
         sj::log::info(&format!(
             "{}: {why}; keeping the session {} s for resumption",
             c.tr.full,
@@ -1178,7 +1164,7 @@ impl Session {
                 self.resume_window.as_secs()
             ));
             if let Some(sm) = &self.sm {
-                crate::sm::leave_rewind(&c.account, &c.name, &sm.out);
+                crate::sm::leave_rewind(&c.account, &c.name, &sm.link.out);
             }
         }
         self.finish_with(Ok(()));
@@ -1243,7 +1229,7 @@ impl Session {
             Ok(mut client) => {
                 client.tr.carbons = found.carbons;
                 client.tr.available = found.available;
-                let again = found.sm.out.len();
+                let again = found.sm.link.out.len();
                 let bytes = found.sm.resumed(previd);
                 sj::log::info(&format!(
                     "{} resumed ({again} stanza(s) sent again)",
@@ -1287,6 +1273,17 @@ fn is_control_passwd(rec: &[u8]) -> bool {
 enum RegisterError {
     NoReader,
     Io(&'static str, io::Error),
+}
+
+/// Save the session of a client that went, as a resuming process finds it.
+fn save_gone(sm: &mut crate::sm::ClientSm, c: &Client, window: Duration) {
+    sm.save(
+        &c.account,
+        c.tr.carbons,
+        c.tr.available,
+        Some(SystemTime::now()),
+        window,
+    );
 }
 
 #[cfg(test)]

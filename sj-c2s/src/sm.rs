@@ -13,13 +13,15 @@
 //! the files.
 
 use sj::account::{Account, ClientDir};
-use sj::sm::{Counts, Nonza, Outbox, Store};
+use sj::sm::{Counts, Link, Nonza, Outbox, Store};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Stanzas sent before an `<r/>` goes with them.
 const REQUEST_EVERY: u32 = 64;
 /// An unacknowledged stanza waits at most this long before an `<r/>`.
 const REQUEST_AFTER: Duration = Duration::from_secs(5);
+/// What a failed write of the session's files may cost.
+const RISK: &str = "resumption may lose or repeat stanzas";
 /// How long a resuming process waits for the old one to hand over.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -89,18 +91,10 @@ pub fn name_of(previd: &str) -> Option<String> {
 
 /// The live stream management state of one client.
 pub struct ClientSm {
-    store: Store,
     pub id: String,
-    pub out: Outbox,
-    /// Stanzas from the client passed on (to `out`).
-    routed: u32,
-    /// Of those, the ones written into `out` (what `<a/>` reports).
-    durable: u32,
-    append: Vec<u8>,
-    ack_due: bool,
-    since_request: u32,
-    request_sent: Option<Instant>,
-    broken: bool,
+    /// The counts, the queue and their files (`routed`: stanzas from the
+    /// client passed on; `durable`: those written into `out`).
+    pub link: Link,
 }
 
 /// What session.rs does with a nonza from the client.
@@ -120,24 +114,16 @@ impl ClientSm {
         let id = format!("{}.{}", hexname(name), sj::ucspi::random_hex(12));
         let mut sm = ClientSm::new(st, id, Outbox::new(0), 0);
         sm.save(acct, false, false, None, window);
-        if let Err(e) = sm.store.save_counts(Counts::default()) {
-            sm.warn_once("write sm-counts", &e);
+        if let Err(e) = sm.link.store.save_counts(Counts::default()) {
+            sm.link.warn_once("write sm-counts", &e);
         }
         sm
     }
 
     fn new(store: Store, id: String, out: Outbox, inbound: u32) -> ClientSm {
         ClientSm {
-            store,
             id,
-            out,
-            routed: inbound,
-            durable: inbound,
-            append: Vec::new(),
-            ack_due: false,
-            since_request: 0,
-            request_sent: None,
-            broken: false,
+            link: Link::new(store, out, inbound, REQUEST_EVERY, REQUEST_AFTER, RISK),
         }
     }
 
@@ -153,7 +139,7 @@ impl ClientSm {
         let gone = gone
             .map(|t| sj::time::unix_secs(t).to_string())
             .unwrap_or_default();
-        let r = self.store.save_session(&[
+        let r = self.link.store.save_session(&[
             ("id", &self.id),
             ("jid", &acct.jid().to_string()),
             ("carbons", if carbons { "1" } else { "0" }),
@@ -162,17 +148,7 @@ impl ClientSm {
             ("max", &window.as_secs().to_string()),
         ]);
         if let Err(e) = r {
-            self.warn_once("write the client's sm file", &e);
-        }
-    }
-
-    fn warn_once(&mut self, what: &str, e: &std::io::Error) {
-        if !self.broken {
-            self.broken = true;
-            sj::log::warn(&format!(
-                "unable to {what}: {} (resumption may lose or repeat stanzas)",
-                sj::log::strerror(e)
-            ));
+            self.link.warn_once("write the client's sm file", &e);
         }
     }
 
@@ -186,42 +162,11 @@ impl ClientSm {
         )
     }
 
-    /// A stanza for the client: numbered, kept, queued for the file.
-    pub fn sending(&mut self, rec: &[u8]) {
-        if self.out.number(rec, &mut self.append) {
-            self.since_request += 1;
-        }
-    }
-
-    /// A stanza from the client was passed on.
-    pub fn received(&mut self) {
-        self.routed = self.routed.wrapping_add(1);
-    }
-
-    /// Write what `sending` numbered to the queue file.
-    pub fn write_ahead(&mut self) {
-        if self.append.is_empty() {
-            return;
-        }
-        let r = self.store.append(&self.append);
-        self.append.clear();
-        if let Err(e) = r {
-            self.warn_once("append to sm-queue", &e);
-        }
-    }
-
     /// A nonza from the client, online.
     pub fn on_nonza(&mut self, n: Nonza) -> FromClient {
         match n {
-            Nonza::R => {
-                self.ack_due = true;
-                FromClient::Nothing
-            }
-            Nonza::A { h } => match self.out.ack(h) {
-                Ok(_) => {
-                    self.request_sent = None;
-                    FromClient::Nothing
-                }
+            Nonza::R | Nonza::A { .. } => match self.link.on_nonza(&n) {
+                Ok(()) => FromClient::Nothing,
                 Err(e) => FromClient::Fail("undefined-condition", format!("the client {e}")),
             },
             Nonza::Enable { .. } => FromClient::Reply(failed("unexpected-request", None)),
@@ -236,41 +181,13 @@ impl ClientSm {
     /// `out`. What to send the client now (`<a/>`, `<r/>`), or nothing;
     /// `connected`: whether there is a client to ask.
     pub fn turn(&mut self, handed_on: bool, connected: bool) -> Option<String> {
-        if handed_on {
-            self.durable = self.routed;
-        }
-        self.write_ahead();
-        if let Err((what, e)) = self.store.settle(self.durable, &self.out) {
-            let file = if what == "write" {
-                "sm-counts"
-            } else {
-                "sm-queue"
-            };
-            self.warn_once(&format!("{what} {file}"), &e);
-        }
-        if !connected {
-            return None;
-        }
-        let mut send = String::new();
-        if std::mem::take(&mut self.ack_due) {
-            send.push_str(&sj::sm::ack(self.durable));
-        }
-        let stale = self
-            .request_sent
-            .is_none_or(|t| t.elapsed() >= REQUEST_AFTER);
-        if !self.out.is_empty()
-            && (self.since_request >= REQUEST_EVERY || (self.since_request > 0 && stale))
-        {
-            send.push_str(&sj::sm::request());
-            self.since_request = 0;
-            self.request_sent.get_or_insert_with(Instant::now);
-        }
+        let send = self.link.turn(handed_on, connected).concat();
         (!send.is_empty()).then_some(send)
     }
 
     /// The session is over for good: its files go.
     pub fn clear(&mut self) {
-        self.store.clear();
+        self.link.store.clear();
     }
 
     /// `<resumed/>` and the stanzas to send again, after `h`.
@@ -279,10 +196,10 @@ impl ClientSm {
             "<resumed xmlns='{}' previd='{}' h='{}'/>",
             sj::sm::NS,
             sj::xml::escape_attr(previd),
-            self.durable
+            self.link.durable
         )
         .into_bytes();
-        for (_, r) in self.out.unacked() {
+        for (_, r) in self.link.out.unacked() {
             v.extend_from_slice(r);
         }
         v
@@ -395,11 +312,11 @@ pub fn take_over(acct: &Account, previd: &str, h: u32) -> Result<Found, Refused>
     }
     let _ = std::fs::remove_file(cdir.sm_file("takeover"));
     let mut sm = ClientSm::new(st, previd.to_string(), out, counts.inbound);
-    if let Err(e) = sm.store.save_counts(Counts {
+    if let Err(e) = sm.link.store.save_counts(Counts {
         inbound: counts.inbound,
         acked: h,
     }) {
-        sm.warn_once("write sm-counts", &e);
+        sm.link.warn_once("write sm-counts", &e);
     }
     Ok(Found {
         name,

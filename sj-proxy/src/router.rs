@@ -217,7 +217,7 @@ impl Router {
     /// numbered and kept until acknowledged.
     fn push_up(&mut self, rec: Vec<u8>) {
         if let Some(sm) = &mut self.sm {
-            sm.sending(&rec);
+            sm.link.sending(&rec);
         }
         self.up_queue.push(rec);
     }
@@ -225,7 +225,7 @@ impl Router {
     /// Write what is queued for the server (the queue file first).
     fn flush_up(&mut self) -> Result<(), Fatal> {
         if let Some(sm) = &mut self.sm {
-            sm.write_ahead();
+            sm.link.write_ahead();
         }
         self.up_queue
             .flush(&self.up.wfd)
@@ -577,7 +577,7 @@ impl Router {
         let r = self.run_loop();
         let tail = self.tail.take().unwrap_or_default();
         if let Some(sm) = &mut self.sm {
-            sm.write_ahead();
+            sm.link.write_ahead();
         }
         self.up.close(&mut self.up_queue, &tail, self.end);
         if let Some(a) = &mut self.archive {

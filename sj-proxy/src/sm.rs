@@ -17,11 +17,13 @@ use crate::upstream::Upstream;
 use sj::account::Dir;
 use sj::exit::Fatal;
 use sj::jid::Jid;
-use sj::sm::{Counts, Kind, Nonza, Outbox, Store};
-use std::time::{Duration, Instant};
+use sj::sm::{Counts, Kind, Link, Nonza, Outbox, Store};
+use std::time::Duration;
 
 /// Stanzas sent before an `<r/>` goes with them.
 const REQUEST_EVERY: u32 = 64;
+/// What a failed write of the session's files may cost.
+const RISK: &str = "a restart may lose or repeat stanzas";
 /// An unacknowledged stanza waits at most this long before an `<r/>`.
 const REQUEST_AFTER: Duration = Duration::from_secs(2);
 
@@ -266,26 +268,14 @@ pub fn enable(
 
 /// The live state of stream management with the server.
 pub struct UpSm {
-    store: Store,
-    pub out: Outbox,
-    /// Stanzas received and routed.
-    routed: u32,
-    /// Stanzas received whose records the daemons have (what `<a/>` says).
-    durable: u32,
-    /// Queue lines not yet in `DIR/sm/queue`.
-    append: Vec<u8>,
-    /// The server asked for an acknowledgement.
-    ack_due: bool,
-    /// Stanzas sent since the last `<r/>`.
-    since_request: u32,
-    /// When the oldest `<r/>` not yet answered went.
-    request_sent: Option<Instant>,
+    /// The counts, the queue and their files (`routed`: stanzas received
+    /// and routed; `durable`: those whose records the daemons have).
+    pub link: Link,
     /// The outbox holds stanzas to send again first (a resumed session).
     pub resend: bool,
     /// Records to send as new stanzas first (a failed resumption's
     /// messages).
     pub pending: Vec<Vec<u8>>,
-    broken: bool,
 }
 
 /// What the router does with a record from the server.
@@ -301,17 +291,9 @@ pub enum Inbound {
 impl UpSm {
     fn new(store: Store, out: Outbox, inbound: u32) -> UpSm {
         UpSm {
-            store,
-            out,
-            routed: inbound,
-            durable: inbound,
-            append: Vec::new(),
-            ack_due: false,
-            since_request: 0,
-            request_sent: None,
+            link: Link::new(store, out, inbound, REQUEST_EVERY, REQUEST_AFTER, RISK),
             resend: false,
             pending: Vec::new(),
-            broken: false,
         }
     }
 
@@ -321,7 +303,8 @@ impl UpSm {
         if !std::mem::take(&mut self.resend) {
             return Vec::new();
         }
-        self.out
+        self.link
+            .out
             .unacked()
             .map(|(_, r)| {
                 let mut v = r.to_vec();
@@ -331,36 +314,11 @@ impl UpSm {
             .collect()
     }
 
-    /// A record for the server: a stanza is numbered and kept.
-    pub fn sending(&mut self, rec: &[u8]) {
-        if self.out.number(rec, &mut self.append) {
-            self.since_request += 1;
-        }
-    }
-
-    /// Write what `sending` numbered to the queue file, before it goes out.
-    pub fn write_ahead(&mut self) {
-        if self.append.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.append(&self.append) {
-            self.warn_once("append to DIR/sm/queue", &e);
-        }
-        self.append.clear();
-    }
-
-    fn warn_once(&mut self, what: &str, e: &std::io::Error) {
-        if !self.broken {
-            self.broken = true;
-            warn_io(&format!("{what} (a restart may lose or repeat stanzas)"), e);
-        }
-    }
-
     /// A record from the server.
     pub fn inbound(&mut self, rec: &[u8]) -> Inbound {
         match sj::sm::kind(rec) {
             Kind::Stanza => {
-                self.routed = self.routed.wrapping_add(1);
+                self.link.received();
                 return Inbound::Route;
             }
             Kind::Other => return Inbound::Route,
@@ -368,15 +326,8 @@ impl UpSm {
         }
         match sj::sm::parse(rec) {
             None => Inbound::Route,
-            Some(Ok(Nonza::R)) => {
-                self.ack_due = true;
-                Inbound::Done
-            }
-            Some(Ok(Nonza::A { h })) => match self.out.ack(h) {
-                Ok(_) => {
-                    self.request_sent = None;
-                    Inbound::Done
-                }
+            Some(Ok(n @ (Nonza::R | Nonza::A { .. }))) => match self.link.on_nonza(&n) {
+                Ok(()) => Inbound::Done,
                 Err(e) => Inbound::Fail("undefined-condition", format!("the server {e}")),
             },
             Some(Ok(other)) => Inbound::Fail(
@@ -393,49 +344,26 @@ impl UpSm {
     /// routed records are in their pipes), so the count becomes durable.
     /// What to send the server now (`<a/>`, `<r/>`), not counted.
     pub fn turn(&mut self, handed_on: bool) -> Option<Vec<u8>> {
-        if handed_on {
-            self.durable = self.routed;
-        }
-        self.write_ahead();
-        if let Err((what, e)) = self.store.settle(self.durable, &self.out) {
-            let file = if what == "write" {
-                "DIR/sm/counts"
-            } else {
-                "DIR/sm/queue"
-            };
-            self.warn_once(&format!("{what} {file}"), &e);
-        }
-        let mut send = Vec::new();
-        if std::mem::take(&mut self.ack_due) {
-            send.extend_from_slice(sj::sm::ack(self.durable).as_bytes());
-            send.push(b'\n');
-        }
-        let stale = self
-            .request_sent
-            .is_none_or(|t| t.elapsed() >= REQUEST_AFTER);
-        if !self.out.is_empty()
-            && (self.since_request >= REQUEST_EVERY || (self.since_request > 0 && stale))
-        {
-            send.extend_from_slice(sj::sm::request().as_bytes());
-            send.push(b'\n');
-            self.since_request = 0;
-            self.request_sent.get_or_insert_with(Instant::now);
-        }
+        let send: Vec<u8> = self
+            .link
+            .turn(handed_on, true)
+            .into_iter()
+            .flat_map(|n| n.into_bytes().into_iter().chain([b'\n']))
+            .collect();
         (!send.is_empty()).then_some(send)
     }
 
     /// An `<r/>` for the keepalive (the server's silence), unless one is
     /// out already.
     pub fn keepalive_request(&mut self) -> Vec<u8> {
-        self.request_sent.get_or_insert_with(Instant::now);
-        let mut r = sj::sm::request().into_bytes();
+        let mut r = self.link.request_now().into_bytes();
         r.push(b'\n');
         r
     }
 
     /// An `<r/>` has gone unanswered for `max`.
     pub fn overdue(&self, max: Duration) -> bool {
-        self.request_sent.is_some_and(|t| t.elapsed() >= max)
+        self.link.request_sent.is_some_and(|t| t.elapsed() >= max)
     }
 
     /// The session ends: `clean` (we closed the stream: nothing to resume)
@@ -443,7 +371,7 @@ impl UpSm {
     /// start, with `handed_on` as in `turn`.
     pub fn finish(&mut self, clean: bool, handed_on: bool) {
         if clean {
-            self.store.clear();
+            self.link.store.clear();
             return;
         }
         let _ = self.turn(handed_on);
@@ -500,17 +428,19 @@ mod tests {
     #[test]
     fn an_ack_beyond_what_was_sent_is_undefined_condition() {
         let (mut s, d) = sm("ack", 0, u32::MAX - 1);
-        s.sending(b"<message to='b@x'><body>1</body></message>\n");
-        s.sending(b"<message to='b@x'><body>2</body></message>\n");
-        s.sending(b"<r xmlns='urn:xmpp:sm:3'/>\n");
-        assert_eq!(s.out.len(), 2, "nonzas are not counted");
+        s.link
+            .sending(b"<message to='b@x'><body>1</body></message>\n");
+        s.link
+            .sending(b"<message to='b@x'><body>2</body></message>\n");
+        s.link.sending(b"<r xmlns='urn:xmpp:sm:3'/>\n");
+        assert_eq!(s.link.out.len(), 2, "nonzas are not counted");
         let r = s.turn(true).expect("a request");
         assert_eq!(r, b"<r xmlns='urn:xmpp:sm:3'/>\n");
         assert!(matches!(
             s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='4294967295'/>"),
             Inbound::Done
         ));
-        assert_eq!(s.out.len(), 1);
+        assert_eq!(s.link.out.len(), 1);
         assert!(!s.overdue(Duration::ZERO), "answered");
         match s.inbound(b"<a xmlns='urn:xmpp:sm:3' h='1'/>") {
             Inbound::Fail(c, why) => {

@@ -517,6 +517,159 @@ impl Store {
     }
 }
 
+/// One end of a XEP-0198 session, as both sj-proxy (toward the server) and
+/// sj-c2s (toward a client) keep it: what it sent and numbered (`out`,
+/// written ahead to the queue file), what it received (`routed`) and how
+/// much of that is handed on (`durable`, what `<a/>` says), and when to
+/// ask with `<r/>`. What each end adds (resumption, the session file) is
+/// its own.
+pub struct Link {
+    pub store: Store,
+    pub out: Outbox,
+    /// Stanzas received and passed on.
+    pub routed: u32,
+    /// Of those, the ones handed on for good (what `<a/>` reports).
+    pub durable: u32,
+    /// Queue lines not yet in the queue file.
+    append: Vec<u8>,
+    /// The peer asked for an acknowledgement.
+    ack_due: bool,
+    /// Stanzas sent since the last `<r/>`.
+    since_request: u32,
+    /// When the oldest `<r/>` not yet answered went.
+    pub request_sent: Option<std::time::Instant>,
+    /// An `<r/>` after this many stanzas, or after `request_after` when
+    /// fewer wait.
+    request_every: u32,
+    request_after: std::time::Duration,
+    /// What a failed file write may cost, for its warning.
+    risk: &'static str,
+    broken: bool,
+}
+
+impl Link {
+    pub fn new(
+        store: Store,
+        out: Outbox,
+        inbound: u32,
+        request_every: u32,
+        request_after: std::time::Duration,
+        risk: &'static str,
+    ) -> Link {
+        Link {
+            store,
+            out,
+            routed: inbound,
+            durable: inbound,
+            append: Vec::new(),
+            ack_due: false,
+            since_request: 0,
+            request_sent: None,
+            request_every,
+            request_after,
+            risk,
+            broken: false,
+        }
+    }
+
+    /// A stanza received and passed on.
+    pub fn received(&mut self) {
+        self.routed = self.routed.wrapping_add(1);
+    }
+
+    /// Something to send: a stanza is numbered and kept.
+    pub fn sending(&mut self, rec: &[u8]) {
+        if self.out.number(rec, &mut self.append) {
+            self.since_request += 1;
+        }
+    }
+
+    /// Write what `sending` numbered to the queue file, before it goes out.
+    pub fn write_ahead(&mut self) {
+        if self.append.is_empty() {
+            return;
+        }
+        let r = self.store.append(&self.append);
+        self.append.clear();
+        if let Err(e) = r {
+            let q = self.store.queue.display().to_string();
+            self.warn_once(&format!("append to {q}"), &e);
+        }
+    }
+
+    /// A failed write of the session's files, said once.
+    pub fn warn_once(&mut self, what: &str, e: &io::Error) {
+        if !self.broken {
+            self.broken = true;
+            crate::log::warn(&format!(
+                "unable to {what}: {} ({})",
+                crate::log::strerror(e),
+                self.risk
+            ));
+        }
+    }
+
+    /// An `<r/>` or `<a/>` from the peer; `Err` for an `<a/>` that
+    /// acknowledges more than was sent.
+    pub fn on_nonza(&mut self, n: &Nonza) -> Result<(), TooMany> {
+        match n {
+            Nonza::R => self.ack_due = true,
+            Nonza::A { h } => {
+                self.out.ack(*h)?;
+                self.request_sent = None;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// An `<r/>` for a silent peer, unless one is out already.
+    pub fn request_now(&mut self) -> String {
+        self.request_sent
+            .get_or_insert_with(std::time::Instant::now);
+        request()
+    }
+
+    /// End of a turn: `handed_on` when everything received is handed on,
+    /// so the count becomes durable; the counts and queue files settled.
+    /// The nonzas to send now (`<a/>`, `<r/>`), unless `!ask` (nobody to
+    /// send them to).
+    pub fn turn(&mut self, handed_on: bool, ask: bool) -> Vec<String> {
+        if handed_on {
+            self.durable = self.routed;
+        }
+        self.write_ahead();
+        if let Err((what, e)) = self.store.settle(self.durable, &self.out) {
+            let file = if what == "write" {
+                &self.store.counts
+            } else {
+                &self.store.queue
+            };
+            let f = file.display().to_string();
+            self.warn_once(&format!("{what} {f}"), &e);
+        }
+        let mut send = Vec::new();
+        if !ask {
+            return send;
+        }
+        if std::mem::take(&mut self.ack_due) {
+            send.push(ack(self.durable));
+        }
+        let stale = self
+            .request_sent
+            .is_none_or(|t| t.elapsed() >= self.request_after);
+        if !self.out.is_empty()
+            && (self.since_request >= self.request_every || (self.since_request > 0 && stale))
+        {
+            send.push(request());
+            self.since_request = 0;
+            self.request_sent
+                .get_or_insert_with(std::time::Instant::now);
+        }
+        send
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
