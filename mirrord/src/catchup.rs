@@ -334,6 +334,27 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_one_group_chat_record_reach_each_member_once() {
+        let mut t = Track::at(10, 10, false);
+        // The copy for another client passes it over...
+        assert!(!t.decided(11));
+        t.upto = 11;
+        // ...and its own copy, with the same id, still reaches it, once.
+        assert!(!t.decided(11));
+        t.addressed(11);
+        t.queued(11, 100);
+        assert!(t.decided(11));
+        assert!(t.was_addressed(11));
+        // Taken by the reader: no longer kept for a replay.
+        assert_eq!(t.cursor(0), 11);
+        assert!(!t.was_addressed(11));
+        // Addressed while it had no reader: kept for the catch-up.
+        t.addressed(12);
+        t.rewind(0);
+        assert!(t.was_addressed(12));
+    }
+
+    #[test]
     fn replayed_message_gets_delay() {
         let e = Entry {
             id: 1_796_520_014_123_456,
