@@ -65,28 +65,8 @@ struct FakeUp {
 
 impl FakeUp {
     fn start(bin: &Path, dir: &Path, scratch: &Path, log: &Path) -> Result<FakeUp, String> {
-        let pwfile = scratch.join("password");
-        spawn::write_password(&pwfile, pipeline::PASSWORD)?;
-        let (srv, cli) =
-            UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("unable to make a pipe: {e}"))?;
-        let mut cmd = spawn::command(&bin.join("sj-proxy"), log)?;
-        cmd.arg("-d")
-            .arg(dir)
-            .arg("-p")
-            .arg(&pwfile)
-            .args(["-n", "8", pipeline::JID])
-            .stdout(Stdio::null());
-        let cli = OwnedFd::from(cli);
-        let proxy = spawn::spawn("sj-proxy", cmd, &[(&cli, 6), (&cli, 7), (&ready_w, 8)])?;
-        drop((cli, ready_w));
-        let conn = xmpp::serve_login(srv, pipeline::PASSWORD, pipeline::JID)?;
-        spawn::wait_ready(&ready_r, Duration::from_secs(20), "sj-proxy")?;
-        let sock = conn
-            .sock
-            .try_clone()
-            .map_err(|e| format!("unable to dup the socket: {e}"))?;
+        let pipeline::Started { proxy, conn, sock } =
+            pipeline::start_proxy(bin, dir, scratch, log, &[], false)?;
         let stop = Arc::new(AtomicBool::new(false));
         let reader = Some(pipeline::discard(conn, Arc::clone(&stop)));
         Ok(FakeUp {

@@ -292,32 +292,17 @@ impl Pipeline {
         let scratch = Scratch::new(&format!("sj-{}-{}", c.size, c.clients))?;
         let dir = scratch.0.join("dir");
         let mut drain = Drain::open(&dir, c.clients)?;
-        let pwfile = scratch.0.join("password");
-        spawn::write_password(&pwfile, PASSWORD)?;
         let log = scratch.0.join("stderr");
-        let (srv, cli) =
-            UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("unable to make a pipe: {e}"))?;
-        let mut cmd = spawn::command(&self.bin.join("sj-proxy"), &log)?;
-        cmd.arg("-d")
-            .arg(&dir)
-            .arg("-p")
-            .arg(&pwfile)
-            .args(["-n", "8", JID])
-            .stdout(Stdio::null());
-        if !self.archive {
-            cmd.env("SJ_ARCHIVE", "off");
-        }
-        let cli = OwnedFd::from(cli);
-        let mut proxy = spawn::spawn("sj-proxy", cmd, &[(&cli, 6), (&cli, 7), (&ready_w, 8)])?;
-        drop((cli, ready_w));
-        let conn = xmpp::serve_login_sm(srv, PASSWORD, JID, sm)?;
-        spawn::wait_ready(&ready_r, Duration::from_secs(20), "sj-proxy")?;
-        let sock = conn
-            .sock
-            .try_clone()
-            .map_err(|e| format!("unable to dup the socket: {e}"))?;
+        let env: &[(&str, &str)] = if self.archive {
+            &[]
+        } else {
+            &[("SJ_ARCHIVE", "off")]
+        };
+        let Started {
+            mut proxy,
+            conn,
+            sock,
+        } = start_proxy(&self.bin, &dir, &scratch.0, &log, env, sm)?;
         let stop = Arc::new(AtomicBool::new(false));
         let reader = discard(conn, Arc::clone(&stop));
         let secs = timed(&mut drain, &sock, c.records, &data);
@@ -342,6 +327,49 @@ impl Pipeline {
             warnings,
         })
     }
+}
+
+/// sj-proxy for `dir` (password `PASSWORD`, account `JID`) on one end of
+/// a socket pair, logged in by the fake server on the other end (offering
+/// XEP-0198 with `sm`), and ready.
+pub struct Started {
+    pub proxy: Proc,
+    pub conn: xmpp::Conn<UnixStream>,
+    /// The server's socket again, for writing while `conn` is read.
+    pub sock: UnixStream,
+}
+
+pub fn start_proxy(
+    bin: &Path,
+    dir: &Path,
+    scratch: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+    sm: bool,
+) -> Result<Started, String> {
+    let pwfile = scratch.join("password");
+    spawn::write_password(&pwfile, PASSWORD)?;
+    let (srv, cli) = UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("unable to make a pipe: {e}"))?;
+    let mut cmd = spawn::command(&bin.join("sj-proxy"), log)?;
+    cmd.arg("-d")
+        .arg(dir)
+        .arg("-p")
+        .arg(&pwfile)
+        .args(["-n", "8", JID])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null());
+    let cli = OwnedFd::from(cli);
+    let proxy = spawn::spawn("sj-proxy", cmd, &[(&cli, 6), (&cli, 7), (&ready_w, 8)])?;
+    drop((cli, ready_w));
+    let conn = xmpp::serve_login_sm(srv, PASSWORD, JID, sm)?;
+    spawn::wait_ready(&ready_r, Duration::from_secs(20), "sj-proxy")?;
+    let sock = conn
+        .sock
+        .try_clone()
+        .map_err(|e| format!("unable to dup the socket: {e}"))?;
+    Ok(Started { proxy, conn, sock })
 }
 
 /// Read and forget what sj-proxy sends the server (presence, iq) until

@@ -7,14 +7,12 @@
 //! the same sj-bench run: the room costs what one delivery costs,
 //! whatever the number of clients not in it.
 
-use crate::pipeline::{message, with_log, writer, Case, Drain, Run, JID, PASSWORD, RUN_LIMIT};
-use crate::spawn::{self, Scratch};
+use crate::pipeline::{message, with_log, writer, Case, Drain, Run, JID, RUN_LIMIT};
+use crate::spawn::Scratch;
 use crate::xmpp;
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,28 +41,12 @@ pub fn run(bin: &Path, c: Case) -> Result<Run, String> {
     let scratch = Scratch::new(&format!("room-{}-{}", c.size, c.clients))?;
     let dir = scratch.0.join("dir");
     let mut drain = Drain::open(&dir, c.clients)?;
-    let pwfile = scratch.0.join("password");
-    spawn::write_password(&pwfile, PASSWORD)?;
     let log = scratch.0.join("stderr");
-    let (srv, cli) = UnixStream::pair().map_err(|e| format!("unable to make a socketpair: {e}"))?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("unable to make a pipe: {e}"))?;
-    let mut cmd = spawn::command(&bin.join("sj-proxy"), &log)?;
-    cmd.arg("-d")
-        .arg(&dir)
-        .arg("-p")
-        .arg(&pwfile)
-        .args(["-n", "8", JID])
-        .stdout(Stdio::null());
-    let cli = OwnedFd::from(cli);
-    let mut proxy = spawn::spawn("sj-proxy", cmd, &[(&cli, 6), (&cli, 7), (&ready_w, 8)])?;
-    drop((cli, ready_w));
-    let conn = xmpp::serve_login(srv, PASSWORD, JID)?;
-    spawn::wait_ready(&ready_r, Duration::from_secs(20), "sj-proxy")?;
-    let sock = conn
-        .sock
-        .try_clone()
-        .map_err(|e| format!("unable to dup the socket: {e}"))?;
+    let crate::pipeline::Started {
+        mut proxy,
+        conn,
+        sock,
+    } = crate::pipeline::start_proxy(bin, &dir, &scratch.0, &log, &[], false)?;
     let stop = Arc::new(AtomicBool::new(false));
     let joined = Arc::new(AtomicBool::new(false));
     let reader = watch_join(conn, Arc::clone(&stop), Arc::clone(&joined));

@@ -234,11 +234,6 @@ pub fn login<S: Sock>(
     Ok((c, full))
 }
 
-/// `serve_login_sm` without XEP-0198.
-pub fn serve_login<S: Sock>(sock: S, password: &str, full: &str) -> Result<Conn<S>, String> {
-    serve_login_sm(sock, password, full, false)
-}
-
 /// The server side of sj-proxy's login, on the socket it has as fds 6/7:
 /// SCRAM against `password`, bind to `full`, a disco#info answer without
 /// carbons, an empty roster. Returns once sj-proxy is online.
