@@ -1133,9 +1133,9 @@ impl Session {
         }
     }
 
-    /// The connection is gone: with resumption on, keep the session (and
-    /// keep reading `in` into the queue) for the window. False when there
-    /// is nothing to keep.
+    /// The connection is gone: with resumption on, keep the session for
+    /// the window, with `in` left unread (what comes meanwhile waits in the
+    /// pipe and the archive). False when there is nothing to keep.
     fn hibernate(&mut self, why: &str) -> bool {
         if self.done.is_some() || self.hibernating.is_some() {
             return false;

@@ -5,8 +5,8 @@
 //! has not acknowledged, written before they are sent).
 //!
 //! One process serves one connection, so resumption is a hand-over
-//! between processes: the process whose client went away keeps reading
-//! `in` into the queue (it "hibernates") for the window; a new process
+//! between processes: the process whose client went away keeps the
+//! session (it "hibernates") for the window, leaving `in` unread; a new process
 //! asked to resume writes `sm-takeover`, stops the old one with SIGTERM,
 //! waits for it to exit, and goes on from the files. The session loop and
 //! the registration are session.rs's; this file holds the protocol and
